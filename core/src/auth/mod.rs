@@ -1,0 +1,1 @@
+//! Wallet authentication (filled in by the auth work).

@@ -1,0 +1,313 @@
+//! Identifiers: wallet addresses, conversation ids, client message ids, gateway ids.
+//!
+//! Every id that arrives from the network is parsed here, once, into a type whose
+//! invariants later code can rely on (length, charset, canonical case).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha3::{Digest, Keccak256};
+
+/// Why an id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("address must be 0x followed by 40 hex digits")]
+    Address,
+    #[error("conversation id {0:?} is not valid: {1}")]
+    Conversation(String, &'static str),
+    #[error("message id must be 1 to 64 characters of [A-Za-z0-9_.:-]")]
+    Message,
+}
+
+/// An Ethereum account address. Parsed case-insensitively; printed EIP-55
+/// checksummed ([`fmt::Display`]) or lowercase ([`Address::lower`]) for keys and ids.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address(pub [u8; 20]);
+
+impl Address {
+    /// Lowercase `0x…` form, the canonical form inside ids and storage keys.
+    pub fn lower(&self) -> String {
+        format!("0x{}", hex::encode(self.0))
+    }
+
+    /// EIP-55 mixed-case checksum form: a hex digit is upper-cased when the
+    /// matching nibble of keccak256(lowercase hex) is >= 8.
+    pub fn checksummed(&self) -> String {
+        let lower = hex::encode(self.0);
+        let hash = Keccak256::digest(lower.as_bytes());
+        let mut out = String::with_capacity(42);
+        out.push_str("0x");
+        for (i, c) in lower.chars().enumerate() {
+            let nibble = (hash[i / 2] >> (if i % 2 == 0 { 4 } else { 0 })) & 0x0f;
+            if c.is_ascii_alphabetic() && nibble >= 8 {
+                out.push(c.to_ascii_uppercase());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+impl FromStr for Address {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let hex_part = s
+            .strip_prefix("0x")
+            .or_else(|| s.strip_prefix("0X"))
+            .ok_or(IdError::Address)?;
+        if hex_part.len() != 40 {
+            return Err(IdError::Address);
+        }
+        let mut out = [0u8; 20];
+        hex::decode_to_slice(hex_part, &mut out).map_err(|_| IdError::Address)?;
+        Ok(Address(out))
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.checksummed())
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Address({})", self.lower())
+    }
+}
+
+impl Serialize for Address {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.checksummed())
+    }
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What kind of conversation an id names; the kind is visible in the id's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvKind {
+    /// `dm:<addrA>:<addrB>`: two wallets, membership follows from the id.
+    Direct,
+    /// `g:<32 hex>`: created over REST, members kept by the broker.
+    Group,
+}
+
+/// A conversation id. Direct ids are canonical (`dm:` + the two lowercase
+/// addresses, sorted), so any wallet can address any other with no set-up and
+/// both sides compute the same id.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConvId(String);
+
+/// Longest conversation id accepted (it is embedded in storage keys).
+pub const MAX_CONV_ID_LEN: usize = 96;
+
+impl ConvId {
+    /// The direct conversation between two distinct wallets.
+    pub fn direct(a: &Address, b: &Address) -> Result<Self, IdError> {
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        if lo == hi {
+            return Err(IdError::Conversation(
+                format!("dm:{}:{}", lo.lower(), hi.lower()),
+                "a direct conversation needs two different wallets",
+            ));
+        }
+        Ok(ConvId(format!("dm:{}:{}", lo.lower(), hi.lower())))
+    }
+
+    /// A fresh random group id.
+    pub fn new_group() -> Self {
+        let bytes: [u8; 16] = rand::random();
+        ConvId(format!("g:{}", hex::encode(bytes)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn kind(&self) -> ConvKind {
+        if self.0.starts_with("dm:") {
+            ConvKind::Direct
+        } else {
+            ConvKind::Group
+        }
+    }
+
+    /// The two members of a direct conversation, `None` for other kinds.
+    pub fn direct_members(&self) -> Option<[Address; 2]> {
+        let rest = self.0.strip_prefix("dm:")?;
+        let (a, b) = rest.split_once(':')?;
+        Some([a.parse().ok()?, b.parse().ok()?])
+    }
+}
+
+impl FromStr for ConvId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let bad = |why| Err(IdError::Conversation(s.chars().take(100).collect(), why));
+        if s.len() > MAX_CONV_ID_LEN {
+            return bad("too long");
+        }
+        if let Some(rest) = s.strip_prefix("dm:") {
+            let Some((a, b)) = rest.split_once(':') else {
+                return bad("expected dm:<address>:<address>");
+            };
+            let (Ok(a), Ok(b)) = (a.parse::<Address>(), b.parse::<Address>()) else {
+                return bad("expected dm:<address>:<address>");
+            };
+            // Accept any case and order on input; hand back the canonical id.
+            return ConvId::direct(&a, &b);
+        }
+        if let Some(rest) = s.strip_prefix("g:") {
+            if rest.len() == 32 && rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(ConvId(format!("g:{}", rest.to_ascii_lowercase())));
+            }
+            return bad("expected g:<32 hex digits>");
+        }
+        bad("unknown conversation kind (expected dm: or g:)")
+    }
+}
+
+impl fmt::Display for ConvId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ConvId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConvId({})", self.0)
+    }
+}
+
+impl Serialize for ConvId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConvId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A client-generated message id: the idempotency key of a `send`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct MsgId(String);
+
+impl MsgId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A random id, for clients that do not bring their own.
+    pub fn random() -> Self {
+        let bytes: [u8; 12] = rand::random();
+        MsgId(hex::encode(bytes))
+    }
+}
+
+impl FromStr for MsgId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        if ok {
+            Ok(MsgId(s.to_owned()))
+        } else {
+            Err(IdError::Message)
+        }
+    }
+}
+
+impl fmt::Display for MsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for MsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MsgId({})", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for MsgId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eip55_checksum_vectors() {
+        // From the EIP-55 specification.
+        for s in [
+            "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+            "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+            "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB",
+            "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb",
+        ] {
+            let a: Address = s.to_lowercase().parse().unwrap();
+            assert_eq!(a.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn address_rejects_garbage() {
+        for s in ["", "0x", "0x123", "5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", "0xzzzz"] {
+            assert!(s.parse::<Address>().is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn direct_ids_are_canonical() {
+        let a: Address = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed".parse().unwrap();
+        let b: Address = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359".parse().unwrap();
+        let ab = ConvId::direct(&a, &b).unwrap();
+        assert_eq!(ab, ConvId::direct(&b, &a).unwrap());
+        assert_eq!(
+            ab.as_str(),
+            "dm:0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed:0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359"
+        );
+        let upper = format!("dm:{}:{}", b, a);
+        assert_eq!(upper.parse::<ConvId>().unwrap(), ab);
+        assert_eq!(ab.direct_members().unwrap(), [a, b]);
+        assert!(ConvId::direct(&a, &a).is_err());
+    }
+
+    #[test]
+    fn conv_ids_reject_unknown_kinds() {
+        for s in ["", "x:1", "g:123", "dm:0x1:0x2", &"g:".repeat(60)] {
+            assert!(s.parse::<ConvId>().is_err(), "{s}");
+        }
+        let g = ConvId::new_group();
+        assert_eq!(g.as_str().parse::<ConvId>().unwrap(), g);
+        assert_eq!(g.kind(), ConvKind::Group);
+    }
+
+    #[test]
+    fn msg_ids() {
+        assert!("abc-123_x.y:z".parse::<MsgId>().is_ok());
+        assert!("".parse::<MsgId>().is_err());
+        assert!("has space".parse::<MsgId>().is_err());
+        assert!("x".repeat(65).parse::<MsgId>().is_err());
+    }
+}

@@ -1,0 +1,213 @@
+//! Protocol v1: the JSON frames exchanged over the WebSocket (`GET /v1/ws`).
+//!
+//! Every frame is a JSON object with a `"type"` tag. `docs/protocol.md` is the
+//! human-readable contract; these types are the machine-checked one, shared by
+//! the gateway and the client SDK so the two cannot drift.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::ids::{Address, ConvId, MsgId};
+
+/// Largest text frame the gateway accepts; larger frames close the socket with 1009.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// Close codes the gateway uses (4000–4999 is the application range).
+pub mod close {
+    /// Authentication failed, was missing for too long, or the token expired.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// The client did not read fast enough: its bounded send queue filled up.
+    /// Reconnect with backoff and resync from the last seq held.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// No frame (not even `ping`) for longer than the idle timeout.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    /// Frame larger than [`super::MAX_FRAME_BYTES`] (standard "message too big").
+    pub const TOO_BIG: u16 = 1009;
+    /// The gateway is draining (shutdown, scale-in, rollout): reconnect elsewhere.
+    pub const GOING_AWAY: u16 = 1012;
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Must be the first frame unless the upgrade carried `Authorization: Bearer`.
+    Auth { token: String },
+    /// Send a message. `id` is the client's idempotency key.
+    Send {
+        conv: ConvId,
+        id: MsgId,
+        body: Box<RawValue>,
+    },
+    /// The message `seq` of `conv` reached this device.
+    Ack { conv: ConvId, seq: u64 },
+    /// The user has read `conv` up to `seq`.
+    Read { conv: ConvId, seq: u64 },
+    /// The user is typing in `conv` (ephemeral, rate-limited, never stored).
+    Typing { conv: ConvId },
+    /// Replay every message of `conv` after `after`, then answer `synced`.
+    Sync { conv: ConvId, after: u64 },
+    /// Keep-alive and presence heartbeat.
+    Ping {},
+}
+
+/// Presence derived from the time since a user was last seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceStatus {
+    Online,
+    Away,
+    Offline,
+}
+
+/// A stored message as delivered to members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub conv: ConvId,
+    pub seq: u64,
+    pub id: MsgId,
+    pub from: Address,
+    pub body: Box<RawValue>,
+    /// Server time (Unix ms) at which the seq was assigned.
+    pub ts: u64,
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Authentication succeeded.
+    Ready { user: Address, heartbeat_ms: u64 },
+    /// A `send` was accepted: `seq` is assigned and the message is durable in the broker.
+    Sent {
+        id: MsgId,
+        conv: ConvId,
+        seq: u64,
+        ts: u64,
+    },
+    /// A message for this user. Acknowledge with `ack {conv, seq}`.
+    Msg(Message),
+    /// A member's delivered/read high-water marks in `conv` moved.
+    Receipt {
+        conv: ConvId,
+        user: Address,
+        delivered: u64,
+        read: u64,
+    },
+    Typing { conv: ConvId, user: Address },
+    Presence {
+        user: Address,
+        status: PresenceStatus,
+        /// Unix ms; 0 when the user was never seen.
+        last_seen: u64,
+    },
+    /// Sent after the `msg` frames a `sync` replayed.
+    Synced {
+        conv: ConvId,
+        /// `true` when every message after the requested seq up to the last
+        /// replayed one was still available and was replayed.
+        recovered: bool,
+        /// The conversation's current last seq.
+        last_seq: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        /// The `id` of the `send` (or the `conv`) the error refers to, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none", rename = "ref")]
+        reference: Option<String>,
+    },
+    Pong {},
+}
+
+impl ServerFrame {
+    pub fn error(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Self {
+        ServerFrame::Error {
+            code,
+            message: message.into(),
+            reference,
+        }
+    }
+
+    /// Serialize to the JSON text sent on the wire.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every field is a string, number,
+        // bool or already-valid raw JSON.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","code":"internal","message":"encode: {e}"}}"#)
+        })
+    }
+}
+
+/// Machine-readable error codes, shared by error frames and HTTP problem bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed JSON, unknown `type`, missing or invalid field.
+    BadFrame,
+    /// Missing, invalid or expired credentials.
+    Unauthorized,
+    /// Authenticated, but not allowed (e.g. not a member of the conversation).
+    Forbidden,
+    /// Too many requests; slow down.
+    RateLimited,
+    /// The referenced resource does not exist (or is not visible to the caller).
+    NotFound,
+    /// The request was well-formed but its content is unacceptable.
+    Invalid,
+    /// The broker is unreachable or failed; retry with the same id.
+    Unavailable,
+    /// A bug on our side.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_parse() {
+        let f: ClientFrame = serde_json::from_str(
+            r#"{"type":"send","conv":"g:0123456789abcdef0123456789abcdef","id":"m1","body":{"text":"hi"}}"#,
+        )
+        .unwrap();
+        match f {
+            ClientFrame::Send { id, body, .. } => {
+                assert_eq!(id.as_str(), "m1");
+                assert_eq!(body.get(), r#"{"text":"hi"}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"ping"}"#).unwrap(),
+            ClientFrame::Ping {}
+        ));
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"ack","conv":"x","seq":1}"#).is_err());
+    }
+
+    #[test]
+    fn server_frames_serialize_flat() {
+        let f = ServerFrame::error(ErrorCode::RateLimited, "slow down", Some("m1".into()));
+        assert_eq!(
+            f.to_json(),
+            r#"{"type":"error","code":"rate_limited","message":"slow down","ref":"m1"}"#
+        );
+        assert_eq!(ServerFrame::Pong {}.to_json(), r#"{"type":"pong"}"#);
+    }
+}
