@@ -61,7 +61,7 @@ pub enum PresenceStatus {
 }
 
 /// A stored message as delivered to members.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Message {
     pub conv: ConvId,
     pub seq: u64,

@@ -1,1 +1,224 @@
-//! Broker engines.
+//! The broker: ordering, idempotency, fan-out routing, the connection registry,
+//! presence and nonces. Two engines implement [`Broker`]:
+//!
+//! - [`MemoryBroker`]: in-process, for `switchboard dev` and tests; several gateways
+//!   in one process can share one instance, which behaves like one Redis.
+//! - [`RedisBroker`]: Redis standalone or Redis Cluster (fred). Per-conversation
+//!   state lives under one hash tag so the atomic send script is valid on a cluster.
+//!
+//! Both engines pass the same conformance suite (`core/tests/broker.rs`).
+
+mod memory;
+mod redis;
+pub mod routed;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::ids::{Address, ConvId, ConvKind, MsgId};
+use crate::protocol::Message;
+
+pub use self::memory::MemoryBroker;
+pub use self::redis::RedisBroker;
+pub use self::routed::Routed;
+
+/// Why a broker call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The caller is not a member of the conversation (or it does not exist:
+    /// the two are not distinguished, so existence does not leak).
+    #[error("not a member of this conversation")]
+    NotMember,
+    /// A group with this id already exists.
+    #[error("conversation already exists")]
+    AlreadyExists,
+    /// The backing store could not be reached or answered with an error.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The backing store returned data we cannot read (a bug or a foreign writer).
+    #[error("broker data corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+/// Tunables shared by both engines.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Most recent messages kept per conversation log (the offline queue and
+    /// the sync source). Older messages come from PostgreSQL once it exists.
+    pub log_max_len: usize,
+    /// How long a client message id is remembered for idempotent retries.
+    pub dedupe_ttl: Duration,
+    /// Also append each message and watermark change to the shard's persistence
+    /// stream for the worker. Off until a worker consumes the streams, so an
+    /// install without one does not grow Redis forever.
+    pub persist: bool,
+    /// Number of logical shards (hash tags). Fixed for the life of a deployment.
+    pub shards: u16,
+    /// A gateway that has not refreshed its liveness for this long is dead and
+    /// its registry entries are ignored.
+    pub gateway_ttl: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            log_max_len: 10_000,
+            dedupe_ttl: Duration::from_secs(24 * 3600),
+            persist: false,
+            shards: 64,
+            gateway_ttl: Duration::from_secs(15),
+        }
+    }
+}
+
+/// A group (or the synthesized view of a direct conversation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub id: ConvId,
+    pub kind: ConvKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    pub members: Vec<Address>,
+    /// The creator of a group; `None` for direct conversations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<Address>,
+    /// Unix ms.
+    pub created_at: u64,
+}
+
+/// A `send` as the broker sees it: membership already validated for direct
+/// conversations, checked atomically inside the broker for groups.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub conv: ConvId,
+    pub id: MsgId,
+    pub from: Address,
+    pub body: Box<RawValue>,
+}
+
+/// The result of a send.
+#[derive(Debug, Clone)]
+pub struct SendOutcome {
+    /// The stored message (for a duplicate: the original seq and ts).
+    pub message: Message,
+    /// `true` when this id was already sent in this conversation: nothing was
+    /// stored or delivered again.
+    pub duplicate: bool,
+    /// Every member of the conversation, for fan-out.
+    pub members: Vec<Address>,
+}
+
+/// One page of a conversation log.
+#[derive(Debug, Clone, Default)]
+pub struct LogPage {
+    /// Messages with seq > `after`, ascending, at most `limit`.
+    pub messages: Vec<Message>,
+    /// The conversation's current last seq (0 when empty).
+    pub last_seq: u64,
+}
+
+/// Which watermark a client moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    Delivered,
+    Read,
+}
+
+/// A member's high-water marks in one conversation. `read <= delivered` always:
+/// reading implies delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Watermarks {
+    pub delivered: u64,
+    pub read: u64,
+}
+
+/// The engine interface. Every method is safe to call concurrently from many
+/// gateways; atomicity is stated per method.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Reachability check for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+
+    /// Store a sign-in nonce that expires after `ttl`.
+    async fn put_nonce(&self, nonce: &str, ttl: Duration) -> Result<()>;
+    /// Consume a nonce: `true` exactly once for a live nonce, `false` afterwards
+    /// or when unknown or expired.
+    async fn take_nonce(&self, nonce: &str) -> Result<bool>;
+
+    /// Create a group conversation. Fails with `AlreadyExists` for a taken id.
+    async fn create_group(&self, conv: &Conversation) -> Result<()>;
+    /// A conversation's description; direct conversations always exist.
+    async fn conversation(&self, id: &ConvId) -> Result<Option<Conversation>>;
+    /// Whether `user` is a member of `id`.
+    async fn is_member(&self, id: &ConvId, user: &Address) -> Result<bool> {
+        Ok(match id.kind() {
+            ConvKind::Direct => id
+                .direct_members()
+                .is_some_and(|m| m.contains(user)),
+            ConvKind::Group => self
+                .conversation(id)
+                .await?
+                .is_some_and(|c| c.members.contains(user)),
+        })
+    }
+    /// Conversations `user` belongs to (groups, and direct ones with traffic).
+    async fn user_conversations(&self, user: &Address) -> Result<Vec<ConvId>>;
+
+    /// Atomically: check membership, dedupe by `(conv, id)`, assign the next
+    /// seq, append to the conversation log (and the persistence stream).
+    async fn send(&self, req: SendRequest) -> Result<SendOutcome>;
+    /// Messages of `conv` with seq > `after`, ascending, at most `limit`.
+    async fn read_log(&self, conv: &ConvId, after: u64, limit: usize) -> Result<LogPage>;
+    /// Raise `user`'s watermark in `conv` to `seq` (clamped to the last seq).
+    /// Returns the new marks when they moved, `None` when they did not.
+    async fn mark(
+        &self,
+        conv: &ConvId,
+        user: &Address,
+        mark: Mark,
+        seq: u64,
+    ) -> Result<Option<Watermarks>>;
+    /// Current watermarks of `user` in `conv`.
+    async fn watermarks(&self, conv: &ConvId, user: &Address) -> Result<Watermarks>;
+
+    /// Start receiving the events routed to users connected to `gateway`.
+    /// Call once per gateway instance.
+    async fn attach(&self, gateway: &str) -> Result<mpsc::Receiver<Routed>>;
+    /// Refresh `gateway`'s liveness; a gateway that stops refreshing is
+    /// considered dead after `gateway_ttl` and no longer routed to.
+    async fn gateway_alive(&self, gateway: &str) -> Result<()>;
+    /// Record that `user` has at least one connection on `gateway`.
+    async fn register(&self, user: &Address, gateway: &str) -> Result<()>;
+    /// Record that `user`'s last connection on `gateway` closed.
+    async fn unregister(&self, user: &Address, gateway: &str) -> Result<()>;
+    /// Whether `user` has a connection on any live gateway.
+    async fn is_connected(&self, user: &Address) -> Result<bool>;
+    /// Deliver `ev` to every live gateway where one of `ev.users` is connected.
+    async fn route(&self, ev: Routed) -> Result<()>;
+
+    /// Record that `user` was seen at `now_ms`.
+    async fn touch(&self, user: &Address, now_ms: u64) -> Result<()>;
+    /// Last-seen times (Unix ms, 0 = never) for `users`, in order.
+    async fn last_seen(&self, users: &[Address]) -> Result<Vec<u64>>;
+}
+
+/// A shared handle to whichever engine is configured.
+pub type DynBroker = Arc<dyn Broker>;
+
+/// Logical shard of a conversation: FNV-1a of the id, modulo `shards`. Stable
+/// across processes and versions, so keys never move.
+pub fn shard_of(conv: &ConvId, shards: u16) -> u16 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in conv.as_str().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % u32::from(shards.max(1))) as u16
+}

@@ -1,0 +1,332 @@
+//! The in-process engine: one mutex-guarded state, the same semantics as the
+//! Redis engine. Used by `switchboard dev` and by tests; several gateways in one
+//! process can share an instance exactly as they would share one Redis.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::{
+    Broker, BrokerConfig, BrokerError, Conversation, LogPage, Mark, Result, Routed, SendOutcome,
+    SendRequest, Watermarks,
+};
+use crate::ids::{Address, ConvId, ConvKind, MsgId};
+use crate::protocol::Message;
+use crate::time::now_ms;
+
+/// Capacity of each gateway's inbound event queue. The gateway's dispatcher only
+/// hands frames to bounded per-connection queues, so it never falls behind for
+/// long; if it ever does, events are dropped like a slow Redis subscriber's
+/// would be, and clients recover by seq gap detection and sync.
+const GATEWAY_QUEUE: usize = 65_536;
+
+#[derive(Default)]
+struct ConvState {
+    last_seq: u64,
+    log: VecDeque<Message>,
+    /// Client id → (seq, ts, inserted at) for idempotent retries.
+    dedupe: HashMap<MsgId, (u64, u64, Instant)>,
+    marks: HashMap<Address, Watermarks>,
+}
+
+#[derive(Default)]
+struct State {
+    nonces: HashMap<String, Instant>,
+    groups: HashMap<ConvId, Conversation>,
+    convs: HashMap<ConvId, ConvState>,
+    user_convs: HashMap<Address, HashSet<ConvId>>,
+    gateways: HashMap<String, (mpsc::Sender<Routed>, Instant)>,
+    registry: HashMap<Address, HashSet<String>>,
+    seen: HashMap<Address, u64>,
+}
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct MemoryBroker {
+    cfg: BrokerConfig,
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryBroker {
+    pub fn new(cfg: BrokerConfig) -> Self {
+        MemoryBroker {
+            cfg,
+            state: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn gateway_live(&self, st: &State, gw: &str, now: Instant) -> bool {
+        st.gateways
+            .get(gw)
+            .is_some_and(|(_, at)| now.duration_since(*at) < self.cfg.gateway_ttl)
+    }
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        MemoryBroker::new(BrokerConfig::default())
+    }
+}
+
+fn members_of(st: &State, conv: &ConvId) -> Option<Vec<Address>> {
+    match conv.kind() {
+        ConvKind::Direct => conv.direct_members().map(|m| m.to_vec()),
+        ConvKind::Group => st.groups.get(conv).map(|g| g.members.clone()),
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn put_nonce(&self, nonce: &str, ttl: Duration) -> Result<()> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        // Expired nonces are swept on insert so the map stays bounded by the
+        // sign-in rate times the TTL.
+        st.nonces.retain(|_, exp| *exp > now);
+        st.nonces.insert(nonce.to_owned(), now + ttl);
+        Ok(())
+    }
+
+    async fn take_nonce(&self, nonce: &str) -> Result<bool> {
+        let now = Instant::now();
+        Ok(self.lock().nonces.remove(nonce).is_some_and(|exp| exp > now))
+    }
+
+    async fn create_group(&self, conv: &Conversation) -> Result<()> {
+        let mut st = self.lock();
+        if st.groups.contains_key(&conv.id) {
+            return Err(BrokerError::AlreadyExists);
+        }
+        for m in &conv.members {
+            st.user_convs.entry(*m).or_default().insert(conv.id.clone());
+        }
+        st.groups.insert(conv.id.clone(), conv.clone());
+        Ok(())
+    }
+
+    async fn conversation(&self, id: &ConvId) -> Result<Option<Conversation>> {
+        Ok(match id.kind() {
+            ConvKind::Direct => id.direct_members().map(|m| Conversation {
+                id: id.clone(),
+                kind: ConvKind::Direct,
+                title: None,
+                members: m.to_vec(),
+                created_by: None,
+                created_at: 0,
+            }),
+            ConvKind::Group => self.lock().groups.get(id).cloned(),
+        })
+    }
+
+    async fn user_conversations(&self, user: &Address) -> Result<Vec<ConvId>> {
+        let st = self.lock();
+        let mut v: Vec<ConvId> = st
+            .user_convs
+            .get(user)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        Ok(v)
+    }
+
+    async fn send(&self, req: SendRequest) -> Result<SendOutcome> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let members = members_of(&st, &req.conv).ok_or(BrokerError::NotMember)?;
+        if !members.contains(&req.from) {
+            return Err(BrokerError::NotMember);
+        }
+        let max_len = self.cfg.log_max_len;
+        let ttl = self.cfg.dedupe_ttl;
+        let cs = st.convs.entry(req.conv.clone()).or_default();
+        if let Some(&(seq, ts, at)) = cs.dedupe.get(&req.id) {
+            if now.duration_since(at) < ttl {
+                let message = Message {
+                    conv: req.conv,
+                    seq,
+                    id: req.id,
+                    from: req.from,
+                    body: req.body,
+                    ts,
+                };
+                return Ok(SendOutcome {
+                    message,
+                    duplicate: true,
+                    members,
+                });
+            }
+        }
+        cs.last_seq += 1;
+        let message = Message {
+            conv: req.conv.clone(),
+            seq: cs.last_seq,
+            id: req.id.clone(),
+            from: req.from,
+            body: req.body,
+            ts: now_ms(),
+        };
+        // Keep the dedupe map bounded: forget ids older than the TTL whenever
+        // it grows past the log length.
+        if cs.dedupe.len() >= max_len {
+            cs.dedupe.retain(|_, (_, _, at)| now.duration_since(*at) < ttl);
+        }
+        cs.dedupe.insert(req.id, (message.seq, message.ts, now));
+        cs.log.push_back(message.clone());
+        while cs.log.len() > max_len {
+            cs.log.pop_front();
+        }
+        if message.seq == 1 && req.conv.kind() == ConvKind::Direct {
+            for m in &members {
+                st.user_convs.entry(*m).or_default().insert(req.conv.clone());
+            }
+        }
+        Ok(SendOutcome {
+            message,
+            duplicate: false,
+            members,
+        })
+    }
+
+    async fn read_log(&self, conv: &ConvId, after: u64, limit: usize) -> Result<LogPage> {
+        let st = self.lock();
+        let Some(cs) = st.convs.get(conv) else {
+            return Ok(LogPage::default());
+        };
+        // The log is contiguous by seq, so the start index is arithmetic.
+        let first = cs.log.front().map_or(cs.last_seq + 1, |m| m.seq);
+        let skip = after.saturating_add(1).saturating_sub(first) as usize;
+        Ok(LogPage {
+            messages: cs.log.iter().skip(skip).take(limit).cloned().collect(),
+            last_seq: cs.last_seq,
+        })
+    }
+
+    async fn mark(
+        &self,
+        conv: &ConvId,
+        user: &Address,
+        mark: Mark,
+        seq: u64,
+    ) -> Result<Option<Watermarks>> {
+        let mut st = self.lock();
+        let Some(cs) = st.convs.get_mut(conv) else {
+            return Ok(None);
+        };
+        let seq = seq.min(cs.last_seq);
+        let w = cs.marks.entry(*user).or_default();
+        let before = *w;
+        match mark {
+            Mark::Delivered => w.delivered = w.delivered.max(seq),
+            Mark::Read => {
+                w.read = w.read.max(seq);
+                w.delivered = w.delivered.max(w.read);
+            }
+        }
+        Ok((*w != before).then_some(*w))
+    }
+
+    async fn watermarks(&self, conv: &ConvId, user: &Address) -> Result<Watermarks> {
+        let st = self.lock();
+        Ok(st
+            .convs
+            .get(conv)
+            .and_then(|c| c.marks.get(user).copied())
+            .unwrap_or_default())
+    }
+
+    async fn attach(&self, gateway: &str) -> Result<mpsc::Receiver<Routed>> {
+        let (tx, rx) = mpsc::channel(GATEWAY_QUEUE);
+        self.lock()
+            .gateways
+            .insert(gateway.to_owned(), (tx, Instant::now()));
+        Ok(rx)
+    }
+
+    async fn gateway_alive(&self, gateway: &str) -> Result<()> {
+        if let Some((_, at)) = self.lock().gateways.get_mut(gateway) {
+            *at = Instant::now();
+        }
+        Ok(())
+    }
+
+    async fn register(&self, user: &Address, gateway: &str) -> Result<()> {
+        self.lock()
+            .registry
+            .entry(*user)
+            .or_default()
+            .insert(gateway.to_owned());
+        Ok(())
+    }
+
+    async fn unregister(&self, user: &Address, gateway: &str) -> Result<()> {
+        let mut st = self.lock();
+        if let Some(set) = st.registry.get_mut(user) {
+            set.remove(gateway);
+            if set.is_empty() {
+                st.registry.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn is_connected(&self, user: &Address) -> Result<bool> {
+        let now = Instant::now();
+        let st = self.lock();
+        Ok(st
+            .registry
+            .get(user)
+            .is_some_and(|gws| gws.iter().any(|g| self.gateway_live(&st, g, now))))
+    }
+
+    async fn route(&self, ev: Routed) -> Result<()> {
+        let now = Instant::now();
+        let st = self.lock();
+        let mut per_gw: HashMap<&str, Vec<Address>> = HashMap::new();
+        for u in &ev.users {
+            for gw in st.registry.get(u).into_iter().flatten() {
+                if self.gateway_live(&st, gw, now) {
+                    per_gw.entry(gw.as_str()).or_default().push(*u);
+                }
+            }
+        }
+        for (gw, users) in per_gw {
+            if let Some((tx, _)) = st.gateways.get(gw) {
+                let one = Routed {
+                    users,
+                    ..ev.clone()
+                };
+                if tx.try_send(one).is_err() {
+                    tracing::warn!(gateway = gw, "gateway event queue full or closed; event dropped");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn touch(&self, user: &Address, now_ms: u64) -> Result<()> {
+        let mut st = self.lock();
+        let e = st.seen.entry(*user).or_default();
+        *e = (*e).max(now_ms);
+        Ok(())
+    }
+
+    async fn last_seen(&self, users: &[Address]) -> Result<Vec<u64>> {
+        let st = self.lock();
+        Ok(users
+            .iter()
+            .map(|u| st.seen.get(u).copied().unwrap_or(0))
+            .collect())
+    }
+}

@@ -1,0 +1,706 @@
+//! The Redis engine (standalone or Redis Cluster) on fred.
+//!
+//! Key layout (documented in `docs/architecture.md`):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `sb:{<shard>}:c:<conv>:seq` | string | last assigned seq |
+//! | `sb:{<shard>}:c:<conv>:log` | stream, id `<seq>-0` | recent messages (offline queue, sync) |
+//! | `sb:{<shard>}:c:<conv>:m` | set | group members (lowercase addresses) |
+//! | `sb:{<shard>}:c:<conv>:meta` | hash | group title, creator, creation time |
+//! | `sb:{<shard>}:c:<conv>:wm` | hash | `<user>:d` / `<user>:r` watermarks |
+//! | `sb:{<shard>}:c:<conv>:d:<msgid>` | string `seq:ts`, TTL | idempotency record |
+//! | `sb:{<shard>}:persist` | stream | the worker's input (when `persist` is on) |
+//! | `sb:nonce:<nonce>` | string, TTL 5 min | sign-in nonces |
+//! | `sb:uc:{<user>}` | set | the user's conversations |
+//! | `sb:reg:{<user>}` | set | gateways holding a connection of the user |
+//! | `sb:gateways` | sorted set | gateway id → liveness deadline (Unix ms) |
+//! | `sb:presence` | hash | user → last seen (Unix ms) |
+//! | channel `sb:gw:{<gateway>}` | pub/sub | events routed to that gateway |
+//!
+//! Every key of one conversation, and its shard's persistence stream, share the
+//! hash tag `{<shard>}`, so the send and mark scripts touch a single slot and are
+//! valid on Redis Cluster. Routing needs the registry of users in other slots,
+//! so it happens after the send script, not inside it: a gateway that dies in
+//! between has already answered nothing, or answered `sent` for a durable
+//! message that recipients then get by sync.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::streams::XReadValue;
+use futures_util::future::try_join_all;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::{
+    Broker, BrokerConfig, BrokerError, Conversation, LogPage, Mark, Result, Routed, SendOutcome,
+    SendRequest, Watermarks, shard_of,
+};
+use crate::ids::{Address, ConvId, ConvKind, MsgId};
+use crate::protocol::Message;
+use crate::time::now_ms;
+
+/// Dedupe, member check, seq, log append and persistence append, atomically.
+/// Returns `{-1}` for a non-member, `{0, seq, ts}` for a duplicate and
+/// `{1, seq, ts, member...}` for a new message.
+const SEND_LUA: &str = r#"
+if ARGV[8] == 'g' and redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
+  return {-1}
+end
+local prev = redis.call('GET', KEYS[4])
+if prev then
+  local sep = string.find(prev, ':', 1, true)
+  return {0, tonumber(string.sub(prev, 1, sep - 1)), tonumber(string.sub(prev, sep + 1))}
+end
+local t = redis.call('TIME')
+local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
+  'id', ARGV[2], 'from', ARGV[1], 'body', ARGV[3], 'ts', ts)
+redis.call('SET', KEYS[4], seq .. ':' .. ts, 'EX', ARGV[6])
+if ARGV[7] == '1' then
+  redis.call('XADD', KEYS[5], '*', 't', 'msg', 'conv', ARGV[9], 'seq', seq,
+    'id', ARGV[2], 'from', ARGV[1], 'body', ARGV[3], 'ts', ts)
+end
+local out = {1, seq, ts}
+if ARGV[8] == 'g' then
+  for _, m in ipairs(redis.call('SMEMBERS', KEYS[3])) do table.insert(out, m) end
+end
+return out
+"#;
+
+/// Monotonic watermark update. Returns `{changed, delivered, read}`.
+const MARK_LUA: &str = r#"
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local s = math.min(tonumber(ARGV[3]), last)
+local d = tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. ':d') or '0')
+local r = tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. ':r') or '0')
+local nr = r
+local nd = math.max(d, s)
+if ARGV[2] == 'r' then
+  nr = math.max(r, s)
+  nd = math.max(d, nr)
+end
+if nd == d and nr == r then return {0, d, r} end
+redis.call('HSET', KEYS[1], ARGV[1] .. ':d', nd, ARGV[1] .. ':r', nr)
+if ARGV[4] == '1' then
+  redis.call('XADD', KEYS[3], '*', 't', 'wm', 'conv', ARGV[5], 'user', ARGV[1],
+    'delivered', nd, 'read', nr)
+end
+return {1, nd, nr}
+"#;
+
+/// How long the set of live gateways is cached before it is read again.
+const LIVE_CACHE: Duration = Duration::from_secs(1);
+
+fn unavailable(e: fred::error::Error) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+fn corrupt(what: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Corrupt(what.to_string())
+}
+
+/// The keys of one conversation.
+struct ConvKeys {
+    prefix: String,
+    persist: String,
+}
+
+impl ConvKeys {
+    fn new(conv: &ConvId, shards: u16) -> Self {
+        let shard = shard_of(conv, shards);
+        ConvKeys {
+            prefix: format!("sb:{{{shard}}}:c:{conv}"),
+            persist: format!("sb:{{{shard}}}:persist"),
+        }
+    }
+    fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.prefix)
+    }
+}
+
+fn user_convs_key(user: &Address) -> String {
+    format!("sb:uc:{{{}}}", user.lower())
+}
+
+fn registry_key(user: &Address) -> String {
+    format!("sb:reg:{{{}}}", user.lower())
+}
+
+fn gateway_channel(gateway: &str) -> String {
+    format!("sb:gw:{{{gateway}}}")
+}
+
+const GATEWAYS_KEY: &str = "sb:gateways";
+const PRESENCE_KEY: &str = "sb:presence";
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct RedisBroker {
+    pool: Pool,
+    builder_config: Config,
+    cfg: BrokerConfig,
+    cluster: bool,
+    send_script: Arc<Script>,
+    mark_script: Arc<Script>,
+    live: Arc<Mutex<(Option<Instant>, HashSet<String>)>>,
+}
+
+impl RedisBroker {
+    /// Connect to `url`: `redis://host:port[/db]` for a standalone server or
+    /// `redis-cluster://host:port?node=host:port&...` for a cluster.
+    pub async fn connect(url: &str, cfg: BrokerConfig) -> Result<Self> {
+        let config = Config::from_url(url)
+            .map_err(|e| BrokerError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        let cluster = config.server.is_clustered();
+        let pool = builder(&config)
+            .build_pool(2)
+            .map_err(unavailable)?;
+        pool.init().await.map_err(unavailable)?;
+        Ok(RedisBroker {
+            pool,
+            builder_config: config,
+            cfg,
+            cluster,
+            send_script: Arc::new(Script::from_lua(SEND_LUA)),
+            mark_script: Arc::new(Script::from_lua(MARK_LUA)),
+            live: Arc::default(),
+        })
+    }
+
+    fn conv_keys(&self, conv: &ConvId) -> ConvKeys {
+        ConvKeys::new(conv, self.cfg.shards)
+    }
+
+    /// Live gateway ids, cached for [`LIVE_CACHE`]; `force` re-reads.
+    async fn live_gateways(&self, force: bool) -> Result<HashSet<String>> {
+        {
+            let cache = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            if let (false, Some(at)) = (force, cache.0) {
+                if at.elapsed() < LIVE_CACHE {
+                    return Ok(cache.1.clone());
+                }
+            }
+        }
+        let ids: Vec<String> = self
+            .pool
+            .zrangebyscore(GATEWAYS_KEY, now_ms() as f64, "+inf", false, None)
+            .await
+            .map_err(unavailable)?;
+        let set: HashSet<String> = ids.into_iter().collect();
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = (Some(Instant::now()), set.clone());
+        Ok(set)
+    }
+
+    async fn group(&self, id: &ConvId) -> Result<Option<Conversation>> {
+        let keys = self.conv_keys(id);
+        let meta: HashMap<String, String> =
+            self.pool.hgetall(keys.key("meta")).await.map_err(unavailable)?;
+        if meta.is_empty() {
+            return Ok(None);
+        }
+        let raw: Vec<String> = self.pool.smembers(keys.key("m")).await.map_err(unavailable)?;
+        let mut members = raw
+            .iter()
+            .map(|m| m.parse::<Address>().map_err(corrupt))
+            .collect::<Result<Vec<_>>>()?;
+        members.sort();
+        let created_by = meta
+            .get("created_by")
+            .map(|s| s.parse::<Address>().map_err(corrupt))
+            .transpose()?;
+        Ok(Some(Conversation {
+            id: id.clone(),
+            kind: ConvKind::Group,
+            title: meta.get("title").filter(|t| !t.is_empty()).cloned(),
+            members,
+            created_by,
+            created_at: meta
+                .get("created_at")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        }))
+    }
+}
+
+fn builder(config: &Config) -> Builder {
+    let mut b = Builder::from_config(config.clone());
+    // Reconnect forever with capped exponential backoff; commands issued while
+    // Redis is down fail after the timeout instead of queueing without bound,
+    // so callers can answer `unavailable` and clients retry with the same id.
+    b.set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+    b.with_performance_config(|p| p.default_command_timeout = Duration::from_secs(5));
+    b.with_connection_config(|c| {
+        c.connection_timeout = Duration::from_secs(5);
+        c.max_command_attempts = 2;
+    });
+    b
+}
+
+fn value_u64(v: &Value) -> Result<u64> {
+    v.as_u64().ok_or_else(|| corrupt(format!("expected integer, got {v:?}")))
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn ping(&self) -> Result<()> {
+        let _: String = self.pool.next().ping(None).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn put_nonce(&self, nonce: &str, ttl: Duration) -> Result<()> {
+        let _: () = self
+            .pool
+            .set(
+                format!("sb:nonce:{nonce}"),
+                1,
+                Some(Expiration::EX(ttl.as_secs().max(1) as i64)),
+                None,
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn take_nonce(&self, nonce: &str) -> Result<bool> {
+        // DEL answers 1 for exactly one caller: single use even under races.
+        let n: u64 = self
+            .pool
+            .del(format!("sb:nonce:{nonce}"))
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn create_group(&self, conv: &Conversation) -> Result<()> {
+        let keys = self.conv_keys(&conv.id);
+        let created: bool = self
+            .pool
+            .hsetnx(keys.key("meta"), "created_at", conv.created_at)
+            .await
+            .map_err(unavailable)?;
+        if !created {
+            return Err(BrokerError::AlreadyExists);
+        }
+        let mut fields: Vec<(String, String)> = vec![];
+        if let Some(t) = &conv.title {
+            fields.push(("title".into(), t.clone()));
+        }
+        if let Some(c) = &conv.created_by {
+            fields.push(("created_by".into(), c.lower()));
+        }
+        if !fields.is_empty() {
+            let _: () = self
+                .pool
+                .hset(keys.key("meta"), fields)
+                .await
+                .map_err(unavailable)?;
+        }
+        let members: Vec<String> = conv.members.iter().map(Address::lower).collect();
+        let _: () = self
+            .pool
+            .sadd(keys.key("m"), members)
+            .await
+            .map_err(unavailable)?;
+        try_join_all(conv.members.iter().map(|m| async move {
+            self.pool
+                .sadd::<(), _, _>(user_convs_key(m), conv.id.as_str())
+                .await
+        }))
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn conversation(&self, id: &ConvId) -> Result<Option<Conversation>> {
+        match id.kind() {
+            ConvKind::Direct => Ok(id.direct_members().map(|m| Conversation {
+                id: id.clone(),
+                kind: ConvKind::Direct,
+                title: None,
+                members: m.to_vec(),
+                created_by: None,
+                created_at: 0,
+            })),
+            ConvKind::Group => self.group(id).await,
+        }
+    }
+
+    async fn is_member(&self, id: &ConvId, user: &Address) -> Result<bool> {
+        match id.kind() {
+            ConvKind::Direct => Ok(id.direct_members().is_some_and(|m| m.contains(user))),
+            ConvKind::Group => self
+                .pool
+                .sismember(self.conv_keys(id).key("m"), user.lower())
+                .await
+                .map_err(unavailable),
+        }
+    }
+
+    async fn user_conversations(&self, user: &Address) -> Result<Vec<ConvId>> {
+        let raw: Vec<String> = self
+            .pool
+            .smembers(user_convs_key(user))
+            .await
+            .map_err(unavailable)?;
+        let mut v = raw
+            .iter()
+            .map(|s| s.parse::<ConvId>().map_err(corrupt))
+            .collect::<Result<Vec<_>>>()?;
+        v.sort();
+        Ok(v)
+    }
+
+    async fn send(&self, req: SendRequest) -> Result<SendOutcome> {
+        let direct = req.conv.direct_members();
+        match (&direct, req.conv.kind()) {
+            (Some(m), _) if !m.contains(&req.from) => return Err(BrokerError::NotMember),
+            (None, ConvKind::Direct) => return Err(BrokerError::NotMember),
+            _ => {}
+        }
+        let keys = self.conv_keys(&req.conv);
+        let from = req.from.lower();
+        let key_list = vec![
+            keys.key("seq"),
+            keys.key("log"),
+            keys.key("m"),
+            keys.key(&format!("d:{}", req.id)),
+            keys.persist.clone(),
+        ];
+        let args: Vec<String> = vec![
+            from,
+            req.id.to_string(),
+            req.body.get().to_owned(),
+            // ARGV[4] is unused: the timestamp comes from the Redis clock
+            // inside the script so every gateway stamps from one clock.
+            String::new(),
+            self.cfg.log_max_len.to_string(),
+            self.cfg.dedupe_ttl.as_secs().max(1).to_string(),
+            if self.cfg.persist { "1" } else { "0" }.into(),
+            if direct.is_some() { "dm" } else { "g" }.into(),
+            req.conv.to_string(),
+        ];
+        let out: Vec<Value> = self
+            .send_script
+            .evalsha_with_reload(self.pool.next(), key_list, args)
+            .await
+            .map_err(unavailable)?;
+        let status = out.first().and_then(Value::as_i64).ok_or_else(|| corrupt("send reply"))?;
+        if status < 0 {
+            return Err(BrokerError::NotMember);
+        }
+        let seq = value_u64(out.get(1).unwrap_or(&Value::Null))?;
+        let ts = value_u64(out.get(2).unwrap_or(&Value::Null))?;
+        let members = match direct {
+            Some(m) => m.to_vec(),
+            None => out[3.min(out.len())..]
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .ok_or_else(|| corrupt("member"))
+                        .and_then(|s| s.parse::<Address>().map_err(corrupt))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        if status == 1 && seq == 1 && req.conv.kind() == ConvKind::Direct {
+            // The first message of a direct conversation makes it one of both
+            // users' conversations (presence peers, conversation lists).
+            let conv = req.conv.as_str();
+            try_join_all(members.iter().map(|m| async move {
+                self.pool.sadd::<(), _, _>(user_convs_key(m), conv).await
+            }))
+            .await
+            .map_err(unavailable)?;
+        }
+        Ok(SendOutcome {
+            message: Message {
+                conv: req.conv,
+                seq,
+                id: req.id,
+                from: req.from,
+                body: req.body,
+                ts,
+            },
+            duplicate: status == 0,
+            members,
+        })
+    }
+
+    async fn read_log(&self, conv: &ConvId, after: u64, limit: usize) -> Result<LogPage> {
+        let keys = self.conv_keys(conv);
+        let client = self.pool.next();
+        let entries: Vec<XReadValue<String, String, String>> = client
+            .xrange_values(
+                keys.key("log"),
+                format!("{}-0", after.saturating_add(1)),
+                "+",
+                Some(limit as u64),
+            )
+            .await
+            .map_err(unavailable)?;
+        let last: Option<u64> = client.get(keys.key("seq")).await.map_err(unavailable)?;
+        let mut messages = Vec::with_capacity(entries.len());
+        for (id, mut fields) in entries {
+            let seq = id
+                .split_once('-')
+                .and_then(|(s, _)| s.parse::<u64>().ok())
+                .ok_or_else(|| corrupt(format!("log entry id {id}")))?;
+            let mut take = |k: &str| {
+                fields
+                    .remove(k)
+                    .ok_or_else(|| corrupt(format!("log entry {id} lacks {k}")))
+            };
+            let msg_id: MsgId = take("id")?.parse().map_err(corrupt)?;
+            let from: Address = take("from")?.parse().map_err(corrupt)?;
+            let body = RawValue::from_string(take("body")?).map_err(corrupt)?;
+            let ts: u64 = take("ts")?.parse().map_err(corrupt)?;
+            messages.push(Message {
+                conv: conv.clone(),
+                seq,
+                id: msg_id,
+                from,
+                body,
+                ts,
+            });
+        }
+        Ok(LogPage {
+            messages,
+            last_seq: last.unwrap_or(0),
+        })
+    }
+
+    async fn mark(
+        &self,
+        conv: &ConvId,
+        user: &Address,
+        mark: Mark,
+        seq: u64,
+    ) -> Result<Option<Watermarks>> {
+        let keys = self.conv_keys(conv);
+        let args: Vec<String> = vec![
+            user.lower(),
+            match mark {
+                Mark::Delivered => "d",
+                Mark::Read => "r",
+            }
+            .into(),
+            seq.to_string(),
+            if self.cfg.persist { "1" } else { "0" }.into(),
+            conv.to_string(),
+        ];
+        let out: Vec<u64> = self
+            .mark_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![keys.key("wm"), keys.key("seq"), keys.persist.clone()],
+                args,
+            )
+            .await
+            .map_err(unavailable)?;
+        match out.as_slice() {
+            [1, d, r] => Ok(Some(Watermarks {
+                delivered: *d,
+                read: *r,
+            })),
+            [0, _, _] => Ok(None),
+            other => Err(corrupt(format!("mark reply {other:?}"))),
+        }
+    }
+
+    async fn watermarks(&self, conv: &ConvId, user: &Address) -> Result<Watermarks> {
+        let keys = self.conv_keys(conv);
+        let u = user.lower();
+        let v: Vec<Option<u64>> = self
+            .pool
+            .hmget(keys.key("wm"), vec![format!("{u}:d"), format!("{u}:r")])
+            .await
+            .map_err(unavailable)?;
+        Ok(Watermarks {
+            delivered: v.first().copied().flatten().unwrap_or(0),
+            read: v.get(1).copied().flatten().unwrap_or(0),
+        })
+    }
+
+    async fn attach(&self, gateway: &str) -> Result<mpsc::Receiver<Routed>> {
+        let sub = builder(&self.builder_config)
+            .build_subscriber_client()
+            .map_err(unavailable)?;
+        sub.init().await.map_err(unavailable)?;
+        // Re-subscribe after reconnects (Redis restarts, cluster failovers).
+        let _resubscribe = sub.manage_subscriptions();
+        let mut rx = sub.message_rx();
+        let channel = gateway_channel(gateway);
+        if self.cluster {
+            sub.ssubscribe(channel.clone()).await.map_err(unavailable)?;
+        } else {
+            sub.subscribe(channel.clone()).await.map_err(unavailable)?;
+        }
+        self.gateway_alive(gateway).await?;
+        let (tx, out) = mpsc::channel(4096);
+        tokio::spawn(async move {
+            // Keep the subscriber alive as long as the gateway listens.
+            let _sub = sub;
+            loop {
+                match rx.recv().await {
+                    Ok(msg) => {
+                        let Some(text) = msg.value.as_str() else {
+                            continue;
+                        };
+                        match Routed::decode(&text) {
+                            Ok(ev) => {
+                                if tx.send(ev).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) => tracing::warn!(%channel, error = %e, "undecodable routed event"),
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(%channel, missed = n, "gateway fell behind its pub/sub feed");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        Ok(out)
+    }
+
+    async fn gateway_alive(&self, gateway: &str) -> Result<()> {
+        let now = now_ms();
+        let deadline = now + self.cfg.gateway_ttl.as_millis() as u64;
+        let _: () = self
+            .pool
+            .zadd(
+                GATEWAYS_KEY,
+                None,
+                None,
+                false,
+                false,
+                (deadline as f64, gateway),
+            )
+            .await
+            .map_err(unavailable)?;
+        // Forget gateways that have been dead for a long while.
+        let stale = now.saturating_sub(10 * self.cfg.gateway_ttl.as_millis() as u64);
+        let _: () = self
+            .pool
+            .zremrangebyscore(GATEWAYS_KEY, "-inf", stale as f64)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn register(&self, user: &Address, gateway: &str) -> Result<()> {
+        let key = registry_key(user);
+        let _: () = self.pool.sadd(&key, gateway).await.map_err(unavailable)?;
+        // Prune entries of dead gateways here, on the rare connect path, rather
+        // than on every routed message.
+        let listed: Vec<String> = self.pool.smembers(&key).await.map_err(unavailable)?;
+        if listed.len() > 1 {
+            let live = self.live_gateways(true).await?;
+            let dead: Vec<String> = listed
+                .into_iter()
+                .filter(|g| g != gateway && !live.contains(g))
+                .collect();
+            if !dead.is_empty() {
+                let _: () = self.pool.srem(&key, dead).await.map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn unregister(&self, user: &Address, gateway: &str) -> Result<()> {
+        let _: () = self
+            .pool
+            .srem(registry_key(user), gateway)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn is_connected(&self, user: &Address) -> Result<bool> {
+        let listed: Vec<String> = self
+            .pool
+            .smembers(registry_key(user))
+            .await
+            .map_err(unavailable)?;
+        if listed.is_empty() {
+            return Ok(false);
+        }
+        let live = self.live_gateways(false).await?;
+        Ok(listed.iter().any(|g| live.contains(g)))
+    }
+
+    async fn route(&self, ev: Routed) -> Result<()> {
+        // Registry look-ups run concurrently; fred pipelines them per node.
+        let lists: Vec<Vec<String>> = try_join_all(
+            ev.users
+                .iter()
+                .map(|u| self.pool.smembers::<Vec<String>, _>(registry_key(u))),
+        )
+        .await
+        .map_err(unavailable)?;
+        let mut per_gw: HashMap<String, Vec<Address>> = HashMap::new();
+        for (u, gws) in ev.users.iter().zip(lists) {
+            for g in gws {
+                per_gw.entry(g).or_default().push(*u);
+            }
+        }
+        if per_gw.is_empty() {
+            return Ok(());
+        }
+        let mut live = self.live_gateways(false).await?;
+        if per_gw.keys().any(|g| !live.contains(g)) {
+            // A gateway that just started may not be in the cached set yet.
+            live = self.live_gateways(true).await?;
+        }
+        let mut sends = Vec::with_capacity(per_gw.len());
+        for (gw, users) in per_gw {
+            if !live.contains(&gw) {
+                continue;
+            }
+            let payload = ev.encode(&users).map_err(corrupt)?;
+            let channel = gateway_channel(&gw);
+            let pool = &self.pool;
+            let cluster = self.cluster;
+            sends.push(async move {
+                if cluster {
+                    pool.next().spublish::<(), _, _>(channel, payload).await
+                } else {
+                    pool.next().publish::<(), _, _>(channel, payload).await
+                }
+            });
+        }
+        try_join_all(sends).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn touch(&self, user: &Address, now_ms: u64) -> Result<()> {
+        let _: () = self
+            .pool
+            .hset(PRESENCE_KEY, (user.lower(), now_ms))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn last_seen(&self, users: &[Address]) -> Result<Vec<u64>> {
+        if users.is_empty() {
+            return Ok(vec![]);
+        }
+        let fields: Vec<String> = users.iter().map(Address::lower).collect();
+        let v: Vec<Option<u64>> = self
+            .pool
+            .hmget(PRESENCE_KEY, fields)
+            .await
+            .map_err(unavailable)?;
+        Ok(v.into_iter().map(|x| x.unwrap_or(0)).collect())
+    }
+}
