@@ -27,7 +27,9 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1012;
 }
 
-/// Frames a client sends.
+/// Frames a client sends. Parse with [`ClientFrame::from_json`]: serde's
+/// internally tagged enums buffer their content, which cannot hold the raw
+/// `body` of a `send`, so that variant is parsed on its own.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
@@ -49,6 +51,39 @@ pub enum ClientFrame {
     Sync { conv: ConvId, after: u64 },
     /// Keep-alive and presence heartbeat.
     Ping {},
+}
+
+/// `{"type": ...}` of any frame; other fields are skipped unparsed.
+#[derive(Deserialize)]
+struct Tag<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendWire {
+    #[serde(rename = "type")]
+    _type: serde::de::IgnoredAny,
+    conv: ConvId,
+    id: MsgId,
+    body: Box<RawValue>,
+}
+
+impl ClientFrame {
+    /// Parse one text frame.
+    pub fn from_json(s: &str) -> Result<ClientFrame, serde_json::Error> {
+        let tag: Tag<'_> = serde_json::from_str(s)?;
+        if tag.ty == "send" {
+            let w: SendWire = serde_json::from_str(s)?;
+            return Ok(ClientFrame::Send {
+                conv: w.conv,
+                id: w.id,
+                body: w.body,
+            });
+        }
+        serde_json::from_str(s)
+    }
 }
 
 /// Presence derived from the time since a user was last seen.
@@ -121,6 +156,16 @@ pub enum ServerFrame {
 }
 
 impl ServerFrame {
+    /// Parse one text frame (client side). `msg` carries a raw `body`, which
+    /// serde's tagged-enum buffering cannot hold, so it is parsed on its own.
+    pub fn from_json(s: &str) -> Result<ServerFrame, serde_json::Error> {
+        let tag: Tag<'_> = serde_json::from_str(s)?;
+        if tag.ty == "msg" {
+            return serde_json::from_str::<Message>(s).map(ServerFrame::Msg);
+        }
+        serde_json::from_str(s)
+    }
+
     pub fn error(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Self {
         ServerFrame::Error {
             code,
@@ -145,6 +190,8 @@ impl ServerFrame {
 pub enum ErrorCode {
     /// Malformed JSON, unknown `type`, missing or invalid field.
     BadFrame,
+    /// An HTTP request whose body, path or query is malformed or invalid.
+    BadRequest,
     /// Missing, invalid or expired credentials.
     Unauthorized,
     /// Authenticated, but not allowed (e.g. not a member of the conversation).
@@ -165,6 +212,7 @@ impl ErrorCode {
     pub fn as_str(&self) -> &'static str {
         match self {
             ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::BadRequest => "bad_request",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
@@ -182,7 +230,7 @@ mod tests {
 
     #[test]
     fn client_frames_parse() {
-        let f: ClientFrame = serde_json::from_str(
+        let f = ClientFrame::from_json(
             r#"{"type":"send","conv":"g:0123456789abcdef0123456789abcdef","id":"m1","body":{"text":"hi"}}"#,
         )
         .unwrap();
@@ -194,11 +242,29 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            serde_json::from_str::<ClientFrame>(r#"{"type":"ping"}"#).unwrap(),
+            ClientFrame::from_json(r#"{"type":"ping"}"#).unwrap(),
             ClientFrame::Ping {}
         ));
-        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
-        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"ack","conv":"x","seq":1}"#).is_err());
+        for bad in [
+            r#"{"type":"nope"}"#,
+            r#"{"type":"ack","conv":"x","seq":1}"#,
+            r#"{"type":"send","conv":"g:0123456789abcdef0123456789abcdef","id":"m1"}"#,
+            r#"{"type":"send","conv":"g:0123456789abcdef0123456789abcdef","id":"m1","body":1,"x":2}"#,
+            r#"{"conv":"g:0123456789abcdef0123456789abcdef"}"#,
+            "[]",
+            "",
+        ] {
+            assert!(ClientFrame::from_json(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn msg_frames_round_trip_with_raw_bodies() {
+        let text = r#"{"type":"msg","conv":"g:0123456789abcdef0123456789abcdef","seq":3,"id":"m1","from":"0x2c7536E3605D9C16a7a3D7b1898e529396a65c23","body":{"a":[1,"é"]},"ts":5}"#;
+        let f = ServerFrame::from_json(text).unwrap();
+        assert_eq!(f.to_json(), text);
+        let p = ServerFrame::from_json(r#"{"type":"pong"}"#).unwrap();
+        assert!(matches!(p, ServerFrame::Pong {}));
     }
 
     #[test]

@@ -1,1 +1,20 @@
-//! switchboard-gateway
+//! `switchboard-gateway`: the axum server clients talk to — WebSocket protocol
+//! v1, sign-in and conversation REST endpoints, the local connection hub,
+//! delivery with acks and retries, presence and graceful drain.
+//!
+//! The binary (`switchboard dev`, later `switchboard-gateway`) only parses
+//! configuration and calls [`Gateway::start`]; tests start gateways in-process
+//! the same way.
+
+pub mod config;
+mod conn;
+pub mod hub;
+pub mod metrics;
+pub mod presence;
+pub mod problem;
+pub mod rest;
+pub mod server;
+pub mod state;
+
+pub use config::GatewayConfig;
+pub use server::{Gateway, GatewayError, router};

@@ -1,0 +1,226 @@
+//! EIP-4361 Sign-In with Ethereum. The `siwe` crate parses the message by the
+//! EIP's grammar; the checks and the signature recovery are ours (k256 0.14,
+//! through [`super::eip191`]), so a single secp256k1 implementation verifies.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::AuthError;
+use super::eip191::{parse_signature_hex, recover_address};
+use crate::ids::Address;
+
+/// Tolerated clock skew for a message's `Issued At` lying in the future.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// What a server accepts.
+#[derive(Debug, Clone)]
+pub struct SiweVerifier {
+    /// Compared with the message's whole authority: `localhost:8080` is not
+    /// `localhost`.
+    pub domain: String,
+    pub chain_ids: Vec<u64>,
+}
+
+/// A successfully verified sign-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedSignIn {
+    pub address: Address,
+    /// The caller must still consume this nonce (single use, server-issued).
+    pub nonce: String,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl SiweVerifier {
+    /// Parse and check `message` and its `personal_sign` signature at `now`.
+    /// Nonce liveness is NOT checked here: the gateway consumes the nonce from
+    /// the broker after this succeeds, so forgeries cannot burn nonces.
+    pub fn verify(
+        &self,
+        message: &str,
+        signature_hex: &str,
+        now: OffsetDateTime,
+    ) -> Result<VerifiedSignIn, AuthError> {
+        let m = siwe::Message::from_str(message).map_err(|e| AuthError::BadMessage(e.to_string()))?;
+        let domain = m.domain.to_string();
+        if domain != self.domain {
+            return Err(AuthError::WrongDomain {
+                got: domain,
+                want: self.domain.clone(),
+            });
+        }
+        if !self.chain_ids.contains(&m.chain_id) {
+            return Err(AuthError::WrongChain(m.chain_id));
+        }
+        let issued: &OffsetDateTime = m.issued_at.as_ref();
+        if *issued > now + MAX_CLOCK_SKEW {
+            return Err(AuthError::NotYetValid);
+        }
+        if let Some(nbf) = &m.not_before {
+            if *nbf.as_ref() > now {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        let expires_at = m.expiration_time.as_ref().map(|t| *t.as_ref());
+        if expires_at.is_some_and(|exp| exp <= now) {
+            return Err(AuthError::Expired);
+        }
+        let sig = parse_signature_hex(signature_hex)?;
+        let recovered = recover_address(message.as_bytes(), &sig)?;
+        let claimed = Address(m.address);
+        if recovered != claimed {
+            return Err(AuthError::AddressMismatch {
+                claimed: claimed.to_string(),
+                recovered: recovered.to_string(),
+            });
+        }
+        Ok(VerifiedSignIn {
+            address: claimed,
+            nonce: m.nonce,
+            expires_at,
+        })
+    }
+}
+
+/// The fields of a sign-in message a client fills in.
+#[derive(Debug, Clone)]
+pub struct SignInParams {
+    pub domain: String,
+    pub address: Address,
+    pub statement: Option<String>,
+    pub uri: String,
+    pub chain_id: u64,
+    pub nonce: String,
+    pub issued_at: OffsetDateTime,
+    pub expiration_time: Option<OffsetDateTime>,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// EIP-4361 text for `p`, exactly as the grammar lays it out (version 1,
+/// EIP-55 address, RFC 3339 times).
+pub fn build_message(p: &SignInParams) -> String {
+    let mut s = format!(
+        "{} wants you to sign in with your Ethereum account:\n{}\n\n",
+        p.domain, p.address
+    );
+    if let Some(st) = &p.statement {
+        s.push_str(st);
+        s.push('\n');
+    }
+    s.push_str(&format!(
+        "\nURI: {}\nVersion: 1\nChain ID: {}\nNonce: {}\nIssued At: {}",
+        p.uri,
+        p.chain_id,
+        p.nonce,
+        rfc3339(p.issued_at)
+    ));
+    if let Some(exp) = p.expiration_time {
+        s.push_str(&format!("\nExpiration Time: {}", rfc3339(exp)));
+    }
+    s
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use k256::ecdsa::SigningKey;
+
+    use super::*;
+    use crate::auth::eip191::{address_of, sign_personal};
+
+    fn key() -> SigningKey {
+        SigningKey::from_slice(&rand::random::<[u8; 32]>()).unwrap()
+    }
+
+    fn verifier() -> SiweVerifier {
+        SiweVerifier {
+            domain: "localhost".into(),
+            chain_ids: vec![1],
+        }
+    }
+
+    fn params(k: &SigningKey) -> SignInParams {
+        let now = OffsetDateTime::now_utc();
+        SignInParams {
+            domain: "localhost".into(),
+            address: address_of(k.verifying_key()),
+            statement: Some("Sign in to Switchboard".into()),
+            uri: "http://localhost:8080".into(),
+            chain_id: 1,
+            nonce: "abcdefghijklmnop1234".into(),
+            issued_at: now,
+            expiration_time: Some(now + time::Duration::minutes(10)),
+        }
+    }
+
+    fn check(p: &SignInParams, k: &SigningKey) -> Result<VerifiedSignIn, AuthError> {
+        let msg = build_message(p);
+        verifier().verify(&msg, &sign_personal(k, msg.as_bytes()), OffsetDateTime::now_utc())
+    }
+
+    #[test]
+    fn valid_sign_in_round_trips_through_the_grammar() {
+        let k = key();
+        let p = params(&k);
+        let msg = build_message(&p);
+        let parsed = siwe::Message::from_str(&msg).unwrap();
+        assert_eq!(parsed.to_string(), msg);
+        let ok = check(&p, &k).unwrap();
+        assert_eq!(ok.address, p.address);
+        assert_eq!(ok.nonce, p.nonce);
+        assert!(ok.expires_at.is_some());
+        // Without statement or expiry too.
+        let p2 = SignInParams {
+            statement: None,
+            expiration_time: None,
+            ..p
+        };
+        assert_eq!(siwe::Message::from_str(&build_message(&p2)).unwrap().to_string(), build_message(&p2));
+        assert!(check(&p2, &k).is_ok());
+    }
+
+    #[test]
+    fn each_check_fails_with_its_code() {
+        let k = key();
+        let now = OffsetDateTime::now_utc();
+        let code = |p: SignInParams| check(&p, &k).unwrap_err().code();
+        assert_eq!(code(SignInParams { domain: "evil.example".into(), ..params(&k) }), "wrong_domain");
+        assert_eq!(code(SignInParams { domain: "localhost:8080".into(), ..params(&k) }), "wrong_domain");
+        assert_eq!(code(SignInParams { chain_id: 5, ..params(&k) }), "wrong_chain");
+        assert_eq!(
+            code(SignInParams { expiration_time: Some(now - time::Duration::seconds(1)), ..params(&k) }),
+            "expired"
+        );
+        assert_eq!(
+            code(SignInParams { issued_at: now + time::Duration::hours(1), expiration_time: None, ..params(&k) }),
+            "not_yet_valid"
+        );
+        let other = key();
+        let msg = build_message(&params(&k));
+        let err = verifier()
+            .verify(&msg, &sign_personal(&other, msg.as_bytes()), now)
+            .unwrap_err();
+        assert_eq!(err.code(), "address_mismatch");
+        assert_eq!(verifier().verify("hello", "0x00", now).unwrap_err().code(), "bad_message");
+        assert_eq!(verifier().verify(&msg, "0x1234", now).unwrap_err().code(), "bad_signature");
+    }
+
+    #[test]
+    fn not_before_in_the_future_is_refused() {
+        let k = key();
+        let in_an_hour = rfc3339(OffsetDateTime::now_utc() + time::Duration::hours(1));
+        let msg = format!("{}\nNot Before: {in_an_hour}", build_message(&params(&k)));
+        let err = verifier()
+            .verify(&msg, &sign_personal(&k, msg.as_bytes()), OffsetDateTime::now_utc())
+            .unwrap_err();
+        assert_eq!(err.code(), "not_yet_valid");
+    }
+}

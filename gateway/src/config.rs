@@ -1,0 +1,92 @@
+//! Gateway configuration. Every knob has a production default; tests shorten
+//! the timers (ack retry interval, presence thresholds) to run fast.
+
+use std::time::Duration;
+
+/// See the field docs; `Default` is what `switchboard dev` runs with.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// This instance's id in the connection registry. Must be unique among the
+    /// gateways sharing a broker; defaults to a random `gw-<hex>`.
+    pub gateway_id: String,
+    /// EIP-4361 domain the sign-in message must name (an authority, e.g. `localhost`).
+    pub domain: String,
+    /// Chain ids accepted in sign-in messages.
+    pub chain_ids: Vec<u64>,
+    /// HMAC key for session tokens; gateways sharing users must share it.
+    pub token_secret: Vec<u8>,
+    /// Session token lifetime.
+    pub session_ttl: Duration,
+    /// Sign-in nonce lifetime.
+    pub nonce_ttl: Duration,
+    /// How long a new socket may take to authenticate.
+    pub auth_timeout: Duration,
+    /// Heartbeat interval announced to clients in `ready`.
+    pub heartbeat: Duration,
+    /// A socket with no inbound frame for this long is closed (4000).
+    pub idle_timeout: Duration,
+    /// Time to wait for an `ack` before resending a `msg`.
+    pub ack_timeout: Duration,
+    /// Resends after the first delivery attempt (so at most 1 + this many sends).
+    pub max_retries: u32,
+    /// Last seen less than this long ago: `online`.
+    pub online_within: Duration,
+    /// Last seen less than this long ago (and not online): `away`; else `offline`.
+    pub away_within: Duration,
+    /// Frames queued for one socket before it counts as a slow consumer (4008).
+    pub send_queue: usize,
+    /// Sustained `send` frames per second per connection, and the burst above it.
+    pub send_rate: u32,
+    pub send_burst: u32,
+    /// All inbound frames per second per connection, and the burst.
+    pub frame_rate: u32,
+    pub frame_burst: u32,
+    /// Minimum time between relayed `typing` frames per conversation per socket.
+    pub typing_interval: Duration,
+    /// Most messages one `sync` replays; clients sync again from the last seq.
+    pub sync_limit: usize,
+    /// Largest group at creation.
+    pub max_group_members: usize,
+    /// WebSocket read / write buffer sizes (tungstenite's defaults are 128 KiB
+    /// of read buffer per socket, which dominates idle memory).
+    pub ws_read_buffer: usize,
+    pub ws_write_buffer: usize,
+    /// How often this gateway refreshes its liveness in the broker; keep it
+    /// well under the broker's `gateway_ttl` (default 15 s).
+    pub liveness_interval: Duration,
+    /// How long a member list stays cached for typing/ack/read fan-out.
+    pub members_cache_ttl: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        let id: [u8; 6] = rand::random();
+        GatewayConfig {
+            gateway_id: format!("gw-{}", hex::encode(id)),
+            domain: "localhost".into(),
+            chain_ids: vec![1],
+            token_secret: rand::random::<[u8; 32]>().to_vec(),
+            session_ttl: Duration::from_secs(24 * 3600),
+            nonce_ttl: Duration::from_secs(300),
+            auth_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            ack_timeout: Duration::from_secs(5),
+            max_retries: 3,
+            online_within: Duration::from_secs(30),
+            away_within: Duration::from_secs(300),
+            send_queue: 256,
+            send_rate: 50,
+            send_burst: 100,
+            frame_rate: 200,
+            frame_burst: 400,
+            typing_interval: Duration::from_secs(1),
+            sync_limit: 1000,
+            max_group_members: 1000,
+            ws_read_buffer: 4 * 1024,
+            ws_write_buffer: 4 * 1024,
+            liveness_interval: Duration::from_secs(5),
+            members_cache_ttl: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! One WebSocket connection: authenticate, then a single task multiplexes the
+//! socket's inbound frames, the hub's outbound queue, ack-retry timers and the
+//! idle and close signals. One task per socket (rather than a reader and a
+//! writer task) keeps idle connections small, and handling a client's frames in
+//! order keeps its sends in the order it wrote them.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use switchboard_core::broker::{BrokerError, Mark, Routed, SendRequest};
+use switchboard_core::ids::{Address, ConvId};
+use switchboard_core::protocol::{ClientFrame, ErrorCode, ServerFrame, close};
+use switchboard_core::time::now_ms;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use crate::hub::{ConnHandle, Outbound};
+use crate::presence;
+use crate::state::AppState;
+
+/// Why the loop ended, and what to tell the client.
+enum Exit {
+    /// The client closed or the transport failed: nothing more to send.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// A `msg` frame waiting for its ack.
+struct Pending {
+    frame: Arc<str>,
+    /// Resends so far.
+    retries: u32,
+}
+
+fn limiter(rate: u32, burst: u32) -> DefaultDirectRateLimiter {
+    let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(rate);
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+}
+
+/// Wait for the `auth` frame. Returns the user, or `None` after telling the
+/// client why and closing with 4001.
+pub async fn authenticate(state: &AppState, socket: &mut WebSocket) -> Option<Address> {
+    let first = tokio::time::timeout(state.cfg.auth_timeout, socket.recv()).await;
+    let reason = match first {
+        Err(_) => "no auth frame within the time limit",
+        Ok(None) | Ok(Some(Err(_))) => return None,
+        Ok(Some(Ok(WsMessage::Text(t)))) => match ClientFrame::from_json(&t) {
+            Ok(ClientFrame::Auth { token }) => {
+                match state.tokens.verify(&token, time::OffsetDateTime::now_utc()) {
+                    Ok(user) => return Some(user),
+                    Err(_) => "invalid or expired token",
+                }
+            }
+            _ => "the first frame must be auth {token}",
+        },
+        Ok(Some(Ok(_))) => "the first frame must be auth {token}",
+    };
+    state.metrics.error(ErrorCode::Unauthorized.as_str());
+    let frame = ServerFrame::error(ErrorCode::Unauthorized, reason, None);
+    let _ = socket.send(WsMessage::Text(frame.to_json().into())).await;
+    let _ = socket
+        .send(WsMessage::Close(Some(CloseFrame {
+            code: close::UNAUTHORIZED,
+            reason: "unauthorized".into(),
+        })))
+        .await;
+    None
+}
+
+/// Serve an authenticated socket until it closes.
+pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, user: Address) {
+    let (tx, rx) = mpsc::channel(state.cfg.send_queue.max(1));
+    let was_connected = state.broker.is_connected(&user).await.unwrap_or(true);
+    let (handle, first_here) = state.hub.add(user, tx);
+    if first_here {
+        if let Err(e) = state.broker.register(&user, &state.cfg.gateway_id).await {
+            tracing::warn!(error = %e, "registry update failed");
+        }
+    }
+    let now = now_ms();
+    let _ = state.broker.touch(&user, now).await;
+    if !was_connected {
+        if let Err(e) =
+            presence::announce(&state, user, switchboard_core::protocol::PresenceStatus::Online, now).await
+        {
+            tracing::debug!(error = %e, "presence announce failed");
+        }
+    }
+
+    let mut conn = Conn {
+        state: state.clone(),
+        user,
+        handle: handle.clone(),
+        pending: HashMap::new(),
+        timers: VecDeque::new(),
+        sends: limiter(state.cfg.send_rate, state.cfg.send_burst),
+        frames: limiter(state.cfg.frame_rate, state.cfg.frame_burst),
+        typing: HashMap::new(),
+        last_touch: Instant::now(),
+    };
+    let ready = ServerFrame::Ready {
+        user,
+        heartbeat_ms: state.cfg.heartbeat.as_millis() as u64,
+    };
+    let exit = if socket.send(text(&ready.to_json())).await.is_err() {
+        Exit::Gone
+    } else {
+        conn.run(&mut socket, rx).await
+    };
+    if let Exit::Close(code, reason) = exit {
+        let _ = socket
+            .send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+
+    if state.hub.remove(&user, &handle) {
+        if let Err(e) = state.broker.unregister(&user, &state.cfg.gateway_id).await {
+            tracing::warn!(error = %e, "registry update failed");
+        }
+        let _ = state.broker.touch(&user, now_ms()).await;
+        presence::after_disconnect(state.clone(), user);
+    }
+}
+
+fn text(s: &str) -> WsMessage {
+    WsMessage::Text(s.into())
+}
+
+struct Conn {
+    state: Arc<AppState>,
+    user: Address,
+    handle: Arc<ConnHandle>,
+    pending: HashMap<(ConvId, u64), Pending>,
+    /// Retry deadlines in the order they fall due (every retry waits the same
+    /// interval, so pushing to the back keeps the queue sorted). Entries for
+    /// acked messages are skipped lazily.
+    timers: VecDeque<(Instant, ConvId, u64)>,
+    sends: DefaultDirectRateLimiter,
+    frames: DefaultDirectRateLimiter,
+    typing: HashMap<ConvId, Instant>,
+    last_touch: Instant,
+}
+
+impl Conn {
+    async fn run(&mut self, socket: &mut WebSocket, mut rx: mpsc::Receiver<Outbound>) -> Exit {
+        let idle = self.state.cfg.idle_timeout;
+        let mut idle_at = Instant::now() + idle;
+        let close = self.handle.close.clone();
+        loop {
+            let next_retry = self.timers.front().map(|t| t.0);
+            tokio::select! {
+                biased;
+                _ = close.closed() => {
+                    let code = close.code();
+                    let reason = match code {
+                        close::SLOW_CONSUMER => "slow consumer: reconnect with backoff and resync",
+                        close::GOING_AWAY => "gateway draining: reconnect",
+                        _ => "closed by server",
+                    };
+                    return Exit::Close(code, reason);
+                }
+                _ = sleep_until(idle_at) => {
+                    return Exit::Close(close::IDLE_TIMEOUT, "idle timeout: send ping frames");
+                }
+                item = rx.recv() => {
+                    let Some(item) = item else { return Exit::Gone };
+                    if self.write_outbound(socket, item).await.is_err() {
+                        return Exit::Gone;
+                    }
+                }
+                _ = sleep_until(next_retry.unwrap_or(idle_at)), if next_retry.is_some() => {
+                    if self.retry_due(socket).await.is_err() {
+                        return Exit::Gone;
+                    }
+                }
+                incoming = socket.recv() => {
+                    idle_at = Instant::now() + idle;
+                    match incoming {
+                        None => return Exit::Gone,
+                        Some(Err(e)) => return classify_read_error(e),
+                        Some(Ok(WsMessage::Text(t))) => {
+                            if self.on_text(socket, &t).await.is_err() {
+                                return Exit::Gone;
+                            }
+                        }
+                        Some(Ok(WsMessage::Binary(_))) => {
+                            if self.error(socket, ErrorCode::BadFrame, "binary frames are not supported; send JSON text", None).await.is_err() {
+                                return Exit::Gone;
+                            }
+                        }
+                        Some(Ok(WsMessage::Close(_))) => return Exit::Gone,
+                        Some(Ok(_)) => {} // ping/pong: answered by the WebSocket layer
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write one frame. A peer that stops reading fills its TCP window and
+    /// this write would wait forever, so it also ends when the socket is told
+    /// to close (the hub does that when the send queue fills).
+    async fn write(&self, socket: &mut WebSocket, s: &str) -> Result<(), axum::Error> {
+        tokio::select! {
+            r = socket.send(text(s)) => r,
+            _ = self.handle.close.closed() => Err(axum::Error::new("socket closed while writing")),
+        }
+    }
+
+    async fn error(
+        &self,
+        socket: &mut WebSocket,
+        code: ErrorCode,
+        message: &str,
+        reference: Option<String>,
+    ) -> Result<(), axum::Error> {
+        self.state.metrics.error(code.as_str());
+        self.write(socket, &ServerFrame::error(code, message, reference).to_json())
+            .await
+    }
+
+    /// Write a `msg` and start waiting for its ack.
+    async fn write_msg(
+        &mut self,
+        socket: &mut WebSocket,
+        conv: ConvId,
+        seq: u64,
+        frame: Arc<str>,
+    ) -> Result<(), axum::Error> {
+        self.write(socket, &frame).await?;
+        self.state.metrics.messages_out.inc();
+        let key = (conv, seq);
+        if !self.pending.contains_key(&key) {
+            self.timers
+                .push_back((Instant::now() + self.state.cfg.ack_timeout, key.0.clone(), key.1));
+            self.pending.insert(key, Pending { frame, retries: 0 });
+        }
+        Ok(())
+    }
+
+    async fn write_outbound(&mut self, socket: &mut WebSocket, item: Outbound) -> Result<(), axum::Error> {
+        match item {
+            Outbound::Frame(f) => self.write(socket, &f).await,
+            Outbound::Msg { conv, seq, frame } => {
+                if let Some(ts) = frame_ts(&frame) {
+                    let lat = now_ms().saturating_sub(ts) as f64 / 1000.0;
+                    self.state.metrics.delivery_latency.observe(lat);
+                }
+                self.write_msg(socket, conv, seq, frame).await
+            }
+        }
+    }
+
+    /// Resend every `msg` whose ack is overdue, or give up on it after the
+    /// last retry (the client then catches up with `sync`).
+    async fn retry_due(&mut self, socket: &mut WebSocket) -> Result<(), axum::Error> {
+        let now = Instant::now();
+        while let Some((at, _, _)) = self.timers.front() {
+            if *at > now {
+                break;
+            }
+            let Some((_, conv, seq)) = self.timers.pop_front() else { break };
+            let key = (conv, seq);
+            let Some(p) = self.pending.get_mut(&key) else { continue };
+            if p.retries >= self.state.cfg.max_retries {
+                self.pending.remove(&key);
+                self.state.metrics.retries_exhausted.inc();
+                continue;
+            }
+            p.retries += 1;
+            let frame = p.frame.clone();
+            self.state.metrics.retries.inc();
+            self.timers
+                .push_back((now + self.state.cfg.ack_timeout, key.0, key.1));
+            self.write(socket, &frame).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, socket: &mut WebSocket, t: &str) -> Result<(), axum::Error> {
+        self.maybe_touch().await;
+        if self.frames.check().is_err() {
+            return self
+                .error(socket, ErrorCode::RateLimited, "too many frames; slow down", None)
+                .await;
+        }
+        let frame = match ClientFrame::from_json(t) {
+            Ok(f) => f,
+            Err(e) => {
+                let msg = format!("malformed frame: {e}");
+                return self.error(socket, ErrorCode::BadFrame, &msg, None).await;
+            }
+        };
+        match frame {
+            ClientFrame::Auth { .. } => {
+                self.error(socket, ErrorCode::BadFrame, "already authenticated", None)
+                    .await
+            }
+            ClientFrame::Ping {} => self.write(socket, &ServerFrame::Pong {}.to_json()).await,
+            ClientFrame::Send { conv, id, body } => {
+                if self.sends.check().is_err() {
+                    return self
+                        .error(socket, ErrorCode::RateLimited, "sending too fast; retry later with the same id", Some(id.to_string()))
+                        .await;
+                }
+                let req = SendRequest {
+                    conv,
+                    id,
+                    from: self.user,
+                    body,
+                };
+                let reference = req.id.to_string();
+                match self.state.broker.send(req).await {
+                    Ok(out) => {
+                        let m = &out.message;
+                        let sent = ServerFrame::Sent {
+                            id: m.id.clone(),
+                            conv: m.conv.clone(),
+                            seq: m.seq,
+                            ts: m.ts,
+                        };
+                        self.write(socket, &sent.to_json()).await?;
+                        if !out.duplicate {
+                            self.state.metrics.messages_in.inc();
+                            let ack = Some((m.conv.clone(), m.seq));
+                            let frame = ServerFrame::Msg(out.message).to_json();
+                            self.route(out.members, frame, ack, true).await;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => self.broker_error(socket, e, reference).await,
+                }
+            }
+            ClientFrame::Ack { conv, seq } => {
+                self.pending.remove(&(conv.clone(), seq));
+                self.mark(socket, conv, Mark::Delivered, seq).await
+            }
+            ClientFrame::Read { conv, seq } => self.mark(socket, conv, Mark::Read, seq).await,
+            ClientFrame::Typing { conv } => self.typing(socket, conv).await,
+            ClientFrame::Sync { conv, after } => self.sync(socket, conv, after).await,
+        }
+    }
+
+    /// Refresh `last_seen`, at most twice per heartbeat interval.
+    async fn maybe_touch(&mut self) {
+        if self.last_touch.elapsed() >= self.state.cfg.heartbeat / 2 {
+            self.last_touch = Instant::now();
+            let _ = self.state.broker.touch(&self.user, now_ms()).await;
+        }
+    }
+
+    async fn broker_error(
+        &self,
+        socket: &mut WebSocket,
+        e: BrokerError,
+        reference: String,
+    ) -> Result<(), axum::Error> {
+        let (code, msg) = match &e {
+            BrokerError::NotMember => (ErrorCode::Forbidden, "not a member of this conversation"),
+            BrokerError::Unavailable(_) => (ErrorCode::Unavailable, "broker unavailable; retry with the same id"),
+            BrokerError::AlreadyExists | BrokerError::Corrupt(_) => (ErrorCode::Internal, "internal error"),
+        };
+        if !matches!(e, BrokerError::NotMember) {
+            tracing::warn!(error = %e, "broker call failed");
+        }
+        self.error(socket, code, msg, Some(reference)).await
+    }
+
+    /// Check membership through the cache; answers `forbidden` itself.
+    async fn require_member(&self, socket: &mut WebSocket, conv: &ConvId) -> Result<bool, axum::Error> {
+        match self.state.is_member(conv, &self.user).await {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                self.error(socket, ErrorCode::Forbidden, "not a member of this conversation", Some(conv.to_string()))
+                    .await?;
+                Ok(false)
+            }
+            Err(e) => {
+                self.broker_error(socket, e, conv.to_string()).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn mark(&mut self, socket: &mut WebSocket, conv: ConvId, mark: Mark, seq: u64) -> Result<(), axum::Error> {
+        if !self.require_member(socket, &conv).await? {
+            return Ok(());
+        }
+        match self.state.broker.mark(&conv, &self.user, mark, seq).await {
+            Ok(Some(w)) => {
+                let members = match self.state.members(&conv).await {
+                    Ok(Some(m)) => m.as_ref().clone(),
+                    _ => return Ok(()),
+                };
+                let frame = ServerFrame::Receipt {
+                    conv,
+                    user: self.user,
+                    delivered: w.delivered,
+                    read: w.read,
+                }
+                .to_json();
+                self.route(members, frame, None, true).await;
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => self.broker_error(socket, e, conv.to_string()).await,
+        }
+    }
+
+    async fn typing(&mut self, socket: &mut WebSocket, conv: ConvId) -> Result<(), axum::Error> {
+        // Typing is best-effort: over-frequent indicators are dropped silently.
+        let now = Instant::now();
+        if self
+            .typing
+            .get(&conv)
+            .is_some_and(|at| now.duration_since(*at) < self.state.cfg.typing_interval)
+        {
+            return Ok(());
+        }
+        if !self.require_member(socket, &conv).await? {
+            return Ok(());
+        }
+        if self.typing.len() > 64 {
+            let interval = self.state.cfg.typing_interval;
+            self.typing.retain(|_, at| now.duration_since(*at) < interval);
+        }
+        self.typing.insert(conv.clone(), now);
+        let Ok(Some(members)) = self.state.members(&conv).await else {
+            return Ok(());
+        };
+        let others: Vec<Address> = members.iter().copied().filter(|m| *m != self.user).collect();
+        let frame = ServerFrame::Typing { conv, user: self.user }.to_json();
+        self.route(others, frame, None, false).await;
+        Ok(())
+    }
+
+    async fn sync(&mut self, socket: &mut WebSocket, conv: ConvId, after: u64) -> Result<(), axum::Error> {
+        if !self.require_member(socket, &conv).await? {
+            return Ok(());
+        }
+        let limit = self.state.cfg.sync_limit.max(1);
+        let page = match self.state.broker.read_log(&conv, after, limit).await {
+            Ok(p) => p,
+            Err(e) => return self.broker_error(socket, e, conv.to_string()).await,
+        };
+        let recovered = match page.messages.first() {
+            Some(m) => m.seq == after + 1,
+            None => page.last_seq <= after,
+        };
+        for m in page.messages {
+            let seq = m.seq;
+            let frame: Arc<str> = ServerFrame::Msg(m).to_json().into();
+            self.write_msg(socket, conv.clone(), seq, frame).await?;
+        }
+        let synced = ServerFrame::Synced {
+            conv,
+            recovered,
+            last_seq: page.last_seq,
+        };
+        self.write(socket, &synced.to_json()).await
+    }
+
+    /// Route a frame to `users` through the broker. Failures are logged, not
+    /// answered: the message is already durable and recipients resync.
+    async fn route(&self, users: Vec<Address>, frame: String, ack: Option<(ConvId, u64)>, skip_self: bool) {
+        if users.is_empty() {
+            return;
+        }
+        let ev = Routed {
+            users,
+            frame: frame.into(),
+            ack,
+            skip_conn: skip_self.then(|| self.handle.name.clone()),
+        };
+        if let Err(e) = self.state.broker.route(ev).await {
+            tracing::warn!(error = %e, "fan-out failed; recipients will catch up by sync");
+        }
+    }
+}
+
+/// `ts` of a serialized `msg` frame, for the latency histogram. The frame was
+/// produced by us, so a cheap scan for the last `"ts":` suffices.
+fn frame_ts(frame: &str) -> Option<u64> {
+    let i = frame.rfind("\"ts\":")?;
+    let digits: String = frame[i + 5..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+fn classify_read_error(e: axum::Error) -> Exit {
+    let msg = e.to_string();
+    // tungstenite reports an oversized frame or message as a capacity error.
+    if msg.contains("Space limit exceeded") || msg.contains("too long") || msg.contains("too big") {
+        Exit::Close(close::TOO_BIG, "frame larger than 64 KiB")
+    } else {
+        tracing::debug!(error = %msg, "socket read failed");
+        Exit::Gone
+    }
+}

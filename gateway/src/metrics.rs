@@ -1,0 +1,88 @@
+//! Prometheus metrics served on `/metrics` (text exposition format).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Authenticated WebSocket connections open now.
+    pub connections: Gauge,
+    /// `send` frames accepted (new messages, not duplicates).
+    pub messages_in: Counter,
+    /// `msg` frames written to sockets, first attempts only.
+    pub messages_out: Counter,
+    /// `msg` frames written again because no `ack` came in time.
+    pub retries: Counter,
+    /// Deliveries abandoned after the last retry (the client catches up by sync).
+    pub retries_exhausted: Counter,
+    /// Seconds from seq assignment to the first write to the recipient's socket.
+    pub delivery_latency: Histogram,
+    /// Errors answered to clients, by code.
+    pub errors: Family<CodeLabel, Counter>,
+    /// Sockets closed for not reading fast enough.
+    pub slow_consumers: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("switchboard_gateway");
+        let connections = Gauge::default();
+        let messages_in = Counter::default();
+        let messages_out = Counter::default();
+        let retries = Counter::default();
+        let retries_exhausted = Counter::default();
+        // 0.5 ms … ~4 s: loopback deliveries sit at the low end, retries at the top.
+        let delivery_latency =
+            Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
+        let errors = Family::<CodeLabel, Counter>::default();
+        let slow_consumers = Counter::default();
+        registry.register("connections", "Open authenticated WebSocket connections", connections.clone());
+        registry.register("messages_in", "Messages accepted from senders", messages_in.clone());
+        registry.register("messages_out", "Messages delivered to sockets (first attempts)", messages_out.clone());
+        registry.register("delivery_retries", "Messages resent for lack of an ack", retries.clone());
+        registry.register("delivery_retries_exhausted", "Deliveries given up after the last retry", retries_exhausted.clone());
+        registry.register("delivery_latency_seconds", "Seq assignment to socket write", delivery_latency.clone());
+        registry.register("errors", "Errors answered to clients by code", errors.clone());
+        registry.register("slow_consumers", "Sockets closed because their send queue filled", slow_consumers.clone());
+        Metrics {
+            registry,
+            connections,
+            messages_in,
+            messages_out,
+            retries,
+            retries_exhausted,
+            delivery_latency,
+            errors,
+            slow_consumers,
+        }
+    }
+
+    pub fn error(&self, code: &'static str) {
+        self.errors.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

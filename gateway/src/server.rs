@@ -1,0 +1,164 @@
+//! Router, start-up and graceful drain of one gateway instance.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use switchboard_core::broker::{BrokerError, DynBroker};
+use switchboard_core::protocol::{ErrorCode, MAX_FRAME_BYTES, close};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::GatewayConfig;
+use crate::conn;
+use crate::problem::ApiError;
+use crate::rest::{self, AppRef};
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot attach to the broker: {0}")]
+    Broker(#[from] BrokerError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The HTTP router, for embedding or for in-process tests.
+pub fn router(state: AppRef) -> Router {
+    Router::new()
+        .route("/healthz", get(rest::healthz))
+        .route("/readyz", get(rest::readyz))
+        .route("/metrics", get(rest::metrics))
+        .route("/v1/auth/nonce", get(rest::nonce))
+        .route("/v1/auth/verify", post(rest::verify))
+        .route("/v1/conversations", post(rest::create_conversation))
+        .route("/v1/conversations/{id}", get(rest::get_conversation))
+        .route("/v1/ws", get(ws_upgrade))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+async fn ws_upgrade(State(state): State<AppRef>, parts: Parts, ws: WebSocketUpgrade) -> Response {
+    if state.shutdown.is_cancelled() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "draining; reconnect elsewhere")
+            .into_response();
+    }
+    // A bearer header authenticates the upgrade itself; without one the
+    // client must send `auth` as its first frame.
+    let pre_auth = match rest::bearer(&parts) {
+        Some(token) => match state.tokens.verify(token, OffsetDateTime::now_utc()) {
+            Ok(user) => Some(user),
+            Err(e) => {
+                state.metrics.error(ErrorCode::Unauthorized.as_str());
+                return ApiError::unauthorized(format!("invalid session token: {e}")).into_response();
+            }
+        },
+        None => None,
+    };
+    let cfg = &state.cfg;
+    ws.read_buffer_size(cfg.ws_read_buffer)
+        .write_buffer_size(cfg.ws_write_buffer)
+        .max_write_buffer_size(cfg.ws_write_buffer.max(MAX_FRAME_BYTES) * 4)
+        .max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |mut socket| async move {
+            let user = match pre_auth {
+                Some(u) => u,
+                None => match conn::authenticate(&state, &mut socket).await {
+                    Some(u) => u,
+                    None => return,
+                },
+            };
+            conn::serve(state, socket, user).await;
+        })
+}
+
+/// A running gateway.
+pub struct Gateway {
+    state: AppRef,
+    addr: SocketAddr,
+    server: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Attach to the broker and serve on `listener` until [`Gateway::shutdown`].
+    pub async fn start(cfg: GatewayConfig, broker: DynBroker, listener: TcpListener) -> Result<Gateway, GatewayError> {
+        let addr = listener.local_addr()?;
+        let mut events = broker.attach(&cfg.gateway_id).await?;
+        let state = AppState::new(cfg, broker);
+
+        let dispatcher = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = events.recv().await {
+                    state.hub.deliver(&ev);
+                }
+            })
+        };
+        let liveness = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let period = state.cfg.liveness_interval.max(Duration::from_millis(100));
+                let mut tick = tokio::time::interval(period);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = state.shutdown.cancelled() => return,
+                    }
+                    if let Err(e) = state.broker.gateway_alive(&state.cfg.gateway_id).await {
+                        tracing::warn!(error = %e, "liveness refresh failed");
+                    }
+                }
+            })
+        };
+        let server = {
+            let app = router(state.clone());
+            let stop = state.shutdown.clone();
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            })
+        };
+        tracing::info!(%addr, gateway = %state.cfg.gateway_id, "gateway listening");
+        Ok(Gateway {
+            state,
+            addr,
+            server,
+            background: vec![dispatcher, liveness],
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppRef {
+        &self.state
+    }
+
+    /// Drain: turn unready, stop accepting, close every socket with 1012 so
+    /// clients reconnect elsewhere and resync, then stop.
+    pub async fn shutdown(self) {
+        self.state.shutdown.cancel();
+        self.state.hub.close_all(close::GOING_AWAY);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.state.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        for t in self.background {
+            t.abort();
+        }
+        tracing::info!(gateway = %self.state.cfg.gateway_id, "gateway stopped");
+    }
+}

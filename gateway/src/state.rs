@@ -1,0 +1,86 @@
+//! Shared state of one gateway instance.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use switchboard_core::auth::siwe::SiweVerifier;
+use switchboard_core::auth::token::TokenSigner;
+use switchboard_core::broker::{BrokerError, DynBroker};
+use switchboard_core::ids::{Address, ConvId, ConvKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GatewayConfig;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// Bound on cached member lists; expired entries are swept past this size.
+const MEMBERS_CACHE_MAX: usize = 10_000;
+
+pub struct AppState {
+    pub cfg: GatewayConfig,
+    pub broker: DynBroker,
+    pub tokens: TokenSigner,
+    pub siwe: SiweVerifier,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the gateway starts draining.
+    pub shutdown: CancellationToken,
+    members: Mutex<HashMap<ConvId, (Arc<Vec<Address>>, Instant)>>,
+}
+
+impl AppState {
+    pub fn new(cfg: GatewayConfig, broker: DynBroker) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        Arc::new(AppState {
+            tokens: TokenSigner::new(&cfg.token_secret),
+            siwe: SiweVerifier {
+                domain: cfg.domain.clone(),
+                chain_ids: cfg.chain_ids.clone(),
+            },
+            hub: Hub::new(cfg.gateway_id.clone(), metrics.clone()),
+            metrics,
+            broker,
+            shutdown: CancellationToken::new(),
+            members: Mutex::default(),
+            cfg,
+        })
+    }
+
+    /// Members of `conv` (`None` if it does not exist). Direct conversations
+    /// need no look-up; group lists are cached for `members_cache_ttl`, which
+    /// serves the ack, read and typing paths without a broker round trip.
+    pub async fn members(&self, conv: &ConvId) -> Result<Option<Arc<Vec<Address>>>, BrokerError> {
+        if conv.kind() == ConvKind::Direct {
+            return Ok(conv.direct_members().map(|m| Arc::new(m.to_vec())));
+        }
+        let ttl = self.cfg.members_cache_ttl;
+        if let Some((m, at)) = self.lock_members().get(conv) {
+            if at.elapsed() < ttl {
+                return Ok(Some(m.clone()));
+            }
+        }
+        let Some(c) = self.broker.conversation(conv).await? else {
+            return Ok(None);
+        };
+        let list = Arc::new(c.members);
+        let mut cache = self.lock_members();
+        if cache.len() >= MEMBERS_CACHE_MAX {
+            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+        }
+        cache.insert(conv.clone(), (list.clone(), Instant::now()));
+        Ok(Some(list))
+    }
+
+    /// Whether `user` belongs to `conv`, through the members cache.
+    pub async fn is_member(&self, conv: &ConvId, user: &Address) -> Result<bool, BrokerError> {
+        Ok(self
+            .members(conv)
+            .await?
+            .is_some_and(|m| m.contains(user)))
+    }
+
+    fn lock_members(&self) -> std::sync::MutexGuard<'_, HashMap<ConvId, (Arc<Vec<Address>>, Instant)>> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,223 @@
+//! The realtime path across two gateway instances, on every engine: the memory
+//! broker, a real standalone redis-server and a real 6-node Redis Cluster.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use switchboard_core::ids::ConvId;
+
+/// A on gateway 1 and B on gateway 2 exchange direct messages: seqs 1..n in
+/// order, `sent` to the sender, `msg` to the recipient, receipts back, an
+/// idempotent resend, and A's second device sees the conversation too.
+async fn direct_across_gateways(backend: Backend) {
+    let g1 = start_gateway(&backend, fast_config()).await;
+    let g2 = start_gateway(&backend, fast_config()).await;
+    let (a, b) = (Wallet::random(), Wallet::random());
+    let ta = login(&http(&g1), &a).await;
+    let tb = login(&http(&g2), &b).await;
+    let mut wa = Ws::connect(&g1, &ta).await;
+    let mut wa2 = Ws::connect(&g2, &ta).await; // A's second device
+    let mut wb = Ws::connect(&g2, &tb).await;
+    let conv = ConvId::direct(&a.addr, &b.addr).unwrap();
+
+    for i in 1..=20u64 {
+        wa.send(json!({"type":"send","conv":conv,"id":format!("m{i}"),"body":{"text":format!("hello {i}")}}))
+            .await;
+        let sent = wa.recv_type("sent").await;
+        assert_eq!(sent["seq"], i, "{sent}");
+        assert_eq!(sent["id"], format!("m{i}"));
+    }
+    for i in 1..=20u64 {
+        let m = wb.recv_type("msg").await;
+        assert_eq!(m["seq"], i, "{m}");
+        assert_eq!(m["conv"], conv.as_str());
+        assert_eq!(m["from"], a.addr.to_string());
+        assert_eq!(m["body"]["text"], format!("hello {i}"));
+        wb.ack(&m).await;
+        let m2 = wa2.recv_type("msg").await;
+        assert_eq!(m2["seq"], i);
+        wa2.ack(&m2).await;
+    }
+    // A's sending device got `sent`, never its own `msg`.
+    // Receipts: B's acks raise B's delivered watermark, visible to A.
+    let mut delivered = 0;
+    while delivered < 20 {
+        let r = wa.recv_type("receipt").await;
+        if r["user"] == b.addr.to_string() {
+            delivered = r["delivered"].as_u64().unwrap();
+        }
+    }
+    // Read receipt.
+    wb.send(json!({"type":"read","conv":conv,"seq":15})).await;
+    loop {
+        let r = wa.recv_type("receipt").await;
+        if r["user"] == b.addr.to_string() && r["read"] == 15 {
+            assert_eq!(r["delivered"], 20);
+            break;
+        }
+    }
+    // Idempotent resend: same id → same seq, nothing delivered again.
+    wa.send(json!({"type":"send","conv":conv,"id":"m3","body":{"text":"hello 3"}}))
+        .await;
+    let again = wa.recv_type("sent").await;
+    assert_eq!(again["seq"], 3);
+    assert!(wb.collect_type("msg", Duration::from_millis(400)).await.is_empty());
+    // The next new message continues the sequence with no gap.
+    wa.send(json!({"type":"send","conv":conv,"id":"m21","body":1})).await;
+    assert_eq!(wa.recv_type("sent").await["seq"], 21);
+    assert_eq!(wb.recv_type("msg").await["seq"], 21);
+    g1.shutdown().await;
+    g2.shutdown().await;
+}
+
+/// A group created over REST delivers to every member on either gateway.
+async fn group_across_gateways(backend: Backend) {
+    let g1 = start_gateway(&backend, fast_config()).await;
+    let g2 = start_gateway(&backend, fast_config()).await;
+    let (a, b, c) = (Wallet::random(), Wallet::random(), Wallet::random());
+    let ta = login(&http(&g1), &a).await;
+    let tb = login(&http(&g2), &b).await;
+    let tc = login(&http(&g1), &c).await;
+    let conv = create_group(&http(&g1), &ta, &[b.addr, c.addr]).await;
+    let mut wa = Ws::connect(&g1, &ta).await;
+    let mut wb = Ws::connect(&g2, &tb).await;
+    let mut wc = Ws::connect(&g1, &tc).await;
+    wb.send(json!({"type":"send","conv":conv,"id":"x1","body":"from b"})).await;
+    assert_eq!(wb.recv_type("sent").await["seq"], 1);
+    for ws in [&mut wa, &mut wc] {
+        let m = ws.recv_type("msg").await;
+        assert_eq!(m["body"], "from b");
+        assert_eq!(m["from"], b.addr.to_string());
+        ws.ack(&m).await;
+    }
+    wc.send(json!({"type":"send","conv":conv,"id":"x2","body":"from c"})).await;
+    assert_eq!(wc.recv_type("sent").await["seq"], 2);
+    assert_eq!(wa.recv_type("msg").await["seq"], 2);
+    assert_eq!(wb.recv_type("msg").await["seq"], 2);
+    g1.shutdown().await;
+    g2.shutdown().await;
+}
+
+/// No ack → the message is resent exactly `max_retries` (3) times, then the
+/// gateway gives up; an ack stops the resends.
+async fn retries_until_acked(backend: Backend) {
+    let g1 = start_gateway(&backend, fast_config()).await;
+    let g2 = start_gateway(&backend, fast_config()).await;
+    let (a, b) = (Wallet::random(), Wallet::random());
+    let mut wa = Ws::connect(&g1, &login(&http(&g1), &a).await).await;
+    let mut wb = Ws::connect(&g2, &login(&http(&g2), &b).await).await;
+    let conv = ConvId::direct(&a.addr, &b.addr).unwrap();
+    wa.send(json!({"type":"send","conv":conv,"id":"r1","body":"retry me"})).await;
+    wa.recv_type("sent").await;
+    // ack_timeout is 300 ms: first delivery + 3 resends within ~1.2 s, then silence.
+    let got = wb.collect_type("msg", Duration::from_millis(2000)).await;
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got.iter().all(|m| m["seq"] == 1));
+    // Acked messages are not resent.
+    wa.send(json!({"type":"send","conv":conv,"id":"r2","body":"ack me"})).await;
+    let m = wb.recv_type("msg").await;
+    wb.ack(&m).await;
+    assert!(wb.collect_type("msg", Duration::from_millis(800)).await.is_empty());
+    g1.shutdown().await;
+    g2.shutdown().await;
+}
+
+/// B disconnects, misses messages, reconnects on the other gateway and syncs.
+async fn resync_after_disconnect(backend: Backend) {
+    let g1 = start_gateway(&backend, fast_config()).await;
+    let g2 = start_gateway(&backend, fast_config()).await;
+    let (a, b) = (Wallet::random(), Wallet::random());
+    let ta = login(&http(&g1), &a).await;
+    let tb = login(&http(&g2), &b).await;
+    let conv = ConvId::direct(&a.addr, &b.addr).unwrap();
+    let mut wa = Ws::connect(&g1, &ta).await;
+    let mut wb = Ws::connect(&g2, &tb).await;
+    wa.send(json!({"type":"send","conv":conv,"id":"s1","body":1})).await;
+    let m = wb.recv_type("msg").await;
+    wb.ack(&m).await;
+    wb.inner.close(None).await.unwrap();
+    drop(wb);
+    for i in 2..=6 {
+        wa.send(json!({"type":"send","conv":conv,"id":format!("s{i}"),"body":i})).await;
+        assert_eq!(wa.recv_type("sent").await["seq"], i);
+    }
+    let mut wb = Ws::connect(&g1, &tb).await;
+    wb.send(json!({"type":"sync","conv":conv,"after":1})).await;
+    for i in 2..=6 {
+        let m = wb.recv_type("msg").await;
+        assert_eq!(m["seq"], i);
+        assert_eq!(m["body"], i);
+        wb.ack(&m).await;
+    }
+    let synced = wb.recv_type("synced").await;
+    assert_eq!(synced["recovered"], true);
+    assert_eq!(synced["last_seq"], 6);
+    // Nothing to replay: still a synced answer.
+    wb.send(json!({"type":"sync","conv":conv,"after":6})).await;
+    let synced = wb.recv_type("synced").await;
+    assert_eq!(synced["last_seq"], 6);
+    g1.shutdown().await;
+    g2.shutdown().await;
+}
+
+/// Typing is relayed to the other members, rate-limited; presence moves
+/// online → away → offline with (shortened) thresholds.
+async fn typing_and_presence(backend: Backend) {
+    let g1 = start_gateway(&backend, fast_config()).await;
+    let g2 = start_gateway(&backend, fast_config()).await;
+    let (a, b) = (Wallet::random(), Wallet::random());
+    let ta = login(&http(&g1), &a).await;
+    let tb = login(&http(&g2), &b).await;
+    let conv = ConvId::direct(&a.addr, &b.addr).unwrap();
+    let mut wa = Ws::connect(&g1, &ta).await;
+    // A first message makes A and B peers.
+    wa.send(json!({"type":"send","conv":conv,"id":"p1","body":"hi"})).await;
+    wa.recv_type("sent").await;
+    wa.inner.close(None).await.unwrap();
+    drop(wa);
+    let mut wb = Ws::connect(&g2, &tb).await;
+    // Wait until A counts as offline, so its return is a transition.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = wb.collect_type("presence", Duration::from_millis(100)).await;
+    let mut wa = Ws::connect(&g1, &ta).await;
+    let p = wb.recv_type("presence").await;
+    assert_eq!(p["user"], a.addr.to_string());
+    assert_eq!(p["status"], "online");
+
+    wa.send(json!({"type":"typing","conv":conv})).await;
+    wa.send(json!({"type":"typing","conv":conv})).await; // within the interval: dropped
+    let t = wb.collect_type("typing", Duration::from_millis(400)).await;
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(t[0]["user"], a.addr.to_string());
+    assert!(wa.collect_type("typing", Duration::from_millis(100)).await.is_empty());
+
+    wa.inner.close(None).await.unwrap();
+    drop(wa);
+    let p = wb.recv_type("presence").await;
+    assert_eq!(p["status"], "away", "{p}");
+    let p = wb.recv_type("presence").await;
+    assert_eq!(p["status"], "offline", "{p}");
+    assert!(p["last_seen"].as_u64().unwrap() > 0);
+    g1.shutdown().await;
+    g2.shutdown().await;
+}
+
+macro_rules! on_every_engine {
+    ($($name:ident),* $(,)?) => {
+        mod memory { use super::*; $( #[tokio::test] async fn $name() { super::$name(Backend::memory()).await } )* }
+        mod redis { use super::*; $( #[tokio::test] async fn $name() { super::$name(Backend::redis()).await } )* }
+        mod cluster { use super::*; $( #[tokio::test] async fn $name() { super::$name(Backend::cluster()).await } )* }
+    };
+}
+
+on_every_engine!(
+    direct_across_gateways,
+    group_across_gateways,
+    retries_until_acked,
+    resync_after_disconnect,
+    typing_and_presence,
+);
