@@ -137,6 +137,7 @@ async fn resync_after_disconnect(backend: Backend) {
     let mut wa = Ws::connect(&g1, &ta).await;
     let mut wb = Ws::connect(&g2, &tb).await;
     wa.send(json!({"type":"send","conv":conv,"id":"s1","body":1})).await;
+    assert_eq!(wa.recv_type("sent").await["seq"], 1);
     let m = wb.recv_type("msg").await;
     wb.ack(&m).await;
     wb.inner.close(None).await.unwrap();
