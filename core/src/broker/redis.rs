@@ -95,6 +95,13 @@ end
 return {1, nd, nr}
 "#;
 
+/// `last_seen` only moves forward, whichever gateway reports last.
+const TOUCH_LUA: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 0
+"#;
+
 /// How long the set of live gateways is cached before it is read again.
 const LIVE_CACHE: Duration = Duration::from_secs(1);
 
@@ -149,6 +156,7 @@ pub struct RedisBroker {
     cluster: bool,
     send_script: Arc<Script>,
     mark_script: Arc<Script>,
+    touch_script: Arc<Script>,
     live: Arc<Mutex<(Option<Instant>, HashSet<String>)>>,
 }
 
@@ -170,6 +178,7 @@ impl RedisBroker {
             cluster,
             send_script: Arc::new(Script::from_lua(SEND_LUA)),
             mark_script: Arc::new(Script::from_lua(MARK_LUA)),
+            touch_script: Arc::new(Script::from_lua(TOUCH_LUA)),
             live: Arc::default(),
         })
     }
@@ -683,9 +692,13 @@ impl Broker for RedisBroker {
     }
 
     async fn touch(&self, user: &Address, now_ms: u64) -> Result<()> {
-        let _: () = self
-            .pool
-            .hset(PRESENCE_KEY, (user.lower(), now_ms))
+        let _: i64 = self
+            .touch_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![PRESENCE_KEY],
+                vec![user.lower(), now_ms.to_string()],
+            )
             .await
             .map_err(unavailable)?;
         Ok(())
