@@ -222,8 +222,7 @@ impl FromStr for MsgId {
     fn from_str(s: &str) -> Result<Self, IdError> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
         if ok {
             Ok(MsgId(s.to_owned()))
@@ -272,15 +271,25 @@ mod tests {
 
     #[test]
     fn address_rejects_garbage() {
-        for s in ["", "0x", "0x123", "5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", "0xzzzz"] {
+        for s in [
+            "",
+            "0x",
+            "0x123",
+            "5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+            "0xzzzz",
+        ] {
             assert!(s.parse::<Address>().is_err(), "{s}");
         }
     }
 
     #[test]
     fn direct_ids_are_canonical() {
-        let a: Address = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed".parse().unwrap();
-        let b: Address = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359".parse().unwrap();
+        let a: Address = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+            .parse()
+            .unwrap();
+        let b: Address = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"
+            .parse()
+            .unwrap();
         let ab = ConvId::direct(&a, &b).unwrap();
         assert_eq!(ab, ConvId::direct(&b, &a).unwrap());
         assert_eq!(

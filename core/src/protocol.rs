@@ -112,7 +112,10 @@ pub struct Message {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// Authentication succeeded.
-    Ready { user: Address, heartbeat_ms: u64 },
+    Ready {
+        user: Address,
+        heartbeat_ms: u64,
+    },
     /// A `send` was accepted: `seq` is assigned and the message is durable in the broker.
     Sent {
         id: MsgId,
@@ -129,7 +132,10 @@ pub enum ServerFrame {
         delivered: u64,
         read: u64,
     },
-    Typing { conv: ConvId, user: Address },
+    Typing {
+        conv: ConvId,
+        user: Address,
+    },
     Presence {
         user: Address,
         status: PresenceStatus,

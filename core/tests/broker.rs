@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::value::RawValue;
 use switchboard_core::broker::{
-    Broker, BrokerConfig, BrokerError, Conversation, DynBroker, Mark, MemoryBroker, RedisBroker, Routed,
-    SendRequest, Watermarks, shard_of,
+    Broker, BrokerConfig, BrokerError, Conversation, DynBroker, Mark, MemoryBroker, RedisBroker,
+    Routed, SendRequest, Watermarks, shard_of,
 };
 use switchboard_core::ids::{Address, ConvId, ConvKind, MsgId};
 use switchboard_testkit::{RedisCluster, RedisServer};
@@ -76,11 +76,19 @@ async fn conversations(e: &Engine) {
     let mut g = group(&[x, y]);
     g.members.sort();
     b.create_group(&g).await.unwrap();
-    assert!(matches!(b.create_group(&g).await, Err(BrokerError::AlreadyExists)));
+    assert!(matches!(
+        b.create_group(&g).await,
+        Err(BrokerError::AlreadyExists)
+    ));
     assert_eq!(b.conversation(&g.id).await.unwrap().unwrap(), g);
     assert!(b.is_member(&g.id, &x).await.unwrap());
     assert!(!b.is_member(&g.id, &z).await.unwrap());
-    assert!(b.conversation(&ConvId::new_group()).await.unwrap().is_none());
+    assert!(
+        b.conversation(&ConvId::new_group())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(b.user_conversations(&x).await.unwrap(), vec![g.id.clone()]);
     // A direct conversation exists implicitly and joins both users' lists
     // with its first message.
@@ -101,7 +109,12 @@ async fn sends(e: &Engine) {
     // 200 concurrent sends from two members: seqs are exactly 1..=200.
     let futs = (0..200).map(|i| {
         let b = b.clone();
-        let r = req(&g.id, &format!("c{i}"), if i % 2 == 0 { x } else { y }, &i.to_string());
+        let r = req(
+            &g.id,
+            &format!("c{i}"),
+            if i % 2 == 0 { x } else { y },
+            &i.to_string(),
+        );
         async move { b.send(r).await.unwrap() }
     });
     let outs = join_all(futs).await;
@@ -117,16 +130,32 @@ async fn sends(e: &Engine) {
     let first = outs.iter().find(|o| o.message.id.as_str() == "c7").unwrap();
     let dup = b.send(req(&g.id, "c7", y, "999")).await.unwrap();
     assert!(dup.duplicate);
-    assert_eq!((dup.message.seq, dup.message.ts), (first.message.seq, first.message.ts));
-    assert_eq!(b.send(req(&g.id, "next", x, "1")).await.unwrap().message.seq, 201);
+    assert_eq!(
+        (dup.message.seq, dup.message.ts),
+        (first.message.seq, first.message.ts)
+    );
+    assert_eq!(
+        b.send(req(&g.id, "next", x, "1"))
+            .await
+            .unwrap()
+            .message
+            .seq,
+        201
+    );
     // Non-members are refused, in groups and direct conversations.
-    assert!(matches!(b.send(req(&g.id, "n", z, "1")).await, Err(BrokerError::NotMember)));
+    assert!(matches!(
+        b.send(req(&g.id, "n", z, "1")).await,
+        Err(BrokerError::NotMember)
+    ));
     assert!(matches!(
         b.send(req(&ConvId::new_group(), "n", z, "1")).await,
         Err(BrokerError::NotMember)
     ));
     let dm_xy = ConvId::direct(&x, &y).unwrap();
-    assert!(matches!(b.send(req(&dm_xy, "n", z, "1")).await, Err(BrokerError::NotMember)));
+    assert!(matches!(
+        b.send(req(&dm_xy, "n", z, "1")).await,
+        Err(BrokerError::NotMember)
+    ));
     // Bodies round-trip byte for byte.
     let raw = r#"{"text":"héllo ✓ \"q\"","n":[1,{"a":null}],"f":1.50}"#;
     let out = b.send(req(&dm_xy, "raw", x, raw)).await.unwrap();
@@ -138,34 +167,49 @@ async fn sends(e: &Engine) {
 }
 
 async fn logs(e: &Engine) {
-    let b = e.broker(BrokerConfig {
-        log_max_len: 10,
-        ..BrokerConfig::default()
-    })
-    .await;
+    let b = e
+        .broker(BrokerConfig {
+            log_max_len: 10,
+            ..BrokerConfig::default()
+        })
+        .await;
     let (x, y) = (addr(), addr());
     let dm = ConvId::direct(&x, &y).unwrap();
     let empty = b.read_log(&dm, 0, 10).await.unwrap();
     assert!(empty.messages.is_empty() && empty.last_seq == 0);
     for i in 1..=5 {
-        b.send(req(&dm, &format!("m{i}"), x, &i.to_string())).await.unwrap();
+        b.send(req(&dm, &format!("m{i}"), x, &i.to_string()))
+            .await
+            .unwrap();
     }
     let p = b.read_log(&dm, 2, 2).await.unwrap();
-    assert_eq!(p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(
+        p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
     assert_eq!(p.last_seq, 5);
     assert!(b.read_log(&dm, 5, 10).await.unwrap().messages.is_empty());
     // Far past the cap: old entries are trimmed (Redis trims approximately,
     // in whole stream nodes), the newest are kept, the seq continues.
     for i in 6..=500 {
-        b.send(req(&dm, &format!("m{i}"), y, &i.to_string())).await.unwrap();
+        b.send(req(&dm, &format!("m{i}"), y, &i.to_string()))
+            .await
+            .unwrap();
     }
     let all = b.read_log(&dm, 0, 1000).await.unwrap();
     assert_eq!(all.last_seq, 500);
-    assert!(all.messages.len() >= 10 && all.messages.len() < 400, "{}", all.messages.len());
+    assert!(
+        all.messages.len() >= 10 && all.messages.len() < 400,
+        "{}",
+        all.messages.len()
+    );
     assert!(all.messages[0].seq > 1);
     assert_eq!(all.messages.last().unwrap().seq, 500);
     let seqs: Vec<u64> = all.messages.iter().map(|m| m.seq).collect();
-    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "log is contiguous");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "log is contiguous"
+    );
 }
 
 async fn marks(e: &Engine) {
@@ -175,19 +219,33 @@ async fn marks(e: &Engine) {
     for i in 1..=5 {
         b.send(req(&dm, &format!("m{i}"), x, "1")).await.unwrap();
     }
-    let w = |d, r| Some(Watermarks { delivered: d, read: r });
+    let w = |d, r| {
+        Some(Watermarks {
+            delivered: d,
+            read: r,
+        })
+    };
     assert_eq!(b.mark(&dm, &y, Mark::Delivered, 2).await.unwrap(), w(2, 0));
     assert_eq!(b.mark(&dm, &y, Mark::Delivered, 1).await.unwrap(), None);
     assert_eq!(b.mark(&dm, &y, Mark::Delivered, 2).await.unwrap(), None);
     assert_eq!(b.mark(&dm, &y, Mark::Read, 4).await.unwrap(), w(4, 4));
     assert_eq!(b.mark(&dm, &y, Mark::Read, 99).await.unwrap(), w(5, 5)); // clamped
     assert_eq!(b.mark(&dm, &y, Mark::Delivered, 99).await.unwrap(), None);
-    assert_eq!(b.watermarks(&dm, &y).await.unwrap(), Watermarks { delivered: 5, read: 5 });
+    assert_eq!(
+        b.watermarks(&dm, &y).await.unwrap(),
+        Watermarks {
+            delivered: 5,
+            read: 5
+        }
+    );
     assert_eq!(b.watermarks(&dm, &x).await.unwrap(), Watermarks::default());
 }
 
 async fn recv(rx: &mut tokio::sync::mpsc::Receiver<Routed>) -> Option<Routed> {
-    tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(3), rx.recv())
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn routing(e: &Engine) {
@@ -237,7 +295,11 @@ async fn routing(e: &Engine) {
     assert!(b.is_connected(&x).await.unwrap());
     b.route(ev).await.unwrap();
     assert_eq!(recv(&mut ra).await.unwrap().users, vec![x]);
-    assert!(tokio::time::timeout(Duration::from_millis(500), rb.recv()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), rb.recv())
+            .await
+            .is_err()
+    );
 }
 
 async fn presence(e: &Engine) {
@@ -282,7 +344,9 @@ async fn persistence_stream_follows_the_flag() {
     let (x, y) = (addr(), addr());
     let dm = ConvId::direct(&x, &y).unwrap();
     let stream = format!("sb:{{{}}}:persist", shard_of(&dm, 64));
-    let off = RedisBroker::connect(&r.url(), BrokerConfig::default()).await.unwrap();
+    let off = RedisBroker::connect(&r.url(), BrokerConfig::default())
+        .await
+        .unwrap();
     off.send(req(&dm, "a", x, "1")).await.unwrap();
     off.mark(&dm, &y, Mark::Read, 1).await.unwrap();
     assert_eq!(r.command(&["XLEN", &stream]).unwrap(), "0");
@@ -300,7 +364,10 @@ async fn persistence_stream_follows_the_flag() {
     on.mark(&dm, &y, Mark::Delivered, 2).await.unwrap();
     assert_eq!(r.command(&["XLEN", &stream]).unwrap(), "2");
     let entries = r.command(&["XRANGE", &stream, "-", "+"]).unwrap();
-    assert!(entries.contains("msg") && entries.contains(r#"{"t":1}"#) && entries.contains("wm"), "{entries}");
+    assert!(
+        entries.contains("msg") && entries.contains(r#"{"t":1}"#) && entries.contains("wm"),
+        "{entries}"
+    );
 }
 
 /// kill -9 and restart of Redis (AOF): the seq continues without reuse and
@@ -308,7 +375,9 @@ async fn persistence_stream_follows_the_flag() {
 #[tokio::test]
 async fn seq_survives_redis_kill9() {
     let mut r = RedisServer::start().unwrap();
-    let b = RedisBroker::connect(&r.url(), BrokerConfig::default()).await.unwrap();
+    let b = RedisBroker::connect(&r.url(), BrokerConfig::default())
+        .await
+        .unwrap();
     let (x, y) = (addr(), addr());
     let dm = ConvId::direct(&x, &y).unwrap();
     for i in 1..=3 {

@@ -12,7 +12,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use switchboard_core::broker::{BrokerError, Mark, Routed, SendRequest};
 use switchboard_core::ids::{Address, ConvId};
-use switchboard_core::protocol::{ClientFrame, ErrorCode, ServerFrame, close};
+use switchboard_core::protocol::{ClientFrame, ErrorCode, PresenceStatus, ServerFrame, close};
 use switchboard_core::time::now_ms;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -77,19 +77,15 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, user: Address) {
     let (tx, rx) = mpsc::channel(state.cfg.send_queue.max(1));
     let was_connected = state.broker.is_connected(&user).await.unwrap_or(true);
     let (handle, first_here) = state.hub.add(user, tx);
-    if first_here {
-        if let Err(e) = state.broker.register(&user, &state.cfg.gateway_id).await {
-            tracing::warn!(error = %e, "registry update failed");
-        }
+    if first_here && let Err(e) = state.broker.register(&user, &state.cfg.gateway_id).await {
+        tracing::warn!(error = %e, "registry update failed");
     }
     let now = now_ms();
     let _ = state.broker.touch(&user, now).await;
-    if !was_connected {
-        if let Err(e) =
-            presence::announce(&state, user, switchboard_core::protocol::PresenceStatus::Online, now).await
-        {
-            tracing::debug!(error = %e, "presence announce failed");
-        }
+    if !was_connected
+        && let Err(e) = presence::announce(&state, user, PresenceStatus::Online, now).await
+    {
+        tracing::debug!(error = %e, "presence announce failed");
     }
 
     let mut conn = Conn {
@@ -222,8 +218,11 @@ impl Conn {
         reference: Option<String>,
     ) -> Result<(), axum::Error> {
         self.state.metrics.error(code.as_str());
-        self.write(socket, &ServerFrame::error(code, message, reference).to_json())
-            .await
+        self.write(
+            socket,
+            &ServerFrame::error(code, message, reference).to_json(),
+        )
+        .await
     }
 
     /// Write a `msg` and start waiting for its ack.
@@ -238,14 +237,21 @@ impl Conn {
         self.state.metrics.messages_out.inc();
         let key = (conv, seq);
         if !self.pending.contains_key(&key) {
-            self.timers
-                .push_back((Instant::now() + self.state.cfg.ack_timeout, key.0.clone(), key.1));
+            self.timers.push_back((
+                Instant::now() + self.state.cfg.ack_timeout,
+                key.0.clone(),
+                key.1,
+            ));
             self.pending.insert(key, Pending { frame, retries: 0 });
         }
         Ok(())
     }
 
-    async fn write_outbound(&mut self, socket: &mut WebSocket, item: Outbound) -> Result<(), axum::Error> {
+    async fn write_outbound(
+        &mut self,
+        socket: &mut WebSocket,
+        item: Outbound,
+    ) -> Result<(), axum::Error> {
         match item {
             Outbound::Frame(f) => self.write(socket, &f).await,
             Outbound::Msg { conv, seq, frame } => {
@@ -266,9 +272,13 @@ impl Conn {
             if *at > now {
                 break;
             }
-            let Some((_, conv, seq)) = self.timers.pop_front() else { break };
+            let Some((_, conv, seq)) = self.timers.pop_front() else {
+                break;
+            };
             let key = (conv, seq);
-            let Some(p) = self.pending.get_mut(&key) else { continue };
+            let Some(p) = self.pending.get_mut(&key) else {
+                continue;
+            };
             if p.retries >= self.state.cfg.max_retries {
                 self.pending.remove(&key);
                 self.state.metrics.retries_exhausted.inc();
@@ -288,7 +298,12 @@ impl Conn {
         self.maybe_touch().await;
         if self.frames.check().is_err() {
             return self
-                .error(socket, ErrorCode::RateLimited, "too many frames; slow down", None)
+                .error(
+                    socket,
+                    ErrorCode::RateLimited,
+                    "too many frames; slow down",
+                    None,
+                )
                 .await;
         }
         let frame = match ClientFrame::from_json(t) {
@@ -307,7 +322,12 @@ impl Conn {
             ClientFrame::Send { conv, id, body } => {
                 if self.sends.check().is_err() {
                     return self
-                        .error(socket, ErrorCode::RateLimited, "sending too fast; retry later with the same id", Some(id.to_string()))
+                        .error(
+                            socket,
+                            ErrorCode::RateLimited,
+                            "sending too fast; retry later with the same id",
+                            Some(id.to_string()),
+                        )
                         .await;
                 }
                 let req = SendRequest {
@@ -364,8 +384,13 @@ impl Conn {
     ) -> Result<(), axum::Error> {
         let (code, msg) = match &e {
             BrokerError::NotMember => (ErrorCode::Forbidden, "not a member of this conversation"),
-            BrokerError::Unavailable(_) => (ErrorCode::Unavailable, "broker unavailable; retry with the same id"),
-            BrokerError::AlreadyExists | BrokerError::Corrupt(_) => (ErrorCode::Internal, "internal error"),
+            BrokerError::Unavailable(_) => (
+                ErrorCode::Unavailable,
+                "broker unavailable; retry with the same id",
+            ),
+            BrokerError::AlreadyExists | BrokerError::Corrupt(_) => {
+                (ErrorCode::Internal, "internal error")
+            }
         };
         if !matches!(e, BrokerError::NotMember) {
             tracing::warn!(error = %e, "broker call failed");
@@ -374,12 +399,21 @@ impl Conn {
     }
 
     /// Check membership through the cache; answers `forbidden` itself.
-    async fn require_member(&self, socket: &mut WebSocket, conv: &ConvId) -> Result<bool, axum::Error> {
+    async fn require_member(
+        &self,
+        socket: &mut WebSocket,
+        conv: &ConvId,
+    ) -> Result<bool, axum::Error> {
         match self.state.is_member(conv, &self.user).await {
             Ok(true) => Ok(true),
             Ok(false) => {
-                self.error(socket, ErrorCode::Forbidden, "not a member of this conversation", Some(conv.to_string()))
-                    .await?;
+                self.error(
+                    socket,
+                    ErrorCode::Forbidden,
+                    "not a member of this conversation",
+                    Some(conv.to_string()),
+                )
+                .await?;
                 Ok(false)
             }
             Err(e) => {
@@ -389,7 +423,13 @@ impl Conn {
         }
     }
 
-    async fn mark(&mut self, socket: &mut WebSocket, conv: ConvId, mark: Mark, seq: u64) -> Result<(), axum::Error> {
+    async fn mark(
+        &mut self,
+        socket: &mut WebSocket,
+        conv: ConvId,
+        mark: Mark,
+        seq: u64,
+    ) -> Result<(), axum::Error> {
         if !self.require_member(socket, &conv).await? {
             return Ok(());
         }
@@ -429,19 +469,33 @@ impl Conn {
         }
         if self.typing.len() > 64 {
             let interval = self.state.cfg.typing_interval;
-            self.typing.retain(|_, at| now.duration_since(*at) < interval);
+            self.typing
+                .retain(|_, at| now.duration_since(*at) < interval);
         }
         self.typing.insert(conv.clone(), now);
         let Ok(Some(members)) = self.state.members(&conv).await else {
             return Ok(());
         };
-        let others: Vec<Address> = members.iter().copied().filter(|m| *m != self.user).collect();
-        let frame = ServerFrame::Typing { conv, user: self.user }.to_json();
+        let others: Vec<Address> = members
+            .iter()
+            .copied()
+            .filter(|m| *m != self.user)
+            .collect();
+        let frame = ServerFrame::Typing {
+            conv,
+            user: self.user,
+        }
+        .to_json();
         self.route(others, frame, None, false).await;
         Ok(())
     }
 
-    async fn sync(&mut self, socket: &mut WebSocket, conv: ConvId, after: u64) -> Result<(), axum::Error> {
+    async fn sync(
+        &mut self,
+        socket: &mut WebSocket,
+        conv: ConvId,
+        after: u64,
+    ) -> Result<(), axum::Error> {
         if !self.require_member(socket, &conv).await? {
             return Ok(());
         }
@@ -469,7 +523,13 @@ impl Conn {
 
     /// Route a frame to `users` through the broker. Failures are logged, not
     /// answered: the message is already durable and recipients resync.
-    async fn route(&self, users: Vec<Address>, frame: String, ack: Option<(ConvId, u64)>, skip_self: bool) {
+    async fn route(
+        &self,
+        users: Vec<Address>,
+        frame: String,
+        ack: Option<(ConvId, u64)>,
+        skip_self: bool,
+    ) {
         if users.is_empty() {
             return;
         }
@@ -489,7 +549,10 @@ impl Conn {
 /// produced by us, so a cheap scan for the last `"ts":` suffices.
 fn frame_ts(frame: &str) -> Option<u64> {
     let i = frame.rfind("\"ts\":")?;
-    let digits: String = frame[i + 5..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    let digits: String = frame[i + 5..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     digits.parse().ok()
 }
 

@@ -43,18 +43,51 @@ impl Metrics {
         let retries = Counter::default();
         let retries_exhausted = Counter::default();
         // 0.5 ms … ~4 s: loopback deliveries sit at the low end, retries at the top.
-        let delivery_latency =
-            Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
+        let delivery_latency = Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
         let errors = Family::<CodeLabel, Counter>::default();
         let slow_consumers = Counter::default();
-        registry.register("connections", "Open authenticated WebSocket connections", connections.clone());
-        registry.register("messages_in", "Messages accepted from senders", messages_in.clone());
-        registry.register("messages_out", "Messages delivered to sockets (first attempts)", messages_out.clone());
-        registry.register("delivery_retries", "Messages resent for lack of an ack", retries.clone());
-        registry.register("delivery_retries_exhausted", "Deliveries given up after the last retry", retries_exhausted.clone());
-        registry.register("delivery_latency_seconds", "Seq assignment to socket write", delivery_latency.clone());
-        registry.register("errors", "Errors answered to clients by code", errors.clone());
-        registry.register("slow_consumers", "Sockets closed because their send queue filled", slow_consumers.clone());
+        registry.register(
+            "connections",
+            "Open authenticated WebSocket connections",
+            connections.clone(),
+        );
+        registry.register(
+            "messages_in",
+            "Messages accepted from senders",
+            messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Messages delivered to sockets (first attempts)",
+            messages_out.clone(),
+        );
+        registry.register(
+            "delivery_retries",
+            "Messages resent for lack of an ack",
+            retries.clone(),
+        );
+        registry.register(
+            "delivery_retries_exhausted",
+            "Deliveries given up after the last retry",
+            retries_exhausted.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Seq assignment to socket write",
+            delivery_latency.clone(),
+        );
+        registry.register(
+            "errors",
+            "Errors answered to clients by code",
+            errors.clone(),
+        );
+        registry.register(
+            "slow_consumers",
+            "Sockets closed because their send queue filled",
+            slow_consumers.clone(),
+        );
         Metrics {
             registry,
             connections,

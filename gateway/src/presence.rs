@@ -87,7 +87,10 @@ pub fn after_disconnect(state: Arc<AppState>, user: Address) {
                     return;
                 }
             };
-            let due = Duration::from_millis(seen.saturating_add(threshold.as_millis() as u64).saturating_sub(now_ms()));
+            let due = Duration::from_millis(
+                seen.saturating_add(threshold.as_millis() as u64)
+                    .saturating_sub(now_ms()),
+            );
             tokio::select! {
                 _ = tokio::time::sleep(due) => {}
                 _ = state.shutdown.cancelled() => return,

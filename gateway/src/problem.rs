@@ -38,9 +38,11 @@ impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         match e {
             BrokerError::NotMember => ApiError::not_found("no such conversation"),
-            BrokerError::AlreadyExists => {
-                ApiError::new(StatusCode::CONFLICT, ErrorCode::Invalid, "conversation already exists")
-            }
+            BrokerError::AlreadyExists => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Invalid,
+                "conversation already exists",
+            ),
             BrokerError::Unavailable(m) => {
                 tracing::warn!(error = %m, "broker unavailable");
                 ApiError::new(
@@ -51,7 +53,11 @@ impl From<BrokerError> for ApiError {
             }
             BrokerError::Corrupt(m) => {
                 tracing::error!(error = %m, "broker data corrupt");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "internal error",
+                )
             }
         }
     }

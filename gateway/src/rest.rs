@@ -70,7 +70,10 @@ pub async fn readyz(State(state): State<AppRef>) -> Result<&'static str, ApiErro
 
 pub async fn metrics(State(state): State<AppRef>) -> impl IntoResponse {
     (
-        [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
@@ -99,10 +102,13 @@ pub async fn verify(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let b = body(b)?;
     let now = OffsetDateTime::now_utc();
-    let signed = state.siwe.verify(&b.message, &b.signature, now).map_err(|e| {
-        state.metrics.error(ErrorCode::Unauthorized.as_str());
-        ApiError::unauthorized(format!("sign-in rejected ({}): {e}", e.code()))
-    })?;
+    let signed = state
+        .siwe
+        .verify(&b.message, &b.signature, now)
+        .map_err(|e| {
+            state.metrics.error(ErrorCode::Unauthorized.as_str());
+            ApiError::unauthorized(format!("sign-in rejected ({}): {e}", e.code()))
+        })?;
     // The nonce is consumed only after the signature checks out, so forged
     // requests cannot burn a real client's nonce.
     if !state.broker.take_nonce(&signed.nonce).await? {
@@ -165,10 +171,12 @@ pub async fn create_conversation(
             members.len()
         )));
     }
-    if let Some(t) = &b.title {
-        if t.chars().count() > MAX_TITLE {
-            return Err(ApiError::bad_request(format!("title is longer than {MAX_TITLE} characters")));
-        }
+    if let Some(t) = &b.title
+        && t.chars().count() > MAX_TITLE
+    {
+        return Err(ApiError::bad_request(format!(
+            "title is longer than {MAX_TITLE} characters"
+        )));
     }
     members.sort();
     let conv = Conversation {

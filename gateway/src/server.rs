@@ -47,8 +47,12 @@ pub fn router(state: AppRef) -> Router {
 
 async fn ws_upgrade(State(state): State<AppRef>, parts: Parts, ws: WebSocketUpgrade) -> Response {
     if state.shutdown.is_cancelled() {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "draining; reconnect elsewhere")
-            .into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "draining; reconnect elsewhere",
+        )
+        .into_response();
     }
     // A bearer header authenticates the upgrade itself; without one the
     // client must send `auth` as its first frame.
@@ -57,7 +61,8 @@ async fn ws_upgrade(State(state): State<AppRef>, parts: Parts, ws: WebSocketUpgr
             Ok(user) => Some(user),
             Err(e) => {
                 state.metrics.error(ErrorCode::Unauthorized.as_str());
-                return ApiError::unauthorized(format!("invalid session token: {e}")).into_response();
+                return ApiError::unauthorized(format!("invalid session token: {e}"))
+                    .into_response();
             }
         },
         None => None,
@@ -90,7 +95,11 @@ pub struct Gateway {
 
 impl Gateway {
     /// Attach to the broker and serve on `listener` until [`Gateway::shutdown`].
-    pub async fn start(cfg: GatewayConfig, broker: DynBroker, listener: TcpListener) -> Result<Gateway, GatewayError> {
+    pub async fn start(
+        cfg: GatewayConfig,
+        broker: DynBroker,
+        listener: TcpListener,
+    ) -> Result<Gateway, GatewayError> {
         let addr = listener.local_addr()?;
         let mut events = broker.attach(&cfg.gateway_id).await?;
         let state = AppState::new(cfg, broker);
@@ -123,7 +132,8 @@ impl Gateway {
             let app = router(state.clone());
             let stop = state.shutdown.clone();
             tokio::spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+                let serve =
+                    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
                 if let Err(e) = serve.await {
                     tracing::error!(error = %e, "HTTP server failed");
                 }

@@ -14,6 +14,9 @@ use crate::config::GatewayConfig;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
+/// Conversation → (members, fetched at).
+type MembersCache = HashMap<ConvId, (Arc<Vec<Address>>, Instant)>;
+
 /// Bound on cached member lists; expired entries are swept past this size.
 const MEMBERS_CACHE_MAX: usize = 10_000;
 
@@ -26,7 +29,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the gateway starts draining.
     pub shutdown: CancellationToken,
-    members: Mutex<HashMap<ConvId, (Arc<Vec<Address>>, Instant)>>,
+    members: Mutex<MembersCache>,
 }
 
 impl AppState {
@@ -55,10 +58,10 @@ impl AppState {
             return Ok(conv.direct_members().map(|m| Arc::new(m.to_vec())));
         }
         let ttl = self.cfg.members_cache_ttl;
-        if let Some((m, at)) = self.lock_members().get(conv) {
-            if at.elapsed() < ttl {
-                return Ok(Some(m.clone()));
-            }
+        if let Some((m, at)) = self.lock_members().get(conv)
+            && at.elapsed() < ttl
+        {
+            return Ok(Some(m.clone()));
         }
         let Some(c) = self.broker.conversation(conv).await? else {
             return Ok(None);
@@ -74,13 +77,10 @@ impl AppState {
 
     /// Whether `user` belongs to `conv`, through the members cache.
     pub async fn is_member(&self, conv: &ConvId, user: &Address) -> Result<bool, BrokerError> {
-        Ok(self
-            .members(conv)
-            .await?
-            .is_some_and(|m| m.contains(user)))
+        Ok(self.members(conv).await?.is_some_and(|m| m.contains(user)))
     }
 
-    fn lock_members(&self) -> std::sync::MutexGuard<'_, HashMap<ConvId, (Arc<Vec<Address>>, Instant)>> {
+    fn lock_members(&self) -> std::sync::MutexGuard<'_, MembersCache> {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -43,7 +43,9 @@ async fn malformed_frames_get_bad_frame_and_the_socket_stays_open() {
         assert!(!e["message"].as_str().unwrap().is_empty());
     }
     ws.inner
-        .send(tokio_tungstenite::tungstenite::Message::binary(vec![1, 2, 3]))
+        .send(tokio_tungstenite::tungstenite::Message::binary(vec![
+            1, 2, 3,
+        ]))
         .await
         .unwrap();
     assert_eq!(ws.recv_type("error").await["code"], "bad_frame");
@@ -67,7 +69,8 @@ async fn unauthenticated_sockets_are_closed_with_4001() {
     assert_eq!(ws.close_code().await, Some(4001));
     // A forged token.
     let mut ws = Ws::open(&g).await;
-    ws.send(json!({"type":"auth","token":"v1.eyJzdWIiOiIweDAwIn0.AAAA"})).await;
+    ws.send(json!({"type":"auth","token":"v1.eyJzdWIiOiIweDAwIn0.AAAA"}))
+        .await;
     assert_eq!(ws.recv().await["code"], "unauthorized");
     assert_eq!(ws.close_code().await, Some(4001));
     // A token signed with another gateway's secret.
@@ -156,7 +159,8 @@ async fn non_members_are_forbidden() {
         assert_eq!(e["code"], "forbidden", "{frame} → {e}");
     }
     // A missing group looks the same as a group you are not in.
-    wc.send(json!({"type":"send","conv":ConvId::new_group(),"id":"f3","body":1})).await;
+    wc.send(json!({"type":"send","conv":ConvId::new_group(),"id":"f3","body":1}))
+        .await;
     assert_eq!(wc.recv_type("error").await["code"], "forbidden");
     // REST: 404 for non-members, no leak of existence.
     let r = reqwest::Client::new()
@@ -180,7 +184,8 @@ async fn oversized_frames_close_with_1009_and_others_are_unaffected() {
     let mut wb = Ws::connect(&g, &login(&http(&g), &b).await).await;
     let conv = ConvId::direct(&a.addr, &b.addr).unwrap();
     let big = "x".repeat(65 * 1024);
-    wa.send(json!({"type":"send","conv":conv,"id":"big","body":big})).await;
+    wa.send(json!({"type":"send","conv":conv,"id":"big","body":big}))
+        .await;
     assert_eq!(wa.close_code().await, Some(1009));
     still_alive(&mut wb).await;
     g.shutdown().await;
@@ -202,7 +207,8 @@ async fn flooding_is_rate_limited() {
     let mut wa = Ws::connect(&g, &login(&http(&g), &a).await).await;
     let conv = ConvId::direct(&a.addr, &peer.addr).unwrap();
     for i in 0..20 {
-        wa.send(json!({"type":"send","conv":conv,"id":format!("f{i}"),"body":i})).await;
+        wa.send(json!({"type":"send","conv":conv,"id":format!("f{i}"),"body":i}))
+            .await;
     }
     let mut sent = 0;
     let mut limited = vec![];
@@ -217,10 +223,14 @@ async fn flooding_is_rate_limited() {
             other => panic!("unexpected {other}"),
         }
     }
-    assert!(sent >= 5 && !limited.is_empty(), "sent {sent}, limited {limited:?}");
+    assert!(
+        sent >= 5 && !limited.is_empty(),
+        "sent {sent}, limited {limited:?}"
+    );
     // Retrying a limited id later succeeds: nothing was lost.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    wa.send(json!({"type":"send","conv":conv,"id":limited[0],"body":0})).await;
+    wa.send(json!({"type":"send","conv":conv,"id":limited[0],"body":0}))
+        .await;
     assert_eq!(wa.recv_type("sent").await["id"], limited[0]);
     still_alive(&mut wa).await;
     g.shutdown().await;
@@ -249,7 +259,8 @@ async fn a_reader_that_stops_reading_is_cut_off() {
     let metrics = format!("{}/metrics", http(&g));
     let mut cut = false;
     for i in 0..400 {
-        wa.send(json!({"type":"send","conv":conv,"id":format!("s{i}"),"body":body})).await;
+        wa.send(json!({"type":"send","conv":conv,"id":format!("s{i}"),"body":body}))
+            .await;
         wa.recv_type("sent").await;
         if i % 20 == 19 {
             let m = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
@@ -296,7 +307,12 @@ async fn sign_in_failures_are_401_with_a_code() {
     assert_eq!(verify(&base, &tampered, &sig).await.0, 401);
     // Unknown nonce.
     let msg = siwe_message("localhost", w.addr, "abcdefghijklmnop1234", 1);
-    assert_eq!(verify(&base, &msg, &sign_personal(&w.key, msg.as_bytes())).await.0, 401);
+    assert_eq!(
+        verify(&base, &msg, &sign_personal(&w.key, msg.as_bytes()))
+            .await
+            .0,
+        401
+    );
     // Replayed nonce: the first use succeeds, the replay fails.
     let n = nonce(&base).await;
     let msg = siwe_message("localhost", w.addr, &n, 1);
@@ -331,8 +347,9 @@ async fn sign_in_failures_are_401_with_a_code() {
 /// malleable high-S form.
 fn high_s_twin(sig_hex: &str) -> String {
     const N: [u8; 32] = [
-        0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE,
-        0xBA, 0xAE, 0xDC, 0xE6, 0xAF, 0x48, 0xA0, 0x3B, 0xBF, 0xD2, 0x5E, 0x8C, 0xD0, 0x36, 0x41, 0x41,
+        0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+        0xFE, 0xBA, 0xAE, 0xDC, 0xE6, 0xAF, 0x48, 0xA0, 0x3B, 0xBF, 0xD2, 0x5E, 0x8C, 0xD0, 0x36,
+        0x41, 0x41,
     ];
     let mut b = hex::decode(sig_hex.trim_start_matches("0x")).unwrap();
     let mut borrow = 0i16;
@@ -385,9 +402,24 @@ async fn rest_validation_errors() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
-    assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status(), 200);
-    assert_eq!(reqwest::get(format!("{base}/nope")).await.unwrap().status(), 404);
+    assert_eq!(
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/nope")).await.unwrap().status(),
+        404
+    );
     g.shutdown().await;
 }
 

@@ -38,7 +38,11 @@ async fn scenario(seed: u64) {
                 members.insert(u.addr);
             }
         }
-        let others: Vec<Address> = members.iter().copied().filter(|m| *m != users[owner].addr).collect();
+        let others: Vec<Address> = members
+            .iter()
+            .copied()
+            .filter(|m| *m != users[owner].addr)
+            .collect();
         let id = create_group(&http(&gws[0]), &tokens[owner], &others).await;
         convs.push((id, members));
     }
@@ -46,7 +50,10 @@ async fn scenario(seed: u64) {
         let a = rng.random_range(0..users.len());
         let b = (a + rng.random_range(1..users.len())) % users.len();
         let id = ConvId::direct(&users[a].addr, &users[b].addr).unwrap();
-        convs.push((id.to_string(), HashSet::from([users[a].addr, users[b].addr])));
+        convs.push((
+            id.to_string(),
+            HashSet::from([users[a].addr, users[b].addr]),
+        ));
     }
     let mut sockets = vec![];
     for (i, t) in tokens.iter().enumerate() {
@@ -59,7 +66,8 @@ async fn scenario(seed: u64) {
         let c = rng.random_range(0..convs.len());
         let (conv, members) = &convs[c];
         let ws = &mut sockets[u];
-        ws.send(json!({"type":"send","conv":conv,"id":format!("n{n}"),"body":n})).await;
+        ws.send(json!({"type":"send","conv":conv,"id":format!("n{n}"),"body":n}))
+            .await;
         if rng.random_bool(0.3) {
             ws.send(json!({"type":"typing","conv":conv})).await;
         }
@@ -106,7 +114,11 @@ async fn scenario(seed: u64) {
             if !membership[conv.as_str()].contains(&me) {
                 continue;
             }
-            let expected: Vec<u64> = sent.iter().filter(|(_, from)| *from != me).map(|(s, _)| *s).collect();
+            let expected: Vec<u64> = sent
+                .iter()
+                .filter(|(_, from)| *from != me)
+                .map(|(s, _)| *s)
+                .collect();
             // Live frames from different senders may cross by a few ms; the
             // seq orders them (the SDK holds a later seq until the gap fills).
             // Unacked frames are resent (at most max_retries times); a

@@ -65,9 +65,14 @@ async fn direct_across_gateways(backend: Backend) {
         .await;
     let again = wa.recv_type("sent").await;
     assert_eq!(again["seq"], 3);
-    assert!(wb.collect_type("msg", Duration::from_millis(400)).await.is_empty());
+    assert!(
+        wb.collect_type("msg", Duration::from_millis(400))
+            .await
+            .is_empty()
+    );
     // The next new message continues the sequence with no gap.
-    wa.send(json!({"type":"send","conv":conv,"id":"m21","body":1})).await;
+    wa.send(json!({"type":"send","conv":conv,"id":"m21","body":1}))
+        .await;
     assert_eq!(wa.recv_type("sent").await["seq"], 21);
     assert_eq!(wb.recv_type("msg").await["seq"], 21);
     g1.shutdown().await;
@@ -86,7 +91,8 @@ async fn group_across_gateways(backend: Backend) {
     let mut wa = Ws::connect(&g1, &ta).await;
     let mut wb = Ws::connect(&g2, &tb).await;
     let mut wc = Ws::connect(&g1, &tc).await;
-    wb.send(json!({"type":"send","conv":conv,"id":"x1","body":"from b"})).await;
+    wb.send(json!({"type":"send","conv":conv,"id":"x1","body":"from b"}))
+        .await;
     assert_eq!(wb.recv_type("sent").await["seq"], 1);
     for ws in [&mut wa, &mut wc] {
         let m = ws.recv_type("msg").await;
@@ -94,7 +100,8 @@ async fn group_across_gateways(backend: Backend) {
         assert_eq!(m["from"], b.addr.to_string());
         ws.ack(&m).await;
     }
-    wc.send(json!({"type":"send","conv":conv,"id":"x2","body":"from c"})).await;
+    wc.send(json!({"type":"send","conv":conv,"id":"x2","body":"from c"}))
+        .await;
     assert_eq!(wc.recv_type("sent").await["seq"], 2);
     assert_eq!(wa.recv_type("msg").await["seq"], 2);
     assert_eq!(wb.recv_type("msg").await["seq"], 2);
@@ -111,17 +118,23 @@ async fn retries_until_acked(backend: Backend) {
     let mut wa = Ws::connect(&g1, &login(&http(&g1), &a).await).await;
     let mut wb = Ws::connect(&g2, &login(&http(&g2), &b).await).await;
     let conv = ConvId::direct(&a.addr, &b.addr).unwrap();
-    wa.send(json!({"type":"send","conv":conv,"id":"r1","body":"retry me"})).await;
+    wa.send(json!({"type":"send","conv":conv,"id":"r1","body":"retry me"}))
+        .await;
     wa.recv_type("sent").await;
     // ack_timeout is 300 ms: first delivery + 3 resends within ~1.2 s, then silence.
     let got = wb.collect_type("msg", Duration::from_millis(2000)).await;
     assert_eq!(got.len(), 4, "{got:?}");
     assert!(got.iter().all(|m| m["seq"] == 1));
     // Acked messages are not resent.
-    wa.send(json!({"type":"send","conv":conv,"id":"r2","body":"ack me"})).await;
+    wa.send(json!({"type":"send","conv":conv,"id":"r2","body":"ack me"}))
+        .await;
     let m = wb.recv_type("msg").await;
     wb.ack(&m).await;
-    assert!(wb.collect_type("msg", Duration::from_millis(800)).await.is_empty());
+    assert!(
+        wb.collect_type("msg", Duration::from_millis(800))
+            .await
+            .is_empty()
+    );
     g1.shutdown().await;
     g2.shutdown().await;
 }
@@ -136,14 +149,16 @@ async fn resync_after_disconnect(backend: Backend) {
     let conv = ConvId::direct(&a.addr, &b.addr).unwrap();
     let mut wa = Ws::connect(&g1, &ta).await;
     let mut wb = Ws::connect(&g2, &tb).await;
-    wa.send(json!({"type":"send","conv":conv,"id":"s1","body":1})).await;
+    wa.send(json!({"type":"send","conv":conv,"id":"s1","body":1}))
+        .await;
     assert_eq!(wa.recv_type("sent").await["seq"], 1);
     let m = wb.recv_type("msg").await;
     wb.ack(&m).await;
     wb.inner.close(None).await.unwrap();
     drop(wb);
     for i in 2..=6 {
-        wa.send(json!({"type":"send","conv":conv,"id":format!("s{i}"),"body":i})).await;
+        wa.send(json!({"type":"send","conv":conv,"id":format!("s{i}"),"body":i}))
+            .await;
         assert_eq!(wa.recv_type("sent").await["seq"], i);
     }
     let mut wb = Ws::connect(&g1, &tb).await;
@@ -176,14 +191,17 @@ async fn typing_and_presence(backend: Backend) {
     let conv = ConvId::direct(&a.addr, &b.addr).unwrap();
     let mut wa = Ws::connect(&g1, &ta).await;
     // A first message makes A and B peers.
-    wa.send(json!({"type":"send","conv":conv,"id":"p1","body":"hi"})).await;
+    wa.send(json!({"type":"send","conv":conv,"id":"p1","body":"hi"}))
+        .await;
     wa.recv_type("sent").await;
     wa.inner.close(None).await.unwrap();
     drop(wa);
     let mut wb = Ws::connect(&g2, &tb).await;
     // Wait until A counts as offline, so its return is a transition.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let _ = wb.collect_type("presence", Duration::from_millis(100)).await;
+    let _ = wb
+        .collect_type("presence", Duration::from_millis(100))
+        .await;
     let mut wa = Ws::connect(&g1, &ta).await;
     let p = wb.recv_type("presence").await;
     assert_eq!(p["user"], a.addr.to_string());
@@ -194,7 +212,11 @@ async fn typing_and_presence(backend: Backend) {
     let t = wb.collect_type("typing", Duration::from_millis(400)).await;
     assert_eq!(t.len(), 1, "{t:?}");
     assert_eq!(t[0]["user"], a.addr.to_string());
-    assert!(wa.collect_type("typing", Duration::from_millis(100)).await.is_empty());
+    assert!(
+        wa.collect_type("typing", Duration::from_millis(100))
+            .await
+            .is_empty()
+    );
 
     wa.inner.close(None).await.unwrap();
     drop(wa);

@@ -29,7 +29,11 @@ pub enum TestkitError {
         source: std::io::Error,
     },
     #[error("{what} did not become ready within {secs} s; log tail:\n{log}")]
-    NotReady { what: String, secs: u64, log: String },
+    NotReady {
+        what: String,
+        secs: u64,
+        log: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -53,7 +57,9 @@ pub fn find_binary(name: &str, env_var: &str, install_hint: &str) -> Result<Path
     }
     Err(TestkitError::MissingBinary {
         name: name.into(),
-        hint: format!("set {env_var} or install it: {install_hint}, or run ./scripts/test which installs it"),
+        hint: format!(
+            "set {env_var} or install it: {install_hint}, or run ./scripts/test which installs it"
+        ),
     })
 }
 

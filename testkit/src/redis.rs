@@ -72,7 +72,10 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(dir)
-            .args(["--appendonly", if self.opts.persistence { "yes" } else { "no" }])
+            .args([
+                "--appendonly",
+                if self.opts.persistence { "yes" } else { "no" },
+            ])
             .args(["--appendfsync", "always"])
             .args(["--save", ""])
             .args(["--daemonize", "no"])
@@ -83,7 +86,9 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = cmd.spawn().map_err(io(format!("spawn {}", self.bin.display())))?;
+        let child = cmd
+            .spawn()
+            .map_err(io(format!("spawn {}", self.bin.display())))?;
         self.child = Some(child);
         self.wait_ready()
     }
@@ -91,10 +96,8 @@ impl RedisServer {
     fn wait_ready(&mut self) -> Result<(), TestkitError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Ok(r) = resp_command(&self.addr(), &["PING"]) {
-                if r == "PONG" {
-                    return Ok(());
-                }
+            if resp_command(&self.addr(), &["PING"]).is_ok_and(|r| r == "PONG") {
+                return Ok(());
             }
             let exited = self
                 .child
@@ -205,7 +208,11 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(primaries: usize, replicas: usize) -> Result<Self, TestkitError> {
-        let cli = find_binary("redis-cli", "REDIS_CLI_BIN", "apt-get install -y redis-tools")?;
+        let cli = find_binary(
+            "redis-cli",
+            "REDIS_CLI_BIN",
+            "apt-get install -y redis-tools",
+        )?;
         let mut nodes = vec![];
         for _ in 0..primaries * (1 + replicas) {
             nodes.push(RedisServer::start_with(RedisServerOptions {
@@ -251,7 +258,8 @@ impl RedisCluster {
         loop {
             let all_ok = self.nodes.iter().all(|n| {
                 n.command(&["CLUSTER", "INFO"]).is_ok_and(|info| {
-                    info.contains("cluster_state:ok") && info.contains("cluster_slots_assigned:16384")
+                    info.contains("cluster_state:ok")
+                        && info.contains("cluster_slots_assigned:16384")
                 })
             });
             if all_ok {
@@ -261,7 +269,11 @@ impl RedisCluster {
                 return Err(TestkitError::NotReady {
                     what: "redis cluster".into(),
                     secs: timeout.as_secs(),
-                    log: self.nodes.first().map(RedisServer::log_tail).unwrap_or_default(),
+                    log: self
+                        .nodes
+                        .first()
+                        .map(RedisServer::log_tail)
+                        .unwrap_or_default(),
                 });
             }
             sleep(Duration::from_millis(100));
@@ -270,7 +282,11 @@ impl RedisCluster {
 
     /// fred's cluster URL: `redis-cluster://first?node=second&node=...`.
     pub fn url(&self) -> String {
-        let mut addrs = self.nodes.iter().take(self.primaries).map(RedisServer::addr);
+        let mut addrs = self
+            .nodes
+            .iter()
+            .take(self.primaries)
+            .map(RedisServer::addr);
         let first = addrs.next().unwrap_or_default();
         let rest: Vec<String> = addrs.map(|a| format!("node={a}")).collect();
         if rest.is_empty() {
@@ -289,6 +305,10 @@ impl RedisCluster {
     }
 
     pub fn primary_addrs(&self) -> Vec<String> {
-        self.nodes.iter().take(self.primaries).map(RedisServer::addr).collect()
+        self.nodes
+            .iter()
+            .take(self.primaries)
+            .map(RedisServer::addr)
+            .collect()
     }
 }

@@ -48,13 +48,23 @@ fn cluster_forms_with_all_slots() {
         assert!(info.contains("cluster_state:ok"), "{info}");
     }
     let url = c.url();
-    assert!(url.starts_with("redis-cluster://127.0.0.1:") && url.matches("node=").count() == 2, "{url}");
+    assert!(
+        url.starts_with("redis-cluster://127.0.0.1:") && url.matches("node=").count() == 2,
+        "{url}"
+    );
 }
 
 #[test]
 fn missing_binary_is_a_clear_error() {
-    let err = switchboard_testkit::find_binary("definitely-not-redis", "SB_TEST_NO_SUCH_VAR", "apt-get install -y x")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("definitely-not-redis not found") && err.contains("apt-get install"), "{err}");
+    let err = switchboard_testkit::find_binary(
+        "definitely-not-redis",
+        "SB_TEST_NO_SUCH_VAR",
+        "apt-get install -y x",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("definitely-not-redis not found") && err.contains("apt-get install"),
+        "{err}"
+    );
 }

@@ -31,7 +31,9 @@ pub fn address_of(key: &VerifyingKey) -> Address {
 pub fn parse_signature_hex(s: &str) -> Result<Vec<u8>, AuthError> {
     let h = s.strip_prefix("0x").unwrap_or(s);
     if h.len() != 130 {
-        return Err(AuthError::BadSignature("expected 65 bytes (0x + 130 hex digits)"));
+        return Err(AuthError::BadSignature(
+            "expected 65 bytes (0x + 130 hex digits)",
+        ));
     }
     hex::decode(h).map_err(|_| AuthError::BadSignature("not hex"))
 }
@@ -86,11 +88,17 @@ mod tests {
         assert_eq!(address_of(key().verifying_key()).to_string(), ADDR);
         assert_eq!(sign_personal(&key(), b"Some data"), SIG);
         let sig = parse_signature_hex(SIG).unwrap();
-        assert_eq!(recover_address(b"Some data", &sig).unwrap().to_string(), ADDR);
+        assert_eq!(
+            recover_address(b"Some data", &sig).unwrap().to_string(),
+            ADDR
+        );
         // v as 0/1 recovers the same address.
         let mut v01 = sig.clone();
         v01[64] -= 27;
-        assert_eq!(recover_address(b"Some data", &v01).unwrap().to_string(), ADDR);
+        assert_eq!(
+            recover_address(b"Some data", &v01).unwrap().to_string(),
+            ADDR
+        );
     }
 
     #[test]
@@ -110,7 +118,9 @@ mod tests {
         twin.push(if sig[64] == 27 { 28 } else { 27 });
         assert_eq!(
             recover_address(b"Some data", &twin),
-            Err(AuthError::BadSignature("signature does not verify (high S?)"))
+            Err(AuthError::BadSignature(
+                "signature does not verify (high S?)"
+            ))
         );
     }
 

@@ -43,7 +43,8 @@ impl SiweVerifier {
         signature_hex: &str,
         now: OffsetDateTime,
     ) -> Result<VerifiedSignIn, AuthError> {
-        let m = siwe::Message::from_str(message).map_err(|e| AuthError::BadMessage(e.to_string()))?;
+        let m =
+            siwe::Message::from_str(message).map_err(|e| AuthError::BadMessage(e.to_string()))?;
         let domain = m.domain.to_string();
         if domain != self.domain {
             return Err(AuthError::WrongDomain {
@@ -58,10 +59,10 @@ impl SiweVerifier {
         if *issued > now + MAX_CLOCK_SKEW {
             return Err(AuthError::NotYetValid);
         }
-        if let Some(nbf) = &m.not_before {
-            if *nbf.as_ref() > now {
-                return Err(AuthError::NotYetValid);
-            }
+        if let Some(nbf) = &m.not_before
+            && *nbf.as_ref() > now
+        {
+            return Err(AuthError::NotYetValid);
         }
         let expires_at = m.expiration_time.as_ref().map(|t| *t.as_ref());
         if expires_at.is_some_and(|exp| exp <= now) {
@@ -163,7 +164,11 @@ mod tests {
 
     fn check(p: &SignInParams, k: &SigningKey) -> Result<VerifiedSignIn, AuthError> {
         let msg = build_message(p);
-        verifier().verify(&msg, &sign_personal(k, msg.as_bytes()), OffsetDateTime::now_utc())
+        verifier().verify(
+            &msg,
+            &sign_personal(k, msg.as_bytes()),
+            OffsetDateTime::now_utc(),
+        )
     }
 
     #[test]
@@ -183,7 +188,12 @@ mod tests {
             expiration_time: None,
             ..p
         };
-        assert_eq!(siwe::Message::from_str(&build_message(&p2)).unwrap().to_string(), build_message(&p2));
+        assert_eq!(
+            siwe::Message::from_str(&build_message(&p2))
+                .unwrap()
+                .to_string(),
+            build_message(&p2)
+        );
         assert!(check(&p2, &k).is_ok());
     }
 
@@ -192,15 +202,40 @@ mod tests {
         let k = key();
         let now = OffsetDateTime::now_utc();
         let code = |p: SignInParams| check(&p, &k).unwrap_err().code();
-        assert_eq!(code(SignInParams { domain: "evil.example".into(), ..params(&k) }), "wrong_domain");
-        assert_eq!(code(SignInParams { domain: "localhost:8080".into(), ..params(&k) }), "wrong_domain");
-        assert_eq!(code(SignInParams { chain_id: 5, ..params(&k) }), "wrong_chain");
         assert_eq!(
-            code(SignInParams { expiration_time: Some(now - time::Duration::seconds(1)), ..params(&k) }),
+            code(SignInParams {
+                domain: "evil.example".into(),
+                ..params(&k)
+            }),
+            "wrong_domain"
+        );
+        assert_eq!(
+            code(SignInParams {
+                domain: "localhost:8080".into(),
+                ..params(&k)
+            }),
+            "wrong_domain"
+        );
+        assert_eq!(
+            code(SignInParams {
+                chain_id: 5,
+                ..params(&k)
+            }),
+            "wrong_chain"
+        );
+        assert_eq!(
+            code(SignInParams {
+                expiration_time: Some(now - time::Duration::seconds(1)),
+                ..params(&k)
+            }),
             "expired"
         );
         assert_eq!(
-            code(SignInParams { issued_at: now + time::Duration::hours(1), expiration_time: None, ..params(&k) }),
+            code(SignInParams {
+                issued_at: now + time::Duration::hours(1),
+                expiration_time: None,
+                ..params(&k)
+            }),
             "not_yet_valid"
         );
         let other = key();
@@ -209,8 +244,14 @@ mod tests {
             .verify(&msg, &sign_personal(&other, msg.as_bytes()), now)
             .unwrap_err();
         assert_eq!(err.code(), "address_mismatch");
-        assert_eq!(verifier().verify("hello", "0x00", now).unwrap_err().code(), "bad_message");
-        assert_eq!(verifier().verify(&msg, "0x1234", now).unwrap_err().code(), "bad_signature");
+        assert_eq!(
+            verifier().verify("hello", "0x00", now).unwrap_err().code(),
+            "bad_message"
+        );
+        assert_eq!(
+            verifier().verify(&msg, "0x1234", now).unwrap_err().code(),
+            "bad_signature"
+        );
     }
 
     #[test]
@@ -219,7 +260,11 @@ mod tests {
         let in_an_hour = rfc3339(OffsetDateTime::now_utc() + time::Duration::hours(1));
         let msg = format!("{}\nNot Before: {in_an_hour}", build_message(&params(&k)));
         let err = verifier()
-            .verify(&msg, &sign_personal(&k, msg.as_bytes()), OffsetDateTime::now_utc())
+            .verify(
+                &msg,
+                &sign_personal(&k, msg.as_bytes()),
+                OffsetDateTime::now_utc(),
+            )
             .unwrap_err();
         assert_eq!(err.code(), "not_yet_valid");
     }

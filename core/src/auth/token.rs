@@ -48,7 +48,12 @@ impl TokenSigner {
     }
 
     /// A token for `address` valid for `ttl` from `now`, and its expiry.
-    pub fn issue(&self, address: &Address, ttl: Duration, now: OffsetDateTime) -> (String, OffsetDateTime) {
+    pub fn issue(
+        &self,
+        address: &Address,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> (String, OffsetDateTime) {
         let exp = now + ttl;
         let claims = Claims {
             sub: address.lower(),
@@ -60,18 +65,25 @@ impl TokenSigner {
         let mut mac = self.mac();
         mac.update(signed.as_bytes());
         let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        (format!("{signed}.{tag}"), exp.replace_nanosecond(0).unwrap_or(exp))
+        (
+            format!("{signed}.{tag}"),
+            exp.replace_nanosecond(0).unwrap_or(exp),
+        )
     }
 
     /// The address a token was issued to, if the MAC checks and it has not expired.
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Address, AuthError> {
         let (signed, tag) = token.rsplit_once('.').ok_or(AuthError::BadToken)?;
         let payload = signed.strip_prefix("v1.").ok_or(AuthError::BadToken)?;
-        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| AuthError::BadToken)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| AuthError::BadToken)?;
         let mut mac = self.mac();
         mac.update(signed.as_bytes());
         mac.verify_slice(&tag).map_err(|_| AuthError::BadToken)?;
-        let raw = URL_SAFE_NO_PAD.decode(payload).map_err(|_| AuthError::BadToken)?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| AuthError::BadToken)?;
         let claims: Claims = serde_json::from_slice(&raw).map_err(|_| AuthError::BadToken)?;
         if claims.exp <= now.unix_timestamp() {
             return Err(AuthError::TokenExpired);
@@ -88,7 +100,9 @@ mod tests {
     use super::*;
 
     fn addr() -> Address {
-        "0x2c7536e3605d9c16a7a3d7b1898e529396a65c23".parse().unwrap()
+        "0x2c7536e3605d9c16a7a3d7b1898e529396a65c23"
+            .parse()
+            .unwrap()
     }
 
     #[test]
@@ -98,7 +112,10 @@ mod tests {
         let (t, exp) = s.issue(&addr(), Duration::from_secs(60), now);
         assert!(exp > now);
         assert_eq!(s.verify(&t, now).unwrap(), addr());
-        assert_eq!(s.verify(&t, now + Duration::from_secs(61)), Err(AuthError::TokenExpired));
+        assert_eq!(
+            s.verify(&t, now + Duration::from_secs(61)),
+            Err(AuthError::TokenExpired)
+        );
     }
 
     #[test]
@@ -106,16 +123,27 @@ mod tests {
         let s = TokenSigner::new(b"secret");
         let now = OffsetDateTime::now_utc();
         let (t, _) = s.issue(&addr(), Duration::from_secs(60), now);
-        assert_eq!(TokenSigner::new(b"other").verify(&t, now), Err(AuthError::BadToken));
+        assert_eq!(
+            TokenSigner::new(b"other").verify(&t, now),
+            Err(AuthError::BadToken)
+        );
         let (head, tag) = t.rsplit_once('.').unwrap();
         // Another payload with the original MAC.
-        let forged = URL_SAFE_NO_PAD.encode(br#"{"sub":"0x0000000000000000000000000000000000000001","iat":0,"exp":9999999999}"#);
-        assert_eq!(s.verify(&format!("v1.{forged}.{tag}"), now), Err(AuthError::BadToken));
+        let forged = URL_SAFE_NO_PAD.encode(
+            br#"{"sub":"0x0000000000000000000000000000000000000001","iat":0,"exp":9999999999}"#,
+        );
+        assert_eq!(
+            s.verify(&format!("v1.{forged}.{tag}"), now),
+            Err(AuthError::BadToken)
+        );
         // A flipped MAC character.
         let mut bad_tag = tag.to_owned();
         let c = if bad_tag.starts_with('A') { "B" } else { "A" };
         bad_tag.replace_range(0..1, c);
-        assert_eq!(s.verify(&format!("{head}.{bad_tag}"), now), Err(AuthError::BadToken));
+        assert_eq!(
+            s.verify(&format!("{head}.{bad_tag}"), now),
+            Err(AuthError::BadToken)
+        );
         for g in ["", ".", "v1.", "v1..", "v2.abc.def", "v1.!!!.???"] {
             assert!(s.verify(g, now).is_err(), "{g}");
         }

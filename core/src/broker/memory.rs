@@ -101,7 +101,11 @@ impl Broker for MemoryBroker {
 
     async fn take_nonce(&self, nonce: &str) -> Result<bool> {
         let now = Instant::now();
-        Ok(self.lock().nonces.remove(nonce).is_some_and(|exp| exp > now))
+        Ok(self
+            .lock()
+            .nonces
+            .remove(nonce)
+            .is_some_and(|exp| exp > now))
     }
 
     async fn create_group(&self, conv: &Conversation) -> Result<()> {
@@ -151,22 +155,22 @@ impl Broker for MemoryBroker {
         let max_len = self.cfg.log_max_len;
         let ttl = self.cfg.dedupe_ttl;
         let cs = st.convs.entry(req.conv.clone()).or_default();
-        if let Some(&(seq, ts, at)) = cs.dedupe.get(&req.id) {
-            if now.duration_since(at) < ttl {
-                let message = Message {
-                    conv: req.conv,
-                    seq,
-                    id: req.id,
-                    from: req.from,
-                    body: req.body,
-                    ts,
-                };
-                return Ok(SendOutcome {
-                    message,
-                    duplicate: true,
-                    members,
-                });
-            }
+        if let Some(&(seq, ts, at)) = cs.dedupe.get(&req.id)
+            && now.duration_since(at) < ttl
+        {
+            let message = Message {
+                conv: req.conv,
+                seq,
+                id: req.id,
+                from: req.from,
+                body: req.body,
+                ts,
+            };
+            return Ok(SendOutcome {
+                message,
+                duplicate: true,
+                members,
+            });
         }
         cs.last_seq += 1;
         let message = Message {
@@ -180,7 +184,8 @@ impl Broker for MemoryBroker {
         // Keep the dedupe map bounded: forget ids older than the TTL whenever
         // it grows past the log length.
         if cs.dedupe.len() >= max_len {
-            cs.dedupe.retain(|_, (_, _, at)| now.duration_since(*at) < ttl);
+            cs.dedupe
+                .retain(|_, (_, _, at)| now.duration_since(*at) < ttl);
         }
         cs.dedupe.insert(req.id, (message.seq, message.ts, now));
         cs.log.push_back(message.clone());
@@ -189,7 +194,10 @@ impl Broker for MemoryBroker {
         }
         if message.seq == 1 && req.conv.kind() == ConvKind::Direct {
             for m in &members {
-                st.user_convs.entry(*m).or_default().insert(req.conv.clone());
+                st.user_convs
+                    .entry(*m)
+                    .or_default()
+                    .insert(req.conv.clone());
             }
         }
         Ok(SendOutcome {
@@ -308,7 +316,10 @@ impl Broker for MemoryBroker {
                     ..ev.clone()
                 };
                 if tx.try_send(one).is_err() {
-                    tracing::warn!(gateway = gw, "gateway event queue full or closed; event dropped");
+                    tracing::warn!(
+                        gateway = gw,
+                        "gateway event queue full or closed; event dropped"
+                    );
                 }
             }
         }

@@ -159,9 +159,7 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether `user` is a member of `id`.
     async fn is_member(&self, id: &ConvId, user: &Address) -> Result<bool> {
         Ok(match id.kind() {
-            ConvKind::Direct => id
-                .direct_members()
-                .is_some_and(|m| m.contains(user)),
+            ConvKind::Direct => id.direct_members().is_some_and(|m| m.contains(user)),
             ConvKind::Group => self
                 .conversation(id)
                 .await?

@@ -167,9 +167,7 @@ impl RedisBroker {
         let config = Config::from_url(url)
             .map_err(|e| BrokerError::Unavailable(format!("invalid Redis URL: {e}")))?;
         let cluster = config.server.is_clustered();
-        let pool = builder(&config)
-            .build_pool(2)
-            .map_err(unavailable)?;
+        let pool = builder(&config).build_pool(2).map_err(unavailable)?;
         pool.init().await.map_err(unavailable)?;
         Ok(RedisBroker {
             pool,
@@ -191,10 +189,10 @@ impl RedisBroker {
     async fn live_gateways(&self, force: bool) -> Result<HashSet<String>> {
         {
             let cache = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            if let (false, Some(at)) = (force, cache.0) {
-                if at.elapsed() < LIVE_CACHE {
-                    return Ok(cache.1.clone());
-                }
+            if let (false, Some(at)) = (force, cache.0)
+                && at.elapsed() < LIVE_CACHE
+            {
+                return Ok(cache.1.clone());
             }
         }
         let ids: Vec<String> = self
@@ -209,12 +207,19 @@ impl RedisBroker {
 
     async fn group(&self, id: &ConvId) -> Result<Option<Conversation>> {
         let keys = self.conv_keys(id);
-        let meta: HashMap<String, String> =
-            self.pool.hgetall(keys.key("meta")).await.map_err(unavailable)?;
+        let meta: HashMap<String, String> = self
+            .pool
+            .hgetall(keys.key("meta"))
+            .await
+            .map_err(unavailable)?;
         if meta.is_empty() {
             return Ok(None);
         }
-        let raw: Vec<String> = self.pool.smembers(keys.key("m")).await.map_err(unavailable)?;
+        let raw: Vec<String> = self
+            .pool
+            .smembers(keys.key("m"))
+            .await
+            .map_err(unavailable)?;
         let mut members = raw
             .iter()
             .map(|m| m.parse::<Address>().map_err(corrupt))
@@ -253,7 +258,8 @@ fn builder(config: &Config) -> Builder {
 }
 
 fn value_u64(v: &Value) -> Result<u64> {
-    v.as_u64().ok_or_else(|| corrupt(format!("expected integer, got {v:?}")))
+    v.as_u64()
+        .ok_or_else(|| corrupt(format!("expected integer, got {v:?}")))
 }
 
 #[async_trait]
@@ -401,7 +407,10 @@ impl Broker for RedisBroker {
             .evalsha_with_reload(self.pool.next(), key_list, args)
             .await
             .map_err(unavailable)?;
-        let status = out.first().and_then(Value::as_i64).ok_or_else(|| corrupt("send reply"))?;
+        let status = out
+            .first()
+            .and_then(Value::as_i64)
+            .ok_or_else(|| corrupt("send reply"))?;
         if status < 0 {
             return Err(BrokerError::NotMember);
         }
@@ -422,9 +431,11 @@ impl Broker for RedisBroker {
             // The first message of a direct conversation makes it one of both
             // users' conversations (presence peers, conversation lists).
             let conv = req.conv.as_str();
-            try_join_all(members.iter().map(|m| async move {
-                self.pool.sadd::<(), _, _>(user_convs_key(m), conv).await
-            }))
+            try_join_all(
+                members.iter().map(|m| async move {
+                    self.pool.sadd::<(), _, _>(user_convs_key(m), conv).await
+                }),
+            )
             .await
             .map_err(unavailable)?;
         }
@@ -568,7 +579,9 @@ impl Broker for RedisBroker {
                                     break;
                                 }
                             }
-                            Err(e) => tracing::warn!(%channel, error = %e, "undecodable routed event"),
+                            Err(e) => {
+                                tracing::warn!(%channel, error = %e, "undecodable routed event")
+                            }
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

@@ -66,7 +66,9 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let a: Address = "0x2c7536e3605d9c16a7a3d7b1898e529396a65c23".parse().unwrap();
+        let a: Address = "0x2c7536e3605d9c16a7a3d7b1898e529396a65c23"
+            .parse()
+            .unwrap();
         let conv = ConvId::new_group();
         let r = Routed {
             users: vec![a],

@@ -163,9 +163,10 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 impl Ws {
     pub async fn open(gw: &Gateway) -> Ws {
-        let (inner, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", gw.local_addr()))
-            .await
-            .unwrap();
+        let (inner, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", gw.local_addr()))
+                .await
+                .unwrap();
         Ws { inner }
     }
 
@@ -197,7 +198,10 @@ impl Ws {
     /// Next JSON frame within `d`, or `None`.
     pub async fn try_recv(&mut self, d: Duration) -> Option<Value> {
         loop {
-            let m = tokio::time::timeout(d, self.inner.next()).await.ok()??.ok()?;
+            let m = tokio::time::timeout(d, self.inner.next())
+                .await
+                .ok()??
+                .ok()?;
             match m {
                 WsMsg::Text(t) => return Some(serde_json::from_str(&t).unwrap()),
                 WsMsg::Close(_) => return None,
