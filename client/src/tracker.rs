@@ -1,0 +1,437 @@
+//! Per-conversation sequencing: what this device holds, which seqs are
+//! duplicates, where the gaps are and when to `sync`.
+//!
+//! For each conversation the tracker keeps `held`, the highest seq up to which
+//! every message has been seen (surfaced to the app, or sent by this device),
+//! plus the messages that arrived ahead of a gap. A message is surfaced exactly
+//! once and in seq order: a duplicate (seq `<= held`, or already buffered) is
+//! dropped; one past a gap waits until the gap fills, either by the missing
+//! frames arriving (frames from different senders may cross by milliseconds) or
+//! by a `sync` issued when the gap outlives a short grace period. A sync that
+//! answers `recovered: false` means the server no longer has the missing
+//! messages: the tracker skips the hole rather than wait forever.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use switchboard_core::ids::ConvId;
+use switchboard_core::protocol::Message;
+use tokio::time::Instant;
+
+/// Timing knobs for sync decisions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SyncTimers {
+    /// How long a gap may stay open before a `sync` is sent for it.
+    pub gap_grace: Duration,
+    /// How long to wait for `synced` before asking again.
+    pub sync_timeout: Duration,
+    /// Wait before retrying a sync the server refused transiently.
+    pub retry_after: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Track {
+    /// Every seq `<= held` has been seen.
+    held: u64,
+    /// Seqs above `held + 1` seen early; `None` marks this device's own send.
+    ahead: BTreeMap<u64, Option<Message>>,
+    /// Highest seq known to exist (from frames or `synced.last_seq`).
+    known_last: u64,
+    /// When the current gap was noticed.
+    gap_since: Option<Instant>,
+    /// A sync from `after` sent at `at`, not yet answered.
+    in_flight: Option<(u64, Instant)>,
+    /// Sync as soon as possible (connect, page continuation), not before `not_before`.
+    want: bool,
+    not_before: Option<Instant>,
+}
+
+impl Track {
+    fn starting_at(held: u64) -> Self {
+        Track {
+            held,
+            known_last: held,
+            ..Track::default()
+        }
+    }
+
+    fn has_gap(&self) -> bool {
+        self.held < self.known_last
+    }
+
+    /// Insert seq `seq` (payload `m`, `None` for our own send) and return what
+    /// can now be surfaced in order.
+    fn insert(&mut self, seq: u64, m: Option<Message>, now: Instant) -> Vec<Message> {
+        if seq <= self.held || self.ahead.contains_key(&seq) {
+            return Vec::new();
+        }
+        self.known_last = self.known_last.max(seq);
+        self.ahead.insert(seq, m);
+        let out = self.drain();
+        self.note_gap(now);
+        out
+    }
+
+    fn drain(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.ahead.first_entry() {
+            if *entry.key() != self.held + 1 {
+                break;
+            }
+            self.held += 1;
+            if let Some(m) = entry.remove() {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    fn note_gap(&mut self, now: Instant) {
+        if self.has_gap() {
+            self.gap_since.get_or_insert(now);
+        } else {
+            self.gap_since = None;
+        }
+    }
+}
+
+/// What a `synced` frame resolved.
+#[derive(Debug, Default)]
+pub(crate) struct SyncedOutcome {
+    /// Messages that became contiguous (in order).
+    pub surfaced: Vec<Message>,
+    /// Seqs skipped because the server no longer has them.
+    pub lost: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    convs: HashMap<ConvId, Track>,
+    /// A conversation first seen through a live frame: replay its history
+    /// (`true`) or start at that frame (`false`).
+    backfill_new: bool,
+    timers: SyncTimers,
+}
+
+impl Tracker {
+    pub fn new(backfill_new: bool, timers: SyncTimers) -> Self {
+        Tracker {
+            convs: HashMap::new(),
+            backfill_new,
+            timers,
+        }
+    }
+
+    fn entry(&mut self, conv: &ConvId, seq: u64) -> &mut Track {
+        let backfill = self.backfill_new;
+        self.convs.entry(conv.clone()).or_insert_with(|| {
+            let held = if backfill { 0 } else { seq.saturating_sub(1) };
+            Track::starting_at(held)
+        })
+    }
+
+    /// Follow `conv` from `after` (sync it now and on every reconnect). A
+    /// conversation already followed keeps what it holds.
+    pub fn track(&mut self, conv: ConvId, after: u64) {
+        let t = self
+            .convs
+            .entry(conv)
+            .or_insert_with(|| Track::starting_at(after));
+        t.want = true;
+    }
+
+    /// The seq up to which `conv` is complete.
+    pub fn held(&self, conv: &ConvId) -> Option<u64> {
+        self.convs.get(conv).map(|t| t.held)
+    }
+
+    /// A `msg` arrived: the messages to surface, in order (empty for a duplicate).
+    pub fn on_msg(&mut self, m: Message, now: Instant) -> Vec<Message> {
+        let (conv, seq) = (m.conv.clone(), m.seq);
+        self.entry(&conv, seq).insert(seq, Some(m), now)
+    }
+
+    /// Our own `send` got `seq`: it counts as held, but is not surfaced.
+    pub fn on_sent(&mut self, conv: &ConvId, seq: u64, now: Instant) -> Vec<Message> {
+        // Our own first message in a conversation starts it at that seq even
+        // when backfilling: history is replayed only for incoming traffic.
+        let t = self
+            .convs
+            .entry(conv.clone())
+            .or_insert_with(|| Track::starting_at(seq.saturating_sub(1)));
+        t.insert(seq, None, now)
+    }
+
+    /// A `synced` frame arrived.
+    pub fn on_synced(
+        &mut self,
+        conv: &ConvId,
+        recovered: bool,
+        last_seq: u64,
+        now: Instant,
+    ) -> SyncedOutcome {
+        let Some(t) = self.convs.get_mut(conv) else {
+            return SyncedOutcome::default();
+        };
+        let from = t.in_flight.take().map(|(after, _)| after);
+        t.known_last = t.known_last.max(last_seq);
+        let mut out = SyncedOutcome::default();
+        if !recovered {
+            // The log no longer reaches back to `held + 1`: everything it still
+            // had was replayed (and is buffered), the rest is gone.
+            let resume_at = t.ahead.keys().next().copied().unwrap_or(last_seq + 1);
+            if resume_at > t.held + 1 {
+                out.lost = resume_at - 1 - t.held;
+                t.held = resume_at - 1;
+            }
+        }
+        out.surfaced = t.drain();
+        let progressed = from.is_some_and(|f| t.held > f);
+        if t.held < last_seq && progressed {
+            // One page replayed; ask for the next right away.
+            t.want = true;
+        }
+        t.note_gap(now);
+        out
+    }
+
+    /// The server refused a sync of `conv` (error frame whose ref is the conv).
+    /// Returns whether a sync was in flight for it. `permanent` refusals
+    /// (forbidden, bad id) stop following the conversation.
+    pub fn on_sync_error(&mut self, conv: &ConvId, permanent: bool, now: Instant) -> bool {
+        let Some(t) = self.convs.get_mut(conv) else {
+            return false;
+        };
+        if t.in_flight.take().is_none() {
+            return false;
+        }
+        if permanent {
+            self.convs.remove(conv);
+        } else {
+            t.want = true;
+            t.not_before = Some(now + self.timers.retry_after);
+        }
+        true
+    }
+
+    /// After a (re)connect: every followed conversation syncs from what it holds.
+    pub fn on_connect(&mut self) {
+        for t in self.convs.values_mut() {
+            t.in_flight = None;
+            t.want = true;
+            t.not_before = None;
+        }
+    }
+
+    /// Syncs to send now, as `(conv, after)`; each is marked in flight.
+    pub fn due_syncs(&mut self, now: Instant) -> Vec<(ConvId, u64)> {
+        let timers = self.timers;
+        let mut out = Vec::new();
+        for (conv, t) in &mut self.convs {
+            let due = match t.in_flight {
+                Some((_, at)) => now >= at + timers.sync_timeout,
+                None => {
+                    let allowed = t.not_before.is_none_or(|nb| now >= nb);
+                    let gap_due = t.gap_since.is_some_and(|g| now >= g + timers.gap_grace);
+                    allowed && (t.want || gap_due)
+                }
+            };
+            if due {
+                t.want = false;
+                t.not_before = None;
+                t.in_flight = Some((t.held, now));
+                out.push((conv.clone(), t.held));
+            }
+        }
+        out
+    }
+
+    /// When [`Tracker::due_syncs`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let timers = self.timers;
+        self.convs
+            .values()
+            .filter_map(|t| match t.in_flight {
+                Some((_, at)) => Some(at + timers.sync_timeout),
+                None if t.want => Some(t.not_before.unwrap_or_else(Instant::now)),
+                None => t.gap_since.map(|g| g + timers.gap_grace),
+            })
+            .min()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+    use switchboard_core::ids::{Address, MsgId};
+
+    fn conv() -> ConvId {
+        ConvId::new_group()
+    }
+
+    fn msg(conv: &ConvId, seq: u64) -> Message {
+        Message {
+            conv: conv.clone(),
+            seq,
+            id: MsgId::random(),
+            from: Address([7; 20]),
+            body: RawValue::from_string(format!("{{\"n\":{seq}}}")).unwrap(),
+            ts: 1,
+        }
+    }
+
+    fn seqs(v: &[Message]) -> Vec<u64> {
+        v.iter().map(|m| m.seq).collect()
+    }
+
+    fn timers() -> SyncTimers {
+        SyncTimers {
+            gap_grace: Duration::from_millis(100),
+            sync_timeout: Duration::from_secs(5),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn in_order_once_and_duplicates_dropped() {
+        let c = conv();
+        let now = Instant::now();
+        let mut t = Tracker::new(true, timers());
+        assert_eq!(seqs(&t.on_msg(msg(&c, 1), now)), [1]);
+        assert_eq!(seqs(&t.on_msg(msg(&c, 2), now)), [2]);
+        assert!(t.on_msg(msg(&c, 2), now).is_empty());
+        assert!(t.on_msg(msg(&c, 1), now).is_empty());
+        assert_eq!(t.held(&c), Some(2));
+        assert!(t.due_syncs(now + Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn reordered_frames_wait_for_the_gap_then_flow_in_order() {
+        let c = conv();
+        let now = Instant::now();
+        let mut t = Tracker::new(true, timers());
+        assert!(t.on_msg(msg(&c, 2), now).is_empty());
+        assert!(t.on_msg(msg(&c, 3), now).is_empty());
+        assert!(t.on_msg(msg(&c, 3), now).is_empty());
+        // Within the grace period nothing is synced.
+        assert!(t.due_syncs(now + Duration::from_millis(50)).is_empty());
+        assert_eq!(seqs(&t.on_msg(msg(&c, 1), now)), [1, 2, 3]);
+        assert!(t.due_syncs(now + Duration::from_secs(1)).is_empty());
+        assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_lasting_gap_is_synced_from_what_is_held() {
+        let c = conv();
+        let now = Instant::now();
+        let mut t = Tracker::new(true, timers());
+        t.on_msg(msg(&c, 1), now);
+        t.on_msg(msg(&c, 4), now);
+        assert_eq!(t.next_deadline(), Some(now + Duration::from_millis(100)));
+        let later = now + Duration::from_millis(150);
+        assert_eq!(t.due_syncs(later), [(c.clone(), 1)]);
+        // In flight: not asked again until the timeout.
+        assert!(t.due_syncs(later).is_empty());
+        // The replay: 2, 3, 4 (4 again is a duplicate).
+        assert_eq!(seqs(&t.on_msg(msg(&c, 2), later)), [2]);
+        assert_eq!(seqs(&t.on_msg(msg(&c, 3), later)), [3, 4]);
+        assert!(t.on_msg(msg(&c, 4), later).is_empty());
+        let out = t.on_synced(&c, true, 4, later);
+        assert!(out.surfaced.is_empty());
+        assert_eq!(out.lost, 0);
+        assert!(t.due_syncs(later + Duration::from_secs(10)).is_empty());
+    }
+
+    #[test]
+    fn paged_sync_continues_until_last_seq() {
+        let c = conv();
+        let now = Instant::now();
+        let mut t = Tracker::new(true, timers());
+        t.track(c.clone(), 0);
+        assert_eq!(t.due_syncs(now), [(c.clone(), 0)]);
+        for s in 1..=3 {
+            t.on_msg(msg(&c, s), now);
+        }
+        t.on_synced(&c, true, 5, now);
+        assert_eq!(t.due_syncs(now), [(c.clone(), 3)]);
+        for s in 4..=5 {
+            t.on_msg(msg(&c, s), now);
+        }
+        t.on_synced(&c, true, 5, now);
+        assert!(t.due_syncs(now + Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn unrecoverable_history_is_skipped() {
+        let c = conv();
+        let now = Instant::now();
+        let mut t = Tracker::new(true, timers());
+        t.track(c.clone(), 2);
+        assert_eq!(t.due_syncs(now), [(c.clone(), 2)]);
+        // The log starts at 10 now.
+        assert!(t.on_msg(msg(&c, 10), now).is_empty());
+        assert!(t.on_msg(msg(&c, 11), now).is_empty());
+        let out = t.on_synced(&c, false, 11, now);
+        assert_eq!(seqs(&out.surfaced), [10, 11]);
+        assert_eq!(out.lost, 7);
+        // Nothing at all left: jump to last_seq.
+        let d = conv();
+        t.track(d.clone(), 0);
+        t.due_syncs(now);
+        let out = t.on_synced(&d, false, 4, now);
+        assert_eq!(out.lost, 4);
+        assert_eq!(t.held(&d), Some(4));
+        assert!(t.due_syncs(now + Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn own_sends_count_as_held_but_are_not_surfaced() {
+        let c = conv();
+        let now = Instant::now();
+        let mut t = Tracker::new(true, timers());
+        assert!(t.on_sent(&c, 5, now).is_empty());
+        assert_eq!(t.held(&c), Some(5));
+        // Someone else's 7 arrives before their 6.
+        assert!(t.on_sent(&c, 8, now).is_empty());
+        assert!(t.on_msg(msg(&c, 7), now).is_empty());
+        assert_eq!(seqs(&t.on_msg(msg(&c, 6), now)), [6, 7]);
+        assert_eq!(t.held(&c), Some(8));
+    }
+
+    #[test]
+    fn new_conversations_start_live_unless_backfilling() {
+        let c = conv();
+        let now = Instant::now();
+        let mut live = Tracker::new(false, timers());
+        assert_eq!(seqs(&live.on_msg(msg(&c, 9), now)), [9]);
+        assert!(live.due_syncs(now + Duration::from_secs(1)).is_empty());
+        let mut backfill = Tracker::new(true, timers());
+        assert!(backfill.on_msg(msg(&c, 9), now).is_empty());
+        assert_eq!(backfill.due_syncs(now + Duration::from_secs(1)), [(c, 0)]);
+    }
+
+    #[test]
+    fn reconnect_resyncs_everything_and_errors_back_off() {
+        let (a, b) = (conv(), conv());
+        let now = Instant::now();
+        let mut t = Tracker::new(false, timers());
+        t.on_msg(msg(&a, 3), now);
+        t.track(b.clone(), 0);
+        t.due_syncs(now);
+        t.on_connect();
+        let mut due = t.due_syncs(now);
+        due.sort();
+        let mut want = vec![(a.clone(), 3), (b.clone(), 0)];
+        want.sort();
+        assert_eq!(due, want);
+        assert!(t.on_sync_error(&a, false, now));
+        assert!(t.due_syncs(now).is_empty());
+        assert_eq!(t.due_syncs(now + Duration::from_secs(1)), [(a.clone(), 3)]);
+        assert!(t.on_sync_error(&b, true, now));
+        assert_eq!(t.held(&b), None);
+        // A lost `synced` is asked again after the timeout.
+        assert_eq!(t.due_syncs(now + Duration::from_secs(7)), [(a, 3)]);
+    }
+}
