@@ -107,7 +107,9 @@ pub struct Message {
     pub ts: u64,
 }
 
-/// Frames the server sends.
+/// Frames the server sends. Parse with [`ServerFrame::from_json`]: the
+/// derived `Deserialize` cannot hold the raw `body` of a `msg` (serde buffers
+/// tagged-enum content) and fails on `msg` frames.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {

@@ -47,8 +47,10 @@ pub struct GatewayConfig {
     pub sync_limit: usize,
     /// Largest group at creation.
     pub max_group_members: usize,
-    /// WebSocket read / write buffer sizes (tungstenite's defaults are 128 KiB
-    /// of read buffer per socket, which dominates idle memory).
+    /// WebSocket read / write buffer sizes. tungstenite's default is a 128 KiB
+    /// read buffer per socket, allocated up front, which dominates idle memory;
+    /// 1 KiB holds a typical chat frame, and larger frames grow the buffer
+    /// for as long as they need it (see docs/benchmarks.md for the figures).
     pub ws_read_buffer: usize,
     pub ws_write_buffer: usize,
     /// How often this gateway refreshes its liveness in the broker; keep it
@@ -83,8 +85,8 @@ impl Default for GatewayConfig {
             typing_interval: Duration::from_secs(1),
             sync_limit: 1000,
             max_group_members: 1000,
-            ws_read_buffer: 4 * 1024,
-            ws_write_buffer: 4 * 1024,
+            ws_read_buffer: 1024,
+            ws_write_buffer: 1024,
             liveness_interval: Duration::from_secs(5),
             members_cache_ttl: Duration::from_secs(5),
         }

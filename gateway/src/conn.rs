@@ -14,7 +14,6 @@ use switchboard_core::broker::{BrokerError, Mark, Routed, SendRequest};
 use switchboard_core::ids::{Address, ConvId};
 use switchboard_core::protocol::{ClientFrame, ErrorCode, PresenceStatus, ServerFrame, close};
 use switchboard_core::time::now_ms;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use crate::hub::{ConnHandle, Outbound};
@@ -74,9 +73,8 @@ pub async fn authenticate(state: &AppState, socket: &mut WebSocket) -> Option<Ad
 
 /// Serve an authenticated socket until it closes.
 pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, user: Address) {
-    let (tx, rx) = mpsc::channel(state.cfg.send_queue.max(1));
     let was_connected = state.broker.is_connected(&user).await.unwrap_or(true);
-    let (handle, first_here) = state.hub.add(user, tx);
+    let (handle, first_here) = state.hub.add(user, state.cfg.send_queue);
     if first_here && let Err(e) = state.broker.register(&user, &state.cfg.gateway_id).await {
         tracing::warn!(error = %e, "registry update failed");
     }
@@ -106,7 +104,7 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, user: Address) {
     let exit = if socket.send(text(&ready.to_json())).await.is_err() {
         Exit::Gone
     } else {
-        conn.run(&mut socket, rx).await
+        conn.run(&mut socket).await
     };
     if let Exit::Close(code, reason) = exit {
         let _ = socket
@@ -146,10 +144,11 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run(&mut self, socket: &mut WebSocket, mut rx: mpsc::Receiver<Outbound>) -> Exit {
+    async fn run(&mut self, socket: &mut WebSocket) -> Exit {
         let idle = self.state.cfg.idle_timeout;
         let mut idle_at = Instant::now() + idle;
-        let close = self.handle.close.clone();
+        let handle = self.handle.clone();
+        let close = &handle.close;
         loop {
             let next_retry = self.timers.front().map(|t| t.0);
             tokio::select! {
@@ -166,14 +165,15 @@ impl Conn {
                 _ = sleep_until(idle_at) => {
                     return Exit::Close(close::IDLE_TIMEOUT, "idle timeout: send ping frames");
                 }
-                item = rx.recv() => {
-                    let Some(item) = item else { return Exit::Gone };
-                    if self.write_outbound(socket, item).await.is_err() {
+                item = handle.outbox.pop() => {
+                    // Handlers are boxed so their state lives on the heap only while
+                    // they run: an idle socket's task keeps just the select loop.
+                    if Box::pin(self.write_outbound(socket, item)).await.is_err() {
                         return Exit::Gone;
                     }
                 }
                 _ = sleep_until(next_retry.unwrap_or(idle_at)), if next_retry.is_some() => {
-                    if self.retry_due(socket).await.is_err() {
+                    if Box::pin(self.retry_due(socket)).await.is_err() {
                         return Exit::Gone;
                     }
                 }
@@ -183,12 +183,12 @@ impl Conn {
                         None => return Exit::Gone,
                         Some(Err(e)) => return classify_read_error(e),
                         Some(Ok(WsMessage::Text(t))) => {
-                            if self.on_text(socket, &t).await.is_err() {
+                            if Box::pin(self.on_text(socket, &t)).await.is_err() {
                                 return Exit::Gone;
                             }
                         }
                         Some(Ok(WsMessage::Binary(_))) => {
-                            if self.error(socket, ErrorCode::BadFrame, "binary frames are not supported; send JSON text", None).await.is_err() {
+                            if Box::pin(self.error(socket, ErrorCode::BadFrame, "binary frames are not supported; send JSON text", None)).await.is_err() {
                                 return Exit::Gone;
                             }
                         }
@@ -254,7 +254,8 @@ impl Conn {
     ) -> Result<(), axum::Error> {
         match item {
             Outbound::Frame(f) => self.write(socket, &f).await,
-            Outbound::Msg { conv, seq, frame } => {
+            Outbound::Msg { ack, frame } => {
+                let (conv, seq) = (ack.0.clone(), ack.1);
                 if let Some(ts) = frame_ts(&frame) {
                     let lat = now_ms().saturating_sub(ts) as f64 / 1000.0;
                     self.state.metrics.delivery_latency.observe(lat);
@@ -296,16 +297,6 @@ impl Conn {
 
     async fn on_text(&mut self, socket: &mut WebSocket, t: &str) -> Result<(), axum::Error> {
         self.maybe_touch().await;
-        if self.frames.check().is_err() {
-            return self
-                .error(
-                    socket,
-                    ErrorCode::RateLimited,
-                    "too many frames; slow down",
-                    None,
-                )
-                .await;
-        }
         let frame = match ClientFrame::from_json(t) {
             Ok(f) => f,
             Err(e) => {
@@ -313,6 +304,22 @@ impl Conn {
                 return self.error(socket, ErrorCode::BadFrame, &msg, None).await;
             }
         };
+        // Acks are exempt: each answers a frame we sent, so they are bounded
+        // by our own output, and refusing them would only cause resends.
+        if !matches!(frame, ClientFrame::Ack { .. }) && self.frames.check().is_err() {
+            let reference = match &frame {
+                ClientFrame::Send { id, .. } => Some(id.to_string()),
+                _ => None,
+            };
+            return self
+                .error(
+                    socket,
+                    ErrorCode::RateLimited,
+                    "too many frames; slow down",
+                    reference,
+                )
+                .await;
+        }
         match frame {
             ClientFrame::Auth { .. } => {
                 self.error(socket, ErrorCode::BadFrame, "already authenticated", None)

@@ -7,10 +7,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use switchboard_core::broker::Routed;
 use switchboard_core::ids::{Address, ConvId};
 use switchboard_core::protocol::close;
-use tokio::sync::mpsc;
+
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -20,10 +23,11 @@ use crate::metrics::Metrics;
 pub enum Outbound {
     /// Any frame that needs no acknowledgement.
     Frame(Arc<str>),
-    /// A `msg` frame: the socket tracks its ack and resends it.
+    /// A `msg` frame: the socket tracks its ack and resends it. The
+    /// `(conv, seq)` is shared by every recipient of one event, which keeps
+    /// this enum (and so each socket's queue block) small.
     Msg {
-        conv: ConvId,
-        seq: u64,
+        ack: Arc<(ConvId, u64)>,
         frame: Arc<str>,
     },
 }
@@ -52,13 +56,75 @@ impl CloseSignal {
     }
 }
 
+/// A socket's bounded send queue. A `VecDeque` behind a mutex plus a
+/// `Notify` rather than a tokio mpsc channel: an idle socket's queue then
+/// allocates nothing (an mpsc channel allocates ~1.3 KiB up front), which
+/// matters at 100k connections per gateway.
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Mutex<VecDeque<Outbound>>,
+    ready: Notify,
+    capacity: usize,
+}
+
+/// The queue was full: the socket is a slow consumer.
+#[derive(Debug)]
+pub struct Full;
+
+/// Capacity kept after a burst drains; larger buffers are released.
+const KEEP_CAPACITY: usize = 8;
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Self {
+        Outbox {
+            queue: Mutex::default(),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, item: Outbound) -> Result<(), Full> {
+        {
+            let mut q = self.lock();
+            if q.len() >= self.capacity {
+                return Err(Full);
+            }
+            q.push_back(item);
+        }
+        // Stores a permit if the socket task is not waiting yet, so a push
+        // between its empty check and its wait is never missed.
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next queued item, waiting for one if needed.
+    pub async fn pop(&self) -> Outbound {
+        loop {
+            {
+                let mut q = self.lock();
+                if let Some(item) = q.pop_front() {
+                    if q.is_empty() && q.capacity() > KEEP_CAPACITY {
+                        q.shrink_to(KEEP_CAPACITY);
+                    }
+                    return item;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
 /// One open, authenticated socket.
 #[derive(Debug)]
 pub struct ConnHandle {
     /// `<gateway>/<n>`: unique across gateways, used to skip the sender's socket.
     pub name: String,
-    tx: mpsc::Sender<Outbound>,
-    pub close: Arc<CloseSignal>,
+    pub outbox: Outbox,
+    pub close: CloseSignal,
 }
 
 /// See the module docs.
@@ -81,12 +147,12 @@ impl Hub {
 
     /// Add a socket for `user`. Returns its handle and whether it is the user's
     /// first socket on this gateway (then the caller registers the user).
-    pub fn add(&self, user: Address, tx: mpsc::Sender<Outbound>) -> (Arc<ConnHandle>, bool) {
+    pub fn add(&self, user: Address, queue: usize) -> (Arc<ConnHandle>, bool) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(ConnHandle {
             name: format!("{}/{n}", self.gateway_id),
-            tx,
-            close: Arc::default(),
+            outbox: Outbox::new(queue),
+            close: CloseSignal::default(),
         });
         let mut conns = self.conns.write().unwrap_or_else(|p| p.into_inner());
         let list = conns.entry(user).or_default();
@@ -134,21 +200,21 @@ impl Hub {
 
     /// Hand a routed event to the recipients' sockets on this gateway.
     pub fn deliver(&self, ev: &Routed) {
+        let ack = ev.ack.clone().map(Arc::new);
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
         for user in &ev.users {
             for h in conns.get(user).into_iter().flatten() {
                 if ev.skip_conn.as_deref() == Some(h.name.as_str()) {
                     continue;
                 }
-                let item = match &ev.ack {
-                    Some((conv, seq)) => Outbound::Msg {
-                        conv: conv.clone(),
-                        seq: *seq,
+                let item = match &ack {
+                    Some(ack) => Outbound::Msg {
+                        ack: ack.clone(),
                         frame: ev.frame.clone(),
                     },
                     None => Outbound::Frame(ev.frame.clone()),
                 };
-                if let Err(mpsc::error::TrySendError::Full(_)) = h.tx.try_send(item) {
+                if h.outbox.push(item).is_err() {
                     if h.close.code() == 0 {
                         self.metrics.slow_consumers.inc();
                         tracing::info!(conn = %h.name, "send queue full; closing slow consumer");

@@ -431,3 +431,39 @@ async fn shutdown_closes_sockets_with_1012() {
     g.shutdown().await;
     assert_eq!(closing.await.unwrap(), Some(1012));
 }
+
+#[tokio::test]
+async fn frame_limit_spares_acks_and_names_the_send() {
+    let b = Backend::memory();
+    let g = start_gateway(
+        &b,
+        GatewayConfig {
+            frame_rate: 1,
+            frame_burst: 3,
+            ..fast_config()
+        },
+    )
+    .await;
+    let (a, peer) = (Wallet::random(), Wallet::random());
+    let mut wa = Ws::connect(&g, &login(&http(&g), &a).await).await;
+    let conv = ConvId::direct(&a.addr, &peer.addr).unwrap();
+    for seq in 0..20 {
+        wa.send(json!({"type":"ack","conv":conv,"seq":seq})).await;
+    }
+    assert!(
+        wa.collect_type("error", Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+    for i in 0..6 {
+        wa.send(json!({"type":"send","conv":conv,"id":format!("q{i}"),"body":i}))
+            .await;
+    }
+    let errors = wa.collect_type("error", Duration::from_millis(500)).await;
+    assert!(!errors.is_empty());
+    for e in errors {
+        assert_eq!(e["code"], "rate_limited");
+        assert!(e["ref"].as_str().unwrap().starts_with('q'), "{e}");
+    }
+    g.shutdown().await;
+}

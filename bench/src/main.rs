@@ -1,0 +1,481 @@
+//! `switchboard-bench`: the project's load generator.
+//!
+//! Each scenario starts the gateway as a separate child process (this same
+//! binary, `serve`), so its RSS and CPU time are read cleanly from /proc, and
+//! drives it over real WebSockets on loopback. Redis comes from testkit.
+//!
+//!   switchboard-bench idle --engine redis --connections 10000
+//!   switchboard-bench latency --engine redis --users 1000 --rate 2000 --seconds 10
+//!   switchboard-bench all        # the set recorded in docs/benchmarks.md
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchboard_core::auth::token::TokenSigner;
+use switchboard_core::broker::{BrokerConfig, DynBroker, MemoryBroker, RedisBroker};
+use switchboard_core::ids::{Address, ConvId};
+use switchboard_gateway::{Gateway, GatewayConfig};
+use switchboard_testkit::RedisServer;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMsg;
+
+#[derive(Parser)]
+#[command(about = "Switchboard load generator and benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Engine {
+    Memory,
+    Redis,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a gateway (used as the child process of the scenarios).
+    Serve {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        redis_url: Option<String>,
+        #[arg(long)]
+        secret_hex: String,
+    },
+    /// Gateway RSS per idle authenticated connection.
+    Idle {
+        #[arg(long, value_enum, default_value = "redis")]
+        engine: Engine,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
+    /// Delivery latency and gateway CPU per 1,000 deliveries.
+    Latency {
+        #[arg(long, value_enum, default_value = "redis")]
+        engine: Engine,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// The standard set for docs/benchmarks.md.
+    All,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Serve {
+            listen,
+            redis_url,
+            secret_hex,
+        } => rt.block_on(serve(listen, redis_url, secret_hex)),
+        Cmd::Idle {
+            engine,
+            connections,
+        } => rt.block_on(async {
+            let r = idle(engine, connections).await?;
+            println!("{}", r.row());
+            Ok(())
+        }),
+        Cmd::Latency {
+            engine,
+            users,
+            rate,
+            seconds,
+        } => rt.block_on(async {
+            let r = latency(engine, users, rate, seconds).await?;
+            println!("{}", r.row());
+            Ok(())
+        }),
+        Cmd::All => rt.block_on(all()),
+    }
+}
+
+async fn serve(listen: String, redis_url: Option<String>, secret_hex: String) -> Result<()> {
+    let broker: DynBroker = match redis_url {
+        Some(url) => Arc::new(RedisBroker::connect(&url, BrokerConfig::default()).await?),
+        None => Arc::new(MemoryBroker::default()),
+    };
+    let cfg = GatewayConfig {
+        token_secret: decode_hex(&secret_hex)?,
+        // The load generator sends far faster per socket than a person.
+        send_rate: 100_000,
+        send_burst: 100_000,
+        frame_rate: 100_000,
+        frame_burst: 100_000,
+        ..GatewayConfig::default()
+    };
+    let cfg = match std::env::var("SB_BENCH_WS_BUFFER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => GatewayConfig {
+            ws_read_buffer: n,
+            ws_write_buffer: n,
+            ..cfg
+        },
+        None => cfg,
+    };
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    let gw = Gateway::start(cfg, broker, listener).await?;
+    tokio::signal::ctrl_c().await?;
+    gw.shutdown().await;
+    Ok(())
+}
+
+fn decode_hex(s: &str) -> Result<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16).context("bad hex"))
+        .collect()
+}
+
+/// A gateway child process (and the Redis it uses, if any).
+struct Target {
+    child: Child,
+    addr: String,
+    signer: TokenSigner,
+    _redis: Option<RedisServer>,
+}
+
+impl Target {
+    async fn start(engine: Engine) -> Result<Target> {
+        let redis = match engine {
+            Engine::Redis => Some(RedisServer::start_with(
+                switchboard_testkit::RedisServerOptions {
+                    // Benchmarks measure the gateway; fsync-always AOF would measure the disk.
+                    persistence: false,
+                    ..Default::default()
+                },
+            )?),
+            Engine::Memory => None,
+        };
+        let secret: [u8; 32] = rand::random();
+        let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let port = switchboard_testkit::free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = match std::env::var("SB_BENCH_WRAP") {
+            // e.g. SB_BENCH_WRAP="valgrind --tool=massif" to profile the gateway.
+            Ok(wrap) if !wrap.is_empty() => {
+                let mut parts = wrap.split_whitespace();
+                let mut c = Command::new(parts.next().unwrap_or("env"));
+                c.args(parts).arg(std::env::current_exe()?);
+                c
+            }
+            _ => Command::new(std::env::current_exe()?),
+        };
+        cmd.args(["serve", "--listen", &addr, "--secret-hex", &secret_hex]);
+        if let Some(r) = &redis {
+            cmd.args(["--redis-url", &r.url()]);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("gateway did not start on {addr}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Target {
+            child,
+            addr,
+            signer: TokenSigner::new(&secret),
+            _redis: redis,
+        })
+    }
+
+    fn token(&self, user: &Address) -> String {
+        self.signer
+            .issue(
+                user,
+                Duration::from_secs(3600),
+                time::OffsetDateTime::now_utc(),
+            )
+            .0
+    }
+
+    fn proc_file(&self, name: &str) -> Result<String> {
+        Ok(std::fs::read_to_string(format!(
+            "/proc/{}/{name}",
+            self.child.id()
+        ))?)
+    }
+
+    /// Resident set size in KiB.
+    fn rss_kib(&self) -> Result<u64> {
+        let status = self.proc_file("status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("VmRSS")
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_seconds(&self) -> Result<f64> {
+        let stat = self.proc_file("stat")?;
+        // Fields after the parenthesised command name; utime and stime are
+        // fields 14 and 15 (1-based), in clock ticks (100 Hz on Linux).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat")?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        Ok(ticks as f64 / 100.0)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        // SIGINT first: the gateway drains and exits (and a profiler wrapper
+        // gets to write its report); SIGKILL if it lingers.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn open(addr: &str, token: &str) -> Result<Ws> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws")).await?;
+    ws.send(WsMsg::text(
+        json!({"type":"auth","token":token}).to_string(),
+    ))
+    .await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(WsMsg::Text(t))) if t.contains("\"ready\"") => return Ok(ws),
+            Some(Ok(_)) => continue,
+            other => bail!("no ready frame: {other:?}"),
+        }
+    }
+}
+
+struct IdleResult {
+    engine: Engine,
+    connections: usize,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+}
+
+impl IdleResult {
+    fn per_conn_kib(&self) -> f64 {
+        (self.rss_after_kib.saturating_sub(self.rss_before_kib)) as f64 / self.connections as f64
+    }
+    fn row(&self) -> String {
+        format!(
+            "| idle memory | {:?} | {} connections | RSS {} → {} KiB | **{:.2} KiB per connection** |",
+            self.engine,
+            self.connections,
+            self.rss_before_kib,
+            self.rss_after_kib,
+            self.per_conn_kib()
+        )
+    }
+}
+
+async fn idle(engine: Engine, connections: usize) -> Result<IdleResult> {
+    let t = Target::start(engine).await?;
+    // Warm up allocator arenas and lazily initialised state with a few
+    // connections, so the baseline is a running gateway, not a cold one.
+    let mut warm = vec![];
+    for _ in 0..50 {
+        warm.push(open(&t.addr, &t.token(&Address(rand::random()))).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = t.rss_kib()?;
+    let mut held = Vec::with_capacity(connections);
+    let mut pending = futures_util::stream::iter((0..connections).map(|_| {
+        let token = t.token(&Address(rand::random()));
+        let addr = t.addr.clone();
+        async move { open(&addr, &token).await }
+    }))
+    .buffer_unordered(64);
+    while let Some(ws) = pending.next().await {
+        held.push(ws?);
+    }
+    drop(pending);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = t.rss_kib()?;
+    drop(held);
+    drop(warm);
+    Ok(IdleResult {
+        engine,
+        connections,
+        rss_before_kib: before,
+        rss_after_kib: after,
+    })
+}
+
+struct LatencyResult {
+    engine: Engine,
+    users: usize,
+    rate: u64,
+    sent: u64,
+    delivered: u64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    cpu_s_per_1000: f64,
+}
+
+impl LatencyResult {
+    fn row(&self) -> String {
+        format!(
+            "| latency | {:?} | {} users, {} msg/s | sent {} delivered {} | p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.1} ms | {:.3} gateway CPU-s per 1,000 deliveries |",
+            self.engine,
+            self.users,
+            self.rate,
+            self.sent,
+            self.delivered,
+            self.p50_ms,
+            self.p95_ms,
+            self.p99_ms,
+            self.max_ms,
+            self.cpu_s_per_1000
+        )
+    }
+}
+
+async fn latency(engine: Engine, users: usize, rate: u64, seconds: u64) -> Result<LatencyResult> {
+    let t = Target::start(engine).await?;
+    let start = Instant::now();
+    let addrs: Vec<Address> = (0..users).map(|_| Address(rand::random())).collect();
+    let samples = Arc::new(Mutex::new(Vec::<u64>::with_capacity(
+        (rate * seconds) as usize,
+    )));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::with_capacity(users);
+    for a in &addrs {
+        let ws = open(&t.addr, &t.token(a)).await?;
+        let (mut sink, mut stream) = ws.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let ack_tx = tx.clone();
+        senders.push(tx);
+        tokio::spawn(async move {
+            while let Some(s) = rx.recv().await {
+                if sink.send(WsMsg::text(s)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let samples = samples.clone();
+        let delivered = delivered.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = stream.next().await {
+                let WsMsg::Text(text) = m else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                if v["type"] == "msg" {
+                    let now = start.elapsed().as_micros() as u64;
+                    if let Some(t0) = v["body"]["t"].as_u64() {
+                        samples
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(now.saturating_sub(t0));
+                    }
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                    let ack = json!({"type":"ack","conv":v["conv"],"seq":v["seq"]}).to_string();
+                    let _ = ack_tx.send(ack);
+                }
+            }
+        });
+    }
+    let convs: Vec<ConvId> = (0..users / 2)
+        .map(|i| ConvId::direct(&addrs[2 * i], &addrs[2 * i + 1]))
+        .collect::<Result<_, _>>()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu0 = t.cpu_seconds()?;
+    let total = rate * seconds;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let per_ms = rate as f64 / 1000.0;
+    let mut sent = 0u64;
+    let mut budget = 0.0;
+    let mut n = 0usize;
+    while sent < total {
+        tick.tick().await;
+        budget += per_ms;
+        while budget >= 1.0 && sent < total {
+            budget -= 1.0;
+            let pair = n % convs.len();
+            let from = 2 * pair + (n / convs.len()) % 2;
+            n += 1;
+            let body = json!({"t": start.elapsed().as_micros() as u64});
+            let frame =
+                json!({"type":"send","conv":convs[pair],"id":format!("b{sent}"),"body":body});
+            let _ = senders[from].send(frame.to_string());
+            sent += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while delivered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu = t.cpu_seconds()? - cpu0;
+    let got = delivered.load(Ordering::Relaxed);
+    let mut s = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    s.sort_unstable();
+    let pct = |p: f64| {
+        s.get(((s.len() as f64 * p) as usize).min(s.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    Ok(LatencyResult {
+        engine,
+        users,
+        rate,
+        sent,
+        delivered: got,
+        p50_ms: pct(0.50),
+        p95_ms: pct(0.95),
+        p99_ms: pct(0.99),
+        max_ms: s.last().copied().unwrap_or(0) as f64 / 1000.0,
+        cpu_s_per_1000: if got == 0 {
+            0.0
+        } else {
+            cpu / got as f64 * 1000.0
+        },
+    })
+}
+
+async fn all() -> Result<()> {
+    println!("| scenario | engine | load | raw | result |\n|---|---|---|---|---|");
+    for (engine, n) in [
+        (Engine::Redis, 10_000),
+        (Engine::Redis, 19_000),
+        (Engine::Memory, 10_000),
+    ] {
+        println!("{}", idle(engine, n).await?.row());
+    }
+    for engine in [Engine::Redis, Engine::Memory] {
+        println!("{}", latency(engine, 1000, 2000, 10).await?.row());
+    }
+    Ok(())
+}
