@@ -27,6 +27,9 @@ pub struct GatewayConfig {
     pub idle_timeout: Duration,
     /// Time to wait for an `ack` before resending a `msg`.
     pub ack_timeout: Duration,
+    /// Acks are gathered for this long before the delivered watermark moves
+    /// and its receipt goes out: one receipt per burst, not per message.
+    pub receipt_delay: Duration,
     /// Resends after the first delivery attempt (so at most 1 + this many sends).
     pub max_retries: u32,
     /// Last seen less than this long ago: `online`.
@@ -74,6 +77,7 @@ impl Default for GatewayConfig {
             heartbeat: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             ack_timeout: Duration::from_secs(5),
+            receipt_delay: Duration::from_millis(50),
             max_retries: 3,
             online_within: Duration::from_secs(30),
             away_within: Duration::from_secs(300),

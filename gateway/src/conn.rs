@@ -96,6 +96,8 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, user: Address) {
         frames: limiter(state.cfg.frame_rate, state.cfg.frame_burst),
         typing: HashMap::new(),
         last_touch: Instant::now(),
+        acked: HashMap::new(),
+        flush_at: None,
     };
     let ready = ServerFrame::Ready {
         user,
@@ -106,6 +108,8 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, user: Address) {
     } else {
         conn.run(&mut socket).await
     };
+    // Acks that arrived just before the socket ended still count.
+    Box::pin(conn.flush_acks()).await;
     if let Exit::Close(code, reason) = exit {
         let _ = socket
             .send(WsMessage::Close(Some(CloseFrame {
@@ -141,6 +145,11 @@ struct Conn {
     frames: DefaultDirectRateLimiter,
     typing: HashMap<ConvId, Instant>,
     last_touch: Instant,
+    /// Highest acked seq per conversation since the last flush: delivered
+    /// watermarks and their receipts go out once per `receipt_delay`, not
+    /// once per message.
+    acked: HashMap<ConvId, u64>,
+    flush_at: Option<Instant>,
 }
 
 impl Conn {
@@ -171,6 +180,9 @@ impl Conn {
                     if Box::pin(self.write_outbound(socket, item)).await.is_err() {
                         return Exit::Gone;
                     }
+                }
+                _ = sleep_until(self.flush_at.unwrap_or(idle_at)), if self.flush_at.is_some() => {
+                    Box::pin(self.flush_acks()).await;
                 }
                 _ = sleep_until(next_retry.unwrap_or(idle_at)), if next_retry.is_some() => {
                     if Box::pin(self.retry_due(socket)).await.is_err() {
@@ -367,7 +379,13 @@ impl Conn {
             }
             ClientFrame::Ack { conv, seq } => {
                 self.pending.remove(&(conv.clone(), seq));
-                self.mark(socket, conv, Mark::Delivered, seq).await
+                if self.require_member(socket, &conv).await? {
+                    let hw = self.acked.entry(conv).or_default();
+                    *hw = (*hw).max(seq);
+                    self.flush_at
+                        .get_or_insert_with(|| Instant::now() + self.state.cfg.receipt_delay);
+                }
+                Ok(())
             }
             ClientFrame::Read { conv, seq } => self.mark(socket, conv, Mark::Read, seq).await,
             ClientFrame::Typing { conv } => self.typing(socket, conv).await,
@@ -430,6 +448,7 @@ impl Conn {
         }
     }
 
+    /// A `read`: raise the read watermark now (a user action, never bulk).
     async fn mark(
         &mut self,
         socket: &mut WebSocket,
@@ -440,24 +459,40 @@ impl Conn {
         if !self.require_member(socket, &conv).await? {
             return Ok(());
         }
-        match self.state.broker.mark(&conv, &self.user, mark, seq).await {
-            Ok(Some(w)) => {
-                let members = match self.state.members(&conv).await {
-                    Ok(Some(m)) => m.as_ref().clone(),
-                    _ => return Ok(()),
-                };
-                let frame = ServerFrame::Receipt {
-                    conv,
-                    user: self.user,
-                    delivered: w.delivered,
-                    read: w.read,
-                }
-                .to_json();
-                self.route(members, frame, None, true).await;
-                Ok(())
-            }
-            Ok(None) => Ok(()),
+        match self.apply_mark(&conv, mark, seq).await {
+            Ok(()) => Ok(()),
             Err(e) => self.broker_error(socket, e, conv.to_string()).await,
+        }
+    }
+
+    /// Raise the watermark and, when it moved, send the receipt to every
+    /// member's devices (the other members and this user's other devices).
+    async fn apply_mark(&self, conv: &ConvId, mark: Mark, seq: u64) -> Result<(), BrokerError> {
+        let Some(w) = self.state.broker.mark(conv, &self.user, mark, seq).await? else {
+            return Ok(());
+        };
+        let Some(members) = self.state.members(conv).await? else {
+            return Ok(());
+        };
+        let frame = ServerFrame::Receipt {
+            conv: conv.clone(),
+            user: self.user,
+            delivered: w.delivered,
+            read: w.read,
+        }
+        .to_json();
+        self.route(members.as_ref().clone(), frame, None, true)
+            .await;
+        Ok(())
+    }
+
+    /// Apply the acks gathered since the last flush.
+    async fn flush_acks(&mut self) {
+        self.flush_at = None;
+        for (conv, seq) in std::mem::take(&mut self.acked) {
+            if let Err(e) = self.apply_mark(&conv, Mark::Delivered, seq).await {
+                tracing::warn!(error = %e, %conv, "delivered watermark not recorded");
+            }
         }
     }
 

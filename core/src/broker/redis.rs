@@ -102,6 +102,9 @@ if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) en
 return 0
 "#;
 
+/// Pub/sub messages buffered between fred's reader and our dispatcher.
+const SUBSCRIBER_BUFFER: usize = 16_384;
+
 /// How long the set of live gateways is cached before it is read again.
 const LIVE_CACHE: Duration = Duration::from_secs(1);
 
@@ -549,9 +552,11 @@ impl Broker for RedisBroker {
     }
 
     async fn attach(&self, gateway: &str) -> Result<mpsc::Receiver<Routed>> {
-        let sub = builder(&self.builder_config)
-            .build_subscriber_client()
-            .map_err(unavailable)?;
+        let mut b = builder(&self.builder_config);
+        // fred hands pub/sub messages over a broadcast channel of 32 slots by
+        // default; a burst larger than that would be dropped as "lagged".
+        b.with_performance_config(|p| p.broadcast_channel_capacity = SUBSCRIBER_BUFFER);
+        let sub = b.build_subscriber_client().map_err(unavailable)?;
         sub.init().await.map_err(unavailable)?;
         // Re-subscribe after reconnects (Redis restarts, cluster failovers).
         let _resubscribe = sub.manage_subscriptions();
