@@ -4,7 +4,7 @@
 //! binary, `serve`), so its RSS and CPU time are read cleanly from /proc, and
 //! drives it over real WebSockets on loopback. Redis comes from testkit.
 //!
-//!   switchboard-bench idle --engine redis --connections 10000
+//!   switchboard-bench idle --engine redis --connections 10000 [--ws-buffer 131072]
 //!   switchboard-bench latency --engine redis --users 1000 --rate 2000 --seconds 10
 //!   switchboard-bench all        # the set recorded in docs/benchmarks.md
 
@@ -49,6 +49,9 @@ enum Cmd {
         redis_url: Option<String>,
         #[arg(long)]
         secret_hex: String,
+        /// WebSocket read/write buffer per socket (default: the gateway's).
+        #[arg(long)]
+        ws_buffer: Option<usize>,
     },
     /// Gateway RSS per idle authenticated connection.
     Idle {
@@ -56,6 +59,9 @@ enum Cmd {
         engine: Engine,
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
+        /// WebSocket buffer size for the gateway under test.
+        #[arg(long)]
+        ws_buffer: Option<usize>,
     },
     /// Delivery latency and gateway CPU per 1,000 deliveries.
     Latency {
@@ -82,12 +88,14 @@ fn main() -> Result<()> {
             listen,
             redis_url,
             secret_hex,
-        } => rt.block_on(serve(listen, redis_url, secret_hex)),
+            ws_buffer,
+        } => rt.block_on(serve(listen, redis_url, secret_hex, ws_buffer)),
         Cmd::Idle {
             engine,
             connections,
+            ws_buffer,
         } => rt.block_on(async {
-            let r = idle(engine, connections).await?;
+            let r = idle(engine, connections, ws_buffer).await?;
             println!("{}", r.row());
             Ok(())
         }),
@@ -105,7 +113,12 @@ fn main() -> Result<()> {
     }
 }
 
-async fn serve(listen: String, redis_url: Option<String>, secret_hex: String) -> Result<()> {
+async fn serve(
+    listen: String,
+    redis_url: Option<String>,
+    secret_hex: String,
+    ws_buffer: Option<usize>,
+) -> Result<()> {
     let broker: DynBroker = match redis_url {
         Some(url) => Arc::new(RedisBroker::connect(&url, BrokerConfig::default()).await?),
         None => Arc::new(MemoryBroker::default()),
@@ -119,10 +132,7 @@ async fn serve(listen: String, redis_url: Option<String>, secret_hex: String) ->
         frame_burst: 100_000,
         ..GatewayConfig::default()
     };
-    let cfg = match std::env::var("SB_BENCH_WS_BUFFER")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    let cfg = match ws_buffer {
         Some(n) => GatewayConfig {
             ws_read_buffer: n,
             ws_write_buffer: n,
@@ -153,7 +163,7 @@ struct Target {
 }
 
 impl Target {
-    async fn start(engine: Engine) -> Result<Target> {
+    async fn start(engine: Engine, ws_buffer: Option<usize>) -> Result<Target> {
         let redis = match engine {
             Engine::Redis => Some(RedisServer::start_with(
                 switchboard_testkit::RedisServerOptions {
@@ -181,6 +191,9 @@ impl Target {
         cmd.args(["serve", "--listen", &addr, "--secret-hex", &secret_hex]);
         if let Some(r) = &redis {
             cmd.args(["--redis-url", &r.url()]);
+        }
+        if let Some(b) = ws_buffer {
+            cmd.args(["--ws-buffer", &b.to_string()]);
         }
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn()?;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -276,6 +289,7 @@ async fn open(addr: &str, token: &str) -> Result<Ws> {
 
 struct IdleResult {
     engine: Engine,
+    ws_buffer: Option<usize>,
     connections: usize,
     rss_before_kib: u64,
     rss_after_kib: u64,
@@ -287,8 +301,12 @@ impl IdleResult {
     }
     fn row(&self) -> String {
         format!(
-            "| idle memory | {:?} | {} connections | RSS {} → {} KiB | **{:.2} KiB per connection** |",
+            "| idle memory | {:?}, {} | {} connections | RSS {} → {} KiB | **{:.2} KiB per connection** |",
             self.engine,
+            match self.ws_buffer {
+                Some(b) => format!("{b} B WebSocket buffers"),
+                None => "default config".into(),
+            },
             self.connections,
             self.rss_before_kib,
             self.rss_after_kib,
@@ -297,8 +315,8 @@ impl IdleResult {
     }
 }
 
-async fn idle(engine: Engine, connections: usize) -> Result<IdleResult> {
-    let t = Target::start(engine).await?;
+async fn idle(engine: Engine, connections: usize, ws_buffer: Option<usize>) -> Result<IdleResult> {
+    let t = Target::start(engine, ws_buffer).await?;
     // Warm up allocator arenas and lazily initialised state with a few
     // connections, so the baseline is a running gateway, not a cold one.
     let mut warm = vec![];
@@ -324,6 +342,7 @@ async fn idle(engine: Engine, connections: usize) -> Result<IdleResult> {
     drop(warm);
     Ok(IdleResult {
         engine,
+        ws_buffer,
         connections,
         rss_before_kib: before,
         rss_after_kib: after,
@@ -362,7 +381,7 @@ impl LatencyResult {
 }
 
 async fn latency(engine: Engine, users: usize, rate: u64, seconds: u64) -> Result<LatencyResult> {
-    let t = Target::start(engine).await?;
+    let t = Target::start(engine, None).await?;
     let start = Instant::now();
     let addrs: Vec<Address> = (0..users).map(|_| Address(rand::random())).collect();
     let samples = Arc::new(Mutex::new(Vec::<u64>::with_capacity(
@@ -466,13 +485,18 @@ async fn latency(engine: Engine, users: usize, rate: u64, seconds: u64) -> Resul
 }
 
 async fn all() -> Result<()> {
-    println!("| scenario | engine | load | raw | result |\n|---|---|---|---|---|");
-    for (engine, n) in [
-        (Engine::Redis, 10_000),
-        (Engine::Redis, 19_000),
-        (Engine::Memory, 10_000),
+    println!("| scenario | engine | load | raw | result | extra |\n|---|---|---|---|---|---|");
+    // 19,000 is the most one process can hold here: the sandbox caps open
+    // files at 20,000 per process (hard limit), for the gateway and the
+    // load generator alike.
+    for (engine, n, buf) in [
+        (Engine::Redis, 10_000, None),
+        (Engine::Redis, 19_000, None),
+        (Engine::Memory, 10_000, None),
+        // Side by side: tungstenite's default buffers (128 KiB read buffer).
+        (Engine::Redis, 10_000, Some(128 * 1024)),
     ] {
-        println!("{}", idle(engine, n).await?.row());
+        println!("{}", idle(engine, n, buf).await?.row());
     }
     for engine in [Engine::Redis, Engine::Memory] {
         println!("{}", latency(engine, 1000, 2000, 10).await?.row());
