@@ -581,8 +581,17 @@ impl Conn {
             ack,
             skip_conn: skip_self.then(|| self.handle.name.clone()),
         };
-        if let Err(e) = self.state.broker.route(ev).await {
-            tracing::warn!(error = %e, "fan-out failed; recipients will catch up by sync");
+        match self
+            .state
+            .broker
+            .route_local(ev, &self.state.cfg.gateway_id)
+            .await
+        {
+            Ok(Some(mine)) => self.state.hub.deliver(&mine),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "fan-out failed; recipients will catch up by sync")
+            }
         }
     }
 }

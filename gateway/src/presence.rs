@@ -60,15 +60,16 @@ pub async fn announce(
         status,
         last_seen,
     };
-    state
-        .broker
-        .route(Routed {
-            users,
-            frame: frame.to_json().into(),
-            ack: None,
-            skip_conn: None,
-        })
-        .await
+    let ev = Routed {
+        users,
+        frame: frame.to_json().into(),
+        ack: None,
+        skip_conn: None,
+    };
+    if let Some(mine) = state.broker.route_local(ev, &state.cfg.gateway_id).await? {
+        state.hub.deliver(&mine);
+    }
+    Ok(())
 }
 
 /// The user's last socket on this gateway closed: announce `away` and then

@@ -38,7 +38,11 @@ struct State {
     groups: HashMap<ConvId, Conversation>,
     convs: HashMap<ConvId, ConvState>,
     user_convs: HashMap<Address, HashSet<ConvId>>,
-    gateways: HashMap<String, (mpsc::Sender<Routed>, Instant)>,
+    /// Attached gateways' event queues.
+    gateways: HashMap<String, mpsc::Sender<Routed>>,
+    /// Gateway id → last liveness refresh. Kept apart from `gateways`: like
+    /// Redis's `sb:gateways`, liveness does not depend on being attached here.
+    alive: HashMap<String, Instant>,
     registry: HashMap<Address, HashSet<String>>,
     seen: HashMap<Address, u64>,
 }
@@ -64,9 +68,53 @@ impl MemoryBroker {
     }
 
     fn gateway_live(&self, st: &State, gw: &str, now: Instant) -> bool {
-        st.gateways
+        st.alive
             .get(gw)
-            .is_some_and(|(_, at)| now.duration_since(*at) < self.cfg.gateway_ttl)
+            .is_some_and(|at| now.duration_since(*at) < self.cfg.gateway_ttl)
+    }
+
+    fn mark_alive(&self, st: &mut State, gateway: &str, now: Instant) {
+        // Forget gateways dead for a long while (as the Redis engine does).
+        let ttl = self.cfg.gateway_ttl;
+        st.alive
+            .retain(|_, at| now.duration_since(*at) < ttl.saturating_mul(10));
+        st.alive.insert(gateway.to_owned(), now);
+    }
+
+    /// Registry look-up, then one event per live gateway; the share for
+    /// `local` (if given) is returned instead, live or not: the caller is
+    /// evidently running and its sockets are its own.
+    fn route_inner(&self, ev: Routed, local: Option<&str>) -> Option<Routed> {
+        let now = Instant::now();
+        let st = self.lock();
+        let mut per_gw: HashMap<&str, Vec<Address>> = HashMap::new();
+        for u in &ev.users {
+            for gw in st.registry.get(u).into_iter().flatten() {
+                per_gw.entry(gw.as_str()).or_default().push(*u);
+            }
+        }
+        let mine = local.and_then(|l| per_gw.remove(l)).map(|users| Routed {
+            users,
+            ..ev.clone()
+        });
+        for (gw, users) in per_gw {
+            if !self.gateway_live(&st, gw, now) {
+                continue;
+            }
+            if let Some(tx) = st.gateways.get(gw) {
+                let one = Routed {
+                    users,
+                    ..ev.clone()
+                };
+                if tx.try_send(one).is_err() {
+                    tracing::warn!(
+                        gateway = gw,
+                        "gateway event queue full or closed; event dropped"
+                    );
+                }
+            }
+        }
+        mine
     }
 }
 
@@ -113,10 +161,16 @@ impl Broker for MemoryBroker {
         if st.groups.contains_key(&conv.id) {
             return Err(BrokerError::AlreadyExists);
         }
-        for m in &conv.members {
+        // Read back exactly what the Redis engine reads back: members as a
+        // sorted set, an empty title as none.
+        let mut stored = conv.clone();
+        stored.members.sort();
+        stored.members.dedup();
+        stored.title = stored.title.filter(|t| !t.is_empty());
+        for m in &stored.members {
             st.user_convs.entry(*m).or_default().insert(conv.id.clone());
         }
-        st.groups.insert(conv.id.clone(), conv.clone());
+        st.groups.insert(conv.id.clone(), stored);
         Ok(())
     }
 
@@ -256,16 +310,15 @@ impl Broker for MemoryBroker {
 
     async fn attach(&self, gateway: &str) -> Result<mpsc::Receiver<Routed>> {
         let (tx, rx) = mpsc::channel(GATEWAY_QUEUE);
-        self.lock()
-            .gateways
-            .insert(gateway.to_owned(), (tx, Instant::now()));
+        let mut st = self.lock();
+        st.gateways.insert(gateway.to_owned(), tx);
+        self.mark_alive(&mut st, gateway, Instant::now());
         Ok(rx)
     }
 
     async fn gateway_alive(&self, gateway: &str) -> Result<()> {
-        if let Some((_, at)) = self.lock().gateways.get_mut(gateway) {
-            *at = Instant::now();
-        }
+        let mut st = self.lock();
+        self.mark_alive(&mut st, gateway, Instant::now());
         Ok(())
     }
 
@@ -299,31 +352,12 @@ impl Broker for MemoryBroker {
     }
 
     async fn route(&self, ev: Routed) -> Result<()> {
-        let now = Instant::now();
-        let st = self.lock();
-        let mut per_gw: HashMap<&str, Vec<Address>> = HashMap::new();
-        for u in &ev.users {
-            for gw in st.registry.get(u).into_iter().flatten() {
-                if self.gateway_live(&st, gw, now) {
-                    per_gw.entry(gw.as_str()).or_default().push(*u);
-                }
-            }
-        }
-        for (gw, users) in per_gw {
-            if let Some((tx, _)) = st.gateways.get(gw) {
-                let one = Routed {
-                    users,
-                    ..ev.clone()
-                };
-                if tx.try_send(one).is_err() {
-                    tracing::warn!(
-                        gateway = gw,
-                        "gateway event queue full or closed; event dropped"
-                    );
-                }
-            }
-        }
+        self.route_inner(ev, None);
         Ok(())
+    }
+
+    async fn route_local(&self, ev: Routed, local: &str) -> Result<Option<Routed>> {
+        Ok(self.route_inner(ev, Some(local)))
     }
 
     async fn touch(&self, user: &Address, now_ms: u64) -> Result<()> {

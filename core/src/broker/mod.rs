@@ -111,7 +111,7 @@ pub struct SendOutcome {
     /// `true` when this id was already sent in this conversation: nothing was
     /// stored or delivered again.
     pub duplicate: bool,
-    /// Every member of the conversation, for fan-out.
+    /// Every member of the conversation, for fan-out (also for a duplicate).
     pub members: Vec<Address>,
 }
 
@@ -153,6 +153,8 @@ pub trait Broker: Send + Sync + 'static {
     async fn take_nonce(&self, nonce: &str) -> Result<bool>;
 
     /// Create a group conversation. Fails with `AlreadyExists` for a taken id.
+    /// Members are kept as a set: [`Broker::conversation`] reads them back
+    /// sorted and without duplicates, and an empty title reads back as `None`.
     async fn create_group(&self, conv: &Conversation) -> Result<()>;
     /// A conversation's description; direct conversations always exist.
     async fn conversation(&self, id: &ConvId) -> Result<Option<Conversation>>;
@@ -200,6 +202,16 @@ pub trait Broker: Send + Sync + 'static {
     async fn is_connected(&self, user: &Address) -> Result<bool>;
     /// Deliver `ev` to every live gateway where one of `ev.users` is connected.
     async fn route(&self, ev: Routed) -> Result<()>;
+    /// Like [`Broker::route`], but the share of `ev` for the calling gateway
+    /// `local` is handed back instead of travelling through the broker, so
+    /// the caller gives it to its own sockets without a pub/sub round trip.
+    /// The local share is returned even if `local`'s liveness has lapsed (the
+    /// caller is evidently running); the default implementation has no short
+    /// cut and always returns `None`.
+    async fn route_local(&self, ev: Routed, local: &str) -> Result<Option<Routed>> {
+        let _ = local;
+        self.route(ev).await.map(|()| None)
+    }
 
     /// Record that `user` was seen at `now_ms`.
     async fn touch(&self, user: &Address, now_ms: u64) -> Result<()>;

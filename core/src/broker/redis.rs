@@ -46,32 +46,46 @@ use crate::protocol::Message;
 use crate::time::now_ms;
 
 /// Dedupe, member check, seq, log append and persistence append, atomically.
-/// Returns `{-1}` for a non-member, `{0, seq, ts}` for a duplicate and
-/// `{1, seq, ts, member...}` for a new message.
+/// Returns `{-1}` for a non-member, `{0, seq, ts, member...}` for a duplicate
+/// and `{1, seq, ts, member...}` for a new message (members of groups only:
+/// a direct conversation's members are in its id).
 const SEND_LUA: &str = r#"
 if ARGV[8] == 'g' and redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
   return {-1}
 end
+local out
 local prev = redis.call('GET', KEYS[4])
 if prev then
   local sep = string.find(prev, ':', 1, true)
-  return {0, tonumber(string.sub(prev, 1, sep - 1)), tonumber(string.sub(prev, sep + 1))}
-end
-local t = redis.call('TIME')
-local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
-  'id', ARGV[2], 'from', ARGV[1], 'body', ARGV[3], 'ts', ts)
-redis.call('SET', KEYS[4], seq .. ':' .. ts, 'EX', ARGV[6])
-if ARGV[7] == '1' then
-  redis.call('XADD', KEYS[5], '*', 't', 'msg', 'conv', ARGV[9], 'seq', seq,
+  out = {0, tonumber(string.sub(prev, 1, sep - 1)), tonumber(string.sub(prev, sep + 1))}
+else
+  local t = redis.call('TIME')
+  local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local seq = redis.call('INCR', KEYS[1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
     'id', ARGV[2], 'from', ARGV[1], 'body', ARGV[3], 'ts', ts)
+  redis.call('SET', KEYS[4], seq .. ':' .. ts, 'PX', ARGV[6])
+  if ARGV[7] == '1' then
+    redis.call('XADD', KEYS[5], '*', 't', 'msg', 'conv', ARGV[9], 'seq', seq,
+      'id', ARGV[2], 'from', ARGV[1], 'body', ARGV[3], 'ts', ts)
+  end
+  out = {1, seq, ts}
 end
-local out = {1, seq, ts}
 if ARGV[8] == 'g' then
   for _, m in ipairs(redis.call('SMEMBERS', KEYS[3])) do table.insert(out, m) end
 end
 return out
+"#;
+
+/// Create a group: its description and members in one step (one slot), so
+/// nobody sees a group without its members. Returns 0 when the id is taken.
+const CREATE_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'created_at', ARGV[1])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'title', ARGV[2]) end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'created_by', ARGV[3]) end
+for i = 4, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+return 1
 "#;
 
 /// Monotonic watermark update. Returns `{changed, delivered, read}`.
@@ -158,6 +172,7 @@ pub struct RedisBroker {
     cfg: BrokerConfig,
     cluster: bool,
     send_script: Arc<Script>,
+    create_script: Arc<Script>,
     mark_script: Arc<Script>,
     touch_script: Arc<Script>,
     live: Arc<Mutex<(Option<Instant>, HashSet<String>)>>,
@@ -178,6 +193,7 @@ impl RedisBroker {
             cfg,
             cluster,
             send_script: Arc::new(Script::from_lua(SEND_LUA)),
+            create_script: Arc::new(Script::from_lua(CREATE_LUA)),
             mark_script: Arc::new(Script::from_lua(MARK_LUA)),
             touch_script: Arc::new(Script::from_lua(TOUCH_LUA)),
             live: Arc::default(),
@@ -206,6 +222,62 @@ impl RedisBroker {
         let set: HashSet<String> = ids.into_iter().collect();
         *self.live.lock().unwrap_or_else(|p| p.into_inner()) = (Some(Instant::now()), set.clone());
         Ok(set)
+    }
+
+    /// Whether `gateway` is in the live set cached less than [`LIVE_CACHE`] ago.
+    fn live_cached(&self, gateway: &str) -> bool {
+        let cache = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        cache.0.is_some_and(|at| at.elapsed() < LIVE_CACHE) && cache.1.contains(gateway)
+    }
+
+    /// Registry look-up, then one publish per live gateway; the share for
+    /// `local` (if given) is returned rather than published.
+    async fn route_inner(&self, ev: Routed, local: Option<&str>) -> Result<Option<Routed>> {
+        // Registry look-ups run concurrently; fred pipelines them per node.
+        let lists: Vec<Vec<String>> = try_join_all(
+            ev.users
+                .iter()
+                .map(|u| self.pool.smembers::<Vec<String>, _>(registry_key(u))),
+        )
+        .await
+        .map_err(unavailable)?;
+        let mut per_gw: HashMap<String, Vec<Address>> = HashMap::new();
+        for (u, gws) in ev.users.iter().zip(lists) {
+            for g in gws {
+                per_gw.entry(g).or_default().push(*u);
+            }
+        }
+        let mine = local.and_then(|l| per_gw.remove(l)).map(|users| Routed {
+            users,
+            ..ev.clone()
+        });
+        if per_gw.is_empty() {
+            return Ok(mine);
+        }
+        let mut live = self.live_gateways(false).await?;
+        if per_gw.keys().any(|g| !live.contains(g)) {
+            // A gateway that just started may not be in the cached set yet.
+            live = self.live_gateways(true).await?;
+        }
+        let mut sends = Vec::with_capacity(per_gw.len());
+        for (gw, users) in per_gw {
+            if !live.contains(&gw) {
+                continue;
+            }
+            let payload = ev.encode(&users).map_err(corrupt)?;
+            let channel = gateway_channel(&gw);
+            let pool = &self.pool;
+            let cluster = self.cluster;
+            sends.push(async move {
+                if cluster {
+                    pool.next().spublish::<(), _, _>(channel, payload).await
+                } else {
+                    pool.next().publish::<(), _, _>(channel, payload).await
+                }
+            });
+        }
+        try_join_all(sends).await.map_err(unavailable)?;
+        Ok(mine)
     }
 
     async fn group(&self, id: &ConvId) -> Result<Option<Conversation>> {
@@ -260,6 +332,12 @@ fn builder(config: &Config) -> Builder {
     b
 }
 
+/// A TTL in whole milliseconds (at least 1: Redis refuses 0), the precision
+/// the memory engine keeps too.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
 fn value_u64(v: &Value) -> Result<u64> {
     v.as_u64()
         .ok_or_else(|| corrupt(format!("expected integer, got {v:?}")))
@@ -278,7 +356,7 @@ impl Broker for RedisBroker {
             .set(
                 format!("sb:nonce:{nonce}"),
                 1,
-                Some(Expiration::EX(ttl.as_secs().max(1) as i64)),
+                Some(Expiration::PX(millis(ttl))),
                 None,
                 false,
             )
@@ -299,34 +377,27 @@ impl Broker for RedisBroker {
 
     async fn create_group(&self, conv: &Conversation) -> Result<()> {
         let keys = self.conv_keys(&conv.id);
-        let created: bool = self
-            .pool
-            .hsetnx(keys.key("meta"), "created_at", conv.created_at)
+        let mut args: Vec<String> = vec![
+            conv.created_at.to_string(),
+            conv.title.clone().unwrap_or_default(),
+            conv.created_by
+                .as_ref()
+                .map(Address::lower)
+                .unwrap_or_default(),
+        ];
+        args.extend(conv.members.iter().map(Address::lower));
+        let created: i64 = self
+            .create_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![keys.key("meta"), keys.key("m")],
+                args,
+            )
             .await
             .map_err(unavailable)?;
-        if !created {
+        if created == 0 {
             return Err(BrokerError::AlreadyExists);
         }
-        let mut fields: Vec<(String, String)> = vec![];
-        if let Some(t) = &conv.title {
-            fields.push(("title".into(), t.clone()));
-        }
-        if let Some(c) = &conv.created_by {
-            fields.push(("created_by".into(), c.lower()));
-        }
-        if !fields.is_empty() {
-            let _: () = self
-                .pool
-                .hset(keys.key("meta"), fields)
-                .await
-                .map_err(unavailable)?;
-        }
-        let members: Vec<String> = conv.members.iter().map(Address::lower).collect();
-        let _: () = self
-            .pool
-            .sadd(keys.key("m"), members)
-            .await
-            .map_err(unavailable)?;
         try_join_all(conv.members.iter().map(|m| async move {
             self.pool
                 .sadd::<(), _, _>(user_convs_key(m), conv.id.as_str())
@@ -400,7 +471,7 @@ impl Broker for RedisBroker {
             // inside the script so every gateway stamps from one clock.
             String::new(),
             self.cfg.log_max_len.to_string(),
-            self.cfg.dedupe_ttl.as_secs().max(1).to_string(),
+            millis(self.cfg.dedupe_ttl).to_string(),
             if self.cfg.persist { "1" } else { "0" }.into(),
             if direct.is_some() { "dm" } else { "g" }.into(),
             req.conv.to_string(),
@@ -430,9 +501,11 @@ impl Broker for RedisBroker {
                 })
                 .collect::<Result<Vec<_>>>()?,
         };
-        if status == 1 && seq == 1 && req.conv.kind() == ConvKind::Direct {
+        if seq == 1 && req.conv.kind() == ConvKind::Direct {
             // The first message of a direct conversation makes it one of both
-            // users' conversations (presence peers, conversation lists).
+            // users' conversations (presence peers, conversation lists). Also
+            // on a duplicate of it: if this step failed the first time, the
+            // client's retry with the same id repairs it (SADD is idempotent).
             let conv = req.conv.as_str();
             try_join_all(
                 members.iter().map(|m| async move {
@@ -661,52 +734,21 @@ impl Broker for RedisBroker {
         if listed.is_empty() {
             return Ok(false);
         }
-        let live = self.live_gateways(false).await?;
+        if listed.iter().any(|g| self.live_cached(g)) {
+            return Ok(true);
+        }
+        // Not in the cached set: the gateway may have attached since it was
+        // read (route does the same re-read).
+        let live = self.live_gateways(true).await?;
         Ok(listed.iter().any(|g| live.contains(g)))
     }
 
     async fn route(&self, ev: Routed) -> Result<()> {
-        // Registry look-ups run concurrently; fred pipelines them per node.
-        let lists: Vec<Vec<String>> = try_join_all(
-            ev.users
-                .iter()
-                .map(|u| self.pool.smembers::<Vec<String>, _>(registry_key(u))),
-        )
-        .await
-        .map_err(unavailable)?;
-        let mut per_gw: HashMap<String, Vec<Address>> = HashMap::new();
-        for (u, gws) in ev.users.iter().zip(lists) {
-            for g in gws {
-                per_gw.entry(g).or_default().push(*u);
-            }
-        }
-        if per_gw.is_empty() {
-            return Ok(());
-        }
-        let mut live = self.live_gateways(false).await?;
-        if per_gw.keys().any(|g| !live.contains(g)) {
-            // A gateway that just started may not be in the cached set yet.
-            live = self.live_gateways(true).await?;
-        }
-        let mut sends = Vec::with_capacity(per_gw.len());
-        for (gw, users) in per_gw {
-            if !live.contains(&gw) {
-                continue;
-            }
-            let payload = ev.encode(&users).map_err(corrupt)?;
-            let channel = gateway_channel(&gw);
-            let pool = &self.pool;
-            let cluster = self.cluster;
-            sends.push(async move {
-                if cluster {
-                    pool.next().spublish::<(), _, _>(channel, payload).await
-                } else {
-                    pool.next().publish::<(), _, _>(channel, payload).await
-                }
-            });
-        }
-        try_join_all(sends).await.map_err(unavailable)?;
-        Ok(())
+        self.route_inner(ev, None).await.map(|_| ())
+    }
+
+    async fn route_local(&self, ev: Routed, local: &str) -> Result<Option<Routed>> {
+        self.route_inner(ev, Some(local)).await
     }
 
     async fn touch(&self, user: &Address, now_ms: u64) -> Result<()> {
