@@ -6,9 +6,11 @@
 //! tests can use it; async tests may call it directly during set-up — starting
 //! a server blocks for well under a second (a cluster for a few seconds).
 
+mod postgres;
 mod redis;
 mod resp;
 
+pub use postgres::Postgres;
 pub use redis::{RedisCluster, RedisServer, RedisServerOptions};
 pub use resp::resp_command;
 
