@@ -6,4 +6,5 @@ pub mod auth;
 pub mod broker;
 pub mod ids;
 pub mod protocol;
+pub mod store;
 pub mod time;

@@ -7,8 +7,11 @@ fn committed_rows_survive_kill9_and_stop() {
     let mut pg = Postgres::start().unwrap();
     let url = pg.create_database("t1").unwrap();
     assert!(url.ends_with("/t1"), "{url}");
-    pg.psql("t1", "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)")
-        .unwrap();
+    pg.psql(
+        "t1",
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)",
+    )
+    .unwrap();
     pg.kill9();
     assert!(!pg.is_running());
     assert!(pg.psql("t1", "SELECT 1").is_err());
