@@ -9,6 +9,7 @@
 //! Both engines pass the same conformance suite (`core/tests/broker.rs`).
 
 mod memory;
+pub mod persist;
 mod redis;
 pub mod routed;
 
@@ -24,7 +25,7 @@ use crate::ids::{Address, ConvId, ConvKind, MsgId};
 use crate::protocol::Message;
 
 pub use self::memory::MemoryBroker;
-pub use self::redis::RedisBroker;
+pub use self::redis::{RedisBroker, redis_builder};
 pub use self::routed::Routed;
 
 /// Why a broker call failed.

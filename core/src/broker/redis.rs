@@ -141,7 +141,7 @@ impl ConvKeys {
         let shard = shard_of(conv, shards);
         ConvKeys {
             prefix: format!("sb:{{{shard}}}:c:{conv}"),
-            persist: format!("sb:{{{shard}}}:persist"),
+            persist: super::persist::persist_stream_key(shard),
         }
     }
     fn key(&self, suffix: &str) -> String {
@@ -185,7 +185,7 @@ impl RedisBroker {
         let config = Config::from_url(url)
             .map_err(|e| BrokerError::Unavailable(format!("invalid Redis URL: {e}")))?;
         let cluster = config.server.is_clustered();
-        let pool = builder(&config).build_pool(2).map_err(unavailable)?;
+        let pool = redis_builder(&config).build_pool(2).map_err(unavailable)?;
         pool.init().await.map_err(unavailable)?;
         Ok(RedisBroker {
             pool,
@@ -318,7 +318,9 @@ impl RedisBroker {
     }
 }
 
-fn builder(config: &Config) -> Builder {
+/// A fred builder with the reconnect and timeout policy every Switchboard
+/// Redis client uses (the broker's and the worker's).
+pub fn redis_builder(config: &Config) -> Builder {
     let mut b = Builder::from_config(config.clone());
     // Reconnect forever with capped exponential backoff; commands issued while
     // Redis is down fail after the timeout instead of queueing without bound,
@@ -625,7 +627,7 @@ impl Broker for RedisBroker {
     }
 
     async fn attach(&self, gateway: &str) -> Result<mpsc::Receiver<Routed>> {
-        let mut b = builder(&self.builder_config);
+        let mut b = redis_builder(&self.builder_config);
         // fred hands pub/sub messages over a broadcast channel of 32 slots by
         // default; a burst larger than that would be dropped as "lagged".
         b.with_performance_config(|p| p.broadcast_channel_capacity = SUBSCRIBER_BUFFER);

@@ -1,0 +1,312 @@
+//! The Redis side of the worker: the consumer group on every shard's
+//! persistence stream.
+//!
+//! Every shard is read with a non-blocking `XREADGROUP` in one pipeline per
+//! round (on a cluster fred sends each command to its shard's node), because a
+//! blocking read over several streams is not possible across cluster slots.
+//! The worker loop polls again at once while entries flow and backs off to a
+//! short sleep when idle.
+
+use std::collections::HashMap;
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::streams::{XPendingArgs, XReadResponse};
+use switchboard_core::broker::persist::{WORKER_GROUP, dead_letter_key, persist_stream_key};
+
+/// Move one pending entry to the dead-letter stream and acknowledge it,
+/// atomically (both keys share the shard's hash tag). Returns 0 when the
+/// entry is gone already (trimmed or moved by another worker).
+const DEAD_LETTER_LUA: &str = r#"
+local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+if #e == 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  return 0
+end
+local f = e[1][2]
+table.insert(f, 'src_id'); table.insert(f, ARGV[2])
+table.insert(f, 'reason'); table.insert(f, ARGV[3])
+table.insert(f, 'attempts'); table.insert(f, ARGV[4])
+redis.call('XADD', KEYS[2], '*', unpack(f))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// Trim entries every consumer is done with: below the oldest pending entry,
+/// or, with nothing pending, up to the last entry handed out. Entries not yet
+/// read by the group are never trimmed.
+const TRIM_LUA: &str = r#"
+local last = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, ldi
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then ldi = g[i + 1] end
+  end
+  if name == ARGV[1] then last = ldi end
+end
+if not last or last == '0-0' then return 0 end
+local p = redis.call('XPENDING', KEYS[1], ARGV[1])
+local minid
+if p[1] > 0 then
+  minid = p[2]
+else
+  local sep = string.find(last, '-', 1, true)
+  minid = string.sub(last, 1, sep - 1) .. '-' .. (tonumber(string.sub(last, sep + 1)) + 1)
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', minid)
+"#;
+
+/// One entry read from a stream.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub shard: u16,
+    pub id: String,
+    pub fields: HashMap<String, String>,
+}
+
+/// A pending entry that has been delivered too often.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub shard: u16,
+    pub id: String,
+    pub deliveries: u64,
+}
+
+pub struct Streams {
+    pool: Pool,
+    shards: u16,
+    consumer: String,
+    dead_letter: Script,
+    trim: Script,
+}
+
+impl Streams {
+    pub async fn connect(url: &str, shards: u16, consumer: String) -> Result<Self, Error> {
+        let config = Config::from_url(url)?;
+        let pool = switchboard_core::broker::redis_builder(&config).build_pool(2)?;
+        pool.init().await?;
+        Ok(Streams {
+            pool,
+            shards,
+            consumer,
+            dead_letter: Script::from_lua(DEAD_LETTER_LUA),
+            trim: Script::from_lua(TRIM_LUA),
+        })
+    }
+
+    pub fn shards(&self) -> u16 {
+        self.shards
+    }
+
+    pub async fn ping(&self) -> Result<(), Error> {
+        let _: String = self.pool.next().ping(None).await?;
+        Ok(())
+    }
+
+    /// Create the consumer group on every stream (and the stream itself),
+    /// starting from the beginning: entries written before the first worker
+    /// ever ran are persisted too.
+    pub async fn ensure_groups(&self) -> Result<(), Error> {
+        for shard in 0..self.shards {
+            let r: Result<Value, Error> = self
+                .pool
+                .next()
+                .xgroup_create(persist_stream_key(shard), WORKER_GROUP, "0", true)
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if e.details().starts_with("BUSYGROUP") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read up to `count` new entries from every shard, in one pipeline.
+    pub async fn read_new(&self, count: u64) -> Result<Vec<Entry>, Error> {
+        let client = self.pool.next();
+        let pipe = client.pipeline();
+        for shard in 0..self.shards {
+            let _: () = pipe
+                .xreadgroup(
+                    WORKER_GROUP,
+                    self.consumer.as_str(),
+                    Some(count),
+                    None,
+                    false,
+                    persist_stream_key(shard),
+                    ">",
+                )
+                .await?;
+        }
+        let replies: Vec<Result<Value, Error>> = pipe.try_all().await;
+        let mut out = Vec::new();
+        for (shard, reply) in (0..self.shards).zip(replies) {
+            let reply = match reply {
+                Ok(v) => v,
+                // The stream or group vanished (Redis lost its data): make
+                // them again and read this shard next round.
+                Err(e) if e.details().starts_with("NOGROUP") => {
+                    self.ensure_groups().await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if reply.is_null() {
+                continue;
+            }
+            let resp: XReadResponse<String, String, String, String> =
+                reply.into_xread_response()?;
+            for (_, entries) in resp {
+                for (id, fields) in entries {
+                    out.push(Entry { shard, id, fields });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pending entries of every consumer idle for at least `min_idle_ms`, up
+    /// to `count` per shard, with their delivery counts.
+    pub async fn stale(&self, min_idle_ms: u64, count: u64) -> Result<Vec<Pending>, Error> {
+        let mut out = Vec::new();
+        for shard in 0..self.shards {
+            let args = XPendingArgs {
+                idle: Some(min_idle_ms),
+                start: Some("-".into()),
+                end: Some("+".into()),
+                count: Some(count),
+                consumer: None,
+            };
+            let rows: Vec<(String, String, u64, u64)> = self
+                .pool
+                .next()
+                .xpending(persist_stream_key(shard), WORKER_GROUP, args)
+                .await?;
+            out.extend(rows.into_iter().map(|(id, _, _, deliveries)| Pending {
+                shard,
+                id,
+                deliveries,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Take over `ids` of `shard` if still idle for `min_idle_ms` (another
+    /// worker may have claimed them first); returns the entries now ours.
+    pub async fn claim(
+        &self,
+        shard: u16,
+        ids: Vec<String>,
+        min_idle_ms: u64,
+    ) -> Result<Vec<Entry>, Error> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let claimed: Vec<(String, HashMap<String, String>)> = self
+            .pool
+            .next()
+            .xclaim_values(
+                persist_stream_key(shard),
+                WORKER_GROUP,
+                self.consumer.as_str(),
+                min_idle_ms,
+                ids,
+                None,
+                None,
+                None,
+                false,
+                false,
+            )
+            .await?;
+        Ok(claimed
+            .into_iter()
+            .map(|(id, fields)| Entry { shard, id, fields })
+            .collect())
+    }
+
+    /// Acknowledge entries (grouped by shard, one pipeline).
+    pub async fn ack(&self, ids: &HashMap<u16, Vec<String>>) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.next();
+        let pipe = client.pipeline();
+        for (shard, ids) in ids {
+            let _: () = pipe
+                .xack(persist_stream_key(*shard), WORKER_GROUP, ids.clone())
+                .await?;
+        }
+        let _: Vec<Value> = pipe.all().await?;
+        Ok(())
+    }
+
+    /// Move an entry to its shard's dead-letter stream with the reason.
+    pub async fn dead_letter(&self, p: &Pending, reason: &str) -> Result<bool, Error> {
+        let moved: i64 = self
+            .dead_letter
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![persist_stream_key(p.shard), dead_letter_key(p.shard)],
+                vec![
+                    WORKER_GROUP.to_string(),
+                    p.id.clone(),
+                    reason.to_string(),
+                    p.deliveries.to_string(),
+                ],
+            )
+            .await?;
+        Ok(moved == 1)
+    }
+
+    /// Trim every stream below what the group still needs; returns the
+    /// number of entries removed.
+    pub async fn trim(&self) -> Result<u64, Error> {
+        let mut removed = 0u64;
+        for shard in 0..self.shards {
+            let n: i64 = self
+                .trim
+                .evalsha_with_reload(
+                    self.pool.next(),
+                    vec![persist_stream_key(shard)],
+                    vec![WORKER_GROUP.to_string()],
+                )
+                .await?;
+            removed += n.max(0) as u64;
+        }
+        Ok(removed)
+    }
+
+    /// Entries waiting in the dead-letter streams, for the metric.
+    pub async fn dead_letter_len(&self) -> Result<u64, Error> {
+        let mut n = 0u64;
+        for shard in 0..self.shards {
+            let len: u64 = self.pool.next().xlen(dead_letter_key(shard)).await?;
+            n += len;
+        }
+        Ok(n)
+    }
+
+    /// Entries not yet acknowledged plus not yet read, summed over shards
+    /// (the worker's backlog, for the metric and the benchmark).
+    pub async fn backlog(&self) -> Result<u64, Error> {
+        let mut n = 0u64;
+        for shard in 0..self.shards {
+            let groups: Vec<HashMap<String, Value>> = self
+                .pool
+                .next()
+                .xinfo_groups(persist_stream_key(shard))
+                .await?;
+            for g in groups {
+                if g.get("name").and_then(|v| v.as_string()).as_deref() != Some(WORKER_GROUP) {
+                    continue;
+                }
+                let pending = g.get("pending").and_then(|v| v.as_u64()).unwrap_or(0);
+                let lag = g.get("lag").and_then(|v| v.as_u64()).unwrap_or(0);
+                n += pending + lag;
+            }
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,362 @@
+//! The worker against real Redis and PostgreSQL: exactly-once storage under
+//! retries, concurrent workers, crashes and outages.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use switchboard_core::broker::RedisBroker;
+use switchboard_core::ids::{ConvId, MsgId};
+use switchboard_testkit::{Postgres, RedisServer};
+use switchboard_worker::{Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+fn spawn_worker(worker: Worker) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let handle = tokio::spawn(async move { worker.run(c).await });
+    (cancel, handle)
+}
+
+/// Random senders, conversations and retries; afterwards every message a
+/// sender saw `sent` for is in PostgreSQL exactly once, seq 1..n per
+/// conversation, ids and bodies intact. Two workers consume concurrently.
+#[test]
+fn property_sent_messages_are_stored_exactly_once() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let redis = RedisServer::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let (store, _) = rt.block_on(store(&pg, "property"));
+    let broker = rt.block_on(async {
+        RedisBroker::connect(&redis.url(), broker_config())
+            .await
+            .unwrap()
+    });
+    let mut workers = vec![];
+    let mut streams = None;
+    for i in 0..2 {
+        let w = rt
+            .block_on(Worker::connect(
+                &redis.url(),
+                store.clone(),
+                WorkerConfig {
+                    consumer: format!("prop-{i}"),
+                    batch_size: 16,
+                    ..worker_config()
+                },
+            ))
+            .unwrap();
+        streams.get_or_insert(w.streams());
+        workers.push(rt.block_on(async { spawn_worker(w) }));
+    }
+    let streams = streams.unwrap();
+
+    // (sender, conversation, retry the previous id instead of a new one)
+    let ops = prop::collection::vec((0usize..3, 0usize..4, prop::bool::weighted(0.25)), 1..80);
+    let mut runner = TestRunner::new(Config {
+        cases: 6,
+        ..Config::default()
+    });
+    runner
+        .run(&ops, |ops| {
+            rt.block_on(async {
+                let users = [addr(), addr(), addr()];
+                let mut convs: Vec<ConvId> = vec![
+                    ConvId::direct(&users[0], &users[1]).unwrap(),
+                    ConvId::direct(&users[1], &users[2]).unwrap(),
+                ];
+                convs.push(group(&broker, &users).await);
+                convs.push(group(&broker, &users).await);
+                let mut sent = Sent::new();
+                let mut last: Option<(usize, usize, MsgId, String)> = None;
+                for (i, (s, c, retry)) in ops.into_iter().enumerate() {
+                    let (s, c, id, body) = match (&last, retry) {
+                        (Some(prev), true) => prev.clone(),
+                        _ => {
+                            // Direct conversations only accept their members.
+                            let s = match c {
+                                0 => s % 2,
+                                1 => 1 + s % 2,
+                                _ => s,
+                            };
+                            (s, c, MsgId::random(), format!(r#"{{"n": {i}, "k": "é"}}"#))
+                        }
+                    };
+                    send(&broker, &mut sent, &convs[c], users[s], &id, &body)
+                        .await
+                        .unwrap();
+                    last = Some((s, c, id, body));
+                }
+                drained(&streams, Duration::from_secs(20)).await;
+                assert_stored_exactly(&store, &sent).await;
+            });
+            Ok(())
+        })
+        .unwrap();
+    for (cancel, handle) in workers {
+        cancel.cancel();
+        rt.block_on(handle).unwrap();
+    }
+}
+
+/// An entry the worker cannot use goes to the dead-letter stream after
+/// `max_attempts` deliveries, with the reason; the good entries around it are
+/// stored and nothing else is held up.
+#[tokio::test]
+async fn poison_entries_are_dead_lettered_with_a_reason() {
+    let redis = RedisServer::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let (store, _) = store(&pg, "poison").await;
+    let broker = RedisBroker::connect(&redis.url(), broker_config())
+        .await
+        .unwrap();
+    let worker = Worker::connect(
+        &redis.url(),
+        store.clone(),
+        WorkerConfig {
+            max_attempts: 2,
+            claim_idle: Duration::from_millis(200),
+            claim_interval: Duration::from_millis(100),
+            ..worker_config()
+        },
+    )
+    .await
+    .unwrap();
+    let metrics = worker.metrics();
+    let streams = worker.streams();
+    let (cancel, handle) = spawn_worker(worker);
+
+    let (a, b) = (addr(), addr());
+    let dm = ConvId::direct(&a, &b).unwrap();
+    let mut sent = Sent::new();
+    send(&broker, &mut sent, &dm, a, &MsgId::random(), "1")
+        .await
+        .unwrap();
+    redis
+        .command(&[
+            "XADD",
+            "sb:{3}:persist",
+            "*",
+            "t",
+            "msg",
+            "conv",
+            "nonsense",
+        ])
+        .unwrap();
+    send(&broker, &mut sent, &dm, b, &MsgId::random(), "2")
+        .await
+        .unwrap();
+
+    drained(&streams, Duration::from_secs(20)).await;
+    assert_stored_exactly(&store, &sent).await;
+    let dead = redis.command(&["XRANGE", "sb:{3}:dead", "-", "+"]).unwrap();
+    assert!(dead.contains("nonsense"), "{dead}");
+    assert!(dead.contains("reason") && dead.contains("conv"), "{dead}");
+    assert!(
+        metrics
+            .render()
+            .contains("switchboard_worker_dead_letters_total 1")
+    );
+    cancel.cancel();
+    handle.await.unwrap();
+}
+
+/// PostgreSQL goes away for 20 s while senders keep sending: sends keep
+/// succeeding (the live path does not touch PostgreSQL), the worker holds
+/// its batch and backs off, then catches up; nothing is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_loses_nothing() {
+    let redis = RedisServer::start().unwrap();
+    let mut pg = Postgres::start().unwrap();
+    let (store, _) = store(&pg, "outage").await;
+    let broker = Arc::new(
+        RedisBroker::connect(&redis.url(), broker_config())
+            .await
+            .unwrap(),
+    );
+    let worker = Worker::connect(&redis.url(), store.clone(), worker_config())
+        .await
+        .unwrap();
+    let metrics = worker.metrics();
+    let streams = worker.streams();
+    let (cancel, handle) = spawn_worker(worker);
+
+    let (a, b) = (addr(), addr());
+    let dm = ConvId::direct(&a, &b).unwrap();
+    let stop = CancellationToken::new();
+    let sender = {
+        let (broker, stop, dm) = (broker.clone(), stop.clone(), dm.clone());
+        tokio::spawn(async move {
+            let mut sent = Sent::new();
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                i += 1;
+                send(&broker, &mut sent, &dm, a, &MsgId::random(), &i.to_string())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| pg.stop());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        streams.backlog().await.unwrap() > 0,
+        "nothing waited during the outage"
+    );
+    tokio::task::block_in_place(|| pg.restart()).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let sent = sender.await.unwrap();
+    assert!(
+        sent[dm.as_str()].len() > 1000,
+        "{} sent",
+        sent[dm.as_str()].len()
+    );
+
+    drained(&streams, Duration::from_secs(30)).await;
+    assert_stored_exactly(&store, &sent).await;
+    let text = metrics.render();
+    assert!(
+        text.contains("switchboard_worker_batch_failures_total{kind=\"transient\"}"),
+        "{text}"
+    );
+    cancel.cancel();
+    handle.await.unwrap();
+}
+
+/// kill -9 a worker process while it works through a backlog, start another:
+/// the second claims what the first left pending; every message is stored
+/// exactly once.
+#[tokio::test]
+async fn killed_worker_is_replaced_without_loss_or_duplicates() {
+    let redis = RedisServer::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let (store, db_url) = store(&pg, "kill9").await;
+    let broker = RedisBroker::connect(&redis.url(), broker_config())
+        .await
+        .unwrap();
+    let users = [addr(), addr(), addr()];
+    let convs = [
+        ConvId::direct(&users[0], &users[1]).unwrap(),
+        group(&broker, &users).await,
+    ];
+    let mut sent = Sent::new();
+    for i in 0..4000 {
+        let c = i % 2;
+        send(
+            &broker,
+            &mut sent,
+            &convs[c],
+            users[i % 2],
+            &MsgId::random(),
+            &format!("[{i}]"),
+        )
+        .await
+        .unwrap();
+    }
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_switchboard-worker"))
+            .args([
+                "run",
+                "--redis-url",
+                &redis.url(),
+                "--database-url",
+                &db_url,
+            ])
+            .args(["--listen", "127.0.0.1:0", "--shards", &SHARDS.to_string()])
+            .args(["--batch-size", "50", "--claim-idle-secs", "1"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    let mut first = spawn();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count().await < 500 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first worker stored nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let stored = count().await;
+    assert!(
+        stored < 4000,
+        "the first worker finished before it was killed"
+    );
+
+    let mut second = spawn();
+    let streams =
+        switchboard_worker::streams::Streams::connect(&redis.url(), SHARDS, "probe".into())
+            .await
+            .unwrap();
+    drained(&streams, Duration::from_secs(60)).await;
+    assert_stored_exactly(&store, &sent).await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
+
+/// Redis is killed (-9) and restarted from its AOF: the consumer group and
+/// pending entries survive, seqs continue without reuse, the worker resumes.
+#[tokio::test]
+async fn redis_restart_keeps_seqs_and_the_group() {
+    let mut redis = RedisServer::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let (store, _) = store(&pg, "redis_restart").await;
+    let broker = RedisBroker::connect(&redis.url(), broker_config())
+        .await
+        .unwrap();
+    let worker = Worker::connect(&redis.url(), store.clone(), worker_config())
+        .await
+        .unwrap();
+    let streams = worker.streams();
+    let (cancel, handle) = spawn_worker(worker);
+    let (a, b) = (addr(), addr());
+    let dm = ConvId::direct(&a, &b).unwrap();
+    let mut sent = Sent::new();
+    for i in 0..50 {
+        send(&broker, &mut sent, &dm, a, &MsgId::random(), &i.to_string())
+            .await
+            .unwrap();
+    }
+    redis.kill9();
+    redis.restart().unwrap();
+    let mut ok = 0;
+    for i in 50..100 {
+        // The client retries under the same id until the broker is back.
+        let id = MsgId::random();
+        for _ in 0..100 {
+            if send(&broker, &mut sent, &dm, b, &id, &i.to_string())
+                .await
+                .is_ok()
+            {
+                ok += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(ok, 50);
+    assert_eq!(*sent[dm.as_str()].keys().last().unwrap(), 100);
+    drained(&streams, Duration::from_secs(30)).await;
+    assert_stored_exactly(&store, &sent).await;
+    cancel.cancel();
+    handle.await.unwrap();
+}
