@@ -1,0 +1,381 @@
+//! Gateway children: Deployment, Service, PodDisruptionBudget, ConfigMap and
+//! the session-key Secret.
+//!
+//! The pods are built to drain: a preStop sleep takes them out of the load
+//! balancer before SIGTERM, the termination grace period covers the drain
+//! timeout, and rolling updates never take a pod away before its replacement
+//! is ready (maxUnavailable 0).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvFromSource, HTTPGetAction, Lifecycle, LifecycleHandler,
+    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, Secret, SecretVolumeSource,
+    Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount, WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    CONFIG_HASH_ANNOTATION, Ctx, Desired, Generated, Observed, config_map_hash, container_security,
+    env, env_secret, identity_env, pdb, pod_security, resources,
+};
+use crate::crd::AutoscalingMode;
+
+pub const COMPONENT: &str = "gateway";
+/// Port the gateway serves HTTP, WebSocket and metrics on.
+pub const HTTP_PORT: i32 = 8080;
+/// Secret `<cluster>-session`, key [`SESSION_KEY`]: the token HMAC key.
+pub const SESSION_SUFFIX: &str = "session";
+pub const SESSION_KEY: &str = "token-secret";
+const SESSION_DIR: &str = "/var/run/switchboard/session";
+/// uid of the `nonroot` user in the Switchboard image.
+const UID: i64 = 65532;
+/// Seconds added to preStop + drain timeout for the process to exit.
+const EXIT_MARGIN: i32 = 5;
+
+pub fn build(ctx: &Ctx, observed: &Observed, generated: &Generated, out: &mut Desired) {
+    let config = config_map(ctx);
+    let relay = super::relay::config_map(ctx);
+    let mut hashed = vec![&config];
+    hashed.extend(relay.as_ref());
+    let hash = config_map_hash(&hashed);
+    out.deployments
+        .push(deployment(ctx, observed.gateway_replicas, &hash));
+    out.services.push(service(ctx));
+    out.pdbs.push(pdb(ctx, COMPONENT, COMPONENT));
+    out.config_maps.push(config);
+    out.generated_secrets
+        .push(session_secret(ctx, &generated.session_key));
+}
+
+/// Settings the gateway reads from its environment (`envFrom`). Kept in a
+/// ConfigMap so `kubectl get cm <cluster>-gateway -o yaml` shows what the
+/// gateways run with.
+pub fn config_map(ctx: &Ctx) -> ConfigMap {
+    let spec = &ctx.cluster.spec;
+    let chain_ids: Vec<String> = spec.auth.chain_ids.iter().map(|c| c.to_string()).collect();
+    let mut data = BTreeMap::from([
+        ("SWITCHBOARD_DOMAIN".to_string(), spec.auth.domain.clone()),
+        ("SWITCHBOARD_CHAIN_IDS".to_string(), chain_ids.join(",")),
+        (
+            "SWITCHBOARD_SESSION_TTL".to_string(),
+            spec.auth.session_ttl.to_string(),
+        ),
+        (
+            "SWITCHBOARD_DRAIN_TIMEOUT_SECONDS".to_string(),
+            spec.gateway.drain.timeout_seconds.to_string(),
+        ),
+        (
+            "SWITCHBOARD_TOKEN_SECRET_FILE".to_string(),
+            format!("{SESSION_DIR}/{SESSION_KEY}"),
+        ),
+    ]);
+    if spec.fallback_relay.is_some() {
+        data.insert(
+            "SWITCHBOARD_RELAY_CONFIG".to_string(),
+            format!("{}/{}", super::relay::MOUNT_DIR, super::relay::FILE),
+        );
+    }
+    ConfigMap {
+        metadata: ctx.meta(COMPONENT, COMPONENT),
+        data: Some(data),
+        ..ConfigMap::default()
+    }
+}
+
+/// The session-token key, 32 random bytes. Generated once per cluster.
+pub fn session_secret(ctx: &Ctx, key: &[u8]) -> Secret {
+    Secret {
+        metadata: ctx.meta(SESSION_SUFFIX, COMPONENT),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            SESSION_KEY.to_string(),
+            ByteString(key.to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// Replica count to apply, by autoscaling mode. `None` leaves the field to
+/// whoever else owns it (an HPA in `external` mode).
+fn replicas(ctx: &Ctx, current: Option<i32>) -> Option<i32> {
+    let gw = &ctx.cluster.spec.gateway;
+    let (min, max) = (gw.replicas.min, gw.replicas.max.max(gw.replicas.min));
+    match gw.autoscaling.mode {
+        AutoscalingMode::Disabled => Some(min),
+        AutoscalingMode::Operator => Some(current.unwrap_or(min).clamp(min, max)),
+        AutoscalingMode::External => None,
+    }
+}
+
+pub fn deployment(ctx: &Ctx, current_replicas: Option<i32>, config_hash: &str) -> Deployment {
+    let spec = &ctx.cluster.spec;
+    let gw = &spec.gateway;
+    let drain = &gw.drain;
+
+    let mut args = vec![
+        "dev".to_string(),
+        "--listen".to_string(),
+        format!("0.0.0.0:{HTTP_PORT}"),
+        "--domain".to_string(),
+        "$(SWITCHBOARD_DOMAIN)".to_string(),
+        "--token-secret-file".to_string(),
+        "$(SWITCHBOARD_TOKEN_SECRET_FILE)".to_string(),
+    ];
+    for id in &spec.auth.chain_ids {
+        args.push("--chain-id".into());
+        args.push(id.to_string());
+    }
+
+    let mut env_vars = identity_env(ctx);
+    env_vars.push(super::redis::url_env(ctx));
+    env_vars.push(super::postgres::url_env(ctx));
+    if let Some(key) = spec
+        .fallback_relay
+        .as_ref()
+        .and_then(|r| r.api_key_secret_ref.as_ref())
+    {
+        env_vars.push(env_secret("SWITCHBOARD_RELAY_API_KEY", &key.into()));
+    }
+    env_vars.push(env("RUST_LOG", "info"));
+
+    let mut mounts = vec![
+        VolumeMount {
+            name: "session".into(),
+            mount_path: SESSION_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        },
+    ];
+    let mut volumes = vec![
+        Volume {
+            name: "session".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ctx.child(SESSION_SUFFIX)),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    if spec.fallback_relay.is_some() {
+        mounts.push(VolumeMount {
+            name: "relay".into(),
+            mount_path: super::relay::MOUNT_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "relay".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ctx.child(super::relay::SUFFIX),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+
+    let container = Container {
+        name: COMPONENT.into(),
+        image: Some(gw.image.clone()),
+        command: Some(vec!["switchboard".into()]),
+        args: Some(args),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(env_vars),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: ctx.child(COMPONENT),
+                ..ConfigMapEnvSource::default()
+            }),
+            ..EnvFromSource::default()
+        }]),
+        // Ready only while Redis answers and the gateway is not draining.
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        // Alive as long as the process serves HTTP; Redis trouble must not
+        // restart gateways (they would all restart at once).
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        lifecycle: Some(Lifecycle {
+            // Sleep before SIGTERM so endpoints controllers and load
+            // balancers drop the pod while it still serves. The sleep action
+            // needs no shell in the image.
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: i64::from(drain.pre_stop_seconds),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        resources: Some(resources(&gw.resources, "250m", "256Mi", "512Mi")),
+        security_context: Some(container_security()),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+
+    let pod = PodSpec {
+        containers: vec![container],
+        volumes: Some(volumes),
+        security_context: Some(pod_security(UID)),
+        termination_grace_period_seconds: Some(i64::from(
+            drain.pre_stop_seconds + drain.timeout_seconds + EXIT_MARGIN,
+        )),
+        affinity: Some(spread_by_host(ctx)),
+        // Gateways need no API access.
+        automount_service_account_token: Some(false),
+        ..PodSpec::default()
+    };
+
+    Deployment {
+        metadata: ctx.meta(COMPONENT, COMPONENT),
+        spec: Some(DeploymentSpec {
+            replicas: replicas(ctx, current_replicas),
+            selector: LabelSelector {
+                match_labels: Some(ctx.selector(COMPONENT)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(ctx.labels(COMPONENT)),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        config_hash.to_string(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// Prefer one gateway per node, so a node loss drops as few sockets as
+/// possible; "preferred" so small clusters still schedule every replica.
+fn spread_by_host(ctx: &Ctx) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".into(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(ctx.selector(COMPONENT)),
+                            ..LabelSelector::default()
+                        }),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+pub fn service(ctx: &Ctx) -> Service {
+    let svc = &ctx.cluster.spec.gateway.service;
+    let mut metadata = ctx.meta(COMPONENT, COMPONENT);
+    if !svc.annotations.is_empty() {
+        metadata.annotations = Some(svc.annotations.clone());
+    }
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(svc.type_.as_str().into()),
+            selector: Some(ctx.selector(COMPONENT)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: svc.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ChatCluster;
+
+    fn cluster(mode: &str) -> ChatCluster {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "ChatCluster",
+            "metadata": {"name": "c", "namespace": "n", "uid": "u"},
+            "spec": {"auth": {"domain": "d"},
+                     "gateway": {"replicas": {"min": 2, "max": 5}, "autoscaling": {"mode": mode}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn replicas_follow_the_autoscaling_mode() {
+        let c = cluster("operator");
+        let ctx = Ctx::new(&c).unwrap();
+        // The operator keeps what the autoscaler chose, within the range.
+        assert_eq!(replicas(&ctx, None), Some(2));
+        assert_eq!(replicas(&ctx, Some(4)), Some(4));
+        assert_eq!(replicas(&ctx, Some(9)), Some(5));
+        assert_eq!(replicas(&ctx, Some(1)), Some(2));
+        let c = cluster("disabled");
+        assert_eq!(replicas(&Ctx::new(&c).unwrap(), Some(4)), Some(2));
+        // External: never written, an HPA owns it.
+        let c = cluster("external");
+        assert_eq!(replicas(&Ctx::new(&c).unwrap(), Some(4)), None);
+    }
+
+    #[test]
+    fn grace_period_covers_the_drain() {
+        let c = cluster("operator");
+        let d = deployment(&Ctx::new(&c).unwrap(), None, "h");
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.termination_grace_period_seconds, Some(5 + 30 + 5));
+    }
+}

@@ -1,0 +1,362 @@
+//! Desired children of a `ChatCluster`, as pure functions.
+//!
+//! Nothing here talks to the API server: the reconciler hands in the cluster
+//! plus the few facts only the server knows ([`Observed`]) and applies what
+//! comes back. That keeps every builder golden-testable from a YAML fixture
+//! (`operator/tests/golden.rs`), and makes "what would the operator create?"
+//! a question a unit test can answer.
+//!
+//! One module per component; this file holds what they share: names, labels,
+//! owner references and the hardened pod/container defaults.
+
+pub mod gateway;
+pub mod postgres;
+pub mod redis;
+pub mod relay;
+pub mod worker;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{ChatCluster, SecretKeyRef};
+
+/// Label keys (the `app.kubernetes.io` recommended set).
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Annotation on pod templates: a hash of the configuration the pods read at
+/// start, so a configuration change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "switchboard.dev/config-hash";
+
+/// Everything the builders need that is not in the spec. The reconciler reads
+/// these from the API server; tests write them down.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// `spec.replicas` of the existing gateway Deployment, if there is one:
+    /// in `operator` autoscaling mode the operator keeps it (clamped to the
+    /// spec's range) instead of resetting it on every reconcile.
+    pub gateway_replicas: Option<i32>,
+}
+
+/// Material for the secrets the operator generates once. The reconciler fills
+/// it with fresh random values only for secrets that do not exist yet.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// HMAC key of session tokens (raw bytes; the gateway reads the file).
+    pub session_key: Vec<u8>,
+    /// Password of the managed PostgreSQL's `switchboard` role (URL-safe).
+    pub postgres_password: String,
+}
+
+/// The complete desired state of one ChatCluster.
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    pub deployments: Vec<Deployment>,
+    pub stateful_sets: Vec<StatefulSet>,
+    pub services: Vec<Service>,
+    pub config_maps: Vec<ConfigMap>,
+    pub pdbs: Vec<PodDisruptionBudget>,
+    /// Created when missing and never updated afterwards: their values are
+    /// random and rotating them would log everyone out / lock the workers out.
+    pub generated_secrets: Vec<Secret>,
+}
+
+impl Desired {
+    /// `(kind, name)` of every object, sorted: what pruning keeps.
+    pub fn names(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        out.extend(
+            self.deployments
+                .iter()
+                .map(|o| ("Deployment", o.name_any())),
+        );
+        out.extend(
+            self.stateful_sets
+                .iter()
+                .map(|o| ("StatefulSet", o.name_any())),
+        );
+        out.extend(self.services.iter().map(|o| ("Service", o.name_any())));
+        out.extend(self.config_maps.iter().map(|o| ("ConfigMap", o.name_any())));
+        out.extend(
+            self.pdbs
+                .iter()
+                .map(|o| ("PodDisruptionBudget", o.name_any())),
+        );
+        out.extend(
+            self.generated_secrets
+                .iter()
+                .map(|o| ("Secret", o.name_any())),
+        );
+        out.sort();
+        out
+    }
+}
+
+/// Why desired state could not be built. Only malformed objects get here
+/// (the API server fills uid and namespace on anything it stored).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("ChatCluster has no {0} (was it read from the API server?)")]
+    MissingMeta(&'static str),
+}
+
+/// Builds every child for `cluster`.
+pub fn desired(
+    cluster: &ChatCluster,
+    observed: &Observed,
+    generated: &Generated,
+) -> Result<Desired, BuildError> {
+    let ctx = Ctx::new(cluster)?;
+    let mut out = Desired::default();
+    gateway::build(&ctx, observed, generated, &mut out);
+    worker::build(&ctx, &mut out);
+    redis::build(&ctx, &mut out);
+    postgres::build(&ctx, generated, &mut out);
+    relay::build(&ctx, &mut out);
+    Ok(out)
+}
+
+/// The cluster plus the metadata every builder stamps on its objects.
+pub struct Ctx<'a> {
+    pub cluster: &'a ChatCluster,
+    pub name: String,
+    pub namespace: String,
+    owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(cluster: &'a ChatCluster) -> Result<Self, BuildError> {
+        let namespace = cluster
+            .namespace()
+            .ok_or(BuildError::MissingMeta("metadata.namespace"))?;
+        // controller=true: `owns()` maps child events back to this cluster and
+        // garbage collection removes the children with it. No
+        // blockOwnerDeletion: it would need update rights on the
+        // chatclusters/finalizers subresource for no benefit here.
+        let owner = cluster
+            .controller_owner_ref(&())
+            .ok_or(BuildError::MissingMeta("metadata.uid"))?;
+        Ok(Ctx {
+            cluster,
+            name: cluster.name_any(),
+            namespace,
+            owner,
+        })
+    }
+
+    /// `<cluster>-<suffix>`: every child's name.
+    pub fn child(&self, suffix: &str) -> String {
+        format!("{}-{}", self.name, suffix)
+    }
+
+    /// Labels that select a component's pods. They never change, because a
+    /// Deployment's selector is immutable.
+    pub fn selector(&self, component: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (LABEL_NAME.to_string(), "switchboard".to_string()),
+            (LABEL_INSTANCE.to_string(), self.name.clone()),
+            (LABEL_COMPONENT.to_string(), component.to_string()),
+        ])
+    }
+
+    /// Selector labels plus `managed-by`, which pruning lists by.
+    pub fn labels(&self, component: &str) -> BTreeMap<String, String> {
+        let mut l = self.selector(component);
+        l.insert(
+            LABEL_MANAGED_BY.to_string(),
+            crate::FIELD_MANAGER.to_string(),
+        );
+        l
+    }
+
+    /// Metadata of a child: name, namespace, labels, controller owner reference.
+    pub fn meta(&self, suffix: &str, component: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(self.child(suffix)),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(self.labels(component)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// DNS name of a Service of this cluster.
+    pub fn service_host(&self, suffix: &str) -> String {
+        format!("{}.{}.svc", self.child(suffix), self.namespace)
+    }
+}
+
+/// Label selector matching the `app.kubernetes.io/managed-by` and `instance`
+/// labels of every child of the cluster named `name`.
+pub fn children_selector(name: &str) -> String {
+    format!(
+        "{LABEL_MANAGED_BY}={},{LABEL_INSTANCE}={name}",
+        crate::FIELD_MANAGER
+    )
+}
+
+/// A PDB that lets one pod go at a time. `maxUnavailable: 1` rather than
+/// `minAvailable`, so a one-replica component never blocks a node drain.
+fn pdb(ctx: &Ctx, suffix: &str, component: &str) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: ctx.meta(suffix, component),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(ctx.selector(component)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+/// Pod security context for our own images: a fixed non-root uid, and the
+/// runtime's default seccomp profile.
+fn pod_security(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: Some(uid),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// Container security context: read-only root, no privilege escalation, no
+/// capabilities. Writable paths are emptyDirs or volumes.
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// `spec` resources, or requests of `cpu`/`memory` and a memory limit of
+/// `limit` (no CPU limit: throttling hurts latency more than it protects).
+fn resources(
+    spec: &Option<ResourceRequirements>,
+    cpu: &str,
+    memory: &str,
+    limit: &str,
+) -> ResourceRequirements {
+    spec.clone().unwrap_or_else(|| ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(limit.into()),
+        )])),
+        ..ResourceRequirements::default()
+    })
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn env_secret(name: &str, secret: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// Environment every Switchboard container gets: who and where it is.
+fn identity_env(ctx: &Ctx) -> Vec<EnvVar> {
+    vec![
+        env_field("POD_NAME", "metadata.name"),
+        env_field("POD_NAMESPACE", "metadata.namespace"),
+        env("SWITCHBOARD_CLUSTER", ctx.name.clone()),
+    ]
+}
+
+/// FNV-1a, 64 bit. The config hash must not change between Rust releases
+/// (std's `DefaultHasher` may), or an operator upgrade would roll every pod.
+fn fnv1a(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Hash of a ConfigMap's data, for [`CONFIG_HASH_ANNOTATION`].
+fn config_map_hash(cms: &[&ConfigMap]) -> String {
+    let mut parts = Vec::new();
+    for cm in cms {
+        if let Some(data) = &cm.data {
+            for (k, v) in data {
+                parts.push(k.as_str());
+                parts.push(v.as_str());
+            }
+        }
+    }
+    fnv1a(&parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_is_stable() {
+        // Pinned: changing it would restart every gateway on upgrade.
+        assert_eq!(fnv1a(&["a", "b"]), fnv1a(&["a", "b"]));
+        assert_ne!(fnv1a(&["ab", ""]), fnv1a(&["a", "b"]));
+        assert_eq!(fnv1a(&[]), "cbf29ce484222325");
+    }
+}

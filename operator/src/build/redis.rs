@@ -1,0 +1,248 @@
+//! Redis children. Managed: StatefulSet (standalone or cluster mode, one PVC
+//! per pod, AOF on), headless Service, ConfigMap and PodDisruptionBudget.
+//! External: nothing; the pods read the URL from the user's Secret.
+//!
+//! In cluster mode the StatefulSet only starts the nodes; assigning slots and
+//! replicas is a data-plane step over the Redis protocol, not an object.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, ExecAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Service,
+    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    CONFIG_HASH_ANNOTATION, Ctx, Desired, config_map_hash, container_security, env, env_field,
+    env_secret, pdb, pod_security, resources,
+};
+use crate::crd::{ManagedRedis, RedisMode, StorageSpec};
+
+pub const COMPONENT: &str = "redis";
+pub const PORT: i32 = 6379;
+/// uid of the `redis` user in the official image.
+const UID: i64 = 999;
+
+pub fn build(ctx: &Ctx, out: &mut Desired) {
+    let Some(managed) = &ctx.cluster.spec.redis.managed else {
+        return;
+    };
+    let config = config_map(ctx, managed);
+    let hash = config_map_hash(&[&config]);
+    out.stateful_sets.push(stateful_set(ctx, managed, &hash));
+    out.services.push(headless_service(ctx));
+    out.pdbs.push(pdb(ctx, COMPONENT, COMPONENT));
+    out.config_maps.push(config);
+}
+
+/// Redis pods: one standalone, or every primary and replica of the cluster.
+pub fn pod_count(managed: &ManagedRedis) -> i32 {
+    match managed.mode {
+        RedisMode::Standalone => 1,
+        RedisMode::Cluster => managed.shards * (1 + managed.replicas_per_shard),
+    }
+}
+
+/// `SWITCHBOARD_REDIS_URL` for gateways and workers.
+pub fn url_env(ctx: &Ctx) -> EnvVar {
+    let redis = &ctx.cluster.spec.redis;
+    match (&redis.managed, &redis.external) {
+        (_, Some(ext)) => env_secret("SWITCHBOARD_REDIS_URL", &ext.url_secret_ref),
+        (Some(managed), None) => env("SWITCHBOARD_REDIS_URL", managed_url(ctx, managed)),
+        // Validation refuses a spec without either; an empty URL makes the
+        // pods fail loudly rather than guess.
+        (None, None) => env("SWITCHBOARD_REDIS_URL", ""),
+    }
+}
+
+/// URL of the managed Redis: the first pod for standalone, every pod as a
+/// seed node for cluster (the client discovers the topology from any of them).
+pub fn managed_url(ctx: &Ctx, managed: &ManagedRedis) -> String {
+    let svc = ctx.child(COMPONENT);
+    let host = |i: i32| format!("{svc}-{i}.{}:{PORT}", ctx.service_host(COMPONENT));
+    match managed.mode {
+        RedisMode::Standalone => format!("redis://{}", host(0)),
+        RedisMode::Cluster => {
+            let seeds: Vec<String> = (1..pod_count(managed))
+                .map(|i| format!("node={}", host(i)))
+                .collect();
+            format!("redis-cluster://{}?{}", host(0), seeds.join("&"))
+        }
+    }
+}
+
+fn config_map(ctx: &Ctx, managed: &ManagedRedis) -> ConfigMap {
+    // AOF with fsync every second: a `sent` survives a Redis restart, and at
+    // most a second of writes is at risk on a node crash.
+    let mut conf = String::from(
+        "port 6379\n\
+         bind * -::*\n\
+         protected-mode no\n\
+         dir /data\n\
+         appendonly yes\n\
+         appendfsync everysec\n\
+         maxmemory-policy noeviction\n",
+    );
+    if managed.mode == RedisMode::Cluster {
+        conf.push_str(
+            "cluster-enabled yes\n\
+             cluster-config-file /data/nodes.conf\n\
+             cluster-node-timeout 5000\n\
+             cluster-preferred-endpoint-type hostname\n",
+        );
+    }
+    ConfigMap {
+        metadata: ctx.meta(COMPONENT, COMPONENT),
+        data: Some(BTreeMap::from([("redis.conf".to_string(), conf)])),
+        ..ConfigMap::default()
+    }
+}
+
+fn stateful_set(ctx: &Ctx, managed: &ManagedRedis, config_hash: &str) -> StatefulSet {
+    let mut args = vec!["/etc/redis/redis.conf".to_string()];
+    if managed.mode == RedisMode::Cluster {
+        // Nodes announce stable DNS names, so a restarted pod with a new IP
+        // keeps its place in the cluster.
+        args.push("--cluster-announce-hostname".into());
+        args.push(format!("$(POD_NAME).{}", ctx.service_host(COMPONENT)));
+    }
+    let container = Container {
+        name: COMPONENT.into(),
+        image: Some(managed.image.clone()),
+        command: Some(vec!["redis-server".into()]),
+        args: Some(args),
+        env: Some(vec![env_field("POD_NAME", "metadata.name")]),
+        ports: Some(vec![ContainerPort {
+            name: Some("redis".into()),
+            container_port: PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec!["redis-cli".into(), "ping".into()]),
+            }),
+            period_seconds: Some(5),
+            timeout_seconds: Some(2),
+            ..Probe::default()
+        }),
+        liveness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String("redis".into()),
+                ..TCPSocketAction::default()
+            }),
+            period_seconds: Some(10),
+            failure_threshold: Some(6),
+            ..Probe::default()
+        }),
+        resources: Some(resources(&managed.resources, "100m", "256Mi", "1Gi")),
+        security_context: Some(container_security()),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "data".into(),
+                mount_path: "/data".into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "config".into(),
+                mount_path: "/etc/redis".into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+
+    StatefulSet {
+        metadata: ctx.meta(COMPONENT, COMPONENT),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(pod_count(managed)),
+            service_name: Some(ctx.child(COMPONENT)),
+            // Cluster nodes must all be up to be joined; nothing is gained
+            // by starting them one by one.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(ctx.selector(COMPONENT)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(ctx.labels(COMPONENT)),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        config_hash.to_string(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "config".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: ctx.child(COMPONENT),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    security_context: Some(pod_security(UID)),
+                    automount_service_account_token: Some(false),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![claim("data", &managed.storage)]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+/// A PVC template. Claims outlive the StatefulSet (the default retention
+/// policy): deleting a ChatCluster never deletes data by surprise.
+pub fn claim(name: &str, storage: &StorageSpec) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+/// Headless: clients address pods by name. Not-ready pods are published too,
+/// because cluster bootstrap has to reach nodes before they are ready.
+fn headless_service(ctx: &Ctx) -> Service {
+    Service {
+        metadata: ctx.meta(COMPONENT, COMPONENT),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(ctx.selector(COMPONENT)),
+            ports: Some(vec![ServicePort {
+                name: Some("redis".into()),
+                port: PORT,
+                target_port: Some(IntOrString::String("redis".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}

@@ -1,0 +1,122 @@
+//! Worker children: Deployment and PodDisruptionBudget.
+//!
+//! Workers share the persistence streams through one consumer group, so they
+//! are a plain Deployment: any pod can die, its pending entries are claimed
+//! by another. Each pod applies migrations at start (sqlx takes an advisory
+//! lock, so concurrent starts are safe) and runs partition maintenance.
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{Ctx, Desired, container_security, env, identity_env, pdb, pod_security, resources};
+
+pub const COMPONENT: &str = "worker";
+/// Port of the worker's /metrics, /healthz and /readyz.
+pub const HTTP_PORT: i32 = 9091;
+const UID: i64 = 65532;
+/// Partition maintenance period: an hour is plenty for daily partitions
+/// created `premake` intervals ahead.
+const MAINTENANCE_SECS: u32 = 3600;
+
+pub fn build(ctx: &Ctx, out: &mut Desired) {
+    out.deployments.push(deployment(ctx));
+    out.pdbs.push(pdb(ctx, COMPONENT, COMPONENT));
+}
+
+pub fn deployment(ctx: &Ctx) -> Deployment {
+    let spec = &ctx.cluster.spec;
+    let part = &spec.postgres.partitioning;
+    let args = vec![
+        "run".to_string(),
+        "--migrate".to_string(),
+        "--listen".to_string(),
+        format!("0.0.0.0:{HTTP_PORT}"),
+        "--partition-interval".to_string(),
+        part.interval.as_str().to_string(),
+        "--partition-premake".to_string(),
+        part.premake.to_string(),
+        "--retention-days".to_string(),
+        part.retention_days.to_string(),
+        "--partition-maintenance-secs".to_string(),
+        MAINTENANCE_SECS.to_string(),
+    ];
+    let mut env_vars = identity_env(ctx);
+    env_vars.push(super::redis::url_env(ctx));
+    env_vars.push(super::postgres::url_env(ctx));
+    env_vars.push(env("RUST_LOG", "info"));
+
+    let container = Container {
+        name: COMPONENT.into(),
+        image: Some(spec.worker.image.clone()),
+        command: Some(vec!["switchboard-worker".into()]),
+        args: Some(args),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(env_vars),
+        readiness_probe: Some(probe("/readyz", 5)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        resources: Some(resources(&spec.worker.resources, "100m", "128Mi", "256Mi")),
+        security_context: Some(container_security()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+
+    Deployment {
+        metadata: ctx.meta(COMPONENT, COMPONENT),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.worker.replicas),
+            selector: LabelSelector {
+                match_labels: Some(ctx.selector(COMPONENT)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(ctx.labels(COMPONENT)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "tmp".into(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Volume::default()
+                    }]),
+                    security_context: Some(pod_security(UID)),
+                    // A batch in flight is one transaction; 30 s covers it.
+                    termination_grace_period_seconds: Some(30),
+                    automount_service_account_token: Some(false),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}

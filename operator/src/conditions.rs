@@ -1,0 +1,344 @@
+//! Status conditions, computed from what the reconciler observed.
+//!
+//! Everything here is pure. `lastTransitionTime` only moves when a
+//! condition's status flips: re-reconciling an unchanged cluster produces a
+//! byte-identical status, so the status write is a no-op and does not wake the
+//! controller again (no hot loop), and `kubectl describe` shows when things
+//! actually changed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+pub const GATEWAY_READY: &str = "GatewayReady";
+pub const WORKER_READY: &str = "WorkerReady";
+pub const REDIS_READY: &str = "RedisReady";
+pub const POSTGRES_READY: &str = "PostgresReady";
+pub const PAUSED: &str = "ReconciliationPaused";
+
+/// The condition types this operator's reconciler owns. `PartitionsReady` is
+/// left to the partition manager, which writes it with its own field manager.
+pub const OWNED: [&str; 8] = [
+    READY,
+    PROGRESSING,
+    DEGRADED,
+    GATEWAY_READY,
+    WORKER_READY,
+    REDIS_READY,
+    POSTGRES_READY,
+    PAUSED,
+];
+
+/// A condition before timestamps: what the reconciler decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fresh {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Fresh {
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Fresh {
+            type_,
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Desired and ready pods of one workload, from its status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pods {
+    pub desired: i32,
+    pub ready: i32,
+}
+
+impl Pods {
+    fn is_ready(self) -> bool {
+        self.desired > 0 && self.ready >= self.desired
+    }
+}
+
+/// A component as observed: not run by us (external), missing, or its pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    External,
+    Missing,
+    Running(Pods),
+}
+
+/// What the reconciler saw after applying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    pub gateway: Component,
+    pub worker: Component,
+    pub redis: Component,
+    pub postgres: Component,
+}
+
+fn component(type_: &'static str, what: &str, c: Component) -> Fresh {
+    match c {
+        Component::External => Fresh::new(
+            type_,
+            true,
+            "External",
+            format!("{what} is external; the operator does not monitor it"),
+        ),
+        Component::Missing => Fresh::new(
+            type_,
+            false,
+            "NotCreated",
+            format!("no {what} workload yet"),
+        ),
+        Component::Running(p) if p.is_ready() => Fresh::new(
+            type_,
+            true,
+            "AllReplicasReady",
+            format!("{}/{} {what} pods ready", p.ready, p.desired),
+        ),
+        Component::Running(p) => Fresh::new(
+            type_,
+            false,
+            "ReplicasNotReady",
+            format!("{}/{} {what} pods ready", p.ready, p.desired),
+        ),
+    }
+}
+
+/// Conditions after a successful reconcile.
+pub fn healthy(obs: &Observation) -> Vec<Fresh> {
+    let parts = [
+        component(GATEWAY_READY, "gateway", obs.gateway),
+        component(WORKER_READY, "worker", obs.worker),
+        component(REDIS_READY, "redis", obs.redis),
+        component(POSTGRES_READY, "postgres", obs.postgres),
+    ];
+    let waiting: Vec<&str> = parts
+        .iter()
+        .filter(|c| !c.status)
+        .map(|c| c.type_)
+        .collect();
+    let mut out = Vec::with_capacity(8);
+    if waiting.is_empty() {
+        out.push(Fresh::new(
+            READY,
+            true,
+            "AllComponentsReady",
+            "every component is ready",
+        ));
+        out.push(Fresh::new(
+            PROGRESSING,
+            false,
+            "Converged",
+            "children match the spec",
+        ));
+    } else {
+        let msg = format!("waiting for {}", waiting.join(", "));
+        out.push(Fresh::new(READY, false, "ComponentsNotReady", msg.clone()));
+        out.push(Fresh::new(PROGRESSING, true, "RollingOut", msg));
+    }
+    out.push(Fresh::new(
+        DEGRADED,
+        false,
+        "ReconcileSucceeded",
+        "children applied",
+    ));
+    out.extend(parts);
+    out.push(not_paused());
+    out
+}
+
+/// Conditions for a spec the operator refuses. Components keep their last
+/// known state; the cluster is not Ready until the spec is fixed.
+pub fn invalid(previous: &[Condition], problems: &[String]) -> Vec<Fresh> {
+    let msg = format!("invalid spec: {}", problems.join("; "));
+    let mut out = carry(previous);
+    set(
+        &mut out,
+        Fresh::new(READY, false, "InvalidSpec", msg.clone()),
+    );
+    set(
+        &mut out,
+        Fresh::new(
+            PROGRESSING,
+            false,
+            "InvalidSpec",
+            "waiting for a spec change",
+        ),
+    );
+    set(&mut out, Fresh::new(DEGRADED, true, "InvalidSpec", msg));
+    set(&mut out, not_paused());
+    out
+}
+
+/// Conditions after a failed reconcile (API error, conflict, ...).
+pub fn failed(previous: &[Condition], reason: &str, message: &str) -> Vec<Fresh> {
+    let mut out = carry(previous);
+    set(&mut out, Fresh::new(DEGRADED, true, reason, message));
+    set(&mut out, not_paused());
+    out
+}
+
+/// Conditions while the pause annotation is set: everything else as it was.
+pub fn paused(previous: &[Condition]) -> Vec<Fresh> {
+    let mut out = carry(previous);
+    set(
+        &mut out,
+        Fresh::new(
+            PAUSED,
+            true,
+            "PausedByAnnotation",
+            "switchboard.dev/paused is \"true\"; children are not changed",
+        ),
+    );
+    out
+}
+
+fn not_paused() -> Fresh {
+    Fresh::new(PAUSED, false, "NotPaused", "reconciling")
+}
+
+/// The owned conditions of `previous` as [`Fresh`] values, in `OWNED` order.
+fn carry(previous: &[Condition]) -> Vec<Fresh> {
+    OWNED
+        .iter()
+        .filter_map(|t| previous.iter().find(|c| c.type_ == *t).map(|c| (t, c)))
+        .map(|(t, c)| Fresh::new(t, c.status == "True", &c.reason, c.message.clone()))
+        .collect()
+}
+
+fn set(list: &mut Vec<Fresh>, c: Fresh) {
+    match list.iter_mut().find(|x| x.type_ == c.type_) {
+        Some(slot) => *slot = c,
+        None => list.push(c),
+    }
+}
+
+/// Timestamps `fresh` against `previous`: a condition whose status did not
+/// change keeps its `lastTransitionTime`; a new or flipped one gets `now`.
+pub fn stamp(
+    previous: &[Condition],
+    fresh: Vec<Fresh>,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    fresh
+        .into_iter()
+        .map(|f| {
+            let status = if f.status { "True" } else { "False" };
+            let since = previous
+                .iter()
+                .find(|c| c.type_ == f.type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: f.type_.to_string(),
+                status: status.to_string(),
+                reason: f.reason,
+                message: f.message,
+                observed_generation: generation,
+                last_transition_time: since,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn running(desired: i32, ready: i32) -> Component {
+        Component::Running(Pods { desired, ready })
+    }
+
+    fn obs(gateway_ready: i32) -> Observation {
+        Observation {
+            gateway: running(2, gateway_ready),
+            worker: running(2, 2),
+            redis: running(1, 1),
+            postgres: Component::External,
+        }
+    }
+
+    fn get<'a>(cs: &'a [Condition], t: &str) -> &'a Condition {
+        cs.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn all_ready_means_ready_and_converged() {
+        let cs = stamp(&[], healthy(&obs(2)), Some(3), &t(100));
+        assert_eq!(get(&cs, READY).status, "True");
+        assert_eq!(get(&cs, PROGRESSING).status, "False");
+        assert_eq!(get(&cs, DEGRADED).status, "False");
+        assert_eq!(get(&cs, POSTGRES_READY).reason, "External");
+        assert_eq!(get(&cs, READY).observed_generation, Some(3));
+        assert_eq!(cs.len(), OWNED.len());
+    }
+
+    #[test]
+    fn a_missing_pod_is_progressing() {
+        let cs = stamp(&[], healthy(&obs(1)), Some(1), &t(100));
+        assert_eq!(get(&cs, READY).status, "False");
+        assert_eq!(get(&cs, PROGRESSING).status, "True");
+        assert_eq!(get(&cs, GATEWAY_READY).message, "1/2 gateway pods ready");
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_flips() {
+        let first = stamp(&[], healthy(&obs(1)), Some(1), &t(100));
+        // Same observation later: nothing moves, the status is identical.
+        let again = stamp(&first, healthy(&obs(1)), Some(1), &t(200));
+        assert_eq!(first, again);
+        // The gateway becomes ready: Ready and GatewayReady flip, the rest stay.
+        let ready = stamp(&again, healthy(&obs(2)), Some(1), &t(300));
+        assert_eq!(get(&ready, READY).last_transition_time, t(300));
+        assert_eq!(get(&ready, GATEWAY_READY).last_transition_time, t(300));
+        assert_eq!(get(&ready, DEGRADED).last_transition_time, t(100));
+        assert_eq!(get(&ready, REDIS_READY).last_transition_time, t(100));
+    }
+
+    #[test]
+    fn invalid_spec_keeps_components_and_degrades() {
+        let before = stamp(&[], healthy(&obs(2)), Some(1), &t(100));
+        let cs = stamp(
+            &before,
+            invalid(&before, &["gateway.replicas: min must be ≤ max".into()]),
+            Some(2),
+            &t(200),
+        );
+        assert_eq!(get(&cs, DEGRADED).status, "True");
+        assert_eq!(get(&cs, DEGRADED).reason, "InvalidSpec");
+        assert!(get(&cs, READY).message.contains("min must be"));
+        assert_eq!(get(&cs, GATEWAY_READY).status, "True");
+        assert_eq!(get(&cs, GATEWAY_READY).last_transition_time, t(100));
+    }
+
+    #[test]
+    fn paused_only_adds_the_pause() {
+        let before = stamp(&[], healthy(&obs(2)), Some(1), &t(100));
+        let cs = stamp(&before, paused(&before), Some(1), &t(200));
+        assert_eq!(get(&cs, PAUSED).status, "True");
+        assert_eq!(get(&cs, READY).status, "True");
+        assert_eq!(get(&cs, READY).last_transition_time, t(100));
+    }
+
+    #[test]
+    fn failure_sets_degraded_with_the_reason() {
+        let cs = stamp(&[], failed(&[], "ApplyFailed", "boom"), None, &t(1));
+        assert_eq!(get(&cs, DEGRADED).reason, "ApplyFailed");
+        assert_eq!(get(&cs, DEGRADED).status, "True");
+    }
+}

@@ -1,0 +1,86 @@
+//! Prometheus metrics served on `/metrics` (OpenMetrics text), prefix
+//! `switchboard_operator_`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles run, successful or not.
+    pub reconciles: Counter,
+    /// Reconciles that returned an error, by error kind.
+    pub failures: Family<ReasonLabel, Counter>,
+    /// Seconds one reconcile took.
+    pub duration: Histogram,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("switchboard_operator");
+        let reconciles = Counter::default();
+        let failures = Family::<ReasonLabel, Counter>::default();
+        // 5 ms … 10 s: a reconcile is a handful of API round trips.
+        let duration = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        let leader = Gauge::default();
+        registry.register(
+            "reconciles",
+            "ChatCluster reconciles run",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "ChatCluster reconciles that failed, by reason",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one ChatCluster reconcile took",
+            duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            failures,
+            duration,
+            leader,
+        }
+    }
+
+    pub fn failure(&self, reason: &'static str) {
+        self.failures.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,581 @@
+//! The ChatCluster reconciler: the kube-runtime `Controller` and the one
+//! function it calls per cluster.
+//!
+//! Pipeline: paused? → validate → build (pure, see [`crate::build`]) →
+//! server-side apply → create missing generated secrets → prune orphans →
+//! observe → status. Every step is idempotent, so the controller may run it
+//! as often as it likes; an unchanged cluster produces no writes at all.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::FIELD_MANAGER;
+use crate::build::{self, Desired, Generated, Observed};
+use crate::conditions::{self, Component, Fresh, Observation, Pods};
+use crate::crd::{
+    ChatCluster, ChatClusterStatus, ComponentStatus, GatewayStatus, PostgresStatus, RedisMode,
+    RedisStatus,
+};
+use crate::metrics::Metrics;
+use crate::validate::validate;
+
+/// Annotation that stops the operator from changing a cluster's children.
+pub const PAUSED_ANNOTATION: &str = "switchboard.dev/paused";
+/// Re-check a converged cluster this often even without events.
+const RESYNC: Duration = Duration::from_secs(300);
+/// Re-check a cluster whose pods are still starting.
+const PROGRESS_POLL: Duration = Duration::from_secs(30);
+/// Backoff of a failing cluster: 5 s doubling to 5 min.
+const BACKOFF_BASE: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Why a reconcile failed. All of these are retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Build(#[from] build::BuildError),
+    #[error("ChatCluster has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// Short label for metrics and the Degraded condition's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "Conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 422 => "Rejected",
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "Forbidden",
+            Error::Kube(_) => "ApiError",
+            Error::Build(_) | Error::NoNamespace => "BadObject",
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    /// One recorder for the whole operator: it caches and aggregates repeated
+    /// events into series instead of creating one Event object per failure.
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per cluster (`namespace/name`), for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failure_count(&self, key: &str, bump: bool) -> u32 {
+        let mut map = match self.failures.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if bump {
+            let n = map.entry(key.to_string()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        } else {
+            map.remove(key);
+            0
+        }
+    }
+}
+
+fn key(cluster: &ChatCluster) -> String {
+    format!(
+        "{}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    )
+}
+
+/// The controller: watches ChatClusters (in `namespace`, or all) and every
+/// child kind, and reconciles until `shutdown` resolves.
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    // Children are watched by label so the caches hold only our objects
+    // (Secrets especially: a cluster-wide Secret cache would be large and
+    // a needless privilege in memory).
+    let children = watcher::Config::default().labels(&format!(
+        "{}={}",
+        build::LABEL_MANAGED_BY,
+        FIELD_MANAGER
+    ));
+    Controller::new(
+        api::<ChatCluster>(&client, &namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<Deployment>(&client, &namespace), children.clone())
+    .owns(api::<StatefulSet>(&client, &namespace), children.clone())
+    .owns(api::<Service>(&client, &namespace), children.clone())
+    .owns(api::<ConfigMap>(&client, &namespace), children.clone())
+    .owns(
+        api::<PodDisruptionBudget>(&client, &namespace),
+        children.clone(),
+    )
+    .owns(api::<Secret>(&client, &namespace), children)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|res| async move {
+        match res {
+            Ok((obj, _)) => tracing::debug!(cluster = %obj, "reconciled"),
+            Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+        }
+    })
+    .await;
+}
+
+/// One reconcile, with metrics, events and the Degraded condition on failure.
+pub async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&cluster, &ctx).await;
+    ctx.metrics.duration.observe(start.elapsed().as_secs_f64());
+    match &result {
+        Ok(_) => {
+            ctx.failure_count(&key(&cluster), false);
+        }
+        Err(e) => {
+            tracing::warn!(cluster = %key(&cluster), error = %e, "reconcile failed");
+            ctx.metrics.failure(e.reason());
+            warn(&ctx, &cluster, e.reason(), &e.to_string()).await;
+            // Best effort: if the API is down this fails too, and the error
+            // above is what counts.
+            let previous = current_conditions(&cluster);
+            let fresh = conditions::failed(&previous, e.reason(), &e.to_string());
+            let status = ChatClusterStatus {
+                conditions: stamp(&cluster, fresh),
+                ..owned_part(&cluster)
+            };
+            if let Err(e) = write_status(&ctx.client, &cluster, &status).await {
+                tracing::debug!(error = %e, "could not record the failure in status");
+            }
+        }
+    }
+    result
+}
+
+/// Requeue a failed cluster with exponential backoff and jitter, so a broken
+/// API server is not hammered and many clusters do not retry in lockstep.
+pub fn error_policy(cluster: Arc<ChatCluster>, _err: &Error, ctx: Arc<Context>) -> Action {
+    let n = ctx.failure_count(&key(&cluster), true);
+    Action::requeue(backoff(n))
+}
+
+/// Delay before retry number `n` (1-based): 5 s, 10 s, 20 s … 5 min, ±10%.
+pub fn backoff(n: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << n.saturating_sub(1).min(16));
+    let base = exp.min(BACKOFF_MAX);
+    let jitter_ms = (base.as_millis() as u64 / 10).max(1);
+    let offset = rand::random::<u64>() % (2 * jitter_ms);
+    (base + Duration::from_millis(offset)).saturating_sub(Duration::from_millis(jitter_ms))
+}
+
+async fn reconcile_inner(cluster: &ChatCluster, ctx: &Context) -> Result<Action, Error> {
+    if cluster.meta().deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the children.
+        return Ok(Action::await_change());
+    }
+    let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
+    let name = cluster.name_any();
+    let previous = current_conditions(cluster);
+
+    if is_paused(cluster) {
+        let status = ChatClusterStatus {
+            conditions: stamp(cluster, conditions::paused(&previous)),
+            ..owned_part(cluster)
+        };
+        write_status(&ctx.client, cluster, &status).await?;
+        // The annotation's removal is a change to the object, which wakes us.
+        return Ok(Action::await_change());
+    }
+
+    let problems = validate(&name, &cluster.spec);
+    if !problems.is_empty() {
+        let msg = problems.join("; ");
+        // Only announce the problem once per generation, not on every resync.
+        let already = previous.iter().any(|c| {
+            c.type_ == conditions::DEGRADED
+                && c.reason == "InvalidSpec"
+                && c.observed_generation == cluster.metadata.generation
+        });
+        if !already {
+            warn(ctx, cluster, "InvalidSpec", &msg).await;
+        }
+        let status = ChatClusterStatus {
+            observed_generation: cluster.metadata.generation,
+            conditions: stamp(cluster, conditions::invalid(&previous, &problems)),
+            ..owned_part(cluster)
+        };
+        write_status(&ctx.client, cluster, &status).await?;
+        // Waiting is right: only a spec change can fix it.
+        return Ok(Action::await_change());
+    }
+
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let observed = Observed {
+        gateway_replicas: deployments
+            .get_opt(&format!("{name}-{}", build::gateway::COMPONENT))
+            .await?
+            .and_then(|d| d.spec.and_then(|s| s.replicas)),
+    };
+    let desired = build::desired(cluster, &observed, &Generated::random())?;
+
+    apply_all(&ctx.client, &ns, &desired).await?;
+    prune(&ctx.client, &ns, cluster, &desired).await?;
+
+    let (obs, status) = observe(&ctx.client, &ns, cluster).await?;
+    let fresh = conditions::healthy(&obs);
+    let ready = fresh
+        .iter()
+        .any(|c| c.type_ == conditions::READY && c.status);
+    let status = ChatClusterStatus {
+        observed_generation: cluster.metadata.generation,
+        conditions: stamp(cluster, fresh),
+        ..status
+    };
+    write_status(&ctx.client, cluster, &status).await?;
+    Ok(Action::requeue(if ready { RESYNC } else { PROGRESS_POLL }))
+}
+
+impl Generated {
+    /// Fresh random material; used only for secrets that do not exist yet.
+    pub fn random() -> Self {
+        let key: [u8; 32] = rand::random();
+        let pw: [u8; 24] = rand::random();
+        Generated {
+            session_key: key.to_vec(),
+            postgres_password: pw.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+}
+
+pub fn is_paused(cluster: &ChatCluster) -> bool {
+    cluster
+        .annotations()
+        .get(PAUSED_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
+
+/// The status fields this reconciler owns, as last written. Re-applied
+/// unchanged when a reconcile cannot observe (paused, invalid, failed):
+/// leaving them out of a server-side apply would delete them.
+fn owned_part(cluster: &ChatCluster) -> ChatClusterStatus {
+    let prev = cluster.status.clone().unwrap_or_default();
+    ChatClusterStatus {
+        observed_generation: prev.observed_generation,
+        conditions: Vec::new(),
+        gateway: prev.gateway.map(|g| GatewayStatus {
+            replicas: g.replicas,
+            ready_replicas: g.ready_replicas,
+            ..GatewayStatus::default()
+        }),
+        worker: prev.worker,
+        redis: prev.redis.map(|r| RedisStatus {
+            slots_assigned: None,
+            ..r
+        }),
+        postgres: prev.postgres.map(|p| PostgresStatus {
+            replicas: p.replicas,
+            ready_replicas: p.ready_replicas,
+            ..PostgresStatus::default()
+        }),
+    }
+}
+
+fn current_conditions(
+    cluster: &ChatCluster,
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    cluster
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default()
+}
+
+fn stamp(
+    cluster: &ChatCluster,
+    fresh: Vec<Fresh>,
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    conditions::stamp(
+        &current_conditions(cluster),
+        fresh,
+        cluster.metadata.generation,
+        &now,
+    )
+}
+
+async fn warn(ctx: &Context, cluster: &ChatCluster, reason: &str, note: &str) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        // Events cap the note at 1 kB.
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish an event");
+    }
+}
+
+/// Server-side apply with our field manager. `force` takes over fields
+/// another manager (a `kubectl edit`) changed: the ChatCluster is the source
+/// of truth for every field we set. Fields we do not set stay with whoever
+/// set them.
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&obj.name_any(), &params, &Patch::Apply(obj))
+        .await?;
+    Ok(())
+}
+
+async fn apply_all(client: &Client, ns: &str, d: &Desired) -> Result<(), Error> {
+    // Configuration and services first, so pods find what they mount.
+    for o in &d.config_maps {
+        apply(client, ns, o).await?;
+    }
+    for o in &d.generated_secrets {
+        create_if_missing(client, ns, o).await?;
+    }
+    for o in &d.services {
+        apply(client, ns, o).await?;
+    }
+    for o in &d.stateful_sets {
+        apply(client, ns, o).await?;
+    }
+    for o in &d.deployments {
+        apply(client, ns, o).await?;
+    }
+    for o in &d.pdbs {
+        apply(client, ns, o).await?;
+    }
+    Ok(())
+}
+
+/// Generated secrets are created once and never rewritten: a re-reconcile
+/// must not rotate the session key (that would log every user out) or the
+/// database password (the data directory keeps the old one).
+async fn create_if_missing(client: &Client, ns: &str, secret: &Secret) -> Result<(), Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    if api.get_metadata_opt(&secret.name_any()).await?.is_some() {
+        return Ok(());
+    }
+    match api.create(&PostParams::default(), secret).await {
+        Ok(_) => Ok(()),
+        // Another writer won the race; theirs is as good as ours.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes children of this cluster that the spec no longer asks for (a
+/// component switched off, managed → external). Only objects carrying our
+/// labels AND a controller reference to this very cluster are candidates.
+async fn prune(client: &Client, ns: &str, cluster: &ChatCluster, d: &Desired) -> Result<(), Error> {
+    let keep: BTreeSet<(&'static str, String)> = d.names().into_iter().collect();
+    let uid = cluster.uid().unwrap_or_default();
+    let selector = build::children_selector(&cluster.name_any());
+    prune_kind::<Deployment>(client, ns, &uid, &selector, &keep).await?;
+    prune_kind::<StatefulSet>(client, ns, &uid, &selector, &keep).await?;
+    prune_kind::<Service>(client, ns, &uid, &selector, &keep).await?;
+    prune_kind::<ConfigMap>(client, ns, &uid, &selector, &keep).await?;
+    prune_kind::<PodDisruptionBudget>(client, ns, &uid, &selector, &keep).await?;
+    prune_kind::<Secret>(client, ns, &uid, &selector, &keep).await?;
+    Ok(())
+}
+
+async fn prune_kind<K>(
+    client: &Client,
+    ns: &str,
+    uid: &str,
+    selector: &str,
+    keep: &BTreeSet<(&'static str, String)>,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let kind = K::kind(&());
+    let list = api
+        .list_metadata(&ListParams::default().labels(selector))
+        .await?;
+    for obj in list.items {
+        let name = obj.name_any();
+        let ours = obj
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.uid == uid);
+        let wanted = keep.iter().any(|(k, n)| *k == kind && *n == name);
+        if ours && !wanted {
+            tracing::info!(%kind, %name, "deleting a child the spec no longer asks for");
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the workloads' status: conditions input plus per-component counts.
+async fn observe(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+) -> Result<(Observation, ChatClusterStatus), Error> {
+    let name = cluster.name_any();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+
+    let deployment_pods = |d: Option<Deployment>| -> Option<Pods> {
+        d.map(|d| Pods {
+            desired: d.spec.and_then(|s| s.replicas).unwrap_or(1),
+            ready: d.status.and_then(|s| s.ready_replicas).unwrap_or(0),
+        })
+    };
+    let set_pods = |s: Option<StatefulSet>| -> Option<Pods> {
+        s.map(|s| Pods {
+            desired: s.spec.and_then(|s| s.replicas).unwrap_or(1),
+            ready: s.status.and_then(|s| s.ready_replicas).unwrap_or(0),
+        })
+    };
+    let as_component = |p: Option<Pods>| p.map_or(Component::Missing, Component::Running);
+
+    let gateway = deployment_pods(deployments.get_opt(&format!("{name}-gateway")).await?);
+    let worker = deployment_pods(deployments.get_opt(&format!("{name}-worker")).await?);
+    let spec = &cluster.spec;
+    let redis = match &spec.redis.managed {
+        Some(_) => Some(set_pods(sets.get_opt(&format!("{name}-redis")).await?)),
+        None => None,
+    };
+    let postgres = match &spec.postgres.managed {
+        Some(_) => Some(set_pods(sets.get_opt(&format!("{name}-postgres")).await?)),
+        None => None,
+    };
+
+    let obs = Observation {
+        gateway: as_component(gateway),
+        worker: as_component(worker),
+        redis: redis.map_or(Component::External, as_component),
+        postgres: postgres.map_or(Component::External, as_component),
+    };
+    let counts = |p: Option<Pods>| ComponentStatus {
+        replicas: p.map(|p| p.desired),
+        ready_replicas: p.map(|p| p.ready),
+    };
+    let status = ChatClusterStatus {
+        gateway: Some(GatewayStatus {
+            replicas: gateway.map(|p| p.desired),
+            ready_replicas: gateway.map(|p| p.ready),
+            ..GatewayStatus::default()
+        }),
+        worker: Some(counts(worker)),
+        redis: spec.redis.managed.as_ref().map(|m| RedisStatus {
+            shards: Some(match m.mode {
+                RedisMode::Standalone => 1,
+                RedisMode::Cluster => m.shards,
+            }),
+            replicas: redis.flatten().map(|p| p.desired),
+            ready_replicas: redis.flatten().map(|p| p.ready),
+            ..RedisStatus::default()
+        }),
+        postgres: spec.postgres.managed.as_ref().map(|_| PostgresStatus {
+            replicas: postgres.flatten().map(|p| p.desired),
+            ready_replicas: postgres.flatten().map(|p| p.ready),
+            ..PostgresStatus::default()
+        }),
+        ..ChatClusterStatus::default()
+    };
+    Ok((obs, status))
+}
+
+/// Server-side apply of the status subresource. Only the fields in `status`
+/// are ours; fields other managers own (the autoscaler's `connections`, the
+/// partition manager's partitions) are left alone.
+async fn write_status(
+    client: &Client,
+    cluster: &ChatCluster,
+    status: &ChatClusterStatus,
+) -> Result<(), Error> {
+    let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
+    let body = serde_json::json!({
+        "apiVersion": ChatCluster::api_version(&()),
+        "kind": ChatCluster::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&cluster.name_any(), &params, &Patch::Apply(&body))
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        for (n, secs) in [(1, 5), (2, 10), (3, 20), (7, 300), (40, 300)] {
+            let d = backoff(n);
+            let want = Duration::from_secs(secs);
+            assert!(d >= want - want / 10 && d <= want + want / 10, "{n}: {d:?}");
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! `switchboard-operator run`: check the CRD, serve /metrics and /healthz,
+//! join the leader election and run the controller while leading, until
+//! shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use kube::Client;
+use kube::api::{Api, ListParams};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::ChatCluster;
+use crate::leader::Election;
+use crate::metrics::Metrics;
+use crate::reconcile::{Context, run_controller};
+
+/// Everything `run` needs besides the client.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Watch only this namespace; `None` watches all.
+    pub namespace: Option<String>,
+    /// Address of /metrics and /healthz.
+    pub listen: SocketAddr,
+    /// Run for the leader Lease; off only for a single replica or tests.
+    pub leader_election: bool,
+    /// Namespace and name of the Lease.
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// This replica's identity in the election and in Events (the pod name).
+    pub identity: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "the ChatCluster CRD (chatclusters.switchboard.dev) is not installed in this cluster; \
+         install it first: `switchboard-operator crd | kubectl apply --server-side -f -` \
+         (or `kubectl apply --server-side -f crds/chatcluster.yaml`, or install the Helm chart)"
+    )]
+    CrdMissing,
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Fails with [`RunError::CrdMissing`] when the API server does not serve
+/// ChatClusters, instead of letting the controller's watch retry forever.
+pub async fn ensure_crd(client: &Client, namespace: Option<&str>) -> Result<(), RunError> {
+    let api: Api<ChatCluster> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(RunError::CrdMissing),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs the operator until `shutdown` is cancelled.
+pub async fn run(
+    client: Client,
+    cfg: RunConfig,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    ensure_crd(&client, cfg.namespace.as_deref()).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    tracing::info!(addr = %cfg.listen, "serving /metrics and /healthz");
+    let server = tokio::spawn(std::future::IntoFuture::into_future(
+        axum::serve(listener, crate::server::router(metrics.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned()),
+    ));
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        Some(cfg.identity.clone()),
+    ));
+
+    if !cfg.leader_election {
+        metrics.leader.set(1);
+        run_controller(
+            ctx,
+            cfg.namespace.clone(),
+            shutdown.clone().cancelled_owned(),
+        )
+        .await;
+    } else {
+        let mut election = Election::join(
+            client.clone(),
+            &cfg.lease_namespace,
+            &cfg.lease_name,
+            &cfg.identity,
+        )
+        .await?;
+        tracing::info!(lease = %cfg.lease_name, identity = %cfg.identity, "waiting for leadership");
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                got = election.acquired() => if !got {
+                    tracing::error!("leader election stopped; exiting");
+                    break;
+                },
+            }
+            tracing::info!(identity = %cfg.identity, "acquired the leader lease; reconciling");
+            metrics.leader.set(1);
+            // Stop the controller on shutdown or when the Lease is lost.
+            let stop = shutdown.child_token();
+            let watcher = {
+                let stop = stop.clone();
+                let lost = election.lost();
+                tokio::spawn(async move {
+                    lost.await;
+                    stop.cancel();
+                })
+            };
+            run_controller(ctx.clone(), cfg.namespace.clone(), stop.cancelled_owned()).await;
+            watcher.abort();
+            metrics.leader.set(0);
+            if shutdown.is_cancelled() {
+                break;
+            }
+            tracing::warn!("lost the leader lease; standing by");
+        }
+        election.leave().await;
+    }
+
+    shutdown.cancel();
+    if let Ok(Err(e)) = server.await {
+        tracing::warn!(error = %e, "metrics server stopped with an error");
+    }
+    tracing::info!("operator stopped");
+    Ok(())
+}

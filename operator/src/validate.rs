@@ -1,0 +1,225 @@
+//! Spec validation in the operator.
+//!
+//! The API server already enforces the CRD's schema and CEL rules, so a
+//! manifest that reaches the reconciler normally passes these checks. They are
+//! repeated here because the installed CRD may be older than the operator (or
+//! installed with validation off), and because a few checks — quantities,
+//! host syntax — are clearer in Rust than in CEL. An invalid spec sets the
+//! Degraded condition and waits for the next change; it is never retried in a
+//! loop.
+
+use crate::crd::{ChatClusterSpec, RedisMode};
+
+/// Longest ChatCluster name: children append `-postgres` and StatefulSet pods
+/// append `-N` plus a revision hash that must fit a 63-character label.
+pub const MAX_NAME: usize = 40;
+
+/// Every problem with `spec`, as sentences naming the field; empty if valid.
+pub fn validate(name: &str, spec: &ChatClusterSpec) -> Vec<String> {
+    let mut errs = Vec::new();
+    if name.len() > MAX_NAME {
+        errs.push(format!(
+            "metadata.name: at most {MAX_NAME} characters (child names append to it)"
+        ));
+    }
+
+    if spec.auth.domain.is_empty() {
+        errs.push("auth.domain: required".into());
+    } else if spec.auth.domain.contains("://") || spec.auth.domain.contains('/') {
+        errs.push("auth.domain: an authority (host[:port]), not a URL".into());
+    }
+    if spec.auth.chain_ids.is_empty() {
+        errs.push("auth.chainIds: at least one chain id".into());
+    }
+    if spec.auth.chain_ids.iter().any(|&c| c <= 0) {
+        errs.push("auth.chainIds: chain ids are positive".into());
+    }
+
+    let gw = &spec.gateway;
+    if gw.replicas.min < 1 {
+        errs.push("gateway.replicas.min: at least 1".into());
+    }
+    if gw.replicas.min > gw.replicas.max {
+        errs.push("gateway.replicas: min must be less than or equal to max".into());
+    }
+    if gw.autoscaling.target_connections_per_replica < 1 {
+        errs.push("gateway.autoscaling.targetConnectionsPerReplica: at least 1".into());
+    }
+    if !(1..=65535).contains(&gw.service.port) {
+        errs.push("gateway.service.port: 1-65535".into());
+    }
+    if gw.drain.pre_stop_seconds < 0 || gw.drain.timeout_seconds < 1 {
+        errs.push("gateway.drain: preStopSeconds ≥ 0 and timeoutSeconds ≥ 1".into());
+    }
+    if spec.worker.replicas < 1 {
+        errs.push("worker.replicas: at least 1".into());
+    }
+
+    match (&spec.redis.managed, &spec.redis.external) {
+        (Some(_), Some(_)) | (None, None) => {
+            errs.push("redis: set exactly one of managed and external".into())
+        }
+        (Some(m), None) => {
+            if m.mode == RedisMode::Cluster && m.shards < 3 {
+                errs.push("redis.managed.shards: at least 3 in cluster mode".into());
+            }
+            if m.replicas_per_shard < 0 {
+                errs.push("redis.managed.replicasPerShard: 0 or more".into());
+            }
+            check_quantity(&m.storage.size, "redis.managed.storage.size", &mut errs);
+        }
+        (None, Some(e)) => {
+            if e.url_secret_ref.name.is_empty() {
+                errs.push("redis.external.urlSecretRef.name: required".into());
+            }
+        }
+    }
+
+    let pg = &spec.postgres;
+    match (&pg.managed, &pg.external) {
+        (Some(_), Some(_)) | (None, None) => {
+            errs.push("postgres: set exactly one of managed and external".into())
+        }
+        (Some(m), None) => {
+            check_quantity(&m.storage.size, "postgres.managed.storage.size", &mut errs)
+        }
+        (None, Some(e)) => {
+            if e.secret_ref.name.is_empty() {
+                errs.push("postgres.external.secretRef.name: required".into());
+            }
+        }
+    }
+    let part = &pg.partitioning;
+    if part.premake < 1 {
+        errs.push("postgres.partitioning.premake: at least 1".into());
+    }
+    if part.retention_days <= part.interval.max_days() {
+        errs.push(format!(
+            "postgres.partitioning.retentionDays: must be longer than one {} partition ({} days)",
+            part.interval.as_str(),
+            part.interval.max_days()
+        ));
+    }
+
+    if let Some(relay) = &spec.fallback_relay {
+        if relay.hosts.is_empty() {
+            errs.push("fallbackRelay.hosts: at least one host".into());
+        }
+        for h in relay.hosts.iter().chain(&relay.fallback_hosts) {
+            if h.is_empty() || h.contains("://") || h.contains('/') || h.contains(' ') {
+                errs.push(format!(
+                    "fallbackRelay: {h:?} is not a host or host:port (no scheme, no path)"
+                ));
+            }
+        }
+        if relay.provider == crate::crd::RelayProvider::Ably && relay.api_key_secret_ref.is_none() {
+            errs.push("fallbackRelay.apiKeySecretRef: required when provider is ably".into());
+        }
+    }
+    errs
+}
+
+/// A loose check of a Kubernetes quantity (`10Gi`, `500M`, `1e9`): digits,
+/// an optional fraction, an optional suffix. The API server has the final say
+/// when the StatefulSet is applied; this catches typos with a clearer message.
+fn check_quantity(q: &str, field: &str, errs: &mut Vec<String>) {
+    const SUFFIXES: [&str; 14] = [
+        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E", "m",
+    ];
+    let digits_end = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(digits_end);
+    let number_ok = !number.is_empty() && number.parse::<f64>().is_ok();
+    let suffix_ok = SUFFIXES.contains(&suffix)
+        || (suffix.starts_with(['e', 'E']) && suffix[1..].parse::<i32>().is_ok());
+    if !(number_ok && suffix_ok) {
+        errs.push(format!("{field}: {q:?} is not a quantity like 10Gi"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::*;
+
+    fn spec() -> ChatClusterSpec {
+        serde_json::from_value(serde_json::json!({"auth": {"domain": "chat.example.com"}})).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(validate("chat", &spec()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn min_above_max() {
+        let mut s = spec();
+        s.gateway.replicas = ReplicaRange { min: 5, max: 2 };
+        let errs = validate("chat", &s);
+        assert!(
+            errs.iter().any(|e| e.contains("min must be less")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn exactly_one_backend() {
+        let mut s = spec();
+        s.redis.external = Some(ExternalRedis {
+            url_secret_ref: SecretKeyRef {
+                name: "r".into(),
+                key: "url".into(),
+            },
+        });
+        s.postgres.managed = None;
+        let errs = validate("chat", &s);
+        assert!(errs.iter().any(|e| e.starts_with("redis:")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("postgres:")), "{errs:?}");
+    }
+
+    #[test]
+    fn retention_must_exceed_interval() {
+        let mut s = spec();
+        s.postgres.partitioning.interval = PartitionInterval::Weekly;
+        s.postgres.partitioning.retention_days = 7;
+        assert_eq!(validate("chat", &s).len(), 1);
+        s.postgres.partitioning.retention_days = 8;
+        assert!(validate("chat", &s).is_empty());
+    }
+
+    #[test]
+    fn cluster_needs_three_shards() {
+        let mut s = spec();
+        let m = s.redis.managed.as_mut().unwrap();
+        m.mode = RedisMode::Cluster;
+        m.shards = 2;
+        assert_eq!(validate("chat", &s).len(), 1);
+    }
+
+    #[test]
+    fn relay_hosts_and_key() {
+        let mut s = spec();
+        s.fallback_relay = Some(FallbackRelaySpec {
+            provider: RelayProvider::Ably,
+            hosts: vec!["https://rest.ably.io".into()],
+            fallback_hosts: vec![],
+            api_key_secret_ref: None,
+        });
+        let errs = validate("chat", &s);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+
+    #[test]
+    fn quantities_and_names() {
+        let mut s = spec();
+        s.redis.managed.as_mut().unwrap().storage.size = "10 GB".into();
+        let errs = validate(&"x".repeat(41), &s);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        for ok in ["10Gi", "500M", "1.5Gi", "1e9", "100"] {
+            let mut e = Vec::new();
+            check_quantity(ok, "f", &mut e);
+            assert!(e.is_empty(), "{ok}");
+        }
+    }
+}

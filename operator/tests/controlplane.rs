@@ -1,0 +1,517 @@
+//! The operator against a real kube-apiserver + etcd + kube-controller-manager
+//! (switchboard-testkit's local control plane). There is no scheduler or
+//! kubelet, so pods never run: these tests check what the operator writes to
+//! the API (children, owner references, status, events, leases), not the
+//! data plane.
+//!
+//! `cargo test -p switchboard-operator --features kube --test controlplane`
+
+#![cfg(feature = "kube")]
+// Helpers outside #[test] fns; a failed set-up should panic loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, CustomResourceExt, Resource, ResourceExt};
+use serde_json::json;
+use switchboard_operator::ChatCluster;
+use switchboard_operator::run::{RunConfig, run};
+use tokio_util::sync::CancellationToken;
+
+/// The one place that knows testkit's control-plane API.
+fn control_plane() -> (switchboard_testkit::ControlPlane, Client) {
+    let cp = switchboard_testkit::ControlPlane::start().expect("local control plane");
+    let client = cp.client();
+    (cp, client)
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `check` until it returns `Some`, or panics after [`WAIT`].
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = ChatCluster::crd();
+    let name = crd.name_any();
+    crds.patch(
+        &name,
+        &PatchParams::apply("switchboard-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply CRD");
+    tokio::time::timeout(
+        WAIT,
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD established in time")
+    .expect("watch CRD");
+}
+
+async fn namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace");
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Starts an operator in this process; cancel the token to stop it.
+fn start_operator(
+    client: &Client,
+    identity: &str,
+    lease_ns: &str,
+) -> (CancellationToken, SocketAddr, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let addr = free_addr();
+    let cfg = RunConfig {
+        namespace: None,
+        listen: addr,
+        leader_election: true,
+        lease_namespace: lease_ns.into(),
+        lease_name: "switchboard-operator".into(),
+        identity: identity.into(),
+    };
+    let handle = tokio::spawn({
+        let client = client.clone();
+        let token = token.clone();
+        async move { run(client, cfg, token).await.expect("operator runs") }
+    });
+    (token, addr, handle)
+}
+
+fn example(name: &str) -> ChatCluster {
+    let path = format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+async fn apply_cluster(api: &Api<ChatCluster>, cluster: &ChatCluster) {
+    api.patch(
+        &cluster.name_any(),
+        &PatchParams::apply("switchboard-tests").force(),
+        &Patch::Apply(cluster),
+    )
+    .await
+    .expect("apply ChatCluster");
+}
+
+fn owned_by(obj: &impl Resource, cluster: &ChatCluster) -> bool {
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == cluster.metadata.uid.as_ref())
+}
+
+async fn exists<K>(client: &Client, ns: &str, name: &str) -> Option<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .expect("get")
+}
+
+fn condition(cluster: &ChatCluster, type_: &str) -> Option<(String, String)> {
+    cluster
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_reconciles_chatclusters() {
+    let (_cp, client) = control_plane();
+    install_crd(&client).await;
+    namespace(&client, "ops").await;
+    namespace(&client, "apps").await;
+    let (stop, _addr, handle) = start_operator(&client, "op-a", "ops");
+
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), "apps");
+
+    // --- the minimal example: every child, labelled and owned
+    apply_cluster(&api, &example("chatcluster-minimal.yaml")).await;
+    let cluster = eventually("observedGeneration 1", || async {
+        let c = api.get("chat").await.ok()?;
+        (c.status.as_ref()?.observed_generation == Some(1)).then_some(c)
+    })
+    .await;
+    let ns = "apps";
+    let gw: Deployment = exists(&client, ns, "chat-gateway").await.expect("gateway");
+    assert!(owned_by(&gw, &cluster));
+    assert_eq!(
+        gw.labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("switchboard-operator")
+    );
+    assert_eq!(gw.spec.as_ref().unwrap().replicas, Some(2));
+    for name in ["chat-gateway", "chat-worker"] {
+        let d: Deployment = exists(&client, ns, name).await.expect(name);
+        assert!(owned_by(&d, &cluster), "{name}");
+    }
+    for name in ["chat-redis", "chat-postgres"] {
+        let s: StatefulSet = exists(&client, ns, name).await.expect(name);
+        assert!(owned_by(&s, &cluster), "{name}");
+    }
+    for name in ["chat-gateway", "chat-redis", "chat-postgres"] {
+        let s: Service = exists(&client, ns, name).await.expect(name);
+        assert!(owned_by(&s, &cluster), "{name}");
+    }
+    for name in ["chat-gateway", "chat-redis"] {
+        let c: ConfigMap = exists(&client, ns, name).await.expect(name);
+        assert!(owned_by(&c, &cluster), "{name}");
+    }
+    for name in ["chat-gateway", "chat-worker", "chat-redis"] {
+        let p: PodDisruptionBudget = exists(&client, ns, name).await.expect(name);
+        assert!(owned_by(&p, &cluster), "{name}");
+    }
+    let session: Secret = exists(&client, ns, "chat-session").await.expect("session");
+    let key = session.data.clone().unwrap()["token-secret"].clone();
+    assert_eq!(key.0.len(), 32);
+    // No kubelet: pods never get ready, so the cluster is progressing.
+    assert_eq!(
+        condition(&cluster, "Progressing").map(|c| c.0).as_deref(),
+        Some("True")
+    );
+    assert_eq!(
+        condition(&cluster, "Ready").map(|c| c.0).as_deref(),
+        Some("False")
+    );
+
+    // --- a spec change converges and bumps observedGeneration
+    api.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"worker": {"replicas": 3}}})),
+    )
+    .await
+    .unwrap();
+    eventually("worker replicas 3 and observedGeneration 2", || async {
+        let d: Deployment = exists(&client, ns, "chat-worker").await?;
+        let c = api.get("chat").await.ok()?;
+        (d.spec?.replicas == Some(3) && c.status?.observed_generation == Some(2)).then_some(())
+    })
+    .await;
+
+    // --- a deleted child comes back; the session key is never rotated
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let old_uid = cms.get("chat-gateway").await.unwrap().uid();
+    cms.delete("chat-gateway", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("gateway ConfigMap recreated", || async {
+        let cm = cms.get_opt("chat-gateway").await.ok()??;
+        (cm.uid() != old_uid).then_some(())
+    })
+    .await;
+    let again: Secret = exists(&client, ns, "chat-session").await.unwrap();
+    assert_eq!(
+        again.data.unwrap()["token-secret"],
+        key,
+        "session key rotated"
+    );
+
+    // --- switching managed Redis off deletes its children
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let redis_secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "redis"}, "stringData": {"url": "redis://redis.example:6379"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &redis_secret)
+        .await
+        .unwrap();
+    api.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"redis": {"managed": null,
+            "external": {"urlSecretRef": {"name": "redis"}}}}})),
+    )
+    .await
+    .unwrap();
+    eventually("redis children pruned", || async {
+        let gone = exists::<StatefulSet>(&client, ns, "chat-redis")
+            .await
+            .is_none()
+            && exists::<Service>(&client, ns, "chat-redis").await.is_none()
+            && exists::<ConfigMap>(&client, ns, "chat-redis")
+                .await
+                .is_none()
+            && exists::<PodDisruptionBudget>(&client, ns, "chat-redis")
+                .await
+                .is_none();
+        gone.then_some(())
+    })
+    .await;
+    let c = api.get("chat").await.unwrap();
+    assert_eq!(
+        condition(&c, "RedisReady").map(|c| c.1).as_deref(),
+        Some("External")
+    );
+
+    // --- the pause annotation stops changes and says so
+    api.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({
+            "metadata": {"annotations": {"switchboard.dev/paused": "true"}},
+            "spec": {"worker": {"replicas": 5}}
+        })),
+    )
+    .await
+    .unwrap();
+    eventually("ReconciliationPaused", || async {
+        let c = api.get("chat").await.ok()?;
+        (condition(&c, "ReconciliationPaused")?.0 == "True").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d: Deployment = exists(&client, ns, "chat-worker").await.unwrap();
+    assert_eq!(
+        d.spec.unwrap().replicas,
+        Some(3),
+        "paused cluster was changed"
+    );
+    api.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"switchboard.dev/paused": null}}})),
+    )
+    .await
+    .unwrap();
+    eventually("unpaused change applied", || async {
+        let d: Deployment = exists(&client, ns, "chat-worker").await?;
+        (d.spec?.replicas == Some(5)).then_some(())
+    })
+    .await;
+
+    // --- the production example is accepted and builds a Redis Cluster
+    let db: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "chat-db"},
+        "stringData": {"url": "postgres://u:p@db.example:5432/switchboard"}
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &db).await.unwrap();
+    apply_cluster(&api, &example("chatcluster-production.yaml")).await;
+    eventually("production redis StatefulSet with 6 pods", || async {
+        let s: StatefulSet = exists(&client, ns, "chat-prod-redis").await?;
+        (s.spec?.replicas == Some(6)).then_some(())
+    })
+    .await;
+    assert!(
+        exists::<StatefulSet>(&client, ns, "chat-prod-postgres")
+            .await
+            .is_none()
+    );
+    assert!(
+        exists::<ConfigMap>(&client, ns, "chat-prod-relay")
+            .await
+            .is_some()
+    );
+
+    // --- deleting the ChatCluster lets the garbage collector remove children
+    api.delete("chat", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    eventually("children garbage-collected", || async {
+        let gone = exists::<Deployment>(&client, ns, "chat-gateway")
+            .await
+            .is_none()
+            && exists::<Secret>(&client, ns, "chat-session")
+                .await
+                .is_none();
+        gone.then_some(())
+    })
+    .await;
+
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_manifests_are_rejected_with_the_cel_message() {
+    let (_cp, client) = control_plane();
+    install_crd(&client).await;
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), "default");
+
+    let cases = [
+        (
+            json!({"auth": {"domain": "a"}, "gateway": {"replicas": {"min": 5, "max": 2}}}),
+            "replicas.min must be less than or equal to replicas.max",
+        ),
+        (
+            json!({"auth": {"domain": "a"}, "redis": {}}),
+            "set exactly one of redis.managed and redis.external",
+        ),
+        (
+            json!({"auth": {"domain": "a"}, "postgres": {"managed": {},
+                "external": {"secretRef": {"name": "x"}}}}),
+            "set exactly one of postgres.managed and postgres.external",
+        ),
+        (
+            json!({"auth": {"domain": "a"}, "postgres": {"managed": {},
+                "partitioning": {"interval": "weekly", "retentionDays": 7}}}),
+            "retentionDays must be longer than one partition interval",
+        ),
+        (
+            json!({"auth": {"domain": "a"}, "redis": {"managed": {"mode": "cluster", "shards": 2}}}),
+            "shards must be at least 3 in cluster mode",
+        ),
+    ];
+    for (i, (spec, message)) in cases.into_iter().enumerate() {
+        let obj: ChatCluster = serde_json::from_value(json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "ChatCluster",
+            "metadata": {"name": format!("bad-{i}")}, "spec": spec
+        }))
+        .unwrap();
+        // Send the raw spec: a typed round trip would fill in defaults.
+        let err = api
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect_err(message);
+        assert!(err.to_string().contains(message), "{message}: {err}");
+    }
+
+    // Shard count is immutable.
+    let ok: ChatCluster = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "ChatCluster",
+        "metadata": {"name": "shards"},
+        "spec": {"auth": {"domain": "a"}, "redis": {"managed": {"mode": "cluster", "shards": 3}}}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &ok).await.unwrap();
+    let err = api
+        .patch(
+            "shards",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"redis": {"managed": {"shards": 4}}}})),
+        )
+        .await
+        .expect_err("shards change refused");
+    assert!(err.to_string().contains("shards is immutable"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_reconciles() {
+    let (_cp, client) = control_plane();
+    install_crd(&client).await;
+    namespace(&client, "ops").await;
+    let (stop_a, addr_a, handle_a) = start_operator(&client, "op-a", "ops");
+    let (stop_b, addr_b, handle_b) = start_operator(&client, "op-b", "ops");
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "ops");
+    let holder = eventually("a lease holder", || async {
+        leases
+            .get_opt("switchboard-operator")
+            .await
+            .ok()??
+            .spec?
+            .holder_identity
+    })
+    .await;
+    assert!(holder == "op-a" || holder == "op-b", "{holder}");
+
+    // Exactly one replica reports leadership.
+    let leader_gauge = |addr: SocketAddr| async move {
+        let body = reqwest_lite(addr).await;
+        body.lines()
+            .find(|l| l.starts_with("switchboard_operator_leader "))
+            .map(|l| l.ends_with(" 1"))
+            .unwrap_or(false)
+    };
+    let (a, b) = eventually("one leader gauge", || async {
+        let a = leader_gauge(addr_a).await;
+        let b = leader_gauge(addr_b).await;
+        (a != b).then_some((a, b))
+    })
+    .await;
+    assert_eq!(a, holder == "op-a");
+    assert_eq!(b, holder == "op-b");
+
+    // The leader's work is visible: a cluster gets children.
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), "default");
+    apply_cluster(&api, &example("chatcluster-minimal.yaml")).await;
+    eventually("children from the leader", || async {
+        exists::<Deployment>(&client, "default", "chat-gateway").await
+    })
+    .await;
+
+    // Stopping the leader hands over to the other (released, not expired).
+    let mut a = Some((stop_a, handle_a));
+    let mut b = Some((stop_b, handle_b));
+    let (leader, other) = if holder == "op-a" {
+        (a.take(), "op-b")
+    } else {
+        (b.take(), "op-a")
+    };
+    let (stop_leader, handle_leader) = leader.expect("leader handle");
+    stop_leader.cancel();
+    handle_leader.await.unwrap();
+    eventually("the standby takes over", || async {
+        let h = leases
+            .get_opt("switchboard-operator")
+            .await
+            .ok()??
+            .spec?
+            .holder_identity?;
+        (h == other).then_some(())
+    })
+    .await;
+    let (stop_other, handle_other) = a.or(b).expect("standby handle");
+    stop_other.cancel();
+    handle_other.await.unwrap();
+}
+
+/// Tiny HTTP GET of /metrics without another dependency.
+async fn reqwest_lite(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
