@@ -1,14 +1,22 @@
 //! `switchboard dev`: one gateway in this process, on the memory broker or on
-//! Redis, until Ctrl-C / SIGTERM, then a graceful drain.
+//! Redis (plus PostgreSQL and an embedded worker with `--database-url`), until
+//! Ctrl-C / SIGTERM, then a graceful drain. `switchboard-gateway` runs the same
+//! code without the embedded worker.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use std::time::Duration;
+
 use switchboard_core::broker::{BrokerConfig, DynBroker, MemoryBroker, RedisBroker};
+use switchboard_core::store::partitions::PartitionPolicy;
+use switchboard_core::store::{DynStore, PgStore};
 use switchboard_gateway::{Gateway, GatewayConfig};
+use switchboard_worker::{Worker, WorkerConfig};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::store::write_private;
 
@@ -20,6 +28,10 @@ pub struct DevArgs {
     /// Use Redis (redis://… or redis-cluster://…) instead of the in-memory broker
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     redis_url: Option<String>,
+    /// Store history in PostgreSQL (postgres://…; needs --redis-url). `switchboard dev`
+    /// also applies migrations and runs a worker in-process
+    #[arg(long, env = "SWITCHBOARD_DATABASE_URL")]
+    database_url: Option<String>,
     /// EIP-4361 domain sign-in messages must name
     #[arg(long, default_value = "localhost")]
     domain: String,
@@ -34,20 +46,74 @@ pub struct DevArgs {
 /// Environment variable holding the token secret when no file is given.
 const SECRET_ENV: &str = "SWITCHBOARD_TOKEN_SECRET";
 
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+/// What the process runs besides the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `switchboard dev`: with a database, also migrations, a worker and
+    /// partition maintenance, so one process is a complete server.
+    AllInOne,
+    /// `switchboard-gateway`: the gateway only.
+    GatewayOnly,
+}
+
+pub async fn run(args: DevArgs, mode: Mode) -> anyhow::Result<()> {
     let token_secret = token_secret(args.token_secret_file.as_deref())?;
-    let (broker, engine): (DynBroker, String) = match &args.redis_url {
+    let store = match &args.database_url {
+        None => None,
+        Some(url) => {
+            if args.redis_url.is_none() {
+                bail!(
+                    "--database-url needs --redis-url: the worker reads the messages to store from Redis streams"
+                );
+            }
+            let s = PgStore::connect(url, 8)
+                .await
+                .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
+            if mode == Mode::AllInOne {
+                s.migrate()
+                    .await
+                    .context("cannot apply database migrations")?;
+            }
+            Some(s)
+        }
+    };
+    let broker_cfg = BrokerConfig {
+        // With a store, someone (the embedded or a separate worker) consumes
+        // the persistence streams.
+        persist: store.is_some(),
+        ..BrokerConfig::default()
+    };
+    let (broker, mut engine): (DynBroker, String) = match &args.redis_url {
         Some(url) => {
             if !(url.starts_with("redis://") || url.starts_with("redis-cluster://")) {
                 bail!("--redis-url must start with redis:// or redis-cluster:// (got {url:?})");
             }
-            let b = RedisBroker::connect(url, BrokerConfig::default())
+            let b = RedisBroker::connect(url, broker_cfg.clone())
                 .await
                 .with_context(|| format!("cannot connect to Redis at {url}"))?;
             (Arc::new(b), format!("redis ({url})"))
         }
         None => (Arc::new(MemoryBroker::default()), "memory".into()),
     };
+
+    let worker_stop = CancellationToken::new();
+    let mut worker_task = None;
+    if let (Some(store), Some(redis_url), Mode::AllInOne) = (&store, &args.redis_url, mode) {
+        let cfg = WorkerConfig {
+            shards: broker_cfg.shards,
+            partitions: Some((PartitionPolicy::default(), Duration::from_secs(3600))),
+            ..WorkerConfig::default()
+        };
+        let worker = Worker::connect(redis_url, store.clone(), cfg)
+            .await
+            .context("cannot start the embedded worker")?;
+        let stop = worker_stop.clone();
+        worker_task = Some(tokio::spawn(async move { worker.run(stop).await }));
+        engine.push_str(", store postgres, embedded worker");
+    } else if store.is_some() {
+        engine.push_str(", store postgres");
+    }
+
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -57,7 +123,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         token_secret,
         ..GatewayConfig::default()
     };
-    let gateway = Gateway::start(cfg, broker, listener)
+    let store: Option<DynStore> = store.map(|s| Arc::new(s) as DynStore);
+    let gateway = Gateway::start_with_store(cfg, broker, store, listener)
         .await
         .context("cannot start the gateway")?;
     let addr = gateway.local_addr();
@@ -68,7 +135,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: draining connections");
     gateway.shutdown().await;
+    // The worker finishes the batch in hand after the gateway stopped
+    // producing, so what was sent before the drain is stored.
+    worker_stop.cancel();
+    if let Some(t) = worker_task {
+        let _ = t.await;
+    }
     Ok(())
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// The HMAC secret for session tokens: from the file (created if missing),

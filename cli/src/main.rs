@@ -1,9 +1,7 @@
 //! `switchboard`: the embedded dev server and a small wallet chat client.
 //! Parsing lives here; each subcommand is a function in its module.
 
-mod dev;
-mod store;
-mod talk;
+use switchboard_cli::{dev, talk};
 
 use std::process::ExitCode;
 
@@ -22,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a complete gateway in this process (memory broker, or Redis with --redis-url)
+    /// Run a complete chat server in this process (memory broker; or Redis with --redis-url, plus
+    /// PostgreSQL and an embedded worker with --database-url)
     Dev(dev::DevArgs),
     /// Sign in with a wallet key (created if missing) and store the session next to it
     Login(talk::LoginArgs),
@@ -64,7 +63,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.cmd {
-            Cmd::Dev(a) => dev::run(a).await,
+            Cmd::Dev(a) => dev::run(a, dev::Mode::AllInOne).await,
             Cmd::Login(a) => talk::login(a).await,
             Cmd::Send(a) => talk::send(a).await,
             Cmd::Listen(a) => talk::listen(a).await,

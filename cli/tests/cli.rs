@@ -437,3 +437,68 @@ async fn helpful_errors_without_a_session_or_server() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--to"), "{}", stderr(&o));
 }
+
+/// `switchboard dev --redis-url --database-url`: migrations, the embedded
+/// worker and the gateway in one process; what the CLI sent ends up in
+/// PostgreSQL. Without Redis, a database URL is refused with a clear reason.
+#[tokio::test]
+async fn dev_with_postgres_stores_messages() {
+    let redis = switchboard_testkit::RedisServer::start().expect("redis-server");
+    let pg = switchboard_testkit::Postgres::start().expect("postgres");
+    let db = pg.create_database("dev").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    fails(
+        home,
+        &["dev", "--database-url", &db],
+        "--database-url needs --redis-url",
+    )
+    .await;
+    let url = redis.url();
+    let (mut dev, server, banner) =
+        start_dev(home, &["--redis-url", &url, "--database-url", &db]).await;
+    assert!(
+        banner.contains("store postgres, embedded worker"),
+        "{banner}"
+    );
+    let (ka, kb) = (home.join("a"), home.join("b"));
+    let (ka, kb) = (ka.to_str().unwrap(), kb.to_str().unwrap());
+    ok(home, &["login", "--key-file", ka, "--server", &server]).await;
+    let b = logged_in_address(&ok(home, &["login", "--key-file", kb, "--server", &server]).await)
+        .to_string();
+    for text in ["one", "two"] {
+        ok(
+            home,
+            &[
+                "send",
+                "--key-file",
+                ka,
+                "--server",
+                &server,
+                "--to",
+                &b,
+                text,
+            ],
+        )
+        .await;
+    }
+    let mut stored = String::new();
+    for _ in 0..100 {
+        stored = pg
+            .psql(
+                "dev",
+                "SELECT string_agg(body::text, ',' ORDER BY seq) FROM messages",
+            )
+            .unwrap();
+        if stored.contains("two") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        stored.contains("one") && stored.contains("two"),
+        "{stored:?}"
+    );
+    dev.start_kill().unwrap();
+    dev.wait().await.unwrap();
+}

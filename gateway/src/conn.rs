@@ -542,14 +542,20 @@ impl Conn {
             return Ok(());
         }
         let limit = self.state.cfg.sync_limit.max(1);
-        let page = match self.state.broker.read_log(&conv, after, limit).await {
+        let page = match crate::history::replay(&self.state, &conv, after, limit).await {
             Ok(p) => p,
-            Err(e) => return self.broker_error(socket, e, conv.to_string()).await,
+            Err(crate::history::HistoryError::Broker(e)) => {
+                return self.broker_error(socket, e, conv.to_string()).await;
+            }
+            Err(crate::history::HistoryError::Store(e)) => {
+                tracing::warn!(error = %e, "history read failed");
+                let msg = "message history unavailable; sync again shortly";
+                return self
+                    .error(socket, ErrorCode::Unavailable, msg, Some(conv.to_string()))
+                    .await;
+            }
         };
-        let recovered = match page.messages.first() {
-            Some(m) => m.seq == after + 1,
-            None => page.last_seq <= after,
-        };
+        let recovered = page.recovered;
         for m in page.messages {
             let seq = m.seq;
             let frame: Arc<str> = ServerFrame::Msg(m).to_json().into();

@@ -8,6 +8,7 @@
 
 pub mod config;
 mod conn;
+pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod presence;

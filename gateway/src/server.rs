@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use switchboard_core::broker::{BrokerError, DynBroker};
 use switchboard_core::protocol::{ErrorCode, MAX_FRAME_BYTES, close};
+use switchboard_core::store::DynStore;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -103,9 +104,20 @@ impl Gateway {
         broker: DynBroker,
         listener: TcpListener,
     ) -> Result<Gateway, GatewayError> {
+        Self::start_with_store(cfg, broker, None, listener).await
+    }
+
+    /// Like [`Gateway::start`], with a durable store for history beyond the
+    /// broker's log.
+    pub async fn start_with_store(
+        cfg: GatewayConfig,
+        broker: DynBroker,
+        store: Option<DynStore>,
+        listener: TcpListener,
+    ) -> Result<Gateway, GatewayError> {
         let addr = listener.local_addr()?;
         let mut events = broker.attach(&cfg.gateway_id).await?;
-        let state = AppState::new(cfg, broker);
+        let state = AppState::new(cfg, broker, store);
 
         let dispatcher = {
             let state = state.clone();

@@ -8,6 +8,7 @@ use switchboard_core::auth::siwe::SiweVerifier;
 use switchboard_core::auth::token::TokenSigner;
 use switchboard_core::broker::{BrokerError, DynBroker};
 use switchboard_core::ids::{Address, ConvId, ConvKind};
+use switchboard_core::store::DynStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
@@ -23,6 +24,9 @@ const MEMBERS_CACHE_MAX: usize = 10_000;
 pub struct AppState {
     pub cfg: GatewayConfig,
     pub broker: DynBroker,
+    /// The durable store, when one is configured: history beyond the
+    /// broker's log, conversation listings, group membership.
+    pub store: Option<DynStore>,
     pub tokens: TokenSigner,
     pub siwe: SiweVerifier,
     pub hub: Hub,
@@ -33,7 +37,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(cfg: GatewayConfig, broker: DynBroker) -> Arc<Self> {
+    pub fn new(cfg: GatewayConfig, broker: DynBroker, store: Option<DynStore>) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         Arc::new(AppState {
             tokens: TokenSigner::new(&cfg.token_secret),
@@ -44,6 +48,7 @@ impl AppState {
             hub: Hub::new(cfg.gateway_id.clone(), metrics.clone()),
             metrics,
             broker,
+            store,
             shutdown: CancellationToken::new(),
             members: Mutex::default(),
             cfg,

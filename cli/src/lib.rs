@@ -1,0 +1,6 @@
+//! The `switchboard` and `switchboard-gateway` commands. Each subcommand is a
+//! function in its module; the binaries only parse arguments and call them.
+
+pub mod dev;
+pub mod store;
+pub mod talk;

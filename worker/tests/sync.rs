@@ -1,0 +1,174 @@
+//! Sync beyond the conversation log: a client that was offline longer than
+//! the Redis log reaches back gets everything from PostgreSQL, in order, over
+//! the documented WebSocket protocol.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchboard_core::broker::{DynBroker, RedisBroker};
+use switchboard_core::ids::{Address, ConvId, MsgId};
+use switchboard_core::store::DynStore;
+use switchboard_gateway::{Gateway, GatewayConfig};
+use switchboard_testkit::{Postgres, RedisServer};
+use switchboard_worker::Worker;
+use tokio_tungstenite::tungstenite::Message as WsMsg;
+use tokio_util::sync::CancellationToken;
+
+async fn gateway(broker: DynBroker, store: Option<DynStore>) -> Gateway {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = GatewayConfig {
+        sync_limit: 25,
+        ..GatewayConfig::default()
+    };
+    Gateway::start_with_store(cfg, broker, store, listener)
+        .await
+        .unwrap()
+}
+
+/// Sign `user` in with a token from the gateway's own signer, send
+/// `sync {conv, after}`, and collect the replayed seqs and the `synced` frame.
+async fn sync(gw: &Gateway, user: Address, conv: &ConvId, after: u64) -> (Vec<u64>, Value) {
+    let (token, _) = gw.state().tokens.issue(
+        &user,
+        Duration::from_secs(60),
+        time::OffsetDateTime::now_utc(),
+    );
+    let url = format!("ws://{}/v1/ws", gw.local_addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(WsMsg::text(
+        json!({"type": "auth", "token": token}).to_string(),
+    ))
+    .await
+    .unwrap();
+    ws.send(WsMsg::text(
+        json!({"type": "sync", "conv": conv, "after": after}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let mut seqs = vec![];
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("no frame within 5 s")
+            .unwrap()
+            .unwrap();
+        let WsMsg::Text(t) = frame else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        match v["type"].as_str().unwrap() {
+            "msg" => {
+                assert_eq!(v["body"]["i"], v["seq"], "{v}");
+                seqs.push(v["seq"].as_u64().unwrap());
+            }
+            "synced" => return (seqs, v),
+            "ready" | "presence" => {}
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn offline_past_the_log_syncs_from_postgres_in_order() {
+    let redis = RedisServer::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let (store, _) = store(&pg, "sync").await;
+    let broker = Arc::new(
+        RedisBroker::connect(&redis.url(), broker_config())
+            .await
+            .unwrap(),
+    );
+    let worker = Worker::connect(&redis.url(), store.clone(), worker_config())
+        .await
+        .unwrap();
+    let streams = worker.streams();
+    let stop = CancellationToken::new();
+    let w = {
+        let stop = stop.clone();
+        tokio::spawn(async move { worker.run(stop).await })
+    };
+
+    let (a, b) = (addr(), addr());
+    let dm = ConvId::direct(&a, &b).unwrap();
+    let mut sent = Sent::new();
+    for i in 1..=60 {
+        send(
+            &broker,
+            &mut sent,
+            &dm,
+            a,
+            &MsgId::random(),
+            &format!(r#"{{"i":{i}}}"#),
+        )
+        .await
+        .unwrap();
+    }
+    drained(&streams, Duration::from_secs(20)).await;
+    // The log keeps only the newest 10 (exact trim, as if capped long ago).
+    let shard = switchboard_core::broker::shard_of(&dm, SHARDS);
+    let log = format!("sb:{{{shard}}}:c:{dm}:log");
+    redis
+        .command(&["XTRIM", &log, "MAXLEN", "=", "10"])
+        .unwrap();
+
+    let with_store = gateway(broker.clone(), Some(Arc::new(store.clone()))).await;
+    // Pages of `sync_limit` (25): the client syncs again from the last seq.
+    let (p1, s1) = sync(&with_store, b, &dm, 0).await;
+    assert_eq!(p1, (1..=25).collect::<Vec<_>>());
+    assert_eq!(
+        (s1["recovered"].as_bool(), s1["last_seq"].as_u64()),
+        (Some(true), Some(60))
+    );
+    let (p2, _) = sync(&with_store, b, &dm, 25).await;
+    assert_eq!(p2, (26..=50).collect::<Vec<_>>());
+    // The last page straddles the store and the log (50 → 51..60 from the log).
+    let (p3, s3) = sync(&with_store, b, &dm, 45).await;
+    assert_eq!(p3, (46..=60).collect::<Vec<_>>());
+    assert_eq!(s3["recovered"], true);
+
+    // The same request without a store can only offer the log, and says so.
+    let log_only = gateway(broker.clone(), None).await;
+    let (p, s) = sync(&log_only, b, &dm, 0).await;
+    assert_eq!(p, (51..=60).collect::<Vec<_>>());
+    assert_eq!(s["recovered"], false);
+
+    // A non-member gets the same refusal as for a conversation that does not exist.
+    let outsider = addr();
+    let (token, _) = with_store.state().tokens.issue(
+        &outsider,
+        Duration::from_secs(60),
+        time::OffsetDateTime::now_utc(),
+    );
+    let url = format!("ws://{}/v1/ws", with_store.local_addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(WsMsg::text(
+        json!({"type": "auth", "token": token}).to_string(),
+    ))
+    .await
+    .unwrap();
+    ws.send(WsMsg::text(
+        json!({"type": "sync", "conv": dm, "after": 0}).to_string(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        let Some(Ok(WsMsg::Text(t))) = ws.next().await else {
+            panic!("closed")
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["type"] == "error" {
+            assert_eq!(v["code"], "forbidden", "{v}");
+            break;
+        }
+        assert_ne!(v["type"], "msg", "{v}");
+    }
+
+    with_store.shutdown().await;
+    log_only.shutdown().await;
+    stop.cancel();
+    w.await.unwrap();
+}
