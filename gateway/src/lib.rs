@@ -8,6 +8,7 @@
 
 pub mod config;
 mod conn;
+pub mod conversations;
 pub mod history;
 pub mod hub;
 pub mod metrics;

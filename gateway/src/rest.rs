@@ -187,6 +187,13 @@ pub async fn create_conversation(
         created_by: Some(user),
         created_at: now_ms(),
     };
+    // PostgreSQL first (the source of truth), then the broker's copy that
+    // the send script checks.
+    if let Some(store) = &state.store
+        && !store.create_group(&conv).await?
+    {
+        return Err(switchboard_core::broker::BrokerError::AlreadyExists.into());
+    }
     state.broker.create_group(&conv).await?;
     Ok((StatusCode::CREATED, Json(conv)))
 }
@@ -201,7 +208,17 @@ pub async fn get_conversation(
         .map_err(|e| ApiError::bad_request(format!("{e}")))?;
     // Non-members get the same 404 as a missing conversation: existence does
     // not leak.
-    match state.broker.conversation(&id).await? {
+    let found = match (&state.store, id.kind()) {
+        (Some(store), ConvKind::Group) => match store.members(&id).await? {
+            Some(members) => state.broker.conversation(&id).await?.map(|mut c| {
+                c.members = members.into_iter().map(|m| m.user).collect();
+                c
+            }),
+            None => None,
+        },
+        _ => state.broker.conversation(&id).await?,
+    };
+    match found {
         Some(c) if c.members.contains(&user) => Ok(Json(c)),
         _ => Err(ApiError::not_found("no such conversation")),
     }

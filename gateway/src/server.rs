@@ -9,7 +9,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use switchboard_core::broker::{BrokerError, DynBroker};
 use switchboard_core::protocol::{ErrorCode, MAX_FRAME_BYTES, close};
 use switchboard_core::store::DynStore;
@@ -18,10 +18,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
-use crate::conn;
 use crate::problem::ApiError;
 use crate::rest::{self, AppRef};
 use crate::state::AppState;
+use crate::{conn, conversations};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -39,8 +39,24 @@ pub fn router(state: AppRef) -> Router {
         .route("/metrics", get(rest::metrics))
         .route("/v1/auth/nonce", get(rest::nonce))
         .route("/v1/auth/verify", post(rest::verify))
-        .route("/v1/conversations", post(rest::create_conversation))
+        .route(
+            "/v1/conversations",
+            post(rest::create_conversation).get(conversations::list),
+        )
         .route("/v1/conversations/{id}", get(rest::get_conversation))
+        .route(
+            "/v1/conversations/{id}/messages",
+            get(conversations::history),
+        )
+        .route(
+            "/v1/conversations/{id}/members",
+            post(conversations::add_members),
+        )
+        .route(
+            "/v1/conversations/{id}/members/{address}",
+            delete(conversations::remove_member),
+        )
+        .route("/v1/presence", get(conversations::presence))
         .route("/v1/ws", get(ws_upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)

@@ -85,6 +85,13 @@ impl AppState {
         Ok(self.members(conv).await?.is_some_and(|m| m.contains(user)))
     }
 
+    /// Forget the cached members of `conv` after a membership change here
+    /// (other gateways' caches expire within `members_cache_ttl`; sends are
+    /// checked against the broker's set and are never stale).
+    pub fn invalidate_members(&self, conv: &ConvId) {
+        self.lock_members().remove(conv);
+    }
+
     fn lock_members(&self) -> std::sync::MutexGuard<'_, MembersCache> {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -174,6 +174,36 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn add_members(&self, id: &ConvId, users: &[Address]) -> Result<()> {
+        let mut st = self.lock();
+        let State {
+            groups, user_convs, ..
+        } = &mut *st;
+        let g = groups.get_mut(id).ok_or(BrokerError::NotMember)?;
+        for u in users {
+            if !g.members.contains(u) {
+                g.members.push(*u);
+            }
+            user_convs.entry(*u).or_default().insert(id.clone());
+        }
+        g.members.sort();
+        Ok(())
+    }
+
+    async fn remove_member(&self, id: &ConvId, user: &Address) -> Result<bool> {
+        let mut st = self.lock();
+        let State {
+            groups, user_convs, ..
+        } = &mut *st;
+        let g = groups.get_mut(id).ok_or(BrokerError::NotMember)?;
+        let before = g.members.len();
+        g.members.retain(|m| m != user);
+        if let Some(c) = user_convs.get_mut(user) {
+            c.remove(id);
+        }
+        Ok(g.members.len() < before)
+    }
+
     async fn conversation(&self, id: &ConvId) -> Result<Option<Conversation>> {
         Ok(match id.kind() {
             ConvKind::Direct => id.direct_members().map(|m| Conversation {

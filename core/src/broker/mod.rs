@@ -169,6 +169,12 @@ pub trait Broker: Send + Sync + 'static {
                 .is_some_and(|c| c.members.contains(user)),
         })
     }
+    /// Add `users` to an existing group (a no-op for those already in).
+    /// Fails with `NotMember` when the group does not exist.
+    async fn add_members(&self, id: &ConvId, users: &[Address]) -> Result<()>;
+    /// Remove `user` from a group; the next send no longer reaches them.
+    /// `Ok(false)` when they were not a member.
+    async fn remove_member(&self, id: &ConvId, user: &Address) -> Result<bool>;
     /// Conversations `user` belongs to (groups, and direct ones with traffic).
     async fn user_conversations(&self, user: &Address) -> Result<Vec<ConvId>>;
 

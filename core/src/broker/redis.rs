@@ -88,6 +88,18 @@ for i = 4, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
 return 1
 "#;
 
+/// Change a group's member set, only if the group exists (its meta hash):
+/// `add` returns the number added, `rem` 1 or 0; -1 for no such group.
+const MEMBERS_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if ARGV[1] == 'add' then
+  local n = 0
+  for i = 2, #ARGV do n = n + redis.call('SADD', KEYS[2], ARGV[i]) end
+  return n
+end
+return redis.call('SREM', KEYS[2], ARGV[2])
+"#;
+
 /// Monotonic watermark update. Returns `{changed, delivered, read}`.
 const MARK_LUA: &str = r#"
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -173,6 +185,7 @@ pub struct RedisBroker {
     cluster: bool,
     send_script: Arc<Script>,
     create_script: Arc<Script>,
+    members_script: Arc<Script>,
     mark_script: Arc<Script>,
     touch_script: Arc<Script>,
     live: Arc<Mutex<(Option<Instant>, HashSet<String>)>>,
@@ -194,6 +207,7 @@ impl RedisBroker {
             cluster,
             send_script: Arc::new(Script::from_lua(SEND_LUA)),
             create_script: Arc::new(Script::from_lua(CREATE_LUA)),
+            members_script: Arc::new(Script::from_lua(MEMBERS_LUA)),
             mark_script: Arc::new(Script::from_lua(MARK_LUA)),
             touch_script: Arc::new(Script::from_lua(TOUCH_LUA)),
             live: Arc::default(),
@@ -408,6 +422,53 @@ impl Broker for RedisBroker {
         .await
         .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn add_members(&self, id: &ConvId, users: &[Address]) -> Result<()> {
+        let keys = self.conv_keys(id);
+        let mut args = vec!["add".to_string()];
+        args.extend(users.iter().map(Address::lower));
+        let ok: i64 = self
+            .members_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![keys.key("meta"), keys.key("m")],
+                args,
+            )
+            .await
+            .map_err(unavailable)?;
+        if ok < 0 {
+            return Err(BrokerError::NotMember);
+        }
+        try_join_all(users.iter().map(|m| async move {
+            self.pool
+                .sadd::<(), _, _>(user_convs_key(m), id.as_str())
+                .await
+        }))
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn remove_member(&self, id: &ConvId, user: &Address) -> Result<bool> {
+        let keys = self.conv_keys(id);
+        let removed: i64 = self
+            .members_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![keys.key("meta"), keys.key("m")],
+                vec!["rem".to_string(), user.lower()],
+            )
+            .await
+            .map_err(unavailable)?;
+        if removed < 0 {
+            return Err(BrokerError::NotMember);
+        }
+        self.pool
+            .srem::<(), _, _>(user_convs_key(user), id.as_str())
+            .await
+            .map_err(unavailable)?;
+        Ok(removed > 0)
     }
 
     async fn conversation(&self, id: &ConvId) -> Result<Option<Conversation>> {

@@ -14,7 +14,10 @@ mod pg;
 #[cfg(feature = "postgres")]
 pub use pg::PgStore;
 
-use crate::ids::{Address, ConvId};
+use serde::{Deserialize, Serialize};
+
+use crate::broker::Conversation;
+use crate::ids::{Address, ConvId, ConvKind};
 use crate::protocol::Message;
 
 /// Why a store call failed.
@@ -77,6 +80,67 @@ pub struct BatchOutcome {
     pub duplicates: u64,
 }
 
+/// A member's standing in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Created the group or was made admin: manages members.
+    Admin,
+    Member,
+}
+
+/// One member row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub user: Address,
+    pub role: Role,
+    pub delivered_seq: u64,
+    pub read_seq: u64,
+}
+
+/// One line of a user's conversation list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub id: ConvId,
+    pub kind: ConvKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Highest seq stored.
+    pub last_seq: u64,
+    /// The caller's read watermark.
+    pub read_seq: u64,
+    /// Messages from others above `read_seq`, counted up to [`UNREAD_CAP`]
+    /// (show "999+" beyond).
+    pub unread: u64,
+    /// Unix ms of the newest message, or of creation when there is none;
+    /// the list is ordered by it, newest first.
+    pub active_at: u64,
+}
+
+/// Unread counts stop here: counting is a range scan per conversation.
+pub const UNREAD_CAP: u64 = 999;
+
+/// Position in a conversation list: strictly older than this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub active_at: u64,
+    pub id: String,
+}
+
+impl ListCursor {
+    /// Opaque text form for APIs: `<active_at>.<id>`.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.active_at, self.id)
+    }
+    pub fn decode(s: &str) -> Option<Self> {
+        let (at, id) = s.split_once('.')?;
+        Some(ListCursor {
+            active_at: at.parse().ok()?,
+            id: id.parse::<ConvId>().ok()?.to_string(),
+        })
+    }
+}
+
 /// The durable engine interface, so the gateway and worker take any store
 /// (and tests can drive the same code the binaries run).
 #[async_trait::async_trait]
@@ -98,6 +162,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Message>>;
     /// Highest seq stored for `conv` (0 when none).
     async fn last_seq(&self, conv: &ConvId) -> Result<u64>;
+
+    /// Create a group with its members; the creator is admin. `Ok(false)`
+    /// when the id exists already.
+    async fn create_group(&self, conv: &Conversation) -> Result<bool>;
+    /// Members of `conv` with roles and watermarks; `None` when the
+    /// conversation is unknown. Direct conversations list the members that
+    /// have a row (they appear with their first message).
+    async fn members(&self, conv: &ConvId) -> Result<Option<Vec<Member>>>;
+    /// Add members to a group; returns those that were not members yet.
+    async fn add_members(&self, conv: &ConvId, users: &[Address]) -> Result<Vec<Address>>;
+    /// Remove a member; `false` when they were not one.
+    async fn remove_member(&self, conv: &ConvId, user: &Address) -> Result<bool>;
+    /// `user`'s conversations, most recently active first, strictly older
+    /// than `before`, at most `limit`.
+    async fn conversations_of(
+        &self,
+        user: &Address,
+        before: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>>;
 }
 
 /// A shared handle to the configured store.

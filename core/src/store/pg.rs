@@ -16,7 +16,10 @@ use serde_json::value::RawValue;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Executor, Row};
 
-use super::{Batch, BatchOutcome, Result, Store, StoreError};
+use super::{
+    Batch, BatchOutcome, ConversationSummary, ListCursor, Member, Result, Role, Store, StoreError,
+};
+use crate::broker::Conversation;
 use crate::ids::{Address, ConvId, ConvKind, MsgId};
 use crate::protocol::Message;
 
@@ -311,6 +314,194 @@ impl Store for PgStore {
             .map_err(classify)?
             .unwrap_or(0) as u64)
     }
+
+    async fn create_group(&self, conv: &Conversation) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let created = sqlx::query(
+            "INSERT INTO conversations (id, kind, title, created_by, created_at)
+             VALUES ($1, 'group', $2, $3, to_ms_ts($4))
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(conv.id.as_str())
+        .bind(conv.title.as_deref())
+        .bind(conv.created_by.map(|a| a.lower()))
+        .bind(conv.created_at as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected()
+            == 1;
+        if !created {
+            return Ok(false);
+        }
+        let users: Vec<String> = conv.members.iter().map(Address::lower).collect();
+        let roles: Vec<&str> = conv
+            .members
+            .iter()
+            .map(|m| {
+                if Some(*m) == conv.created_by {
+                    "admin"
+                } else {
+                    "member"
+                }
+            })
+            .collect();
+        insert_users(&mut tx, &users).await?;
+        sqlx::query(
+            "INSERT INTO members (conv_id, user_address, role)
+             SELECT $1, u, r FROM UNNEST($2::text[], $3::text[]) AS t(u, r)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(conv.id.as_str())
+        .bind(&users)
+        .bind(&roles)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn members(&self, conv: &ConvId) -> Result<Option<Vec<Member>>> {
+        let exists = sqlx::query("SELECT 1 FROM conversations WHERE id = $1")
+            .bind(conv.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT user_address, role, delivered_seq, read_seq FROM members
+             WHERE conv_id = $1 ORDER BY user_address",
+        )
+        .bind(conv.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let user: String = r.try_get("user_address").map_err(classify)?;
+            let role: String = r.try_get("role").map_err(classify)?;
+            out.push(Member {
+                user: user.parse().map_err(|e| {
+                    StoreError::Rejected(format!("member {user:?} of {conv} unreadable: {e}"))
+                })?,
+                role: if role == "admin" {
+                    Role::Admin
+                } else {
+                    Role::Member
+                },
+                delivered_seq: r.try_get::<i64, _>("delivered_seq").map_err(classify)? as u64,
+                read_seq: r.try_get::<i64, _>("read_seq").map_err(classify)? as u64,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    async fn add_members(&self, conv: &ConvId, users: &[Address]) -> Result<Vec<Address>> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let lower: Vec<String> = users.iter().map(Address::lower).collect();
+        insert_users(&mut tx, &lower).await?;
+        let rows = sqlx::query(
+            "INSERT INTO members (conv_id, user_address)
+             SELECT $1, u FROM UNNEST($2::text[]) AS t(u)
+             ON CONFLICT DO NOTHING
+             RETURNING user_address",
+        )
+        .bind(conv.as_str())
+        .bind(&lower)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        let mut added = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let u: String = r.try_get(0).map_err(classify)?;
+            if let Ok(a) = u.parse() {
+                added.push(a);
+            }
+        }
+        Ok(added)
+    }
+
+    async fn remove_member(&self, conv: &ConvId, user: &Address) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM members WHERE conv_id = $1 AND user_address = $2")
+            .bind(conv.as_str())
+            .bind(user.lower())
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn conversations_of(
+        &self,
+        user: &Address,
+        before: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.kind, c.title, c.last_seq, m.read_seq,
+                    from_ts_ms(COALESCE(c.last_message_at, c.created_at)) AS active_at,
+                    (SELECT count(*) FROM (
+                        SELECT 1 FROM messages x
+                        WHERE x.conv_id = c.id AND x.seq > m.read_seq
+                          AND x.sender <> m.user_address
+                        LIMIT $5) u) AS unread
+             FROM members m JOIN conversations c ON c.id = m.conv_id
+             WHERE m.user_address = $1
+               AND ($2::int8 IS NULL
+                    OR (from_ts_ms(COALESCE(c.last_message_at, c.created_at)), c.id) < ($2, $3))
+             ORDER BY active_at DESC, c.id DESC
+             LIMIT $4",
+        )
+        .bind(user.lower())
+        .bind(before.map(|c| c.active_at as i64))
+        .bind(before.map(|c| c.id.clone()).unwrap_or_default())
+        .bind(limit as i64)
+        .bind(super::UNREAD_CAP as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get("id").map_err(classify)?;
+            let kind: String = r.try_get("kind").map_err(classify)?;
+            let last_seq = r.try_get::<i64, _>("last_seq").map_err(classify)? as u64;
+            let read_seq = r.try_get::<i64, _>("read_seq").map_err(classify)? as u64;
+            out.push(ConversationSummary {
+                id: id.parse().map_err(|e| {
+                    StoreError::Rejected(format!("conversation id {id:?} unreadable: {e}"))
+                })?,
+                kind: if kind == "direct" {
+                    ConvKind::Direct
+                } else {
+                    ConvKind::Group
+                },
+                title: r.try_get("title").map_err(classify)?,
+                last_seq,
+                read_seq,
+                unread: r.try_get::<i64, _>("unread").map_err(classify)? as u64,
+                active_at: r.try_get::<i64, _>("active_at").map_err(classify)? as u64,
+            });
+        }
+        Ok(out)
+    }
+}
+
+async fn insert_users(tx: &mut sqlx::PgConnection, users: &[String]) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO users (address) SELECT DISTINCT u FROM UNNEST($1::text[]) AS t(u)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(users)
+    .execute(&mut *tx)
+    .await
+    .map_err(classify)?;
+    Ok(())
 }
 
 fn kind_of(id: &str) -> &'static str {
