@@ -81,6 +81,8 @@ pub async fn run(args: DevArgs, mode: Mode) -> anyhow::Result<()> {
         // With a store, someone (the embedded or a separate worker) consumes
         // the persistence streams.
         persist: store.is_some(),
+        // And a Redis that lost data is re-seeded from PostgreSQL.
+        seed_from_store: store.is_some(),
         ..BrokerConfig::default()
     };
     let (broker, mut engine): (DynBroker, String) = match &args.redis_url {

@@ -554,8 +554,19 @@ impl Task {
                 conv,
                 recovered,
                 last_seq,
+                epoch,
+                epoch_base,
             } => {
-                let out = self.tracker.on_synced(&conv, recovered, last_seq, now);
+                let synced = crate::tracker::Synced {
+                    recovered,
+                    last_seq,
+                    epoch,
+                    epoch_base,
+                };
+                let out = self.tracker.on_synced(&conv, synced, now);
+                if out.epoch_changed {
+                    tracing::warn!(%conv, epoch, epoch_base, "conversation rebuilt by the server; resyncing above the epoch base");
+                }
                 for m in out.surfaced {
                     self.emit(Event::Message(m));
                 }

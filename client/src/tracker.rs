@@ -44,6 +44,8 @@ struct Track {
     /// Sync as soon as possible (connect, page continuation), not before `not_before`.
     want: bool,
     not_before: Option<Instant>,
+    /// The server's epoch for this conversation, once a `synced` told us.
+    epoch: Option<u64>,
 }
 
 impl Track {
@@ -95,6 +97,15 @@ impl Track {
     }
 }
 
+/// The fields of a `synced` frame the tracker uses.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Synced {
+    pub recovered: bool,
+    pub last_seq: u64,
+    pub epoch: u64,
+    pub epoch_base: u64,
+}
+
 /// What a `synced` frame resolved.
 #[derive(Debug, Default)]
 pub(crate) struct SyncedOutcome {
@@ -102,6 +113,9 @@ pub(crate) struct SyncedOutcome {
     pub surfaced: Vec<Message>,
     /// Seqs skipped because the server no longer has them.
     pub lost: u64,
+    /// The server rebuilt the conversation (new epoch): what this device
+    /// held above the epoch base was dropped and is synced again.
+    pub epoch_changed: bool,
 }
 
 #[derive(Debug)]
@@ -163,19 +177,33 @@ impl Tracker {
     }
 
     /// A `synced` frame arrived.
-    pub fn on_synced(
-        &mut self,
-        conv: &ConvId,
-        recovered: bool,
-        last_seq: u64,
-        now: Instant,
-    ) -> SyncedOutcome {
+    pub fn on_synced(&mut self, conv: &ConvId, synced: Synced, now: Instant) -> SyncedOutcome {
+        let Synced {
+            recovered,
+            last_seq,
+            epoch,
+            epoch_base,
+        } = synced;
         let Some(t) = self.convs.get_mut(conv) else {
             return SyncedOutcome::default();
         };
         let from = t.in_flight.take().map(|(after, _)| after);
-        t.known_last = t.known_last.max(last_seq);
         let mut out = SyncedOutcome::default();
+        if t.epoch.is_some_and(|e| e != epoch) {
+            // The server lost its recent state and continued from storage:
+            // seqs above the base may now be other messages. Drop what we
+            // hold above it and sync again from there.
+            t.held = t.held.min(epoch_base);
+            t.ahead.retain(|seq, _| *seq <= epoch_base);
+            t.known_last = last_seq;
+            t.want = true;
+            t.epoch = Some(epoch);
+            out.epoch_changed = true;
+            t.note_gap(now);
+            return out;
+        }
+        t.epoch = Some(epoch);
+        t.known_last = t.known_last.max(last_seq);
         if !recovered {
             // The log no longer reaches back to `held + 1`: everything it still
             // had was replayed (and is buffered), the rest is gone.
@@ -271,6 +299,14 @@ mod tests {
         ConvId::new_group()
     }
 
+    fn synced(recovered: bool, last_seq: u64) -> Synced {
+        Synced {
+            recovered,
+            last_seq,
+            ..Synced::default()
+        }
+    }
+
     fn msg(conv: &ConvId, seq: u64) -> Message {
         Message {
             conv: conv.clone(),
@@ -338,7 +374,7 @@ mod tests {
         assert_eq!(seqs(&t.on_msg(msg(&c, 2), later)), [2]);
         assert_eq!(seqs(&t.on_msg(msg(&c, 3), later)), [3, 4]);
         assert!(t.on_msg(msg(&c, 4), later).is_empty());
-        let out = t.on_synced(&c, true, 4, later);
+        let out = t.on_synced(&c, synced(true, 4), later);
         assert!(out.surfaced.is_empty());
         assert_eq!(out.lost, 0);
         assert!(t.due_syncs(later + Duration::from_secs(10)).is_empty());
@@ -354,12 +390,12 @@ mod tests {
         for s in 1..=3 {
             t.on_msg(msg(&c, s), now);
         }
-        t.on_synced(&c, true, 5, now);
+        t.on_synced(&c, synced(true, 5), now);
         assert_eq!(t.due_syncs(now), [(c.clone(), 3)]);
         for s in 4..=5 {
             t.on_msg(msg(&c, s), now);
         }
-        t.on_synced(&c, true, 5, now);
+        t.on_synced(&c, synced(true, 5), now);
         assert!(t.due_syncs(now + Duration::from_secs(1)).is_empty());
     }
 
@@ -373,14 +409,14 @@ mod tests {
         // The log starts at 10 now.
         assert!(t.on_msg(msg(&c, 10), now).is_empty());
         assert!(t.on_msg(msg(&c, 11), now).is_empty());
-        let out = t.on_synced(&c, false, 11, now);
+        let out = t.on_synced(&c, synced(false, 11), now);
         assert_eq!(seqs(&out.surfaced), [10, 11]);
         assert_eq!(out.lost, 7);
         // Nothing at all left: jump to last_seq.
         let d = conv();
         t.track(d.clone(), 0);
         t.due_syncs(now);
-        let out = t.on_synced(&d, false, 4, now);
+        let out = t.on_synced(&d, synced(false, 4), now);
         assert_eq!(out.lost, 4);
         assert_eq!(t.held(&d), Some(4));
         assert!(t.due_syncs(now + Duration::from_secs(1)).is_empty());
@@ -433,5 +469,48 @@ mod tests {
         assert_eq!(t.held(&b), None);
         // A lost `synced` is asked again after the timeout.
         assert_eq!(t.due_syncs(now + Duration::from_secs(7)), [(a, 3)]);
+    }
+
+    #[test]
+    fn an_epoch_change_drops_what_is_held_above_the_base() {
+        let timers = SyncTimers {
+            gap_grace: Duration::from_millis(10),
+            sync_timeout: Duration::from_secs(1),
+            retry_after: Duration::from_millis(10),
+        };
+        let mut t = Tracker::new(true, timers);
+        let c = conv();
+        let now = Instant::now();
+        t.track(c.clone(), 0);
+        for seq in 1..=8 {
+            assert_eq!(t.on_msg(msg(&c, seq), now).len(), 1);
+        }
+        let first = Synced {
+            recovered: true,
+            last_seq: 8,
+            epoch: 100,
+            epoch_base: 0,
+        };
+        assert!(!t.on_synced(&c, first, now).epoch_changed);
+        assert_eq!(t.held(&c), Some(8));
+        // Redis lost data; storage had up to 5; the new epoch continues at 6.
+        let rebuilt = Synced {
+            recovered: true,
+            last_seq: 7,
+            epoch: 200,
+            epoch_base: 5,
+        };
+        assert!(t.on_synced(&c, rebuilt, now).epoch_changed);
+        assert_eq!(t.held(&c), Some(5));
+        // The new epoch's 6 and 7 are surfaced, not dropped as duplicates.
+        assert_eq!(t.on_msg(msg(&c, 6), now).len(), 1);
+        assert_eq!(t.on_msg(msg(&c, 7), now).len(), 1);
+        let same = Synced {
+            recovered: true,
+            last_seq: 7,
+            epoch: 200,
+            epoch_base: 5,
+        };
+        assert!(!t.on_synced(&c, same, now).epoch_changed);
     }
 }

@@ -152,6 +152,16 @@ pub enum ServerFrame {
         recovered: bool,
         /// The conversation's current last seq.
         last_seq: u64,
+        /// The conversation's epoch. It changes when the server lost the
+        /// conversation's recent state and rebuilt it from storage; a client
+        /// holding messages of another epoch drops those above the stored
+        /// history and syncs again (see docs/protocol.md).
+        #[serde(default)]
+        epoch: u64,
+        /// Seqs up to this one are the same messages in every epoch; a
+        /// client that held seqs above it from an earlier epoch drops them.
+        #[serde(default)]
+        epoch_base: u64,
     },
     Error {
         code: ErrorCode,

@@ -356,7 +356,7 @@ impl Conn {
                     body,
                 };
                 let reference = req.id.to_string();
-                match self.state.broker.send(req).await {
+                match crate::history::send(&self.state, req).await {
                     Ok(out) => {
                         let m = &out.message;
                         let sent = ServerFrame::Sent {
@@ -413,7 +413,7 @@ impl Conn {
                 ErrorCode::Unavailable,
                 "broker unavailable; retry with the same id",
             ),
-            BrokerError::AlreadyExists | BrokerError::Corrupt(_) => {
+            BrokerError::AlreadyExists | BrokerError::Corrupt(_) | BrokerError::Unseeded(_) => {
                 (ErrorCode::Internal, "internal error")
             }
         };
@@ -565,6 +565,8 @@ impl Conn {
             conv,
             recovered,
             last_seq: page.last_seq,
+            epoch: page.epoch,
+            epoch_base: page.epoch_base,
         };
         self.write(socket, &synced.to_json()).await
     }

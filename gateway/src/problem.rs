@@ -51,6 +51,14 @@ impl From<BrokerError> for ApiError {
                     "message broker unavailable; retry",
                 )
             }
+            BrokerError::Unseeded(_) => {
+                tracing::error!("a send reached the REST layer unseeded");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "internal error",
+                )
+            }
             BrokerError::Corrupt(m) => {
                 tracing::error!(error = %m, "broker data corrupt");
                 ApiError::new(

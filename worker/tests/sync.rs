@@ -172,3 +172,113 @@ async fn offline_past_the_log_syncs_from_postgres_in_order() {
     stop.cancel();
     w.await.unwrap();
 }
+
+/// Redis loses everything (restarted without persistence): the next send
+/// seeds the conversation from PostgreSQL, so seqs continue above the stored
+/// ones in a new epoch, and a client syncing from scratch gets the stored
+/// history and the new messages as one run.
+#[tokio::test]
+async fn redis_data_loss_starts_a_new_epoch_above_the_stored_seqs() {
+    let mut redis =
+        switchboard_testkit::RedisServer::start_with(switchboard_testkit::RedisServerOptions {
+            persistence: false,
+            ..Default::default()
+        })
+        .unwrap();
+    let pg = Postgres::start().unwrap();
+    let (store, _) = store(&pg, "epoch").await;
+    let cfg = switchboard_core::broker::BrokerConfig {
+        seed_from_store: true,
+        ..broker_config()
+    };
+    let broker = Arc::new(RedisBroker::connect(&redis.url(), cfg).await.unwrap());
+    let worker = Worker::connect(&redis.url(), store.clone(), worker_config())
+        .await
+        .unwrap();
+    let streams = worker.streams();
+    let stop = CancellationToken::new();
+    let w = {
+        let stop = stop.clone();
+        tokio::spawn(async move { worker.run(stop).await })
+    };
+    let gw = gateway(broker.clone(), Some(Arc::new(store.clone()))).await;
+    let (a, b) = (addr(), addr());
+    let dm = ConvId::direct(&a, &b).unwrap();
+
+    // Sends go through the gateway's seeding path (the first one seeds).
+    let send_ws = |i: u64| {
+        let gw = &gw;
+        let dm = dm.clone();
+        async move {
+            let (token, _) = gw.state().tokens.issue(
+                &a,
+                Duration::from_secs(60),
+                time::OffsetDateTime::now_utc(),
+            );
+            let url = format!("ws://{}/v1/ws", gw.local_addr());
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            ws.send(WsMsg::text(
+                json!({"type": "auth", "token": token}).to_string(),
+            ))
+            .await
+            .unwrap();
+            let frame =
+                json!({"type": "send", "conv": dm, "id": format!("m{i}"), "body": {"i": i}});
+            ws.send(WsMsg::text(frame.to_string())).await.unwrap();
+            loop {
+                let Some(Ok(WsMsg::Text(t))) = ws.next().await else {
+                    panic!("closed")
+                };
+                let v: Value = serde_json::from_str(&t).unwrap();
+                match v["type"].as_str().unwrap() {
+                    "sent" => return v["seq"].as_u64().unwrap(),
+                    "error" => return 0,
+                    _ => {}
+                }
+            }
+        }
+    };
+    for i in 1..=5 {
+        assert_eq!(send_ws(i).await, i);
+    }
+    drained(&streams, Duration::from_secs(20)).await;
+    let (seqs, before) = sync(&gw, b, &dm, 0).await;
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let epoch1 = before["epoch"].as_u64().unwrap();
+    assert!(epoch1 > 0, "{before}");
+
+    redis.kill9();
+    redis.restart().unwrap();
+    // Retry like a client until the broker reconnected; seq continues at 6.
+    let mut seq = 0;
+    for _ in 0..100 {
+        seq = send_ws(6).await;
+        if seq > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seq, 6,
+        "seq restarted instead of continuing above the stored 5"
+    );
+    assert_eq!(send_ws(7).await, 7);
+    let (seqs, after) = sync(&gw, b, &dm, 0).await;
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(after["recovered"], true);
+    assert_eq!(after["epoch_base"], 5);
+    assert!(after["epoch"].as_u64().unwrap() > epoch1, "{after}");
+    drained(&streams, Duration::from_secs(20)).await;
+    let stored: Vec<(i64,)> = sqlx::query_as("SELECT seq FROM messages ORDER BY seq")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6, 7]
+    );
+
+    gw.shutdown().await;
+    stop.cancel();
+    w.await.unwrap();
+}

@@ -291,6 +291,17 @@ impl Broker for MemoryBroker {
         })
     }
 
+    /// The memory engine never loses state while it runs (and everything
+    /// when it stops), so there is nothing to seed: epoch 0 always.
+    async fn seed(
+        &self,
+        _conv: &ConvId,
+        _last_seq: u64,
+        _group: Option<&Conversation>,
+    ) -> Result<u64> {
+        Ok(0)
+    }
+
     async fn read_log(&self, conv: &ConvId, after: u64, limit: usize) -> Result<LogPage> {
         let st = self.lock();
         let Some(cs) = st.convs.get(conv) else {
@@ -302,6 +313,8 @@ impl Broker for MemoryBroker {
         Ok(LogPage {
             messages: cs.log.iter().skip(skip).take(limit).cloned().collect(),
             last_seq: cs.last_seq,
+            epoch: 0,
+            epoch_base: 0,
         })
     }
 

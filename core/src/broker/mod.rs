@@ -44,6 +44,12 @@ pub enum BrokerError {
     /// The backing store returned data we cannot read (a bug or a foreign writer).
     #[error("broker data corrupt: {0}")]
     Corrupt(String),
+    /// With `seed_from_store` on: the broker holds no state for this
+    /// conversation (new, or Redis lost its data). Nothing was stored; seed
+    /// it with [`Broker::seed`] from the durable store and send again. The
+    /// request comes back so the caller need not clone every send.
+    #[error("conversation not seeded in the broker")]
+    Unseeded(Box<SendRequest>),
 }
 
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
@@ -60,6 +66,12 @@ pub struct BrokerConfig {
     /// stream for the worker. Off until a worker consumes the streams, so an
     /// install without one does not grow Redis forever.
     pub persist: bool,
+    /// Refuse sends to conversations whose seq counter is missing with
+    /// [`BrokerError::Unseeded`], so the caller seeds it from the durable
+    /// store first: a Redis that lost its data then continues above the
+    /// stored seqs, in a new epoch, instead of restarting at 1. On whenever a
+    /// store is configured.
+    pub seed_from_store: bool,
     /// Number of logical shards (hash tags). Fixed for the life of a deployment.
     pub shards: u16,
     /// A gateway that has not refreshed its liveness for this long is dead and
@@ -73,6 +85,7 @@ impl Default for BrokerConfig {
             log_max_len: 10_000,
             dedupe_ttl: Duration::from_secs(24 * 3600),
             persist: false,
+            seed_from_store: false,
             shards: 64,
             gateway_ttl: Duration::from_secs(15),
         }
@@ -123,6 +136,14 @@ pub struct LogPage {
     pub messages: Vec<Message>,
     /// The conversation's current last seq (0 when empty).
     pub last_seq: u64,
+    /// The conversation's epoch: changes when the broker lost the
+    /// conversation's state and it was seeded again from the store (Unix ms
+    /// of the seeding; 0 when never seeded). Seqs are only comparable within
+    /// one epoch.
+    pub epoch: u64,
+    /// The stored last seq the current epoch continued from: seqs up to it
+    /// are the same messages in every epoch, seqs above it may differ.
+    pub epoch_base: u64,
 }
 
 /// Which watermark a client moves.
@@ -181,6 +202,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Atomically: check membership, dedupe by `(conv, id)`, assign the next
     /// seq, append to the conversation log (and the persistence stream).
     async fn send(&self, req: SendRequest) -> Result<SendOutcome>;
+    /// Give `conv` its broker state from the durable store: the seq counter
+    /// continues at `last_seq`, a new epoch starts, and for a group its
+    /// description and members are restored. Parts that exist are left
+    /// alone (a concurrent seeding wins once). Returns the epoch.
+    async fn seed(&self, conv: &ConvId, last_seq: u64, group: Option<&Conversation>)
+    -> Result<u64>;
     /// Messages of `conv` with seq > `after`, ascending, at most `limit`.
     async fn read_log(&self, conv: &ConvId, after: u64, limit: usize) -> Result<LogPage>;
     /// Raise `user`'s watermark in `conv` to `seq` (clamped to the last seq).

@@ -5,6 +5,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `sb:{<shard>}:c:<conv>:seq` | string | last assigned seq |
+//! | `sb:{<shard>}:c:<conv>:epoch` | string `<ms>:<base>` | when the state was seeded from the store, and the stored last seq it continued from |
 //! | `sb:{<shard>}:c:<conv>:log` | stream, id `<seq>-0` | recent messages (offline queue, sync) |
 //! | `sb:{<shard>}:c:<conv>:m` | set | group members (lowercase addresses) |
 //! | `sb:{<shard>}:c:<conv>:meta` | hash | group title, creator, creation time |
@@ -46,10 +47,14 @@ use crate::protocol::Message;
 use crate::time::now_ms;
 
 /// Dedupe, member check, seq, log append and persistence append, atomically.
-/// Returns `{-1}` for a non-member, `{0, seq, ts, member...}` for a duplicate
+/// Returns `{-2}` when seeding is required and the seq counter is missing,
+/// `{-1}` for a non-member, `{0, seq, ts, member...}` for a duplicate
 /// and `{1, seq, ts, member...}` for a new message (members of groups only:
 /// a direct conversation's members are in its id).
 const SEND_LUA: &str = r#"
+if ARGV[10] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
+  return {-2}
+end
 if ARGV[8] == 'g' and redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
   return {-1}
 end
@@ -86,6 +91,27 @@ if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'title', ARGV[2]) end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'created_by', ARGV[3]) end
 for i = 4, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
 return 1
+"#;
+
+/// Seed a conversation from the store: the seq counter (only if missing),
+/// a new epoch (Redis clock, ms) when the counter was missing, and for a
+/// group its description and members when the description is missing.
+/// Returns the epoch in force.
+const SEED_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], now .. ':' .. ARGV[1])
+end
+if ARGV[2] == 'g' and redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('HSET', KEYS[3], 'created_at', ARGV[3])
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], 'title', ARGV[4]) end
+  if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], 'created_by', ARGV[5]) end
+  for i = 6, #ARGV do redis.call('SADD', KEYS[4], ARGV[i]) end
+end
+local e = redis.call('GET', KEYS[2]) or '0:0'
+return tonumber(string.sub(e, 1, string.find(e, ':', 1, true) - 1))
 "#;
 
 /// Change a group's member set, only if the group exists (its meta hash):
@@ -186,6 +212,7 @@ pub struct RedisBroker {
     send_script: Arc<Script>,
     create_script: Arc<Script>,
     members_script: Arc<Script>,
+    seed_script: Arc<Script>,
     mark_script: Arc<Script>,
     touch_script: Arc<Script>,
     live: Arc<Mutex<(Option<Instant>, HashSet<String>)>>,
@@ -208,6 +235,7 @@ impl RedisBroker {
             send_script: Arc::new(Script::from_lua(SEND_LUA)),
             create_script: Arc::new(Script::from_lua(CREATE_LUA)),
             members_script: Arc::new(Script::from_lua(MEMBERS_LUA)),
+            seed_script: Arc::new(Script::from_lua(SEED_LUA)),
             mark_script: Arc::new(Script::from_lua(MARK_LUA)),
             touch_script: Arc::new(Script::from_lua(TOUCH_LUA)),
             live: Arc::default(),
@@ -538,6 +566,7 @@ impl Broker for RedisBroker {
             if self.cfg.persist { "1" } else { "0" }.into(),
             if direct.is_some() { "dm" } else { "g" }.into(),
             req.conv.to_string(),
+            if self.cfg.seed_from_store { "1" } else { "0" }.into(),
         ];
         let out: Vec<Value> = self
             .send_script
@@ -548,6 +577,9 @@ impl Broker for RedisBroker {
             .first()
             .and_then(Value::as_i64)
             .ok_or_else(|| corrupt("send reply"))?;
+        if status == -2 {
+            return Err(BrokerError::Unseeded(Box::new(req)));
+        }
         if status < 0 {
             return Err(BrokerError::NotMember);
         }
@@ -592,6 +624,56 @@ impl Broker for RedisBroker {
         })
     }
 
+    async fn seed(
+        &self,
+        conv: &ConvId,
+        last_seq: u64,
+        group: Option<&Conversation>,
+    ) -> Result<u64> {
+        let keys = self.conv_keys(conv);
+        let mut args = vec![last_seq.to_string()];
+        match group {
+            Some(g) => {
+                args.push("g".into());
+                args.push(g.created_at.to_string());
+                args.push(g.title.clone().unwrap_or_default());
+                args.push(
+                    g.created_by
+                        .as_ref()
+                        .map(Address::lower)
+                        .unwrap_or_default(),
+                );
+                args.extend(g.members.iter().map(Address::lower));
+            }
+            None => args.push("dm".into()),
+        }
+        let epoch: i64 = self
+            .seed_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![
+                    keys.key("seq"),
+                    keys.key("epoch"),
+                    keys.key("meta"),
+                    keys.key("m"),
+                ],
+                args,
+            )
+            .await
+            .map_err(unavailable)?;
+        if let Some(g) = group {
+            // The per-user conversation sets live in other slots.
+            try_join_all(g.members.iter().map(|m| async move {
+                self.pool
+                    .sadd::<(), _, _>(user_convs_key(m), conv.as_str())
+                    .await
+            }))
+            .await
+            .map_err(unavailable)?;
+        }
+        Ok(epoch.max(0) as u64)
+    }
+
     async fn read_log(&self, conv: &ConvId, after: u64, limit: usize) -> Result<LogPage> {
         let keys = self.conv_keys(conv);
         let client = self.pool.next();
@@ -604,7 +686,17 @@ impl Broker for RedisBroker {
             )
             .await
             .map_err(unavailable)?;
-        let last: Option<u64> = client.get(keys.key("seq")).await.map_err(unavailable)?;
+        let (last, epoch): (Option<u64>, Option<String>) = client
+            .mget(vec![keys.key("seq"), keys.key("epoch")])
+            .await
+            .map_err(unavailable)?;
+        let (epoch, epoch_base) = match epoch.as_deref().and_then(|e| e.split_once(':')) {
+            Some((at, base)) => (
+                at.parse().map_err(|_| corrupt("epoch"))?,
+                base.parse().map_err(|_| corrupt("epoch base"))?,
+            ),
+            None => (0, 0),
+        };
         let mut messages = Vec::with_capacity(entries.len());
         for (id, mut fields) in entries {
             let seq = id
@@ -632,6 +724,8 @@ impl Broker for RedisBroker {
         Ok(LogPage {
             messages,
             last_seq: last.unwrap_or(0),
+            epoch,
+            epoch_base,
         })
     }
 
