@@ -32,6 +32,12 @@ pub struct DevArgs {
     /// also applies migrations and runs a worker in-process
     #[arg(long, env = "SWITCHBOARD_DATABASE_URL")]
     database_url: Option<String>,
+    /// Newest messages kept per conversation in the Redis log (older ones come from PostgreSQL)
+    #[arg(long, default_value_t = 10_000)]
+    log_max_len: usize,
+    /// Days a message stays in the Redis log (0: no age limit)
+    #[arg(long, default_value_t = 30)]
+    log_max_age_days: u64,
     /// EIP-4361 domain sign-in messages must name
     #[arg(long, default_value = "localhost")]
     domain: String,
@@ -83,6 +89,8 @@ pub async fn run(args: DevArgs, mode: Mode) -> anyhow::Result<()> {
         persist: store.is_some(),
         // And a Redis that lost data is re-seeded from PostgreSQL.
         seed_from_store: store.is_some(),
+        log_max_len: args.log_max_len.max(1),
+        log_max_age: Duration::from_secs(args.log_max_age_days * 24 * 3600),
         ..BrokerConfig::default()
     };
     let (broker, mut engine): (DynBroker, String) = match &args.redis_url {

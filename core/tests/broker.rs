@@ -544,6 +544,30 @@ async fn logs(e: &Engine) {
     assert_eq!(p.last_seq, 0);
 }
 
+/// Messages older than `log_max_age` leave the log on the next send.
+async fn age_trimming(e: &Engine) {
+    let b = e
+        .broker(BrokerConfig {
+            log_max_age: Duration::from_millis(300),
+            ..BrokerConfig::default()
+        })
+        .await;
+    let (x, y) = (addr(), addr());
+    let dm = ConvId::direct(&x, &y).unwrap();
+    for i in 1..=3 {
+        b.send(req(&dm, &format!("a{i}"), x, "1")).await.unwrap();
+    }
+    assert_eq!(
+        seqs(&b.read_log(&dm, 0, 10).await.unwrap().messages),
+        [1, 2, 3]
+    );
+    sleep(Duration::from_millis(400)).await;
+    b.send(req(&dm, "a4", x, "1")).await.unwrap();
+    let page = b.read_log(&dm, 0, 10).await.unwrap();
+    assert_eq!(seqs(&page.messages), [4]);
+    assert_eq!(page.last_seq, 4);
+}
+
 async fn trimming(e: &Engine) {
     let b = e
         .broker(BrokerConfig {
@@ -937,7 +961,7 @@ macro_rules! suite {
 }
 
 suite!(
-    common: [nonces, conversations, sends, dedupe, bodies, logs, trimming, marks, routing, presence],
+    common: [nonces, conversations, sends, dedupe, bodies, logs, trimming, age_trimming, marks, routing, presence],
     redis_only: [persist_stream, direct_list_repair],
 );
 

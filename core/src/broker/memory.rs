@@ -276,6 +276,13 @@ impl Broker for MemoryBroker {
         while cs.log.len() > max_len {
             cs.log.pop_front();
         }
+        let max_age = self.cfg.log_max_age.as_millis() as u64;
+        if max_age > 0 {
+            let oldest_kept = message.ts.saturating_sub(max_age);
+            while cs.log.len() > 1 && cs.log.front().is_some_and(|m| m.ts < oldest_kept) {
+                cs.log.pop_front();
+            }
+        }
         if message.seq == 1 && req.conv.kind() == ConvKind::Direct {
             for m in &members {
                 st.user_convs

@@ -60,6 +60,9 @@ pub struct BrokerConfig {
     /// Most recent messages kept per conversation log (the offline queue and
     /// the sync source). Older messages come from PostgreSQL once it exists.
     pub log_max_len: usize,
+    /// Messages older than this leave the log too (checked on each send;
+    /// zero disables). Older history comes from PostgreSQL.
+    pub log_max_age: Duration,
     /// How long a client message id is remembered for idempotent retries.
     pub dedupe_ttl: Duration,
     /// Also append each message and watermark change to the shard's persistence
@@ -83,6 +86,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             log_max_len: 10_000,
+            log_max_age: Duration::from_secs(30 * 24 * 3600),
             dedupe_ttl: Duration::from_secs(24 * 3600),
             persist: false,
             seed_from_store: false,

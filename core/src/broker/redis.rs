@@ -69,6 +69,19 @@ else
   local seq = redis.call('INCR', KEYS[1])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
     'id', ARGV[2], 'from', ARGV[1], 'body', ARGV[3], 'ts', ts)
+  if tonumber(ARGV[11]) > 0 then
+    -- Stream ids are seqs, not times, so the age cap trims by the oldest
+    -- entry's ts, a few at a time (each send trims at most 16).
+    for _ = 1, 16 do
+      local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+      if #first == 0 then break end
+      local f = first[1][2]
+      local fts = 0
+      for i = 1, #f, 2 do if f[i] == 'ts' then fts = tonumber(f[i + 1]) end end
+      if fts >= ts - tonumber(ARGV[11]) or first[1][1] == seq .. '-0' then break end
+      redis.call('XDEL', KEYS[2], first[1][1])
+    end
+  end
   redis.call('SET', KEYS[4], seq .. ':' .. ts, 'PX', ARGV[6])
   if ARGV[7] == '1' then
     redis.call('XADD', KEYS[5], '*', 't', 'msg', 'conv', ARGV[9], 'seq', seq,
@@ -567,6 +580,7 @@ impl Broker for RedisBroker {
             if direct.is_some() { "dm" } else { "g" }.into(),
             req.conv.to_string(),
             if self.cfg.seed_from_store { "1" } else { "0" }.into(),
+            millis(self.cfg.log_max_age).to_string(),
         ];
         let out: Vec<Value> = self
             .send_script
