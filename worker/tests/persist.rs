@@ -360,3 +360,116 @@ async fn redis_restart_keeps_seqs_and_the_group() {
     cancel.cancel();
     handle.await.unwrap();
 }
+
+/// A gateway restarts while a client keeps sending through the SDK, which
+/// writes interrupted sends again under the same id: every message is
+/// stored exactly once, seqs 1..n.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_restart_under_retries_stores_exactly_once() {
+    use switchboard_client::{Client, ClientOptions};
+    use switchboard_gateway::{Gateway, GatewayConfig};
+
+    let redis = RedisServer::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let (store, _) = store(&pg, "gw_restart").await;
+    let cfg = switchboard_core::broker::BrokerConfig {
+        seed_from_store: true,
+        ..broker_config()
+    };
+    let worker = Worker::connect(&redis.url(), store.clone(), worker_config())
+        .await
+        .unwrap();
+    let streams = worker.streams();
+    let (cancel, handle) = spawn_worker(worker);
+    let secret = b"restart-test-secret-restart-test".to_vec();
+    let start = |addr: Option<std::net::SocketAddr>| {
+        let (url, store, secret, cfg) = (redis.url(), store.clone(), secret.clone(), cfg.clone());
+        async move {
+            let bind = addr.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
+            let mut listener = None;
+            for _ in 0..50 {
+                match tokio::net::TcpListener::bind(&bind).await {
+                    Ok(l) => {
+                        listener = Some(l);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            let broker = Arc::new(RedisBroker::connect(&url, cfg).await.unwrap());
+            Gateway::start_with_store(
+                GatewayConfig {
+                    token_secret: secret,
+                    ..GatewayConfig::default()
+                },
+                broker,
+                Some(Arc::new(store)),
+                listener.expect("port not free again"),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let gw = start(None).await;
+    let addr = gw.local_addr();
+    let (a, b) = (addr(), addr());
+    let (token, _) = gw.state().tokens.issue(
+        &a,
+        Duration::from_secs(300),
+        time::OffsetDateTime::now_utc(),
+    );
+    let opts = ClientOptions {
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(200),
+        send_timeout: Duration::from_millis(500),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with_token(&format!("http://{addr}"), &token, opts)
+        .await
+        .unwrap();
+    let dm = ConvId::direct(&a, &b).unwrap();
+    let sends: Vec<_> = (0..300)
+        .map(|i| {
+            let h = client.handle();
+            let dm = dm.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(i * 3)).await;
+                let p = h.send(&dm, serde_json::json!({ "i": i }));
+                let id = p.id().to_string();
+                (id, p.await)
+            }
+        })
+        .collect();
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gw.shutdown().await;
+        start(Some(addr)).await
+    };
+    let (results, gw2) = tokio::join!(futures_util::future::join_all(sends), restart);
+    let mut sent = Sent::new();
+    for (id, r) in results {
+        let s = r.expect("the SDK gave up on a send");
+        let prev = sent
+            .entry(dm.to_string())
+            .or_default()
+            .insert(s.seq, (id.clone(), String::new()));
+        assert!(prev.is_none(), "seq {} given twice", s.seq);
+    }
+    assert_eq!(sent[dm.as_str()].len(), 300);
+    drained(&streams, Duration::from_secs(30)).await;
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, msg_id FROM messages WHERE conv_id = $1 ORDER BY seq")
+            .bind(dm.as_str())
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 300);
+    for (i, (seq, id)) in rows.iter().enumerate() {
+        assert_eq!(*seq, i as i64 + 1);
+        assert_eq!(*id, sent[dm.as_str()][&(*seq as u64)].0);
+    }
+    client.close().await;
+    gw2.shutdown().await;
+    cancel.cancel();
+    handle.await.unwrap();
+}
