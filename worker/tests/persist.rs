@@ -411,7 +411,7 @@ async fn gateway_restart_under_retries_stores_exactly_once() {
         }
     };
     let gw = start(None).await;
-    let addr = gw.local_addr();
+    let gw_addr = gw.local_addr();
     let (a, b) = (addr(), addr());
     let (token, _) = gw.state().tokens.issue(
         &a,
@@ -424,7 +424,7 @@ async fn gateway_restart_under_retries_stores_exactly_once() {
         send_timeout: Duration::from_millis(500),
         ..ClientOptions::default()
     };
-    let client = Client::connect_with_token(&format!("http://{addr}"), &token, opts)
+    let client = Client::connect_with_token(&format!("http://{gw_addr}"), &token, opts)
         .await
         .unwrap();
     let dm = ConvId::direct(&a, &b).unwrap();
@@ -443,7 +443,7 @@ async fn gateway_restart_under_retries_stores_exactly_once() {
     let restart = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         gw.shutdown().await;
-        start(Some(addr)).await
+        start(Some(gw_addr)).await
     };
     let (results, gw2) = tokio::join!(futures_util::future::join_all(sends), restart);
     let mut sent = Sent::new();
