@@ -119,8 +119,8 @@ pub fn deployment(ctx: &Ctx, current_replicas: Option<i32>, config_hash: &str) -
     let gw = &spec.gateway;
     let drain = &gw.drain;
 
+    // The gateway alone: workers run in their own Deployment.
     let mut args = vec![
-        "dev".to_string(),
         "--listen".to_string(),
         format!("0.0.0.0:{HTTP_PORT}"),
         "--domain".to_string(),
@@ -194,7 +194,7 @@ pub fn deployment(ctx: &Ctx, current_replicas: Option<i32>, config_hash: &str) -
     let container = Container {
         name: COMPONENT.into(),
         image: Some(gw.image.clone()),
-        command: Some(vec!["switchboard".into()]),
+        command: Some(vec!["switchboard-gateway".into()]),
         args: Some(args),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
