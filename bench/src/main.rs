@@ -7,6 +7,9 @@
 //!   switchboard-bench idle --engine redis --connections 10000 [--ws-buffer 131072]
 //!   switchboard-bench latency --engine redis --users 1000 --rate 2000 --seconds 10
 //!   switchboard-bench all        # the set recorded in docs/benchmarks.md
+//!   switchboard-bench persist    # worker vs naive INSERTs, and sent→stored lag
+
+mod persist;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +79,19 @@ enum Cmd {
     },
     /// The standard set for docs/benchmarks.md.
     All,
+    /// Worker persistence throughput vs one INSERT per message, and lag.
+    Persist {
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Messages the naive baseline inserts (its rate is what counts).
+        #[arg(long, default_value_t = 20_000)]
+        naive_messages: usize,
+        /// Send rate of the lag scenario (messages/s).
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -110,6 +126,12 @@ fn main() -> Result<()> {
             Ok(())
         }),
         Cmd::All => rt.block_on(all()),
+        Cmd::Persist {
+            messages,
+            naive_messages,
+            rate,
+            seconds,
+        } => rt.block_on(persist::run(messages, naive_messages, rate, seconds)),
     }
 }
 

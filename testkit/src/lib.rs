@@ -10,7 +10,7 @@ mod postgres;
 mod redis;
 mod resp;
 
-pub use postgres::Postgres;
+pub use postgres::{Postgres, PostgresOptions};
 pub use redis::{RedisCluster, RedisServer, RedisServerOptions};
 pub use resp::resp_command;
 

@@ -22,18 +22,33 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The system user that runs the server when we are root.
 const SERVICE_USER: &str = "postgres";
 
+/// How to start a server.
+#[derive(Debug, Clone, Default)]
+pub struct PostgresOptions {
+    /// Production durability (`fsync` and `full_page_writes` on). Off by
+    /// default: tests only kill processes, never the OS, so they lose
+    /// nothing without it and run much faster. Benchmarks turn it on so
+    /// per-commit costs are what production pays.
+    pub durable: bool,
+}
+
 /// One PostgreSQL cluster on 127.0.0.1 with its own data directory.
 pub struct Postgres {
     bin_dir: PathBuf,
     port: u16,
     dir: TempDir,
     as_service_user: bool,
+    opts: PostgresOptions,
     child: Option<Child>,
 }
 
 impl Postgres {
     /// `initdb` a fresh cluster and start it on a free port.
     pub fn start() -> Result<Self, TestkitError> {
+        Self::start_with(PostgresOptions::default())
+    }
+
+    pub fn start_with(opts: PostgresOptions) -> Result<Self, TestkitError> {
         let bin_dir = find_bin_dir()?;
         let dir = tempfile::Builder::new()
             .prefix("sb-pg-")
@@ -48,6 +63,7 @@ impl Postgres {
             port: free_port()?,
             dir,
             as_service_user,
+            opts,
             child: None,
         };
         pg.initdb()?;
@@ -121,7 +137,11 @@ impl Postgres {
             // skipping fsync loses nothing the tests can observe, and makes
             // them much faster. synchronous_commit stays on: a commit is in
             // the OS before the client hears about it.
-            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .args(if self.opts.durable {
+                ["-c", "fsync=on", "-c", "full_page_writes=on"]
+            } else {
+                ["-c", "fsync=off", "-c", "full_page_writes=off"]
+            })
             .args(["-c", "max_connections=300"])
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
