@@ -6,6 +6,7 @@
 //!
 //!   switchboard-bench idle --engine redis --connections 10000 [--ws-buffer 131072]
 //!   switchboard-bench latency --engine redis --users 1000 --rate 2000 --seconds 10
+//!   switchboard-bench latency --engine redis --gateways 2   # every pair split over two gateways
 //!   switchboard-bench all        # the set recorded in docs/benchmarks.md
 //!   switchboard-bench persist    # worker vs naive INSERTs, and sent→stored lag
 
@@ -70,6 +71,11 @@ enum Cmd {
     Latency {
         #[arg(long, value_enum, default_value = "redis")]
         engine: Engine,
+        /// Gateway processes on the same Redis. With 2 or more, the two users
+        /// of every conversation sit on different gateways, so each delivery
+        /// crosses Redis pub/sub instead of the local short cut.
+        #[arg(long, default_value_t = 1)]
+        gateways: usize,
         #[arg(long, default_value_t = 1000)]
         users: usize,
         #[arg(long, default_value_t = 2000)]
@@ -117,11 +123,12 @@ fn main() -> Result<()> {
         }),
         Cmd::Latency {
             engine,
+            gateways,
             users,
             rate,
             seconds,
         } => rt.block_on(async {
-            let r = latency(engine, users, rate, seconds).await?;
+            let r = latency(engine, gateways, users, rate, seconds).await?;
             println!("{}", r.row());
             Ok(())
         }),
@@ -176,28 +183,18 @@ fn decode_hex(s: &str) -> Result<Vec<u8>> {
         .collect()
 }
 
-/// A gateway child process (and the Redis it uses, if any).
-struct Target {
+/// One gateway child process.
+struct GatewayProc {
     child: Child,
     addr: String,
-    signer: TokenSigner,
-    _redis: Option<RedisServer>,
 }
 
-impl Target {
-    async fn start(engine: Engine, ws_buffer: Option<usize>) -> Result<Target> {
-        let redis = match engine {
-            Engine::Redis => Some(RedisServer::start_with(
-                switchboard_testkit::RedisServerOptions {
-                    // Benchmarks measure the gateway; fsync-always AOF would measure the disk.
-                    persistence: false,
-                    ..Default::default()
-                },
-            )?),
-            Engine::Memory => None,
-        };
-        let secret: [u8; 32] = rand::random();
-        let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+impl GatewayProc {
+    async fn spawn(
+        secret_hex: &str,
+        redis_url: Option<&str>,
+        ws_buffer: Option<usize>,
+    ) -> Result<GatewayProc> {
         let port = switchboard_testkit::free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let mut cmd = match std::env::var("SB_BENCH_WRAP") {
@@ -210,37 +207,32 @@ impl Target {
             }
             _ => Command::new(std::env::current_exe()?),
         };
-        cmd.args(["serve", "--listen", &addr, "--secret-hex", &secret_hex]);
-        if let Some(r) = &redis {
-            cmd.args(["--redis-url", &r.url()]);
+        cmd.args(["serve", "--listen", &addr, "--secret-hex", secret_hex]);
+        if let Some(url) = redis_url {
+            cmd.args(["--redis-url", url]);
         }
         if let Some(b) = ws_buffer {
             cmd.args(["--ws-buffer", &b.to_string()]);
         }
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn()?;
+        // From here on, Drop stops the child even if it never comes up.
+        let g = GatewayProc { child, addr };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&addr).await.is_err() {
+        while TcpStream::connect(&g.addr).await.is_err() {
             if Instant::now() > deadline {
-                bail!("gateway did not start on {addr}");
+                bail!("gateway did not start on {}", g.addr);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Target {
-            child,
-            addr,
-            signer: TokenSigner::new(&secret),
-            _redis: redis,
-        })
+        Ok(g)
     }
 
-    fn token(&self, user: &Address) -> String {
-        self.signer
-            .issue(
-                user,
-                Duration::from_secs(3600),
-                time::OffsetDateTime::now_utc(),
-            )
-            .0
+    /// SIGINT: the gateway drains and exits (and a profiler wrapper gets to
+    /// write its report).
+    fn interrupt(&self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
     }
 
     fn proc_file(&self, name: &str) -> Result<String> {
@@ -273,13 +265,11 @@ impl Target {
     }
 }
 
-impl Drop for Target {
+impl Drop for GatewayProc {
     fn drop(&mut self) {
-        // SIGINT first: the gateway drains and exits (and a profiler wrapper
-        // gets to write its report); SIGKILL if it lingers.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
+        // SIGINT first (again, if `Target` already sent it: harmless); SIGKILL
+        // if it lingers.
+        self.interrupt();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -289,6 +279,121 @@ impl Drop for Target {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The system under test: one or more gateway child processes sharing one
+/// token secret (so one token works on each) and, for the Redis engine, one
+/// Redis. Fields drop in order: the gateways stop before their Redis does.
+struct Target {
+    gateways: Vec<GatewayProc>,
+    signer: TokenSigner,
+    redis: Option<RedisServer>,
+}
+
+impl Target {
+    async fn start(engine: Engine, ws_buffer: Option<usize>) -> Result<Target> {
+        Target::start_many(engine, 1, ws_buffer).await
+    }
+
+    async fn start_many(engine: Engine, n: usize, ws_buffer: Option<usize>) -> Result<Target> {
+        if n == 0 {
+            bail!("at least one gateway");
+        }
+        if engine == Engine::Memory && n > 1 {
+            // The memory broker lives inside one process: separate gateway
+            // processes could not reach each other's users.
+            bail!("the memory engine runs one gateway; use --engine redis for several");
+        }
+        let redis = match engine {
+            Engine::Redis => Some(RedisServer::start_with(
+                switchboard_testkit::RedisServerOptions {
+                    // Benchmarks measure the gateway; fsync-always AOF would measure the disk.
+                    persistence: false,
+                    ..Default::default()
+                },
+            )?),
+            Engine::Memory => None,
+        };
+        let secret: [u8; 32] = rand::random();
+        let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let url = redis.as_ref().map(RedisServer::url);
+        let mut t = Target {
+            gateways: Vec::with_capacity(n),
+            signer: TokenSigner::new(&secret),
+            redis,
+        };
+        for _ in 0..n {
+            let g = GatewayProc::spawn(&secret_hex, url.as_deref(), ws_buffer).await?;
+            t.gateways.push(g);
+        }
+        Ok(t)
+    }
+
+    /// The address of gateway `i` (wrapping around).
+    fn addr(&self, i: usize) -> &str {
+        &self.gateways[i % self.gateways.len()].addr
+    }
+
+    fn token(&self, user: &Address) -> String {
+        self.signer
+            .issue(
+                user,
+                Duration::from_secs(3600),
+                time::OffsetDateTime::now_utc(),
+            )
+            .0
+    }
+
+    /// Resident set size in KiB, summed over the gateways.
+    fn rss_kib(&self) -> Result<u64> {
+        self.gateways.iter().map(GatewayProc::rss_kib).sum()
+    }
+
+    /// User + system CPU seconds so far, summed over the gateways.
+    fn cpu_seconds(&self) -> Result<f64> {
+        self.gateways.iter().map(GatewayProc::cpu_seconds).sum()
+    }
+
+    /// User + system CPU seconds of Redis so far (`INFO cpu`), if any.
+    fn redis_cpu_seconds(&self) -> Result<Option<f64>> {
+        let Some(r) = &self.redis else {
+            return Ok(None);
+        };
+        let info = r.command(&["INFO", "cpu"])?;
+        let field = |name: &str| -> Result<f64> {
+            info.lines()
+                .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| format!("INFO cpu: no {name}"))
+        };
+        Ok(Some(field("used_cpu_user")? + field("used_cpu_sys")?))
+    }
+
+    /// `PUBLISH` calls Redis has served so far (`INFO commandstats`), if any:
+    /// shows whether deliveries crossed pub/sub or took the local short cut.
+    fn redis_publishes(&self) -> Result<Option<u64>> {
+        let Some(r) = &self.redis else {
+            return Ok(None);
+        };
+        let info = r.command(&["INFO", "commandstats"])?;
+        // `cmdstat_publish:calls=123,usec=...`; absent until the first call.
+        Ok(Some(
+            info.lines()
+                .find_map(|l| l.trim().strip_prefix("cmdstat_publish:calls="))
+                .and_then(|v| v.split(',').next()?.parse().ok())
+                .unwrap_or(0),
+        ))
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        // Let every gateway start draining at once; each one's Drop then
+        // waits for it (SIGKILL after 20 s).
+        for g in &self.gateways {
+            g.interrupt();
+        }
     }
 }
 
@@ -323,7 +428,7 @@ impl IdleResult {
     }
     fn row(&self) -> String {
         format!(
-            "| idle memory | {:?}, {} | {} connections | RSS {} → {} KiB | **{:.2} KiB per connection** |",
+            "| idle memory | {:?}, {} | {} connections | RSS {} → {} KiB | **{:.2} KiB per connection** | |",
             self.engine,
             match self.ws_buffer {
                 Some(b) => format!("{b} B WebSocket buffers"),
@@ -343,14 +448,14 @@ async fn idle(engine: Engine, connections: usize, ws_buffer: Option<usize>) -> R
     // connections, so the baseline is a running gateway, not a cold one.
     let mut warm = vec![];
     for _ in 0..50 {
-        warm.push(open(&t.addr, &t.token(&Address(rand::random()))).await?);
+        warm.push(open(t.addr(0), &t.token(&Address(rand::random()))).await?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = t.rss_kib()?;
     let mut held = Vec::with_capacity(connections);
     let mut pending = futures_util::stream::iter((0..connections).map(|_| {
         let token = t.token(&Address(rand::random()));
-        let addr = t.addr.clone();
+        let addr = t.addr(0).to_owned();
         async move { open(&addr, &token).await }
     }))
     .buffer_unordered(64);
@@ -373,6 +478,7 @@ async fn idle(engine: Engine, connections: usize, ws_buffer: Option<usize>) -> R
 
 struct LatencyResult {
     engine: Engine,
+    gateways: usize,
     users: usize,
     rate: u64,
     sent: u64,
@@ -382,13 +488,21 @@ struct LatencyResult {
     p99_ms: f64,
     max_ms: f64,
     cpu_s_per_1000: f64,
+    /// Redis CPU per 1,000 deliveries (Redis engine only), for context.
+    redis_cpu_s_per_1000: Option<f64>,
+    /// `PUBLISH` calls during the run (Redis engine only).
+    publishes: Option<u64>,
 }
 
 impl LatencyResult {
     fn row(&self) -> String {
         format!(
-            "| latency | {:?} | {} users, {} msg/s | sent {} delivered {} | p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.1} ms | {:.3} gateway CPU-s per 1,000 deliveries |",
+            "| latency | {:?}, {} | {} users, {} msg/s | sent {} delivered {} | p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.1} ms | {:.3} gateway CPU-s per 1,000 deliveries{} |",
             self.engine,
+            match self.gateways {
+                1 => "1 gateway".to_string(),
+                n => format!("{n} gateways, every pair split"),
+            },
             self.users,
             self.rate,
             self.sent,
@@ -397,13 +511,32 @@ impl LatencyResult {
             self.p95_ms,
             self.p99_ms,
             self.max_ms,
-            self.cpu_s_per_1000
+            self.cpu_s_per_1000,
+            match (self.redis_cpu_s_per_1000, self.publishes) {
+                (Some(r), Some(p)) => format!(" (Redis: {r:.3} CPU-s; {p} PUBLISH)"),
+                _ => String::new(),
+            }
         )
     }
 }
 
-async fn latency(engine: Engine, users: usize, rate: u64, seconds: u64) -> Result<LatencyResult> {
-    let t = Target::start(engine, None).await?;
+/// `users` users in `users / 2` direct conversations (users 2i and 2i + 1),
+/// sending at `rate` msg/s in both directions, every message acked. User j
+/// connects to gateway `j % gateways`: with two gateways, the two users of
+/// every conversation are on different gateways, so every delivery (and every
+/// receipt) goes through Redis pub/sub (`sb:gw:{id}`) rather than the
+/// sending gateway's local short cut.
+async fn latency(
+    engine: Engine,
+    gateways: usize,
+    users: usize,
+    rate: u64,
+    seconds: u64,
+) -> Result<LatencyResult> {
+    if users < 2 {
+        bail!("latency needs at least 2 users (one conversation)");
+    }
+    let t = Target::start_many(engine, gateways, None).await?;
     let start = Instant::now();
     let addrs: Vec<Address> = (0..users).map(|_| Address(rand::random())).collect();
     let samples = Arc::new(Mutex::new(Vec::<u64>::with_capacity(
@@ -411,8 +544,8 @@ async fn latency(engine: Engine, users: usize, rate: u64, seconds: u64) -> Resul
     )));
     let delivered = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::with_capacity(users);
-    for a in &addrs {
-        let ws = open(&t.addr, &t.token(a)).await?;
+    for (j, a) in addrs.iter().enumerate() {
+        let ws = open(t.addr(j), &t.token(a)).await?;
         let (mut sink, mut stream) = ws.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let ack_tx = tx.clone();
@@ -452,6 +585,8 @@ async fn latency(engine: Engine, users: usize, rate: u64, seconds: u64) -> Resul
         .collect::<Result<_, _>>()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu0 = t.cpu_seconds()?;
+    let redis_cpu0 = t.redis_cpu_seconds()?;
+    let publishes0 = t.redis_publishes()?;
     let total = rate * seconds;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -479,7 +614,22 @@ async fn latency(engine: Engine, users: usize, rate: u64, seconds: u64) -> Resul
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu = t.cpu_seconds()? - cpu0;
+    let redis_cpu = match (t.redis_cpu_seconds()?, redis_cpu0) {
+        (Some(b), Some(a)) => Some(b - a),
+        _ => None,
+    };
+    let publishes = match (t.redis_publishes()?, publishes0) {
+        (Some(b), Some(a)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     let got = delivered.load(Ordering::Relaxed);
+    let per_1000 = |cpu: f64| {
+        if got == 0 {
+            0.0
+        } else {
+            cpu / got as f64 * 1000.0
+        }
+    };
     let mut s = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
     s.sort_unstable();
     let pct = |p: f64| {
@@ -490,6 +640,7 @@ async fn latency(engine: Engine, users: usize, rate: u64, seconds: u64) -> Resul
     };
     Ok(LatencyResult {
         engine,
+        gateways,
         users,
         rate,
         sent,
@@ -498,11 +649,9 @@ async fn latency(engine: Engine, users: usize, rate: u64, seconds: u64) -> Resul
         p95_ms: pct(0.95),
         p99_ms: pct(0.99),
         max_ms: s.last().copied().unwrap_or(0) as f64 / 1000.0,
-        cpu_s_per_1000: if got == 0 {
-            0.0
-        } else {
-            cpu / got as f64 * 1000.0
-        },
+        cpu_s_per_1000: per_1000(cpu),
+        redis_cpu_s_per_1000: redis_cpu.map(per_1000),
+        publishes,
     })
 }
 
@@ -511,6 +660,7 @@ async fn all() -> Result<()> {
     // 19,000 is the most one process can hold here: the sandbox caps open
     // files at 20,000 per process (hard limit), for the gateway and the
     // load generator alike.
+    let mut idle_runs = vec![];
     for (engine, n, buf) in [
         (Engine::Redis, 10_000, None),
         (Engine::Redis, 19_000, None),
@@ -518,10 +668,45 @@ async fn all() -> Result<()> {
         // Side by side: tungstenite's default buffers (128 KiB read buffer).
         (Engine::Redis, 10_000, Some(128 * 1024)),
     ] {
-        println!("{}", idle(engine, n, buf).await?.row());
+        let r = idle(engine, n, buf).await?;
+        println!("{}", r.row());
+        idle_runs.push(r);
     }
-    for engine in [Engine::Redis, Engine::Memory] {
-        println!("{}", latency(engine, 1000, 2000, 10).await?.row());
+    // Single-gateway memory, single-gateway Redis (local short cut), and two
+    // gateways on one Redis (every delivery over pub/sub).
+    let mut lat = vec![];
+    for (engine, gateways) in [(Engine::Memory, 1), (Engine::Redis, 1), (Engine::Redis, 2)] {
+        let r = latency(engine, gateways, 1000, 2000, 10).await?;
+        println!("{}", r.row());
+        lat.push(r);
+    }
+    println!();
+    if let [small, .., big] = idle_runs.as_slice() {
+        println!(
+            "- idle memory, 128 KiB buffers / default: {:.1}x ({:.2} / {:.2} KiB per connection)",
+            big.per_conn_kib() / small.per_conn_kib(),
+            big.per_conn_kib(),
+            small.per_conn_kib()
+        );
+    }
+    if let [mem, redis1, redis2] = lat.as_slice() {
+        println!("{}", ratio_line("Redis 1 gateway / memory", redis1, mem));
+        println!(
+            "{}",
+            ratio_line("Redis 2 gateways / Redis 1 gateway", redis2, redis1)
+        );
     }
     Ok(())
+}
+
+/// `a` over `b` for the latency percentiles and the gateway CPU.
+fn ratio_line(label: &str, a: &LatencyResult, b: &LatencyResult) -> String {
+    let r = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
+    format!(
+        "- {label}: p50 {:.1}x, p95 {:.1}x, p99 {:.1}x, gateway CPU per 1,000 deliveries {:.1}x",
+        r(a.p50_ms, b.p50_ms),
+        r(a.p95_ms, b.p95_ms),
+        r(a.p99_ms, b.p99_ms),
+        r(a.cpu_s_per_1000, b.cpu_s_per_1000)
+    )
 }
