@@ -29,9 +29,10 @@ pub struct WorkerConfig {
     pub shards: u16,
     /// This consumer's name in the group; unique per process.
     pub consumer: String,
-    /// Entries per transaction (soft: one read round may overshoot).
+    /// Entries per transaction. Reads ask each shard for its share of what
+    /// is still missing, so a batch overshoots by fewer than `shards` entries.
     pub batch_size: usize,
-    /// Entries read per shard per round.
+    /// Most entries read per shard per round.
     pub read_count: u64,
     /// How long a batch waits for more entries once the first arrived.
     pub linger: Duration,
@@ -209,7 +210,7 @@ impl Worker {
         entries: &mut Vec<Entry>,
         cancel: &CancellationToken,
     ) -> Result<(), fred::error::Error> {
-        entries.extend(self.streams.read_new(self.cfg.read_count).await?);
+        entries.extend(self.streams.read_new(self.per_shard(entries.len())).await?);
         if entries.is_empty() {
             return Ok(());
         }
@@ -219,13 +220,24 @@ impl Worker {
             if now >= deadline {
                 break;
             }
-            let more = self.streams.read_new(self.cfg.read_count).await?;
+            let more = self.streams.read_new(self.per_shard(entries.len())).await?;
             if more.is_empty() {
                 tokio::time::sleep((deadline - now).min(Duration::from_millis(2))).await;
             }
             entries.extend(more);
         }
         Ok(())
+    }
+
+    /// How many entries to ask each shard for when `have` are in hand: the
+    /// missing part of the batch spread over the shards (at least one, at
+    /// most `read_count`). Asking every shard for `read_count` would let one
+    /// round of 64 shards × 256 entries blow far past a small batch size.
+    fn per_shard(&self, have: usize) -> u64 {
+        let missing = self.cfg.batch_size.saturating_sub(have) as u64;
+        missing
+            .div_ceil(u64::from(self.cfg.shards.max(1)))
+            .clamp(1, self.cfg.read_count.max(1))
     }
 
     /// Write `entries` and acknowledge the ones that are stored.
