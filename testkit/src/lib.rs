@@ -5,10 +5,18 @@
 //! The API is synchronous (std processes and sockets) so both sync and async
 //! tests can use it; async tests may call it directly during set-up — starting
 //! a server blocks for well under a second (a cluster for a few seconds).
+//!
+//! Feature `kube`: `ControlPlane`, a local Kubernetes control plane (etcd,
+//! kube-apiserver, kube-controller-manager) for operator tests.
 
+#[cfg(feature = "kube")]
+pub mod controlplane;
 mod postgres;
 mod redis;
 mod resp;
+
+#[cfg(feature = "kube")]
+pub use controlplane::{ControlPlane, ControlPlaneOptions};
 
 pub use postgres::{Postgres, PostgresOptions};
 pub use redis::{RedisCluster, RedisServer, RedisServerOptions};
@@ -38,6 +46,13 @@ pub enum TestkitError {
     },
     #[error("{0}")]
     Other(String),
+    #[cfg(feature = "kube")]
+    #[error("{what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestkitError {

@@ -1,0 +1,132 @@
+//! Component processes and their clean-up.
+//!
+//! Each component runs in its own process group, so stopping it also stops
+//! anything it started, and a Ctrl-C meant for `cargo test` does not reach it
+//! half-way. A small `sh` *reaper* per control plane reads the group ids on its
+//! stdin; when that pipe closes — on drop, or because the test process died in
+//! any way, including a shared instance in a `static` that is never dropped —
+//! it kills every group and removes the temp dir. No `unsafe` needed.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+use crate::{TestkitError, io};
+
+const REAPER: &str = r#"
+trap '' INT TERM HUP
+groups=
+while read -r pg; do groups="$groups $pg"; done
+for pg in $groups; do kill -s KILL -- "-$pg" 2>/dev/null; done
+i=0
+while [ -e "$1" ] && [ "$i" -lt 50 ]; do rm -rf -- "$1" 2>/dev/null || sleep 0.1; i=$((i + 1)); done
+"#;
+
+pub(crate) struct Reaper {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Reaper {
+    /// Starts the reaper; it will remove `dir` when it finishes.
+    pub(crate) fn spawn(dir: &Path) -> Result<Reaper, TestkitError> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(REAPER)
+            .arg("switchboard-controlplane-reaper")
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(io("spawn the control plane's clean-up process (sh)"))?;
+        let stdin = child.stdin.take();
+        Ok(Reaper { child, stdin })
+    }
+
+    /// Kill process group `pgid` when this reaper finishes.
+    pub(crate) fn watch(&mut self, pgid: u32) -> Result<(), TestkitError> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| TestkitError::Other("control plane reaper already finished".into()))?;
+        writeln!(stdin, "{pgid}")
+            .and_then(|()| stdin.flush())
+            .map_err(io("hand a process group to the control plane reaper"))
+    }
+
+    /// Close the pipe: the reaper kills every group and removes the dir.
+    pub(crate) fn finish(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// One running component with its combined stdout/stderr log.
+pub(crate) struct Component {
+    pub name: &'static str,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Component {
+    pub(crate) fn spawn(
+        name: &'static str,
+        bin: &Path,
+        args: &[String],
+        log: PathBuf,
+        reaper: &mut Reaper,
+    ) -> Result<Component, TestkitError> {
+        let out = File::create(&log).map_err(io(format!("create {}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(io(format!("open {}", log.display())))?;
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(io(format!("spawn {}", bin.display())))?;
+        let mut component = Component { name, child, log };
+        if let Err(e) = reaper.watch(component.child.id()) {
+            component.kill();
+            return Err(e);
+        }
+        Ok(component)
+    }
+
+    pub(crate) fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last `lines` lines of the log.
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// SIGKILL the whole process group, then reap the leader.
+    pub(crate) fn kill(&mut self) {
+        if !self.has_exited() {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
