@@ -26,10 +26,14 @@ use switchboard_operator::ChatCluster;
 use switchboard_operator::run::{RunConfig, run};
 use tokio_util::sync::CancellationToken;
 
-/// The one place that knows testkit's control-plane API.
-fn control_plane() -> (switchboard_testkit::ControlPlane, Client) {
-    let cp = switchboard_testkit::ControlPlane::start().expect("local control plane");
-    let client = cp.client();
+/// A control plane of this test's own: the operators here watch every
+/// namespace and compete for one Lease, so tests must not share one.
+async fn control_plane() -> (switchboard_testkit::ControlPlane, Client) {
+    let cp = tokio::task::spawn_blocking(switchboard_testkit::ControlPlane::start)
+        .await
+        .unwrap()
+        .expect("local control plane");
+    let client = cp.client().await.expect("client for the control plane");
     (cp, client)
 }
 
@@ -159,7 +163,7 @@ fn condition(cluster: &ChatCluster, type_: &str) -> Option<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_reconciles_chatclusters() {
-    let (_cp, client) = control_plane();
+    let (_cp, client) = control_plane().await;
     install_crd(&client).await;
     namespace(&client, "ops").await;
     namespace(&client, "apps").await;
@@ -282,11 +286,12 @@ async fn operator_reconciles_chatclusters() {
         gone.then_some(())
     })
     .await;
-    let c = api.get("chat").await.unwrap();
-    assert_eq!(
-        condition(&c, "RedisReady").map(|c| c.1).as_deref(),
-        Some("External")
-    );
+    // Status is written after the pruning, by the same reconcile.
+    eventually("RedisReady reason External", || async {
+        let c = api.get("chat").await.ok()?;
+        (condition(&c, "RedisReady")?.1 == "External").then_some(())
+    })
+    .await;
 
     // --- the pause annotation stops changes and says so
     api.patch(
@@ -369,7 +374,7 @@ async fn operator_reconciles_chatclusters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_manifests_are_rejected_with_the_cel_message() {
-    let (_cp, client) = control_plane();
+    let (_cp, client) = control_plane().await;
     install_crd(&client).await;
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), "default");
 
@@ -432,7 +437,7 @@ async fn invalid_manifests_are_rejected_with_the_cel_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_reconciles() {
-    let (_cp, client) = control_plane();
+    let (_cp, client) = control_plane().await;
     install_crd(&client).await;
     namespace(&client, "ops").await;
     let (stop_a, addr_a, handle_a) = start_operator(&client, "op-a", "ops");

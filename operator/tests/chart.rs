@@ -1,0 +1,461 @@
+//! The Helm chart installed for real into the local control plane, and the
+//! `switchboard-operator` binary run with exactly what the chart gives it:
+//! the container's args and env from the installed Deployment, and the
+//! chart's ServiceAccount token. So this proves the chart installs, its
+//! least-privilege RBAC is enough for the operator to do all of its work (and
+//! no more), and the examples pass the API server's validation
+//! (`kubectl apply --dry-run=server -f examples/`).
+//!
+//! Needs helm and kubectl: `scripts/check-chart` fetches both into
+//! `~/.cache/switchboard/helm` (or set `SWITCHBOARD_HELM` / `SWITCHBOARD_KUBECTL`).
+//!
+//! `cargo test -p switchboard-operator --features kube --test chart`
+
+#![cfg(feature = "kube")]
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use switchboard_operator::ChatCluster;
+use switchboard_testkit::ControlPlane;
+
+const WAIT: Duration = Duration::from_secs(60);
+const CHART: &str = "charts/switchboard-operator";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// helm or kubectl: `$SWITCHBOARD_<NAME>`, else scripts/check-chart's cache.
+fn tool(name: &str) -> PathBuf {
+    let var = format!("SWITCHBOARD_{}", name.to_uppercase());
+    if let Some(p) = std::env::var_os(&var) {
+        return p.into();
+    }
+    let home = std::env::var_os("HOME").expect("HOME");
+    let p = Path::new(&home).join(".cache/switchboard/helm").join(name);
+    assert!(
+        p.is_file(),
+        "{name} not found at {}: run scripts/check-chart (it fetches helm and kubectl) or set {var}",
+        p.display()
+    );
+    p
+}
+
+/// Runs a CLI tool against the control plane; panics with its output on failure.
+fn run_tool(name: &str, kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new(tool(name))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HELM_CACHE_HOME", kubeconfig.with_file_name("helm-cache"))
+        .env("HELM_CONFIG_HOME", kubeconfig.with_file_name("helm-config"))
+        .env("HELM_DATA_HOME", kubeconfig.with_file_name("helm-data"))
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The operator process, killed on drop; its log is printed if the test fails.
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- operator log ({}) ---\n{log}", self.log.display());
+        }
+    }
+}
+
+/// Starts the operator binary as the chart's Deployment would: its
+/// container's args and env (downward-API fields resolved as the kubelet
+/// would), authenticated as the chart's ServiceAccount.
+async fn start_as_chart_pod(
+    cp: &ControlPlane,
+    client: &Client,
+    release_ns: &str,
+    deployment: &str,
+    work: &Path,
+) -> Operator {
+    let deploy: Deployment = Api::namespaced(client.clone(), release_ns)
+        .get(deployment)
+        .await
+        .unwrap();
+    let pod = deploy.spec.unwrap().template.spec.unwrap();
+    let container = &pod.containers[0];
+    let sa = pod
+        .service_account_name
+        .clone()
+        .expect("serviceAccountName");
+
+    // A short-lived token for the chart's ServiceAccount (TokenRequest, as
+    // the kubelet's projected volume would get).
+    let tr: TokenRequest = serde_json::from_value(json!({
+        "spec": {"audiences": [], "expirationSeconds": 3600}
+    }))
+    .unwrap();
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), release_ns)
+        .create_token_request(&sa, &PostParams::default(), &tr)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let kubeconfig = work.join(format!("{deployment}.kubeconfig"));
+    std::fs::write(&kubeconfig, cp.kubeconfig_yaml_for(&token)).unwrap();
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let args: Vec<String> = container
+        .args
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| {
+            if a.starts_with("--listen=") {
+                format!("--listen=127.0.0.1:{port}")
+            } else {
+                a
+            }
+        })
+        .collect();
+    let log = work.join(format!("{deployment}.log"));
+    let log_file = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard-operator"));
+    cmd.args(&args)
+        .env_clear()
+        .env("KUBECONFIG", &kubeconfig)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file);
+    for e in container.env.clone().unwrap_or_default() {
+        let value = match (e.value, e.value_from.and_then(|v| v.field_ref)) {
+            (Some(v), _) => v,
+            (None, Some(f)) if f.field_path == "metadata.name" => format!("{deployment}-0"),
+            (None, Some(f)) if f.field_path == "metadata.namespace" => release_ns.into(),
+            (None, other) => panic!("env {} from {other:?} not resolved by the test", e.name),
+        };
+        cmd.env(e.name, value);
+    }
+    let child = cmd.spawn().unwrap();
+    let op = Operator { child, log };
+    // Healthy = started, CRD found, serving /healthz.
+    eventually("operator /healthz", || async {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+        s.ok().map(|_| ())
+    })
+    .await;
+    op
+}
+
+async fn wait_for_children(client: &Client, ns: &str, name: &str) {
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("{ns}/{name} reconciled with status"), || async {
+        let c = api.get(name).await.ok()?;
+        (c.status?.observed_generation == Some(1)).then_some(())
+    })
+    .await;
+    for (kind, child) in [
+        ("Deployment", format!("{name}-gateway")),
+        ("Deployment", format!("{name}-worker")),
+        ("ConfigMap", format!("{name}-gateway")),
+        ("Secret", format!("{name}-session")),
+    ] {
+        let found = match kind {
+            "Deployment" => Api::<Deployment>::namespaced(client.clone(), ns)
+                .get_opt(&child)
+                .await
+                .unwrap()
+                .is_some(),
+            "ConfigMap" => Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .get_opt(&child)
+                .await
+                .unwrap()
+                .is_some(),
+            _ => Api::<Secret>::namespaced(client.clone(), ns)
+                .get_opt(&child)
+                .await
+                .unwrap()
+                .is_some(),
+        };
+        assert!(found, "{kind} {ns}/{child}");
+    }
+}
+
+async fn apply_minimal(client: &Client, ns: &str) {
+    let text =
+        std::fs::read_to_string(workspace().join("examples/chatcluster-minimal.yaml")).unwrap();
+    let cluster: ChatCluster = serde_norway::from_str(&text).unwrap();
+    Api::<ChatCluster>::namespaced(client.clone(), ns)
+        .patch(
+            &cluster.name_any(),
+            &PatchParams::apply("switchboard-tests").force(),
+            &Patch::Apply(&cluster),
+        )
+        .await
+        .unwrap();
+}
+
+async fn create_namespace(client: &Client, name: &str) {
+    let ns = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
+    let cp = tokio::task::spawn_blocking(ControlPlane::start)
+        .await
+        .unwrap()
+        .expect("local control plane");
+    let client = cp.client().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let admin = work.path().join("admin.kubeconfig");
+    cp.write_kubeconfig(&admin).unwrap();
+
+    // --- helm install (cluster-wide: ClusterRole), CRD from the chart's crds/
+    run_tool(
+        "helm",
+        &admin,
+        &[
+            "install",
+            "sb",
+            CHART,
+            "--namespace",
+            "switchboard-system",
+            "--create-namespace",
+        ],
+    );
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    eventually("CRD established", || async {
+        let crd = crds.get_opt("chatclusters.switchboard.dev").await.ok()??;
+        let established = crd
+            .status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(())
+    })
+    .await;
+    let status = run_tool(
+        "helm",
+        &admin,
+        &["status", "sb", "-n", "switchboard-system"],
+    );
+    assert!(status.contains("STATUS: deployed"), "{status}");
+    let deploy: Deployment = Api::namespaced(client.clone(), "switchboard-system")
+        .get("sb-switchboard-operator")
+        .await
+        .unwrap();
+    assert_eq!(deploy.spec.as_ref().unwrap().replicas, Some(2));
+
+    // --- both examples pass the API server's validation (CEL included)
+    let dry = run_tool(
+        "kubectl",
+        &admin,
+        &[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            "default",
+            "-f",
+            "examples/",
+        ],
+    );
+    assert!(
+        dry.contains("chatcluster.switchboard.dev/chat created (server dry run)"),
+        "{dry}"
+    );
+    assert!(dry.contains("chat-prod created (server dry run)"), "{dry}");
+
+    // --- the operator, as the chart runs it, reconciles a ChatCluster
+    {
+        let _op = start_as_chart_pod(
+            &cp,
+            &client,
+            "switchboard-system",
+            "sb-switchboard-operator",
+            work.path(),
+        )
+        .await;
+        create_namespace(&client, "apps").await;
+        apply_minimal(&client, "apps").await;
+        wait_for_children(&client, "apps", "chat").await;
+        // Leader election through the Role in the release namespace.
+        let lease: k8s_openapi::api::coordination::v1::Lease =
+            Api::namespaced(client.clone(), "switchboard-system")
+                .get("sb-switchboard-operator")
+                .await
+                .unwrap();
+        assert_eq!(
+            lease.spec.unwrap().holder_identity.as_deref(),
+            Some("sb-switchboard-operator-0")
+        );
+    }
+
+    // --- least privilege: the ServiceAccount can do nothing it does not need
+    let sa_client = {
+        let tr: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": []}})).unwrap();
+        let token = Api::<ServiceAccount>::namespaced(client.clone(), "switchboard-system")
+            .create_token_request("sb-switchboard-operator", &PostParams::default(), &tr)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .token;
+        cp.client_with_token(&token).await.unwrap()
+    };
+    let forbidden =
+        |r: Result<_, kube::Error>| matches!(r, Err(kube::Error::Api(ref s)) if s.code == 403);
+    assert!(forbidden(
+        Api::<Pod>::all(sa_client.clone())
+            .list(&ListParams::default())
+            .await
+            .map(|_| ())
+    ));
+    assert!(forbidden(
+        Api::<CustomResourceDefinition>::all(sa_client.clone())
+            .list(&ListParams::default())
+            .await
+            .map(|_| ())
+    ));
+    assert!(forbidden(
+        Api::<Secret>::namespaced(sa_client.clone(), "apps")
+            .patch(
+                "chat-session",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {}})),
+            )
+            .await
+            .map(|_| ())
+    ));
+
+    // --- a second release watching one namespace: a namespaced Role suffices
+    create_namespace(&client, "team").await;
+    run_tool(
+        "helm",
+        &admin,
+        &[
+            "install",
+            "team-sb",
+            CHART,
+            "--namespace",
+            "team-ops",
+            "--create-namespace",
+            "--skip-crds",
+            "--set",
+            "watchNamespace=team",
+            "--set",
+            "replicaCount=1",
+        ],
+    );
+    {
+        let _op = start_as_chart_pod(
+            &cp,
+            &client,
+            "team-ops",
+            "team-sb-switchboard-operator",
+            work.path(),
+        )
+        .await;
+        apply_minimal(&client, "team").await;
+        wait_for_children(&client, "team", "chat").await;
+
+        // An invalid spec becomes a Warning Event (events.k8s.io create).
+        let bad: ChatCluster = serde_json::from_value(json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "ChatCluster",
+            "metadata": {"name": "bad"},
+            "spec": {"auth": {"domain": "https://chat.example.com"}}
+        }))
+        .unwrap();
+        Api::<ChatCluster>::namespaced(client.clone(), "team")
+            .create(&PostParams::default(), &bad)
+            .await
+            .unwrap();
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(client.clone(), "team");
+        let note = eventually("InvalidSpec warning event", || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                let about_bad = e.regarding.as_ref()?.name.as_deref() == Some("bad");
+                (about_bad
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.reason.as_deref() == Some("InvalidSpec"))
+                .then_some(e.note.unwrap_or_default())
+            })
+        })
+        .await;
+        assert!(note.contains("auth.domain"), "{note}");
+    }
+
+    // --- helm uninstall removes what it installed (the CRD stays, as Helm
+    // never deletes CRDs from crds/)
+    run_tool("helm", &admin, &["uninstall", "team-sb", "-n", "team-ops"]);
+    run_tool(
+        "helm",
+        &admin,
+        &["uninstall", "sb", "-n", "switchboard-system"],
+    );
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), "switchboard-system")
+            .get_opt("sb-switchboard-operator")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        crds.get_opt("chatclusters.switchboard.dev")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
