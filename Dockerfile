@@ -17,14 +17,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/switchboard target/release/switchboard-gateway \
        target/release/switchboard-worker target/release/switchboard-operator /out/
 
-# Non-root (uid 10001), read-only root filesystem friendly: nothing is
+# Non-root (uid 65532, the uid the operator and the chart run pods as),
+# read-only root filesystem friendly: nothing is
 # written outside mounted volumes.
 FROM debian:bookworm-slim AS runtime-base
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --uid 10001 --user-group --no-create-home switchboard
-USER 10001:10001
+ && useradd --uid 65532 --user-group --no-create-home switchboard
+USER 65532:65532
 
 FROM runtime-base AS operator
 COPY --from=build /out/switchboard-operator /usr/local/bin/
