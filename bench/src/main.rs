@@ -11,6 +11,7 @@
 //!   switchboard-bench persist    # worker vs naive INSERTs, and sent→stored lag
 
 mod persist;
+mod reconcile;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,6 +98,16 @@ enum Cmd {
         rate: u64,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Worker batch sizes to drain the backlog with, one run each; the
+        /// first is compared with the naive baseline.
+        #[arg(long, value_delimiter = ',', default_values_t = [10_000usize, 1000, 100])]
+        batches: Vec<usize>,
+    },
+    /// Operator reconcile latency in the local control plane: apply → all
+    /// children and status, and spec change → converged.
+    Reconcile {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
     },
 }
 
@@ -138,7 +149,15 @@ fn main() -> Result<()> {
             naive_messages,
             rate,
             seconds,
-        } => rt.block_on(persist::run(messages, naive_messages, rate, seconds)),
+            batches,
+        } => rt.block_on(persist::run(
+            messages,
+            naive_messages,
+            rate,
+            seconds,
+            batches,
+        )),
+        Cmd::Reconcile { runs } => rt.block_on(reconcile::run(runs)),
     }
 }
 

@@ -137,7 +137,16 @@ fn row(scenario: &str, load: String, result: String, extra: String) -> String {
     format!("| {scenario} | {load} | {result} | {extra} |")
 }
 
-pub async fn run(messages: usize, naive_messages: usize, rate: u64, seconds: u64) -> Result<()> {
+pub async fn run(
+    messages: usize,
+    naive_messages: usize,
+    rate: u64,
+    seconds: u64,
+    batches: Vec<usize>,
+) -> Result<()> {
+    let Some(&first_batch) = batches.first() else {
+        anyhow::bail!("--batches needs at least one batch size");
+    };
     let redis = RedisServer::start_with(RedisServerOptions {
         // Filling the streams is set-up, not what is measured.
         persistence: false,
@@ -154,11 +163,11 @@ pub async fn run(messages: usize, naive_messages: usize, rate: u64, seconds: u64
     let b = broker(&redis).await?;
     let lag = lag(&redis, &pg, &b, &convs[..100], rate, seconds).await?;
 
-    // Throughput: the same backlog persisted by the worker at two batch
-    // sizes, and by the naive loop.
+    // Throughput: the same backlog persisted by the worker at each batch
+    // size, and by the naive loop.
     let mut worker_rates = vec![];
     let mut sample = vec![];
-    for (i, batch) in [1000usize, 100].into_iter().enumerate() {
+    for (i, batch) in batches.iter().copied().enumerate() {
         let msgs = fill(&b, &convs, messages)
             .await
             .context("filling the streams")?;
@@ -190,7 +199,7 @@ pub async fn run(messages: usize, naive_messages: usize, rate: u64, seconds: u64
             format!("{n} messages, autocommit, one connection"),
             format!("**{naive_rate:.0} messages/s**"),
             format!(
-                "worker (batch 1000) / naive = **{:.1}×**",
+                "worker (batch {first_batch}) / naive = **{:.1}×**",
                 worker_rates[0] / naive_rate
             ),
         )

@@ -98,8 +98,9 @@ struct RunArgs {
     partition_maintenance_secs: u64,
     #[command(flatten)]
     policy: PolicyArgs,
-    /// Entries per transaction
-    #[arg(long, default_value_t = 1000)]
+    /// Most entries per transaction (a backlog drains in big batches; under
+    /// steady load a batch holds what arrived within the linger)
+    #[arg(long, default_value_t = 10_000)]
     batch_size: usize,
     /// Milliseconds a batch waits for more entries
     #[arg(long, default_value_t = 10)]
