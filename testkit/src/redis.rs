@@ -1,5 +1,6 @@
-//! Real `redis-server` processes: standalone (AOF on by default) and a Redis
-//! Cluster formed with `redis-cli --cluster create`.
+//! Real `redis-server` processes: standalone (AOF on by default), a Redis
+//! Cluster formed with `redis-cli --cluster create`, and cluster-enabled
+//! nodes left unjoined (for code that forms the cluster itself).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,30 @@ pub struct RedisServerOptions {
     pub persistence: bool,
     /// More `--name value` arguments.
     pub extra_args: Vec<String>,
+}
+
+impl RedisServerOptions {
+    /// A Redis Cluster node that has joined no cluster yet: cluster mode on
+    /// (`nodes.conf` in the data directory), its own free cluster-bus port,
+    /// a 2 s node timeout, announcing 127.0.0.1, AOF on. The bus port is
+    /// chosen here, so a restart keeps it.
+    pub fn cluster_node() -> Result<Self, TestkitError> {
+        Ok(RedisServerOptions {
+            persistence: true,
+            extra_args: vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                "nodes.conf".into(),
+                "--cluster-node-timeout".into(),
+                "2000".into(),
+                "--cluster-port".into(),
+                free_port()?.to_string(),
+                "--cluster-announce-ip".into(),
+                "127.0.0.1".into(),
+            ],
+        })
+    }
 }
 
 impl Default for RedisServerOptions {
@@ -63,6 +88,12 @@ impl RedisServer {
         };
         s.spawn()?;
         Ok(s)
+    }
+
+    /// A cluster-enabled server that has joined no cluster (see
+    /// [`RedisServerOptions::cluster_node`]).
+    pub fn start_cluster_node() -> Result<Self, TestkitError> {
+        Self::start_with(RedisServerOptions::cluster_node()?)
     }
 
     fn spawn(&mut self) -> Result<(), TestkitError> {
@@ -178,6 +209,28 @@ impl RedisServer {
         self.spawn()
     }
 
+    /// A node that lost its volume: kill -9, delete everything in the data
+    /// directory but the log (AOF, RDB, `nodes.conf`), and start again on
+    /// the same port with the same options.
+    pub fn wipe_and_restart(&mut self) -> Result<(), TestkitError> {
+        self.kill9();
+        let entries = fs::read_dir(self.dir.path()).map_err(io("read data dir"))?;
+        for entry in entries {
+            let entry = entry.map_err(io("read data dir"))?;
+            let path = entry.path();
+            if entry.file_name() == "redis.log" {
+                continue;
+            }
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(io(format!("remove {}", path.display())))?;
+        }
+        self.spawn()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -215,21 +268,7 @@ impl RedisCluster {
         )?;
         let mut nodes = vec![];
         for _ in 0..primaries * (1 + replicas) {
-            nodes.push(RedisServer::start_with(RedisServerOptions {
-                persistence: true,
-                extra_args: vec![
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-config-file".into(),
-                    "nodes.conf".into(),
-                    "--cluster-node-timeout".into(),
-                    "2000".into(),
-                    "--cluster-port".into(),
-                    free_port()?.to_string(),
-                    "--cluster-announce-ip".into(),
-                    "127.0.0.1".into(),
-                ],
-            })?);
+            nodes.push(RedisServer::start_cluster_node()?);
         }
         let addrs: Vec<String> = nodes.iter().map(RedisServer::addr).collect();
         let out = Command::new(&cli)
