@@ -10,7 +10,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use std::time::Duration;
 
-use switchboard_core::broker::{BrokerConfig, DynBroker, MemoryBroker, RedisBroker};
+use switchboard_core::broker::{
+    BrokerConfig, ClusterRef, DynBroker, GatewayIdentity, MemoryBroker, RedisBroker,
+};
 use switchboard_core::store::partitions::PartitionPolicy;
 use switchboard_core::store::{DynStore, PgStore};
 use switchboard_gateway::{Gateway, GatewayConfig};
@@ -47,6 +49,60 @@ pub struct DevArgs {
     /// Session-token secret file; created with 32 random bytes if missing
     #[arg(long)]
     token_secret_file: Option<PathBuf>,
+    /// Pod name this gateway reports its live connections as (with --pod-namespace and
+    /// --cluster; the operator sets all three through the downward API)
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Namespace of the pod and its ChatCluster, for connection reports
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// Name of the ChatCluster this gateway belongs to, for connection reports
+    #[arg(long, env = "SWITCHBOARD_CLUSTER")]
+    cluster: Option<String>,
+    /// Seconds between connection reports (each expires after three intervals)
+    #[arg(long, env = "SWITCHBOARD_REPORT_INTERVAL_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    report_interval_seconds: u64,
+}
+
+/// The gateway's identity for connection reports: all three names, or none
+/// (then the gateway does not report). Only some of them set is not an
+/// error, since `POD_NAME` alone is common in pods that are no gateway, but
+/// it is logged; a name that cannot be part of a report key is an error.
+pub fn report_identity(
+    pod: Option<&str>,
+    namespace: Option<&str>,
+    cluster: Option<&str>,
+) -> anyhow::Result<Option<GatewayIdentity>> {
+    fn given(v: Option<&str>) -> Option<&str> {
+        v.map(str::trim).filter(|v| !v.is_empty())
+    }
+    match (given(pod), given(namespace), given(cluster)) {
+        (None, None, None) => Ok(None),
+        (Some(pod), Some(namespace), Some(cluster)) => {
+            let c = ClusterRef::new(namespace, cluster)
+                .context("invalid --pod-namespace / --cluster for connection reports")?;
+            let id = GatewayIdentity::new(c, pod)
+                .context("invalid --pod-name for connection reports")?;
+            Ok(Some(id))
+        }
+        (pod, namespace, cluster) => {
+            let missing: Vec<&str> = [
+                ("--pod-name/POD_NAME", pod),
+                ("--pod-namespace/POD_NAMESPACE", namespace),
+                ("--cluster/SWITCHBOARD_CLUSTER", cluster),
+            ]
+            .into_iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(n, _)| n)
+            .collect();
+            tracing::warn!(
+                missing = missing.join(", "),
+                "connection reports off: the pod identity is incomplete"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Environment variable holding the token secret when no file is given.
@@ -64,6 +120,11 @@ pub enum Mode {
 
 pub async fn run(args: DevArgs, mode: Mode) -> anyhow::Result<()> {
     let token_secret = token_secret(args.token_secret_file.as_deref())?;
+    let identity = report_identity(
+        args.pod_name.as_deref(),
+        args.pod_namespace.as_deref(),
+        args.cluster.as_deref(),
+    )?;
     let store = match &args.database_url {
         None => None,
         Some(url) => {
@@ -131,6 +192,8 @@ pub async fn run(args: DevArgs, mode: Mode) -> anyhow::Result<()> {
         domain: args.domain.clone(),
         chain_ids: args.chain_ids.clone(),
         token_secret,
+        identity,
+        report_interval: Duration::from_secs(args.report_interval_seconds),
         ..GatewayConfig::default()
     };
     let store: Option<DynStore> = store.map(|s| Arc::new(s) as DynStore);
@@ -229,5 +292,56 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DevArgs,
+    }
+
+    #[test]
+    fn identity_needs_all_three_names() {
+        assert_eq!(report_identity(None, None, None).unwrap(), None);
+        assert_eq!(report_identity(Some(""), Some(" "), None).unwrap(), None);
+        assert_eq!(report_identity(Some("gw-0"), None, None).unwrap(), None);
+        assert_eq!(
+            report_identity(Some("gw-0"), Some("chat"), None).unwrap(),
+            None
+        );
+        let id = report_identity(Some("gw-0"), Some("chat"), Some("prod"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.to_string(), "chat/prod/gw-0");
+        assert!(report_identity(Some("gw/0"), Some("chat"), Some("prod")).is_err());
+        assert!(report_identity(Some("gw-0"), Some("chat"), Some("{prod}")).is_err());
+    }
+
+    #[test]
+    fn identity_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--pod-name",
+            "p",
+            "--pod-namespace",
+            "n",
+            "--cluster",
+            "c",
+            "--report-interval-seconds",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(cli.args.pod_name.as_deref(), Some("p"));
+        assert_eq!(cli.args.pod_namespace.as_deref(), Some("n"));
+        assert_eq!(cli.args.cluster.as_deref(), Some("c"));
+        assert_eq!(cli.args.report_interval_seconds, 2);
+        assert!(Cli::try_parse_from(["x", "--report-interval-seconds", "0"]).is_err());
     }
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use switchboard_core::broker::{
-    BrokerConfig, BrokerError, Conversation, DynBroker, Mark, MemoryBroker, RedisBroker, Routed,
-    SendOutcome, SendRequest, Watermarks, shard_of,
+    BrokerConfig, BrokerError, ClusterRef, Conversation, DynBroker, GatewayIdentity, Mark,
+    MemoryBroker, RedisBroker, Routed, SendOutcome, SendRequest, Watermarks, shard_of,
 };
 use switchboard_core::ids::{Address, ConvId, ConvKind, MsgId};
 use switchboard_core::time::now_ms;
@@ -808,8 +808,122 @@ async fn presence(e: &Engine) {
     assert_eq!(b.last_seen(&[z]).await.unwrap(), [now + 49]);
 }
 
+/// Connection reports: one per pod, replaced on each write, scoped to one
+/// cluster, gone after the TTL or when withdrawn.
+async fn connection_reports(e: &Engine) {
+    let b = e.broker(BrokerConfig::default()).await;
+    let ns = format!("ns-{}", tag());
+    let chat = ClusterRef::new(&ns, "chat").unwrap();
+    let other = ClusterRef::new(&ns, "other").unwrap();
+    let pod = |c: &ClusterRef, p: &str| GatewayIdentity::new(c.clone(), p).unwrap();
+    let long = Duration::from_secs(30);
+
+    assert!(
+        b.connection_reports(&chat)
+            .await
+            .unwrap()
+            .reports
+            .is_empty()
+    );
+    b.report_connections(&pod(&chat, "gw-b"), 5, long)
+        .await
+        .unwrap();
+    b.report_connections(&pod(&chat, "gw-a"), 3, long)
+        .await
+        .unwrap();
+    b.report_connections(&pod(&other, "gw-a"), 7, long)
+        .await
+        .unwrap();
+    let got = b.connection_reports(&chat).await.unwrap();
+    let pods: Vec<(&str, u64)> = got
+        .reports
+        .iter()
+        .map(|r| (r.pod.as_str(), r.connections))
+        .collect();
+    assert_eq!(pods, [("gw-a", 3), ("gw-b", 5)]);
+    assert_eq!(got.total(), 8);
+    assert_recent(got.now);
+    for r in &got.reports {
+        assert_recent(r.reported_at);
+        assert!(r.reported_at <= got.now, "{r:?} after {}", got.now);
+    }
+
+    // A new report replaces the pod's last one.
+    b.report_connections(&pod(&chat, "gw-a"), 0, long)
+        .await
+        .unwrap();
+    let got = b.connection_reports(&chat).await.unwrap();
+    assert_eq!(got.total(), 5);
+    assert_eq!(got.reports.len(), 2);
+
+    // A report that is not renewed vanishes after its TTL.
+    b.report_connections(&pod(&chat, "gw-c"), 11, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(b.connection_reports(&chat).await.unwrap().total(), 16);
+    sleep(Duration::from_millis(600)).await;
+    let got = b.connection_reports(&chat).await.unwrap();
+    assert_eq!(got.total(), 5);
+    assert!(got.reports.iter().all(|r| r.pod != "gw-c"));
+
+    // Withdrawn at once; other clusters untouched.
+    b.withdraw_report(&pod(&chat, "gw-b")).await.unwrap();
+    b.withdraw_report(&pod(&chat, "gw-nobody")).await.unwrap();
+    let got = b.connection_reports(&chat).await.unwrap();
+    assert_eq!(got.reports.len(), 1);
+    assert_eq!(got.reports[0].pod, "gw-a");
+    let got = b.connection_reports(&other).await.unwrap();
+    assert_eq!(got.reports.len(), 1);
+    assert_eq!(got.reports[0].connections, 7);
+}
+
 // ---------------------------------------------------------------------------
 // Redis-only checks
+
+/// Under the hood: one hash per cluster, a field per pod holding
+/// `connections:reported_at:expires_at`; expired fields are dropped by the
+/// next write, and the hash itself expires when no gateway writes any more.
+async fn connection_report_keys(e: &Engine) {
+    use fred::prelude::*;
+    let b = e.broker(BrokerConfig::default()).await;
+    let chat = ClusterRef::new(format!("ns-{}", tag()), "chat").unwrap();
+    let key = chat.redis_key();
+    assert_eq!(key, format!("sb:conns:{{{}/chat}}", chat.namespace()));
+    let a = GatewayIdentity::new(chat.clone(), "gw-a").unwrap();
+    let z = GatewayIdentity::new(chat.clone(), "gw-z").unwrap();
+    let client = plain_client(&e.url()).await;
+
+    b.report_connections(&a, 42, Duration::from_millis(400))
+        .await
+        .unwrap();
+    let v: String = client.hget(&key, "gw-a").await.unwrap();
+    let parts: Vec<u64> = v.split(':').map(|p| p.parse().unwrap()).collect();
+    assert_eq!(parts.len(), 3, "{v}");
+    assert_eq!(parts[0], 42);
+    assert_recent(parts[1]);
+    assert_eq!(parts[2], parts[1] + 400);
+    let pttl: i64 = client.pttl(&key).await.unwrap();
+    assert!(pttl > 0 && pttl <= 400, "pttl {pttl}");
+
+    // A dead pod's field is dropped by the next write of another pod.
+    sleep(Duration::from_millis(600)).await;
+    b.report_connections(&z, 1, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let fields: Vec<String> = client.hkeys(&key).await.unwrap();
+    assert_eq!(fields, ["gw-z"]);
+
+    // When the last gateway stops writing, the key goes too.
+    b.report_connections(&z, 1, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let pttl: i64 = client.pttl(&key).await.unwrap();
+    assert!(pttl > 300, "the hash keeps the longest TTL written: {pttl}");
+    sleep(Duration::from_millis(2200)).await;
+    let n: i64 = client.exists(&key).await.unwrap();
+    assert_eq!(n, 0);
+    let _ = client.quit().await;
+}
 
 /// With `persist` on, messages and watermark moves also go to the shard's
 /// persistence stream for the worker; with it off, nothing does.
@@ -961,8 +1075,8 @@ macro_rules! suite {
 }
 
 suite!(
-    common: [nonces, conversations, sends, dedupe, bodies, logs, trimming, age_trimming, marks, routing, presence],
-    redis_only: [persist_stream, direct_list_repair],
+    common: [nonces, conversations, sends, dedupe, bodies, logs, trimming, age_trimming, marks, routing, presence, connection_reports],
+    redis_only: [persist_stream, direct_list_repair, connection_report_keys],
 );
 
 /// kill -9 and restart of Redis (AOF, fsync always): the seq continues

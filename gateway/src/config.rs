@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use switchboard_core::broker::GatewayIdentity;
+
 /// See the field docs; `Default` is what `switchboard dev` runs with.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -61,7 +63,21 @@ pub struct GatewayConfig {
     pub liveness_interval: Duration,
     /// How long a member list stays cached for typing/ack/read fan-out.
     pub members_cache_ttl: Duration,
+    /// The `ChatCluster` pod this gateway is (from `POD_NAMESPACE`,
+    /// `SWITCHBOARD_CLUSTER`, `POD_NAME`). When set, the gateway reports its
+    /// live connection count to the broker for the operator's autoscaler;
+    /// `None` (the default): no reports.
+    pub identity: Option<GatewayIdentity>,
+    /// How often the connection count is reported; each report lives
+    /// [`REPORT_TTL_FACTOR`] intervals, so a dead gateway's report vanishes.
+    pub report_interval: Duration,
 }
+
+/// A connection report expires after this many report intervals.
+pub const REPORT_TTL_FACTOR: u32 = 3;
+
+/// Default [`GatewayConfig::report_interval`].
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -93,6 +109,8 @@ impl Default for GatewayConfig {
             ws_write_buffer: 1024,
             liveness_interval: Duration::from_secs(5),
             members_cache_ttl: Duration::from_secs(5),
+            identity: None,
+            report_interval: DEFAULT_REPORT_INTERVAL,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `switchboard-gateway`: the axum server clients talk to — WebSocket protocol
 //! v1, sign-in and conversation REST endpoints, the local connection hub,
-//! delivery with acks and retries, presence and graceful drain.
+//! delivery with acks and retries, presence, graceful drain and the
+//! connection reports the operator's autoscaler reads.
 //!
 //! The binary (`switchboard dev`, later `switchboard-gateway`) only parses
 //! configuration and calls [`Gateway::start`]; tests start gateways in-process
@@ -14,6 +15,7 @@ pub mod hub;
 pub mod metrics;
 pub mod presence;
 pub mod problem;
+mod report;
 pub mod rest;
 pub mod server;
 pub mod state;

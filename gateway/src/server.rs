@@ -21,7 +21,7 @@ use crate::config::GatewayConfig;
 use crate::problem::ApiError;
 use crate::rest::{self, AppRef};
 use crate::state::AppState;
-use crate::{conn, conversations};
+use crate::{conn, conversations, report};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -111,6 +111,8 @@ pub struct Gateway {
     addr: SocketAddr,
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    /// Connection reports (with an identity only); ends by itself on drain.
+    reporter: Option<JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -170,12 +172,14 @@ impl Gateway {
                 }
             })
         };
+        let reporter = report::spawn(state.clone());
         tracing::info!(%addr, gateway = %state.cfg.gateway_id, "gateway listening");
         Ok(Gateway {
             state,
             addr,
             server,
             background: vec![dispatcher, liveness],
+            reporter,
         })
     }
 
@@ -187,8 +191,9 @@ impl Gateway {
         &self.state
     }
 
-    /// Drain: turn unready, stop accepting, close every socket with 1012 so
-    /// clients reconnect elsewhere and resync, then stop.
+    /// Drain: turn unready, withdraw the connection report, stop accepting,
+    /// close every socket with 1012 so clients reconnect elsewhere and
+    /// resync, then stop.
     pub async fn shutdown(self) {
         self.state.shutdown.cancel();
         self.state.hub.close_all(close::GOING_AWAY);
@@ -197,6 +202,16 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        if let Some(r) = self.reporter {
+            // It withdrew the report when the drain began; this only waits
+            // for a slow broker, briefly.
+            if tokio::time::timeout(Duration::from_secs(5), r)
+                .await
+                .is_err()
+            {
+                tracing::warn!("connection report withdrawal still pending at exit");
+            }
+        }
         for t in self.background {
             t.abort();
         }

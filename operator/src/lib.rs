@@ -14,12 +14,14 @@
 //!
 //! The binary only parses flags and calls [`run::run`] or prints [`crd_yaml`].
 
+pub mod autoscale;
 pub mod build;
 pub mod conditions;
 pub mod crd;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod redis_cluster;
 pub mod run;
 pub mod server;
 pub mod validate;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+use super::reports::{ClusterRef, ConnectionReport, ConnectionReports, GatewayIdentity};
 use super::{
     Broker, BrokerConfig, BrokerError, Conversation, LogPage, Mark, Result, Routed, SendOutcome,
     SendRequest, Watermarks,
@@ -45,6 +46,8 @@ struct State {
     alive: HashMap<String, Instant>,
     registry: HashMap<Address, HashSet<String>>,
     seen: HashMap<Address, u64>,
+    /// Cluster → pod → (connections, reported at Unix ms, expires).
+    reports: HashMap<ClusterRef, HashMap<String, (u64, u64, Instant)>>,
 }
 
 /// See the module docs.
@@ -423,5 +426,53 @@ impl Broker for MemoryBroker {
             .iter()
             .map(|u| st.seen.get(u).copied().unwrap_or(0))
             .collect())
+    }
+
+    async fn report_connections(
+        &self,
+        id: &GatewayIdentity,
+        connections: u64,
+        ttl: Duration,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let pods = st.reports.entry(id.cluster().clone()).or_default();
+        // Expired reports of other pods go on write, as in Redis.
+        pods.retain(|_, (_, _, exp)| *exp > now);
+        pods.insert(id.pod().to_owned(), (connections, now_ms(), now + ttl));
+        Ok(())
+    }
+
+    async fn withdraw_report(&self, id: &GatewayIdentity) -> Result<()> {
+        let mut st = self.lock();
+        if let Some(pods) = st.reports.get_mut(id.cluster()) {
+            pods.remove(id.pod());
+            if pods.is_empty() {
+                st.reports.remove(id.cluster());
+            }
+        }
+        Ok(())
+    }
+
+    async fn connection_reports(&self, cluster: &ClusterRef) -> Result<ConnectionReports> {
+        let now = Instant::now();
+        let st = self.lock();
+        let mut reports: Vec<ConnectionReport> = st
+            .reports
+            .get(cluster)
+            .into_iter()
+            .flatten()
+            .filter(|(_, (_, _, exp))| *exp > now)
+            .map(|(pod, &(connections, reported_at, _))| ConnectionReport {
+                pod: pod.clone(),
+                connections,
+                reported_at,
+            })
+            .collect();
+        reports.sort_by(|a, b| a.pod.cmp(&b.pod));
+        Ok(ConnectionReports {
+            now: now_ms(),
+            reports,
+        })
     }
 }

@@ -1,5 +1,6 @@
 //! The broker: ordering, idempotency, fan-out routing, the connection registry,
-//! presence and nonces. Two engines implement [`Broker`]:
+//! presence, nonces and the gateways' connection reports ([`reports`]). Two
+//! engines implement [`Broker`]:
 //!
 //! - [`MemoryBroker`]: in-process, for `switchboard dev` and tests; several gateways
 //!   in one process can share one instance, which behaves like one Redis.
@@ -11,6 +12,7 @@
 mod memory;
 pub mod persist;
 mod redis;
+pub mod reports;
 pub mod routed;
 
 use std::sync::Arc;
@@ -26,6 +28,9 @@ use crate::protocol::Message;
 
 pub use self::memory::MemoryBroker;
 pub use self::redis::{RedisBroker, redis_builder};
+pub use self::reports::{
+    ClusterRef, ConnectionReport, ConnectionReports, GatewayIdentity, IdentityError,
+};
 pub use self::routed::Routed;
 
 /// Why a broker call failed.
@@ -255,6 +260,21 @@ pub trait Broker: Send + Sync + 'static {
     async fn touch(&self, user: &Address, now_ms: u64) -> Result<()>;
     /// Last-seen times (Unix ms, 0 = never) for `users`, in order.
     async fn last_seen(&self, users: &[Address]) -> Result<Vec<u64>>;
+
+    /// Report that the gateway pod `id` holds `connections` live connections
+    /// now. The report replaces the pod's previous one and vanishes after
+    /// `ttl` unless it is written again (see [`reports`]).
+    async fn report_connections(
+        &self,
+        id: &GatewayIdentity,
+        connections: u64,
+        ttl: Duration,
+    ) -> Result<()>;
+    /// Delete the pod's report at once (a gateway that drains).
+    async fn withdraw_report(&self, id: &GatewayIdentity) -> Result<()>;
+    /// Every unexpired report of `cluster`, sorted by pod, with the broker's
+    /// clock to age them against.
+    async fn connection_reports(&self, cluster: &ClusterRef) -> Result<ConnectionReports>;
 }
 
 /// A shared handle to whichever engine is configured.

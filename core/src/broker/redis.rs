@@ -17,6 +17,7 @@
 //! | `sb:reg:{<user>}` | set | gateways holding a connection of the user |
 //! | `sb:gateways` | sorted set | gateway id → liveness deadline (Unix ms) |
 //! | `sb:presence` | hash | user → last seen (Unix ms) |
+//! | `sb:conns:{<namespace>/<cluster>}` | hash, PEXPIRE | pod → `connections:reported_at:expires_at` (see [`super::reports`]) |
 //! | channel `sb:gw:{<gateway>}` | pub/sub | events routed to that gateway |
 //!
 //! Every key of one conversation, and its shard's persistence stream, share the
@@ -38,6 +39,7 @@ use futures_util::future::try_join_all;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use super::reports::{self, ClusterRef, ConnectionReport, ConnectionReports, GatewayIdentity};
 use super::{
     Broker, BrokerConfig, BrokerError, Conversation, LogPage, Mark, Result, Routed, SendOutcome,
     SendRequest, Watermarks, shard_of,
@@ -228,6 +230,8 @@ pub struct RedisBroker {
     seed_script: Arc<Script>,
     mark_script: Arc<Script>,
     touch_script: Arc<Script>,
+    report_script: Arc<Script>,
+    read_reports_script: Arc<Script>,
     live: Arc<Mutex<(Option<Instant>, HashSet<String>)>>,
 }
 
@@ -251,6 +255,8 @@ impl RedisBroker {
             seed_script: Arc::new(Script::from_lua(SEED_LUA)),
             mark_script: Arc::new(Script::from_lua(MARK_LUA)),
             touch_script: Arc::new(Script::from_lua(TOUCH_LUA)),
+            report_script: Arc::new(Script::from_lua(reports::REPORT_LUA)),
+            read_reports_script: Arc::new(Script::from_lua(reports::READ_LUA)),
             live: Arc::default(),
         })
     }
@@ -946,5 +952,71 @@ impl Broker for RedisBroker {
             .await
             .map_err(unavailable)?;
         Ok(v.into_iter().map(|x| x.unwrap_or(0)).collect())
+    }
+
+    async fn report_connections(
+        &self,
+        id: &GatewayIdentity,
+        connections: u64,
+        ttl: Duration,
+    ) -> Result<()> {
+        let _: i64 = self
+            .report_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![id.cluster().redis_key()],
+                vec![
+                    id.pod().to_owned(),
+                    connections.to_string(),
+                    millis(ttl).to_string(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn withdraw_report(&self, id: &GatewayIdentity) -> Result<()> {
+        let _: i64 = self
+            .pool
+            .hdel(id.cluster().redis_key(), id.pod())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn connection_reports(&self, cluster: &ClusterRef) -> Result<ConnectionReports> {
+        let out: Vec<Value> = self
+            .read_reports_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![cluster.redis_key()],
+                Vec::<String>::new(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let now = value_u64(out.first().unwrap_or(&Value::Null))?;
+        let mut reports = Vec::with_capacity(out.len() / 2);
+        for pair in out.get(1..).unwrap_or_default().chunks(2) {
+            let [pod, value] = pair else {
+                return Err(corrupt("odd connection report reply"));
+            };
+            let (Some(pod), Some(value)) = (pod.as_str(), value.as_str()) else {
+                return Err(corrupt("connection report is not text"));
+            };
+            // A value we cannot read (a foreign writer) is skipped rather
+            // than failing every report of the cluster.
+            let Some((connections, reported_at, _)) = reports::parse_value(&value) else {
+                tracing::warn!(%cluster, %pod, %value, "unreadable connection report");
+                continue;
+            };
+            reports.push(ConnectionReport {
+                pod: pod.into_owned(),
+                connections,
+                reported_at,
+            });
+        }
+        reports.sort_by(|a, b| a.pod.cmp(&b.pod));
+        Ok(ConnectionReports { now, reports })
     }
 }

@@ -1,0 +1,233 @@
+//! Connection reports: each gateway pod of a `ChatCluster` writes its live
+//! connection count to the broker every few seconds, with a TTL, and the
+//! operator's autoscaler reads all reports of one cluster at once.
+//!
+//! On Redis every report of one cluster lives in ONE hash,
+//! `sb:conns:{<namespace>/<cluster>}`: field = pod name, value =
+//! `<connections>:<reported_at_ms>:<expires_at_ms>` (Unix ms, Redis's clock).
+//! Redis before 7.4 has no per-field expiry, so the expiry is part of the
+//! value: readers skip expired fields, writers delete them, and the hash itself
+//! carries a `PEXPIRE` of the longest TTL written, so a cluster whose gateways
+//! all died leaves nothing behind. One key per cluster means one slot (the hash
+//! tag is the whole key name), so reading every pod's report is a single
+//! script call on a standalone server and on a Redis Cluster alike: O(pods),
+//! one round trip.
+
+use std::fmt;
+
+/// Why a cluster or pod name cannot be used in a report key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{what} is empty")]
+    Empty { what: &'static str },
+    #[error("{what} is longer than {MAX_NAME} characters")]
+    TooLong { what: &'static str },
+    #[error("{what} {value:?} may only contain letters, digits, '.', '_' and '-'")]
+    Invalid { what: &'static str, value: String },
+}
+
+/// Longest accepted name: a Kubernetes DNS subdomain.
+pub const MAX_NAME: usize = 253;
+
+fn check(what: &'static str, value: &str) -> Result<(), IdentityError> {
+    if value.is_empty() {
+        return Err(IdentityError::Empty { what });
+    }
+    if value.len() > MAX_NAME {
+        return Err(IdentityError::TooLong { what });
+    }
+    // Kubernetes names are narrower still; this keeps `/`, `{`, `}` and `:`
+    // (the key's and the value's separators) out of hand-set names.
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(IdentityError::Invalid {
+            what,
+            value: value.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A `ChatCluster`: its namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterRef {
+    namespace: String,
+    name: String,
+}
+
+impl ClusterRef {
+    pub fn new(
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Result<Self, IdentityError> {
+        let (namespace, name) = (namespace.into(), name.into());
+        check("namespace", &namespace)?;
+        check("cluster name", &name)?;
+        Ok(ClusterRef { namespace, name })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The Redis hash holding every report of this cluster.
+    pub fn redis_key(&self) -> String {
+        format!("sb:conns:{{{}/{}}}", self.namespace, self.name)
+    }
+}
+
+impl fmt::Display for ClusterRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Who a gateway is for connection reports: one pod of one `ChatCluster`.
+/// In Kubernetes it comes from `POD_NAMESPACE`, `SWITCHBOARD_CLUSTER` and
+/// `POD_NAME` (the downward API); a gateway started by hand with those
+/// variables set reports as that pod.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GatewayIdentity {
+    cluster: ClusterRef,
+    pod: String,
+}
+
+impl GatewayIdentity {
+    pub fn new(cluster: ClusterRef, pod: impl Into<String>) -> Result<Self, IdentityError> {
+        let pod = pod.into();
+        check("pod name", &pod)?;
+        Ok(GatewayIdentity { cluster, pod })
+    }
+
+    pub fn cluster(&self) -> &ClusterRef {
+        &self.cluster
+    }
+
+    pub fn pod(&self) -> &str {
+        &self.pod
+    }
+}
+
+impl fmt::Display for GatewayIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.cluster, self.pod)
+    }
+}
+
+/// One pod's last report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionReport {
+    pub pod: String,
+    /// Authenticated WebSocket connections open on the pod.
+    pub connections: u64,
+    /// When it was written, Unix ms on the broker's clock (Redis `TIME`).
+    pub reported_at: u64,
+}
+
+/// Every unexpired report of one cluster, and the broker's clock when they
+/// were read: compare `reported_at` with `now` (same clock) to judge
+/// staleness, so clock skew between operator and Redis does not matter.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConnectionReports {
+    /// Unix ms, broker clock.
+    pub now: u64,
+    /// Sorted by pod name.
+    pub reports: Vec<ConnectionReport>,
+}
+
+impl ConnectionReports {
+    /// Sum of all reported connections.
+    pub fn total(&self) -> u64 {
+        self.reports.iter().map(|r| r.connections).sum()
+    }
+}
+
+/// Write one report: `KEYS[1]` the cluster hash, `ARGV` pod, connections,
+/// TTL in ms. Stamps with the Redis clock, drops expired fields of other
+/// pods (the hash stays O(live pods) even without a reader), and keeps the
+/// hash's own expiry at least the TTL. Returns the stamp.
+pub(crate) const REPORT_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local exp = tonumber(string.match(all[i + 1], ':(%d+)$') or '0')
+  if all[i] ~= ARGV[1] and exp <= now then redis.call('HDEL', KEYS[1], all[i]) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. now .. ':' .. (now + ttl))
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return now
+"#;
+
+/// Read every report of a cluster: `{now, pod, value, pod, value, ...}` with
+/// expired fields left out (not deleted: reading writes nothing).
+pub(crate) const READ_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {now}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local exp = tonumber(string.match(all[i + 1], ':(%d+)$') or '0')
+  if exp > now then
+    table.insert(out, all[i])
+    table.insert(out, all[i + 1])
+  end
+end
+return out
+"#;
+
+/// Parse a stored value `<connections>:<reported_at>:<expires_at>` into
+/// `(connections, reported_at, expires_at)`.
+pub(crate) fn parse_value(v: &str) -> Option<(u64, u64, u64)> {
+    let mut parts = v.splitn(3, ':');
+    let c = parts.next()?.parse().ok()?;
+    let at = parts.next()?.parse().ok()?;
+    let exp = parts.next()?.parse().ok()?;
+    Some((c, at, exp))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_tag_per_cluster() {
+        let c = ClusterRef::new("chat", "prod").unwrap();
+        assert_eq!(c.redis_key(), "sb:conns:{chat/prod}");
+        let id = GatewayIdentity::new(c.clone(), "prod-gateway-7d9f-abcde").unwrap();
+        assert_eq!(id.to_string(), "chat/prod/prod-gateway-7d9f-abcde");
+        assert_eq!(id.cluster(), &c);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert_eq!(
+            ClusterRef::new("", "x").unwrap_err(),
+            IdentityError::Empty { what: "namespace" }
+        );
+        for bad in ["a/b", "a{b", "a}b", "a:b", "a b", "ü"] {
+            assert!(ClusterRef::new("ns", bad).is_err(), "{bad}");
+            let c = ClusterRef::new("ns", "c").unwrap();
+            assert!(GatewayIdentity::new(c, bad).is_err(), "{bad}");
+        }
+        assert!(ClusterRef::new("ns", "x".repeat(MAX_NAME + 1)).is_err());
+        assert!(ClusterRef::new("ns", "x".repeat(MAX_NAME)).is_ok());
+        assert!(ClusterRef::new("my-ns", "Chat_1.prod").is_ok());
+    }
+
+    #[test]
+    fn values_parse() {
+        assert_eq!(parse_value("12:1000:4000"), Some((12, 1000, 4000)));
+        assert_eq!(parse_value("12:1000"), None);
+        assert_eq!(parse_value("x:1:2"), None);
+        assert_eq!(parse_value("1:2:3:4"), None);
+    }
+}
