@@ -63,6 +63,12 @@ pub struct DevArgs {
     #[arg(long, env = "SWITCHBOARD_REPORT_INTERVAL_SECONDS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     report_interval_seconds: u64,
+    /// Drain window on SIGTERM: sockets are closed (1012) in randomized batches over
+    /// its first 80%, then the gateway waits for them until it ends (the operator
+    /// sets it from spec.gateway.drain.timeoutSeconds)
+    #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    drain_seconds: u64,
 }
 
 /// The gateway's identity for connection reports: all three names, or none
@@ -194,6 +200,7 @@ pub async fn run(args: DevArgs, mode: Mode) -> anyhow::Result<()> {
         token_secret,
         identity,
         report_interval: Duration::from_secs(args.report_interval_seconds),
+        drain_window: Duration::from_secs(args.drain_seconds),
         ..GatewayConfig::default()
     };
     let store: Option<DynStore> = store.map(|s| Arc::new(s) as DynStore);

@@ -71,6 +71,12 @@ pub struct GatewayConfig {
     /// How often the connection count is reported; each report lives
     /// [`REPORT_TTL_FACTOR`] intervals, so a dead gateway's report vanishes.
     pub report_interval: Duration,
+    /// Drain (SIGTERM / [`crate::Gateway::shutdown`]): sockets are closed with
+    /// 1012 in randomized batches over the first 80% of this window, and the
+    /// gateway waits for them until the window ends. Keep it under the pod's
+    /// termination grace period minus the preStop delay (the operator sets
+    /// it from `spec.gateway.drain.timeoutSeconds`).
+    pub drain_window: Duration,
 }
 
 /// A connection report expires after this many report intervals.
@@ -111,6 +117,7 @@ impl Default for GatewayConfig {
             members_cache_ttl: Duration::from_secs(5),
             identity: None,
             report_interval: DEFAULT_REPORT_INTERVAL,
+            drain_window: Duration::from_secs(10),
         }
     }
 }

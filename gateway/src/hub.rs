@@ -233,6 +233,41 @@ impl Hub {
         }
     }
 
+    /// Close every socket with `code`, spread over `spread` in randomized
+    /// batches: a gateway holding thousands of clients that all reconnect in
+    /// the same instant would hand the other gateways (and Redis, and the
+    /// clients' resyncs) a thundering herd. The order is shuffled so no user
+    /// is always first or last. Returns once the last batch is signalled;
+    /// sockets that appear meanwhile (an upgrade in flight) are closed then too.
+    pub async fn close_spread(&self, code: u16, spread: std::time::Duration) {
+        use rand::seq::SliceRandom;
+        /// Batches go out at this pace: fine enough to spread, coarse enough
+        /// that a 10k-socket drain is ~100 wake-ups, not 10k.
+        const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+        let mut handles: Vec<Arc<ConnHandle>> = self
+            .conns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        handles.shuffle(&mut rand::rng());
+        let ticks = (spread.as_millis() / TICK.as_millis()).max(1) as usize;
+        let per_tick = handles.len().div_ceil(ticks).max(1);
+        let mut batches = handles.chunks(per_tick).peekable();
+        let mut pace = tokio::time::interval(TICK);
+        while let Some(batch) = batches.next() {
+            for h in batch {
+                h.close.close(code);
+            }
+            if batches.peek().is_some() {
+                pace.tick().await;
+            }
+        }
+        self.close_all(code);
+    }
+
     /// Open sockets on this gateway.
     pub fn connection_count(&self) -> usize {
         self.conns

@@ -192,15 +192,32 @@ impl Gateway {
     }
 
     /// Drain: turn unready, withdraw the connection report, stop accepting,
-    /// close every socket with 1012 so clients reconnect elsewhere and
-    /// resync, then stop.
+    /// close the sockets with 1012 in randomized batches over most of
+    /// [`GatewayConfig::drain_window`] so clients reconnect elsewhere (and
+    /// resync) as a trickle rather than a herd, wait for them until the
+    /// window ends, then stop.
     pub async fn shutdown(self) {
+        let started = tokio::time::Instant::now();
+        let window = self.state.cfg.drain_window;
+        let open = self.state.hub.connection_count();
         self.state.shutdown.cancel();
-        self.state.hub.close_all(close::GOING_AWAY);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        tracing::info!(sockets = open, ?window, "draining");
+        self.state
+            .hub
+            .close_spread(close::GOING_AWAY, window.mul_f64(0.8))
+            .await;
+        // The last batch needs a moment to say goodbye; never less than 1 s.
+        let deadline = started + window.max(Duration::from_secs(1));
         while self.state.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let left = self.state.hub.connection_count();
+        tracing::info!(
+            sockets = open,
+            still_open = left,
+            took_ms = started.elapsed().as_millis() as u64,
+            "drained"
+        );
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         if let Some(r) = self.reporter {
             // It withdrew the report when the drain began; this only waits
