@@ -132,6 +132,7 @@ pub async fn run(runs: usize) -> Result<()> {
             lease_namespace: "default".into(),
             lease_name: "switchboard-operator".into(),
             identity: "bench".into(),
+            autoscale_interval: switchboard_operator::autoscaler::DEFAULT_INTERVAL,
         };
         async move { run_operator(client, cfg, stop).await }
     });

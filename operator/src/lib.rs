@@ -9,12 +9,15 @@
 //! - [`conditions`]: status conditions with stable transition times;
 //! - [`reconcile`]: the kube-runtime `Controller` that applies, prunes and
 //!   reports;
+//! - [`autoscaler`]: the loop that applies [`autoscale`]'s decisions to the
+//!   gateway Deployments;
 //! - [`leader`], [`metrics`], [`server`], [`run`]: what the binary needs to run
 //!   two replicas safely and be observed.
 //!
 //! The binary only parses flags and calls [`run::run`] or prints [`crd_yaml`].
 
 pub mod autoscale;
+pub mod autoscaler;
 pub mod build;
 pub mod conditions;
 pub mod crd;

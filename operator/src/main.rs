@@ -47,6 +47,9 @@ struct RunArgs {
     /// This replica's identity (default: the pod name, else a random one)
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Seconds between two autoscaler syncs (`autoscaling.mode: operator`)
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    autoscale_interval_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +106,7 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
         lease_namespace: args.lease_namespace,
         lease_name: args.lease_name,
         identity,
+        autoscale_interval: std::time::Duration::from_secs(args.autoscale_interval_seconds),
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));

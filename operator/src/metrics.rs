@@ -25,6 +25,17 @@ pub struct Metrics {
     pub duration: Histogram,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// Autoscaler passes over the ChatClusters.
+    pub autoscaler_syncs: Counter,
+    /// Replica changes the autoscaler made, by direction (`up`, `down`).
+    pub autoscaler_scales: Family<DirectionLabel, Counter>,
+    /// Autoscaler syncs of one cluster that failed, by error kind.
+    pub autoscaler_failures: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: &'static str,
 }
 
 impl Metrics {
@@ -37,6 +48,9 @@ impl Metrics {
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ]);
         let leader = Gauge::default();
+        let autoscaler_syncs = Counter::default();
+        let autoscaler_scales = Family::<DirectionLabel, Counter>::default();
+        let autoscaler_failures = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "reconciles",
             "ChatCluster reconciles run",
@@ -57,12 +71,30 @@ impl Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "autoscaler_syncs",
+            "Autoscaler passes over the ChatClusters",
+            autoscaler_syncs.clone(),
+        );
+        registry.register(
+            "autoscaler_scales",
+            "Gateway replica changes made by the autoscaler, by direction",
+            autoscaler_scales.clone(),
+        );
+        registry.register(
+            "autoscaler_failures",
+            "Autoscaler syncs of one ChatCluster that failed, by reason",
+            autoscaler_failures.clone(),
+        );
         Metrics {
             registry,
             reconciles,
             failures,
             duration,
             leader,
+            autoscaler_syncs,
+            autoscaler_scales,
+            autoscaler_failures,
         }
     }
 

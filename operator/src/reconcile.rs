@@ -256,11 +256,14 @@ async fn reconcile_inner(cluster: &ChatCluster, ctx: &Context) -> Result<Action,
     }
 
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let gateway = deployments
+        .get_opt(&format!("{name}-{}", build::gateway::COMPONENT))
+        .await?;
     let observed = Observed {
-        gateway_replicas: deployments
-            .get_opt(&format!("{name}-{}", build::gateway::COMPONENT))
-            .await?
-            .and_then(|d| d.spec.and_then(|s| s.replicas)),
+        gateway_replicas_autoscaled: gateway
+            .as_ref()
+            .is_some_and(crate::autoscaler::owns_replicas),
+        gateway_replicas: gateway.and_then(|d| d.spec.and_then(|s| s.replicas)),
     };
     let desired = build::desired(cluster, &observed, &Generated::random())?;
 

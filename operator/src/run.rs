@@ -1,9 +1,11 @@
 //! `switchboard-operator run`: check the CRD, serve /metrics and /healthz,
-//! join the leader election and run the controller while leading, until
+//! join the leader election and run the controller and the gateway autoscaler
+//! while leading, until
 //! shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -11,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::ChatCluster;
+use crate::autoscaler::run_autoscaler;
 use crate::leader::Election;
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, run_controller};
@@ -29,6 +32,8 @@ pub struct RunConfig {
     pub lease_name: String,
     /// This replica's identity in the election and in Events (the pod name).
     pub identity: String,
+    /// Time between two autoscaler syncs ([`crate::autoscaler::DEFAULT_INTERVAL`]).
+    pub autoscale_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,12 +98,21 @@ pub async fn run(
 
     if !cfg.leader_election {
         metrics.leader.set(1);
-        run_controller(
-            ctx,
-            cfg.namespace.clone(),
-            shutdown.clone().cancelled_owned(),
-        )
-        .await;
+        tokio::join!(
+            run_controller(
+                ctx,
+                cfg.namespace.clone(),
+                shutdown.clone().cancelled_owned(),
+            ),
+            run_autoscaler(
+                client.clone(),
+                metrics.clone(),
+                cfg.namespace.clone(),
+                Some(cfg.identity.clone()),
+                cfg.autoscale_interval,
+                shutdown.clone().cancelled_owned(),
+            ),
+        );
     } else {
         let mut election = Election::join(
             client.clone(),
@@ -128,7 +142,23 @@ pub async fn run(
                     stop.cancel();
                 })
             };
-            run_controller(ctx.clone(), cfg.namespace.clone(), stop.cancelled_owned()).await;
+            // The autoscaler runs next to the controller, on the leader only,
+            // and stops with it.
+            tokio::join!(
+                run_controller(
+                    ctx.clone(),
+                    cfg.namespace.clone(),
+                    stop.clone().cancelled_owned()
+                ),
+                run_autoscaler(
+                    client.clone(),
+                    metrics.clone(),
+                    cfg.namespace.clone(),
+                    Some(cfg.identity.clone()),
+                    cfg.autoscale_interval,
+                    stop.cancelled_owned(),
+                ),
+            );
             watcher.abort();
             metrics.leader.set(0);
             if shutdown.is_cancelled() {

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchboard_operator::ChatCluster;
@@ -356,8 +356,15 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
     };
     let forbidden =
         |r: Result<_, kube::Error>| matches!(r, Err(kube::Error::Api(ref s)) if s.code == 403);
+    // Pods may be listed and patched (the autoscaler), never deleted.
     assert!(forbidden(
-        Api::<Pod>::all(sa_client.clone())
+        Api::<Pod>::namespaced(sa_client.clone(), "apps")
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await
+            .map(|_| ())
+    ));
+    assert!(forbidden(
+        Api::<Node>::all(sa_client.clone())
             .list(&ListParams::default())
             .await
             .map(|_| ())

@@ -106,6 +106,7 @@ fn start_operator(
         lease_namespace: lease_ns.into(),
         lease_name: "switchboard-operator".into(),
         identity: identity.into(),
+        autoscale_interval: switchboard_operator::autoscaler::DEFAULT_INTERVAL,
     };
     let handle = tokio::spawn({
         let client = client.clone();

@@ -261,6 +261,13 @@ impl RedisBroker {
         })
     }
 
+    /// Close the pool's connections and stop its reconnect tasks. A dropped
+    /// broker keeps reconnecting in the background; long-lived processes that
+    /// connect to many servers over time (the operator's autoscaler) call this.
+    pub async fn quit(&self) {
+        let _ = self.pool.quit().await;
+    }
+
     fn conv_keys(&self, conv: &ConvId) -> ConvKeys {
         ConvKeys::new(conv, self.cfg.shards)
     }

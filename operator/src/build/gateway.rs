@@ -45,8 +45,7 @@ pub fn build(ctx: &Ctx, observed: &Observed, generated: &Generated, out: &mut De
     let mut hashed = vec![&config];
     hashed.extend(relay.as_ref());
     let hash = config_map_hash(&hashed);
-    out.deployments
-        .push(deployment(ctx, observed.gateway_replicas, &hash));
+    out.deployments.push(deployment(ctx, observed, &hash));
     out.services.push(service(ctx));
     out.pdbs.push(pdb(ctx, COMPONENT, COMPONENT));
     out.config_maps.push(config);
@@ -103,18 +102,30 @@ pub fn session_secret(ctx: &Ctx, key: &[u8]) -> Secret {
 }
 
 /// Replica count to apply, by autoscaling mode. `None` leaves the field to
-/// whoever else owns it (an HPA in `external` mode).
-fn replicas(ctx: &Ctx, current: Option<i32>) -> Option<i32> {
+/// whoever else owns it (an HPA in `external` mode, the autoscaler in
+/// `operator` mode).
+///
+/// `operator` mode and server-side apply: the autoscaler applies
+/// `spec.replicas` with its own field manager (`switchboard-autoscaler`).
+/// If the reconciler kept applying the value it observed, a reconcile that
+/// read the Deployment just before a scale would force the old count back.
+/// So the reconciler sets replicas (within the range) only until the
+/// autoscaler has taken the field over (it does on its first sync), and then
+/// leaves the field out: with the autoscaler still owning it, dropping it from
+/// our apply only drops our co-ownership and the value stays. Until then the
+/// reconciler still creates the Deployment with `min` and clamps it.
+fn replicas(ctx: &Ctx, observed: &Observed) -> Option<i32> {
     let gw = &ctx.cluster.spec.gateway;
     let (min, max) = (gw.replicas.min, gw.replicas.max.max(gw.replicas.min));
     match gw.autoscaling.mode {
         AutoscalingMode::Disabled => Some(min),
-        AutoscalingMode::Operator => Some(current.unwrap_or(min).clamp(min, max)),
+        AutoscalingMode::Operator if observed.gateway_replicas_autoscaled => None,
+        AutoscalingMode::Operator => Some(observed.gateway_replicas.unwrap_or(min).clamp(min, max)),
         AutoscalingMode::External => None,
     }
 }
 
-pub fn deployment(ctx: &Ctx, current_replicas: Option<i32>, config_hash: &str) -> Deployment {
+pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployment {
     let spec = &ctx.cluster.spec;
     let gw = &spec.gateway;
     let drain = &gw.drain;
@@ -249,7 +260,7 @@ pub fn deployment(ctx: &Ctx, current_replicas: Option<i32>, config_hash: &str) -
     Deployment {
         metadata: ctx.meta(COMPONENT, COMPONENT),
         spec: Some(DeploymentSpec {
-            replicas: replicas(ctx, current_replicas),
+            replicas: replicas(ctx, observed),
             selector: LabelSelector {
                 match_labels: Some(ctx.selector(COMPONENT)),
                 ..LabelSelector::default()
@@ -360,21 +371,31 @@ mod tests {
         let c = cluster("operator");
         let ctx = Ctx::new(&c).unwrap();
         // The operator keeps what the autoscaler chose, within the range.
-        assert_eq!(replicas(&ctx, None), Some(2));
-        assert_eq!(replicas(&ctx, Some(4)), Some(4));
-        assert_eq!(replicas(&ctx, Some(9)), Some(5));
-        assert_eq!(replicas(&ctx, Some(1)), Some(2));
+        let seen = |n: Option<i32>| Observed {
+            gateway_replicas: n,
+            gateway_replicas_autoscaled: false,
+        };
+        assert_eq!(replicas(&ctx, &seen(None)), Some(2));
+        assert_eq!(replicas(&ctx, &seen(Some(4))), Some(4));
+        assert_eq!(replicas(&ctx, &seen(Some(9))), Some(5));
+        assert_eq!(replicas(&ctx, &seen(Some(1))), Some(2));
+        // Once the autoscaler owns the field, the reconciler stays out of it.
+        let owned = Observed {
+            gateway_replicas: Some(4),
+            gateway_replicas_autoscaled: true,
+        };
+        assert_eq!(replicas(&ctx, &owned), None);
         let c = cluster("disabled");
-        assert_eq!(replicas(&Ctx::new(&c).unwrap(), Some(4)), Some(2));
+        assert_eq!(replicas(&Ctx::new(&c).unwrap(), &owned), Some(2));
         // External: never written, an HPA owns it.
         let c = cluster("external");
-        assert_eq!(replicas(&Ctx::new(&c).unwrap(), Some(4)), None);
+        assert_eq!(replicas(&Ctx::new(&c).unwrap(), &seen(Some(4))), None);
     }
 
     #[test]
     fn grace_period_covers_the_drain() {
         let c = cluster("operator");
-        let d = deployment(&Ctx::new(&c).unwrap(), None, "h");
+        let d = deployment(&Ctx::new(&c).unwrap(), &Observed::default(), "h");
         let pod = d.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.termination_grace_period_seconds, Some(5 + 30 + 5));
     }

@@ -47,6 +47,12 @@ pub struct Observed {
     /// in `operator` autoscaling mode the operator keeps it (clamped to the
     /// spec's range) instead of resetting it on every reconcile.
     pub gateway_replicas: Option<i32>,
+    /// The autoscaler (field manager
+    /// [`crate::autoscaler::FIELD_MANAGER`]) owns the gateway Deployment's
+    /// `spec.replicas`. In `operator` mode the reconciler then leaves the field
+    /// out of its apply, so the two never write it concurrently; see
+    /// `gateway::replicas`.
+    pub gateway_replicas_autoscaled: bool,
 }
 
 /// Material for the secrets the operator generates once. The reconciler fills
