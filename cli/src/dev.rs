@@ -43,6 +43,11 @@ pub struct DevArgs {
     /// EIP-4361 domain sign-in messages must name
     #[arg(long, default_value = "localhost")]
     domain: String,
+    /// Session token lifetime, e.g. 24h, 90m, 86400s (the operator sets it from
+    /// spec.auth.sessionTtl)
+    #[arg(long, env = "SWITCHBOARD_SESSION_TTL", default_value = "24h",
+          value_parser = parse_session_ttl)]
+    session_ttl: Duration,
     /// Accepted chain id (repeatable)
     #[arg(long = "chain-id", default_values_t = [1u64])]
     chain_ids: Vec<u64>,
@@ -69,6 +74,16 @@ pub struct DevArgs {
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT_SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     drain_seconds: u64,
+}
+
+/// A session lifetime: a human duration of at least one minute.
+fn parse_session_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (expected e.g. 24h, 90m or 86400s)"))?;
+    if d < Duration::from_secs(60) {
+        return Err(format!("{s} is shorter than one minute"));
+    }
+    Ok(d)
 }
 
 /// The gateway's identity for connection reports: all three names, or none
@@ -201,6 +216,7 @@ pub async fn run(args: DevArgs, mode: Mode) -> anyhow::Result<()> {
         identity,
         report_interval: Duration::from_secs(args.report_interval_seconds),
         drain_window: Duration::from_secs(args.drain_seconds),
+        session_ttl: args.session_ttl,
         ..GatewayConfig::default()
     };
     let store: Option<DynStore> = store.map(|s| Arc::new(s) as DynStore);
@@ -350,5 +366,27 @@ mod tests {
         assert_eq!(cli.args.cluster.as_deref(), Some("c"));
         assert_eq!(cli.args.report_interval_seconds, 2);
         assert!(Cli::try_parse_from(["x", "--report-interval-seconds", "0"]).is_err());
+    }
+
+    #[test]
+    fn session_ttl_takes_what_the_operator_writes() {
+        let ttl = |v: &str| {
+            Cli::try_parse_from(["x", "--session-ttl", v]).map(|c| c.args.session_ttl.as_secs())
+        };
+        // kube's Duration prints whole seconds like this (golden files: 86400s).
+        assert_eq!(ttl("86400s").unwrap(), 86_400);
+        assert_eq!(ttl("12h").unwrap(), 43_200);
+        assert_eq!(ttl("1h 30m").unwrap(), 5_400);
+        assert_eq!(
+            Cli::try_parse_from(["x"])
+                .unwrap()
+                .args
+                .session_ttl
+                .as_secs(),
+            86_400
+        );
+        let err = ttl("soon").unwrap_err().to_string();
+        assert!(err.contains("expected e.g. 24h"), "{err}");
+        assert!(ttl("30s").is_err());
     }
 }
