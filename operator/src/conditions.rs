@@ -16,6 +16,8 @@ pub const WORKER_READY: &str = "WorkerReady";
 pub const REDIS_READY: &str = "RedisReady";
 pub const POSTGRES_READY: &str = "PostgresReady";
 pub const PAUSED: &str = "ReconciliationPaused";
+/// Written by the partition manager ([`crate::partitions`]), not the reconciler.
+pub const PARTITIONS_READY: &str = "PartitionsReady";
 
 /// The condition types this operator's reconciler owns. `PartitionsReady` is
 /// left to the partition manager, which writes it with its own field manager.
@@ -333,6 +335,32 @@ mod tests {
         assert_eq!(get(&cs, PAUSED).status, "True");
         assert_eq!(get(&cs, READY).status, "True");
         assert_eq!(get(&cs, READY).last_transition_time, t(100));
+    }
+
+    /// `PartitionsReady` belongs to the partition manager: the reconciler
+    /// never produces it, so its status apply (a list map keyed by `type`)
+    /// leaves the manager's entry alone, whatever path it takes.
+    #[test]
+    fn the_reconciler_never_writes_partitions_ready() {
+        assert!(!OWNED.contains(&PARTITIONS_READY));
+        let mut before = stamp(&[], healthy(&obs(2)), Some(1), &t(100));
+        before.push(Condition {
+            type_: PARTITIONS_READY.into(),
+            status: "True".into(),
+            reason: "PartitionsMaintained".into(),
+            message: "4 partitions".into(),
+            observed_generation: Some(1),
+            last_transition_time: t(50),
+        });
+        for fresh in [
+            healthy(&obs(1)),
+            invalid(&before, &["x".into()]),
+            failed(&before, "ApplyFailed", "boom"),
+            paused(&before),
+        ] {
+            let cs = stamp(&before, fresh, Some(2), &t(200));
+            assert!(cs.iter().all(|c| c.type_ != PARTITIONS_READY), "{cs:?}");
+        }
     }
 
     #[test]

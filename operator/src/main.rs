@@ -50,6 +50,10 @@ struct RunArgs {
     /// Seconds between two autoscaler syncs (`autoscaling.mode: operator`)
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     autoscale_interval_seconds: u64,
+    /// Seconds between two partition maintenance runs of one ChatCluster
+    /// (migrations, premake, retention)
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    partition_interval_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -107,6 +111,10 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
         lease_name: args.lease_name,
         identity,
         autoscale_interval: std::time::Duration::from_secs(args.autoscale_interval_seconds),
+        partitions: switchboard_operator::partitions::PartitionsConfig {
+            interval: std::time::Duration::from_secs(args.partition_interval_seconds),
+            ..Default::default()
+        },
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub autoscaler_scales: Family<DirectionLabel, Counter>,
     /// Autoscaler syncs of one cluster that failed, by error kind.
     pub autoscaler_failures: Family<ReasonLabel, Counter>,
+    /// Partition maintenance runs of one cluster, successful or not.
+    pub partition_syncs: Counter,
+    /// Partition maintenance runs (or status writes) that failed, by reason.
+    pub partition_failures: Family<ReasonLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,6 +55,8 @@ impl Metrics {
         let autoscaler_syncs = Counter::default();
         let autoscaler_scales = Family::<DirectionLabel, Counter>::default();
         let autoscaler_failures = Family::<ReasonLabel, Counter>::default();
+        let partition_syncs = Counter::default();
+        let partition_failures = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "reconciles",
             "ChatCluster reconciles run",
@@ -86,6 +92,16 @@ impl Metrics {
             "Autoscaler syncs of one ChatCluster that failed, by reason",
             autoscaler_failures.clone(),
         );
+        registry.register(
+            "partition_syncs",
+            "Partition maintenance runs of one ChatCluster",
+            partition_syncs.clone(),
+        );
+        registry.register(
+            "partition_failures",
+            "Partition maintenance runs of one ChatCluster that failed, by reason",
+            partition_failures.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -95,6 +111,8 @@ impl Metrics {
             autoscaler_syncs,
             autoscaler_scales,
             autoscaler_failures,
+            partition_syncs,
+            partition_failures,
         }
     }
 

@@ -1,7 +1,6 @@
 //! `switchboard-operator run`: check the CRD, serve /metrics and /healthz,
-//! join the leader election and run the controller and the gateway autoscaler
-//! while leading, until
-//! shutdown.
+//! join the leader election and run the controller, the gateway autoscaler
+//! and the partition manager while leading, until shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use crate::ChatCluster;
 use crate::autoscaler::run_autoscaler;
 use crate::leader::Election;
 use crate::metrics::Metrics;
+use crate::partitions::{PartitionsConfig, run_partitions};
 use crate::reconcile::{Context, run_controller};
 
 /// Everything `run` needs besides the client.
@@ -34,6 +34,8 @@ pub struct RunConfig {
     pub identity: String,
     /// Time between two autoscaler syncs ([`crate::autoscaler::DEFAULT_INTERVAL`]).
     pub autoscale_interval: Duration,
+    /// Schedule and clock of the partition manager ([`crate::partitions`]).
+    pub partitions: PartitionsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +114,14 @@ pub async fn run(
                 cfg.autoscale_interval,
                 shutdown.clone().cancelled_owned(),
             ),
+            run_partitions(
+                client.clone(),
+                metrics.clone(),
+                cfg.namespace.clone(),
+                Some(cfg.identity.clone()),
+                cfg.partitions.clone(),
+                shutdown.clone().cancelled_owned(),
+            ),
         );
     } else {
         let mut election = Election::join(
@@ -142,8 +152,8 @@ pub async fn run(
                     stop.cancel();
                 })
             };
-            // The autoscaler runs next to the controller, on the leader only,
-            // and stops with it.
+            // The autoscaler and the partition manager run next to the
+            // controller, on the leader only, and stop with it.
             tokio::join!(
                 run_controller(
                     ctx.clone(),
@@ -156,6 +166,14 @@ pub async fn run(
                     cfg.namespace.clone(),
                     Some(cfg.identity.clone()),
                     cfg.autoscale_interval,
+                    stop.clone().cancelled_owned(),
+                ),
+                run_partitions(
+                    client.clone(),
+                    metrics.clone(),
+                    cfg.namespace.clone(),
+                    Some(cfg.identity.clone()),
+                    cfg.partitions.clone(),
                     stop.cancelled_owned(),
                 ),
             );

@@ -3,7 +3,8 @@
 //! Workers share the persistence streams through one consumer group, so they
 //! are a plain Deployment: any pod can die, its pending entries are claimed
 //! by another. Each pod applies migrations at start (sqlx takes an advisory
-//! lock, so concurrent starts are safe) and runs partition maintenance.
+//! lock, so concurrent starts are safe). Partition maintenance is the
+//! operator's ([`crate::partitions`]), so the workers' own is off.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -19,9 +20,6 @@ pub const COMPONENT: &str = "worker";
 /// Port of the worker's /metrics, /healthz and /readyz.
 pub const HTTP_PORT: i32 = 9091;
 const UID: i64 = 65532;
-/// Partition maintenance period: an hour is plenty for daily partitions
-/// created `premake` intervals ahead.
-const MAINTENANCE_SECS: u32 = 3600;
 
 pub fn build(ctx: &Ctx, out: &mut Desired) {
     out.deployments.push(deployment(ctx));
@@ -30,20 +28,15 @@ pub fn build(ctx: &Ctx, out: &mut Desired) {
 
 pub fn deployment(ctx: &Ctx) -> Deployment {
     let spec = &ctx.cluster.spec;
-    let part = &spec.postgres.partitioning;
     let args = vec![
         "run".to_string(),
         "--migrate".to_string(),
         "--listen".to_string(),
         format!("0.0.0.0:{HTTP_PORT}"),
-        "--partition-interval".to_string(),
-        part.interval.as_str().to_string(),
-        "--partition-premake".to_string(),
-        part.premake.to_string(),
-        "--retention-days".to_string(),
-        part.retention_days.to_string(),
+        // The operator maintains partitions (0 is also the worker's
+        // default; explicit so a changed default cannot start a second one).
         "--partition-maintenance-secs".to_string(),
-        MAINTENANCE_SECS.to_string(),
+        "0".to_string(),
     ];
     let mut env_vars = identity_env(ctx);
     env_vars.push(super::redis::url_env(ctx));
