@@ -15,7 +15,8 @@ use switchboard_core::broker::{
 };
 use switchboard_core::store::partitions::PartitionPolicy;
 use switchboard_core::store::{DynStore, PgStore};
-use switchboard_gateway::{Gateway, GatewayConfig};
+use switchboard_gateway::relay::RelayFile;
+use switchboard_gateway::{Gateway, GatewayConfig, RelayConfig, RelayConfigError};
 use switchboard_worker::{Worker, WorkerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -74,6 +75,14 @@ pub struct DevArgs {
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT_SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     drain_seconds: u64,
+    /// Fallback relay configuration (the relay.json the operator mounts at
+    /// /etc/switchboard/relay/relay.json); validated at start-up, a bad file stops the gateway
+    #[arg(long, env = "SWITCHBOARD_RELAY_CONFIG")]
+    relay_config: Option<PathBuf>,
+    /// Relay API key (`name:secret` for Ably); without it, the variable the file's
+    /// `apiKeyEnv` names is read
+    #[arg(long, env = "SWITCHBOARD_RELAY_API_KEY", hide_env_values = true)]
+    relay_api_key: Option<String>,
 }
 
 /// A session lifetime: a human duration of at least one minute.
@@ -126,6 +135,37 @@ pub fn report_identity(
     }
 }
 
+/// The fallback relay from `--relay-config FILE`, validated: a missing,
+/// unreadable or invalid file is an error naming the file and the problem.
+/// The API key is `--relay-api-key` / `SWITCHBOARD_RELAY_API_KEY`, else the
+/// environment variable the file's `apiKeyEnv` names.
+pub fn relay_config(
+    file: Option<&Path>,
+    api_key: Option<String>,
+) -> anyhow::Result<Option<RelayConfig>> {
+    let api_key = api_key.filter(|k| !k.trim().is_empty());
+    let Some(path) = file else {
+        if api_key.is_some() {
+            tracing::warn!("a relay API key is set but no --relay-config: no relay is used");
+        }
+        return Ok(None);
+    };
+    let invalid = || format!("invalid relay config {}", path.display());
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read relay config {}", path.display()))?;
+    let parsed: RelayFile = serde_json::from_str(&text)
+        .map_err(RelayConfigError::from)
+        .with_context(invalid)?;
+    let api_key = api_key.or_else(|| {
+        parsed
+            .api_key_env
+            .as_deref()
+            .and_then(|var| std::env::var(var).ok())
+    });
+    let relay = RelayConfig::from_file(parsed, api_key).with_context(invalid)?;
+    Ok(Some(relay))
+}
+
 /// Environment variable holding the token secret when no file is given.
 const SECRET_ENV: &str = "SWITCHBOARD_TOKEN_SECRET";
 
@@ -141,6 +181,7 @@ pub enum Mode {
 
 pub async fn run(args: DevArgs, mode: Mode) -> anyhow::Result<()> {
     let token_secret = token_secret(args.token_secret_file.as_deref())?;
+    let relay = relay_config(args.relay_config.as_deref(), args.relay_api_key.clone())?;
     let identity = report_identity(
         args.pod_name.as_deref(),
         args.pod_namespace.as_deref(),
@@ -217,6 +258,7 @@ pub async fn run(args: DevArgs, mode: Mode) -> anyhow::Result<()> {
         report_interval: Duration::from_secs(args.report_interval_seconds),
         drain_window: Duration::from_secs(args.drain_seconds),
         session_ttl: args.session_ttl,
+        relay,
         ..GatewayConfig::default()
     };
     let store: Option<DynStore> = store.map(|s| Arc::new(s) as DynStore);

@@ -22,7 +22,7 @@ struct Cli {
 enum Cmd {
     /// Run a complete chat server in this process (memory broker; or Redis with --redis-url, plus
     /// PostgreSQL and an embedded worker with --database-url)
-    Dev(dev::DevArgs),
+    Dev(Box<dev::DevArgs>),
     /// Sign in with a wallet key (created if missing) and store the session next to it
     Login(talk::LoginArgs),
     /// Send a text message to a wallet address or a conversation
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.cmd {
-            Cmd::Dev(a) => dev::run(a, dev::Mode::AllInOne).await,
+            Cmd::Dev(a) => dev::run(*a, dev::Mode::AllInOne).await,
             Cmd::Login(a) => talk::login(a).await,
             Cmd::Send(a) => talk::send(a).await,
             Cmd::Listen(a) => talk::listen(a).await,

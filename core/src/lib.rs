@@ -6,5 +6,6 @@ pub mod auth;
 pub mod broker;
 pub mod ids;
 pub mod protocol;
+pub mod relay;
 pub mod store;
 pub mod time;

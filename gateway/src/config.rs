@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use switchboard_core::broker::GatewayIdentity;
 
+use crate::relay::RelayConfig;
+
 /// See the field docs; `Default` is what `switchboard dev` runs with.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -77,6 +79,10 @@ pub struct GatewayConfig {
     /// termination grace period minus the preStop delay (the operator sets
     /// it from `spec.gateway.drain.timeoutSeconds`).
     pub drain_window: Duration,
+    /// The fallback relay (validated at start-up from the file the operator
+    /// mounts, see [`crate::relay`]). Today it is logged and exported on
+    /// `/metrics` only; `None` (the default): no relay.
+    pub relay: Option<RelayConfig>,
 }
 
 /// A connection report expires after this many report intervals.
@@ -118,6 +124,7 @@ impl Default for GatewayConfig {
             identity: None,
             report_interval: DEFAULT_REPORT_INTERVAL,
             drain_window: Duration::from_secs(10),
+            relay: None,
         }
     }
 }

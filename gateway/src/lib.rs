@@ -15,10 +15,12 @@ pub mod hub;
 pub mod metrics;
 pub mod presence;
 pub mod problem;
+pub mod relay;
 mod report;
 pub mod rest;
 pub mod server;
 pub mod state;
 
 pub use config::GatewayConfig;
+pub use relay::{RelayConfig, RelayConfigError};
 pub use server::{Gateway, GatewayError, router};

@@ -6,7 +6,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+
+use crate::relay::{RelayConfig, join_hosts};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
@@ -98,6 +101,29 @@ impl Metrics {
             delivery_latency,
             errors,
             slow_consumers,
+        }
+    }
+
+    /// Export the fallback relay configuration (read-only, fixed for the
+    /// process lifetime): `switchboard_gateway_relay_configured` 0 or 1 and,
+    /// with a relay, `switchboard_gateway_relay_info{provider,hosts,fallback_hosts}`.
+    /// Never the key.
+    pub fn describe_relay(&mut self, relay: Option<&RelayConfig>) {
+        let configured = Gauge::<i64>::default();
+        configured.set(i64::from(relay.is_some()));
+        self.registry.register(
+            "relay_configured",
+            "1 if a fallback relay is configured (validated at start-up), else 0",
+            configured,
+        );
+        if let Some(r) = relay {
+            let labels = vec![
+                ("provider".to_string(), r.provider().to_string()),
+                ("hosts".to_string(), join_hosts(r.hosts())),
+                ("fallback_hosts".to_string(), join_hosts(r.fallback_hosts())),
+            ];
+            self.registry
+                .register("relay", "The configured fallback relay", Info::new(labels));
         }
     }
 

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
 use crate::problem::ApiError;
+use crate::relay::{RelayConfig, join_hosts};
 use crate::rest::{self, AppRef};
 use crate::state::AppState;
 use crate::{conn, conversations, report};
@@ -105,6 +106,20 @@ async fn ws_upgrade(State(state): State<AppRef>, parts: Parts, ws: WebSocketUpgr
         })
 }
 
+/// What relay is configured, at start-up; never the key.
+fn log_relay(relay: Option<&RelayConfig>) {
+    match relay {
+        Some(r) => tracing::info!(
+            provider = %r.provider(),
+            hosts = %join_hosts(r.hosts()),
+            fallback_hosts = %join_hosts(r.fallback_hosts()),
+            api_key = if r.api_key().is_some() { "set" } else { "none" },
+            "fallback relay configured (validated; relay delivery is not active yet)"
+        ),
+        None => tracing::info!("no fallback relay configured"),
+    }
+}
+
 /// A running gateway.
 pub struct Gateway {
     state: AppRef,
@@ -174,6 +189,7 @@ impl Gateway {
         };
         let reporter = report::spawn(state.clone());
         tracing::info!(%addr, gateway = %state.cfg.gateway_id, "gateway listening");
+        log_relay(state.cfg.relay.as_ref());
         Ok(Gateway {
             state,
             addr,

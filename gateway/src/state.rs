@@ -38,7 +38,9 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(cfg: GatewayConfig, broker: DynBroker, store: Option<DynStore>) -> Arc<Self> {
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        metrics.describe_relay(cfg.relay.as_ref());
+        let metrics = Arc::new(metrics);
         Arc::new(AppState {
             tokens: TokenSigner::new(&cfg.token_secret),
             siwe: SiweVerifier {

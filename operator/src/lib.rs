@@ -11,6 +11,8 @@
 //!   reports;
 //! - [`autoscaler`]: the loop that applies [`autoscale`]'s decisions to the
 //!   gateway Deployments;
+//! - [`partitions`]: the loop that runs migrations and partition maintenance
+//!   against each cluster's PostgreSQL;
 //! - [`leader`], [`metrics`], [`server`], [`run`]: what the binary needs to run
 //!   two replicas safely and be observed.
 //!
@@ -23,6 +25,7 @@ pub mod conditions;
 pub mod crd;
 pub mod leader;
 pub mod metrics;
+pub mod partitions;
 pub mod reconcile;
 pub mod redis_cluster;
 pub mod run;

@@ -152,7 +152,10 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
         .as_ref()
         .and_then(|r| r.api_key_secret_ref.as_ref())
     {
-        env_vars.push(env_secret("SWITCHBOARD_RELAY_API_KEY", &key.into()));
+        env_vars.push(env_secret(
+            switchboard_core::relay::API_KEY_ENV,
+            &key.into(),
+        ));
     }
     env_vars.push(env("RUST_LOG", "info"));
 

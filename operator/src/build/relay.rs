@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use switchboard_core::relay as relay_file;
 
 use super::{Ctx, Desired};
 use crate::crd::RelayProvider;
@@ -14,7 +15,7 @@ pub const COMPONENT: &str = "relay";
 pub const SUFFIX: &str = "relay";
 /// Where gateways find the relay configuration.
 pub const MOUNT_DIR: &str = "/etc/switchboard/relay";
-pub const FILE: &str = "relay.json";
+pub const FILE: &str = relay_file::FILE_NAME;
 
 pub fn build(ctx: &Ctx, out: &mut Desired) {
     out.config_maps.extend(config_map(ctx));
@@ -24,18 +25,24 @@ pub fn build(ctx: &Ctx, out: &mut Desired) {
 pub fn config_map(ctx: &Ctx) -> Option<ConfigMap> {
     let relay = ctx.cluster.spec.fallback_relay.as_ref()?;
     let provider = match relay.provider {
-        RelayProvider::Ably => "ably",
-        RelayProvider::Switchboard => "switchboard",
+        RelayProvider::Ably => relay_file::RelayProvider::Ably,
+        RelayProvider::Switchboard => relay_file::RelayProvider::Switchboard,
     };
-    let doc = serde_json::json!({
-        "provider": provider,
-        "hosts": relay.hosts,
-        "fallbackHosts": relay.fallback_hosts,
-        "apiKeyEnv": relay.api_key_secret_ref.as_ref().map(|_| "SWITCHBOARD_RELAY_API_KEY"),
-    });
+    // The gateway parses this with the same type (and rejects unknown fields).
+    let doc = relay_file::RelayFile {
+        provider,
+        hosts: relay.hosts.clone(),
+        fallback_hosts: relay.fallback_hosts.clone(),
+        api_key_env: relay
+            .api_key_secret_ref
+            .as_ref()
+            .map(|_| relay_file::API_KEY_ENV.to_string()),
+    };
+    // Serializing a plain struct of strings cannot fail.
+    let text = serde_json::to_string(&doc).unwrap_or_default();
     Some(ConfigMap {
         metadata: ctx.meta(SUFFIX, COMPONENT),
-        data: Some(BTreeMap::from([(FILE.to_string(), doc.to_string())])),
+        data: Some(BTreeMap::from([(FILE.to_string(), text)])),
         ..ConfigMap::default()
     })
 }
