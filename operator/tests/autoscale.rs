@@ -11,18 +11,18 @@
 // Helpers outside #[test] fns; a failed set-up should panic loudly.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::*;
 use futures_util::{SinkExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, CustomResourceExt, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use switchboard_core::auth::token::TokenSigner;
 use switchboard_core::broker::{BrokerConfig, ClusterRef, GatewayIdentity, RedisBroker};
@@ -45,62 +45,7 @@ const DEPLOYMENT: &str = "chat-gateway";
 const SYNC: Duration = Duration::from_secs(1);
 /// How often the gateways report.
 const REPORT: Duration = Duration::from_millis(500);
-/// Generous: a 2-core machine that is busy with other builds.
-const WAIT: Duration = Duration::from_secs(60);
 const SECRET: &[u8] = b"autoscale-test-secret-autoscale-";
-
-async fn control_plane() -> (switchboard_testkit::ControlPlane, Client) {
-    let cp = tokio::task::spawn_blocking(switchboard_testkit::ControlPlane::start)
-        .await
-        .unwrap()
-        .expect("local control plane");
-    let client = cp.client().await.expect("client for the control plane");
-    (cp, client)
-}
-
-/// Polls `check` until it returns `Some`, or panics after `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = ChatCluster::crd();
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply("switchboard-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply CRD");
-    tokio::time::timeout(
-        WAIT,
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established in time")
-    .expect("watch CRD");
-}
-
-async fn namespace(client: &Client, name: &str) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    api.create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
-}
 
 async fn secret(client: &Client, name: &str, url: &str) {
     let api: Api<Secret> = Api::namespaced(client.clone(), NS);
@@ -114,11 +59,6 @@ async fn secret(client: &Client, name: &str, url: &str) {
         .expect("secret");
 }
 
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 /// The operator in this process, leader-elected like in a cluster.
 fn start_operator(client: &Client) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let token = CancellationToken::new();
@@ -130,6 +70,7 @@ fn start_operator(client: &Client) -> (CancellationToken, tokio::task::JoinHandl
         lease_name: "switchboard-operator".into(),
         identity: "op-test".into(),
         autoscale_interval: SYNC,
+        partitions: Default::default(),
     };
     let handle = tokio::spawn({
         let client = client.clone();
@@ -225,7 +166,7 @@ impl Env {
     /// how long it took.
     async fn wait_replicas(&self, what: &str, ok: impl Fn(i32) -> bool) -> (i32, Duration) {
         let start = Instant::now();
-        let n = eventually(what, WAIT, || async {
+        let n = eventually_within(what, WAIT, || async {
             self.replicas().await.filter(|n| ok(*n))
         })
         .await;
@@ -261,7 +202,7 @@ impl Env {
         .unwrap();
         let pods = self.pods();
         // The namespace's default ServiceAccount appears shortly after it.
-        eventually(&format!("pod {name} created"), WAIT, || async {
+        eventually_within(&format!("pod {name} created"), WAIT, || async {
             pods.create(&PostParams::default(), &pod).await.ok()
         })
         .await;
@@ -375,12 +316,12 @@ async fn operator_mode_scales_with_connections() {
     );
 
     // Idle: the autoscaler takes spec.replicas over at min and holds it.
-    eventually("the autoscaler owns spec.replicas", WAIT, || async {
+    eventually_within("the autoscaler owns spec.replicas", WAIT, || async {
         let d = env.deployments().get(DEPLOYMENT).await.ok()?;
         switchboard_operator::autoscaler::owns_replicas(&d).then_some(())
     })
     .await;
-    eventually("status: 0 connections", WAIT, || async {
+    eventually_within("status: 0 connections", WAIT, || async {
         (env.gateway_status().await.connections == Some(0)).then_some(())
     })
     .await;
@@ -405,7 +346,7 @@ async fn operator_mode_scales_with_connections() {
         "{reason}"
     );
     let events: Api<Event> = Api::namespaced(env.client.clone(), NS);
-    eventually("a Scaled event", WAIT, || async {
+    eventually_within("a Scaled event", WAIT, || async {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items
             .iter()
@@ -428,7 +369,7 @@ async fn operator_mode_scales_with_connections() {
         )
         .await
         .unwrap();
-    eventually("reconciled generation 2", WAIT, || async {
+    eventually_within("reconciled generation 2", WAIT, || async {
         let c = env.clusters().get(CLUSTER).await.ok()?;
         (c.status?.observed_generation == Some(2)).then_some(())
     })
@@ -517,7 +458,7 @@ async fn stale_reports_and_external_mode() {
     env.redis
         .command(&["HSET", &key, "chat-gateway-b", &stale])
         .unwrap();
-    eventually("status: a's 0 connections", WAIT, || async {
+    eventually_within("status: a's 0 connections", WAIT, || async {
         (env.gateway_status().await.connections == Some(0)).then_some(())
     })
     .await;
@@ -532,7 +473,7 @@ async fn stale_reports_and_external_mode() {
     // The load goes, but b's report is stale: no scale-in on partial data,
     // even long after the window.
     close(on_a).await;
-    eventually("status: 0 connections again", WAIT, || async {
+    eventually_within("status: 0 connections again", WAIT, || async {
         (env.gateway_status().await.connections == Some(0)).then_some(())
     })
     .await;
@@ -552,7 +493,7 @@ async fn stale_reports_and_external_mode() {
         )
         .await
         .unwrap();
-    eventually("reconciled the external mode", WAIT, || async {
+    eventually_within("reconciled the external mode", WAIT, || async {
         let c = env.clusters().get(CLUSTER).await.ok()?;
         (c.status?.observed_generation == c.metadata.generation).then_some(())
     })

@@ -14,11 +14,13 @@
 #![cfg(feature = "kube")]
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
+use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, ServiceAccount};
@@ -29,7 +31,6 @@ use serde_json::json;
 use switchboard_operator::ChatCluster;
 use switchboard_testkit::ControlPlane;
 
-const WAIT: Duration = Duration::from_secs(60);
 const CHART: &str = "charts/switchboard-operator";
 
 fn workspace() -> PathBuf {
@@ -74,24 +75,6 @@ fn run_tool(name: &str, kubeconfig: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// The operator process, killed on drop; its log is printed if the test fails.
@@ -243,14 +226,6 @@ async fn apply_minimal(client: &Client, ns: &str) {
         .unwrap();
 }
 
-async fn create_namespace(client: &Client, name: &str) {
-    let ns = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
     let cp = tokio::task::spawn_blocking(ControlPlane::start)
@@ -327,7 +302,7 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
             work.path(),
         )
         .await;
-        create_namespace(&client, "apps").await;
+        namespace(&client, "apps").await;
         apply_minimal(&client, "apps").await;
         wait_for_children(&client, "apps", "chat").await;
         // Leader election through the Role in the release namespace.
@@ -387,7 +362,7 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
     ));
 
     // --- a second release watching one namespace: a namespaced Role suffices
-    create_namespace(&client, "team").await;
+    namespace(&client, "team").await;
     run_tool(
         "helm",
         &admin,

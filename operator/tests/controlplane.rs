@@ -10,86 +10,22 @@
 // Helpers outside #[test] fns; a failed set-up should panic loudly.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::*;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, CustomResourceExt, Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use switchboard_operator::ChatCluster;
 use switchboard_operator::run::{RunConfig, run};
 use tokio_util::sync::CancellationToken;
-
-/// A control plane of this test's own: the operators here watch every
-/// namespace and compete for one Lease, so tests must not share one.
-async fn control_plane() -> (switchboard_testkit::ControlPlane, Client) {
-    let cp = tokio::task::spawn_blocking(switchboard_testkit::ControlPlane::start)
-        .await
-        .unwrap()
-        .expect("local control plane");
-    let client = cp.client().await.expect("client for the control plane");
-    (cp, client)
-}
-
-const WAIT: Duration = Duration::from_secs(30);
-
-/// Polls `check` until it returns `Some`, or panics after [`WAIT`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = ChatCluster::crd();
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply("switchboard-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply CRD");
-    tokio::time::timeout(
-        WAIT,
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established in time")
-    .expect("watch CRD");
-}
-
-async fn namespace(client: &Client, name: &str) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    api.create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 /// Starts an operator in this process; cancel the token to stop it.
 fn start_operator(
@@ -107,6 +43,7 @@ fn start_operator(
         lease_name: "switchboard-operator".into(),
         identity: identity.into(),
         autoscale_interval: switchboard_operator::autoscaler::DEFAULT_INTERVAL,
+        partitions: Default::default(),
     };
     let handle = tokio::spawn({
         let client = client.clone();
