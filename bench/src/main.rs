@@ -9,7 +9,11 @@
 //!   switchboard-bench latency --engine redis --gateways 2   # every pair split over two gateways
 //!   switchboard-bench all        # the set recorded in docs/benchmarks.md
 //!   switchboard-bench persist    # worker vs naive INSERTs, and sent→stored lag
+//!   switchboard-bench drain --connections 10000 --window-seconds 10,1
+//!   switchboard-bench autoscale --runs 10
 
+mod autoscale;
+mod drain;
 mod persist;
 mod reconcile;
 
@@ -57,6 +61,9 @@ enum Cmd {
         /// WebSocket read/write buffer per socket (default: the gateway's).
         #[arg(long)]
         ws_buffer: Option<usize>,
+        /// Drain window on shutdown (default: the gateway's, 10 s).
+        #[arg(long)]
+        drain_seconds: Option<f64>,
     },
     /// Gateway RSS per idle authenticated connection.
     Idle {
@@ -109,6 +116,30 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// Graceful drain of one gateway (SIGTERM) whose clients reconnect to a
+    /// second one: close-time spread, reconnect time, exit time.
+    Drain {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Drain windows to run, one run each, side by side.
+        #[arg(long, value_delimiter = ',', default_values_t = [10.0f64, 1.0])]
+        window_seconds: Vec<f64>,
+    },
+    /// Autoscaler reaction time: connections cross the target → the
+    /// Deployment's replicas change (local control plane, operator in process).
+    Autoscale {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Connections per replica (the ChatCluster's target).
+        #[arg(long, default_value_t = 100)]
+        target: usize,
+        /// The operator's autoscaler sync period.
+        #[arg(long, default_value_t = 1000)]
+        sync_ms: u64,
+        /// The gateway's connection report interval.
+        #[arg(long, default_value_t = 1000)]
+        report_ms: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -122,7 +153,14 @@ fn main() -> Result<()> {
             redis_url,
             secret_hex,
             ws_buffer,
-        } => rt.block_on(serve(listen, redis_url, secret_hex, ws_buffer)),
+            drain_seconds,
+        } => rt.block_on(serve(
+            listen,
+            redis_url,
+            secret_hex,
+            ws_buffer,
+            drain_seconds,
+        )),
         Cmd::Idle {
             engine,
             connections,
@@ -158,6 +196,21 @@ fn main() -> Result<()> {
             batches,
         )),
         Cmd::Reconcile { runs } => rt.block_on(reconcile::run(runs)),
+        Cmd::Drain {
+            connections,
+            window_seconds,
+        } => rt.block_on(drain::run(connections, window_seconds)),
+        Cmd::Autoscale {
+            runs,
+            target,
+            sync_ms,
+            report_ms,
+        } => rt.block_on(autoscale::run(
+            runs,
+            target,
+            Duration::from_millis(sync_ms),
+            Duration::from_millis(report_ms),
+        )),
     }
 }
 
@@ -166,6 +219,7 @@ async fn serve(
     redis_url: Option<String>,
     secret_hex: String,
     ws_buffer: Option<usize>,
+    drain_seconds: Option<f64>,
 ) -> Result<()> {
     let broker: DynBroker = match redis_url {
         Some(url) => Arc::new(RedisBroker::connect(&url, BrokerConfig::default()).await?),
@@ -188,9 +242,22 @@ async fn serve(
         },
         None => cfg,
     };
+    let cfg = match drain_seconds {
+        Some(s) => GatewayConfig {
+            drain_window: Duration::from_secs_f64(s),
+            ..cfg
+        },
+        None => cfg,
+    };
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     let gw = Gateway::start(cfg, broker, listener).await?;
-    tokio::signal::ctrl_c().await?;
+    // SIGINT (the scenarios' Drop) or SIGTERM (what Kubernetes sends; the
+    // drain scenario): both drain.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     gw.shutdown().await;
     Ok(())
 }
@@ -214,6 +281,16 @@ impl GatewayProc {
         redis_url: Option<&str>,
         ws_buffer: Option<usize>,
     ) -> Result<GatewayProc> {
+        GatewayProc::spawn_with(secret_hex, redis_url, ws_buffer, &[]).await
+    }
+
+    /// As [`GatewayProc::spawn`], with extra `serve` arguments.
+    async fn spawn_with(
+        secret_hex: &str,
+        redis_url: Option<&str>,
+        ws_buffer: Option<usize>,
+        extra: &[String],
+    ) -> Result<GatewayProc> {
         let port = switchboard_testkit::free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let mut cmd = match std::env::var("SB_BENCH_WRAP") {
@@ -233,6 +310,7 @@ impl GatewayProc {
         if let Some(b) = ws_buffer {
             cmd.args(["--ws-buffer", &b.to_string()]);
         }
+        cmd.args(extra);
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn()?;
         // From here on, Drop stops the child even if it never comes up.
         let g = GatewayProc { child, addr };
@@ -251,6 +329,13 @@ impl GatewayProc {
     fn interrupt(&self) {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// SIGTERM, as Kubernetes sends it: the gateway drains and exits.
+    fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
             .status();
     }
 

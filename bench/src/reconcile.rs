@@ -133,6 +133,7 @@ pub async fn run(runs: usize) -> Result<()> {
             lease_name: "switchboard-operator".into(),
             identity: "bench".into(),
             autoscale_interval: switchboard_operator::autoscaler::DEFAULT_INTERVAL,
+            partitions: Default::default(),
         };
         async move { run_operator(client, cfg, stop).await }
     });
