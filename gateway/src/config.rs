@@ -75,9 +75,11 @@ pub struct GatewayConfig {
     pub report_interval: Duration,
     /// Drain (SIGTERM / [`crate::Gateway::shutdown`]): sockets are closed with
     /// 1012 in randomized batches over the first 80% of this window, and the
-    /// gateway waits for them until the window ends. Keep it under the pod's
-    /// termination grace period minus the preStop delay (the operator sets
-    /// it from `spec.gateway.drain.timeoutSeconds`).
+    /// gateway waits for them until the window ends plus
+    /// [`crate::server::CLOSE_GRACE`] (2 s). Keep it under the pod's
+    /// termination grace period minus the preStop delay and 2 s (the
+    /// operator sets it from `spec.gateway.drain.timeoutSeconds`, with 5 s of
+    /// margin).
     pub drain_window: Duration,
     /// The fallback relay (validated at start-up from the file the operator
     /// mounts, see [`crate::relay`]). Today it is logged and exported on
