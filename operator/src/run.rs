@@ -100,29 +100,7 @@ pub async fn run(
 
     if !cfg.leader_election {
         metrics.leader.set(1);
-        tokio::join!(
-            run_controller(
-                ctx,
-                cfg.namespace.clone(),
-                shutdown.clone().cancelled_owned(),
-            ),
-            run_autoscaler(
-                client.clone(),
-                metrics.clone(),
-                cfg.namespace.clone(),
-                Some(cfg.identity.clone()),
-                cfg.autoscale_interval,
-                shutdown.clone().cancelled_owned(),
-            ),
-            run_partitions(
-                client.clone(),
-                metrics.clone(),
-                cfg.namespace.clone(),
-                Some(cfg.identity.clone()),
-                cfg.partitions.clone(),
-                shutdown.clone().cancelled_owned(),
-            ),
-        );
+        leader_work(&ctx, &client, &metrics, &cfg, shutdown.clone()).await;
     } else {
         let mut election = Election::join(
             client.clone(),
@@ -152,31 +130,7 @@ pub async fn run(
                     stop.cancel();
                 })
             };
-            // The autoscaler and the partition manager run next to the
-            // controller, on the leader only, and stop with it.
-            tokio::join!(
-                run_controller(
-                    ctx.clone(),
-                    cfg.namespace.clone(),
-                    stop.clone().cancelled_owned()
-                ),
-                run_autoscaler(
-                    client.clone(),
-                    metrics.clone(),
-                    cfg.namespace.clone(),
-                    Some(cfg.identity.clone()),
-                    cfg.autoscale_interval,
-                    stop.clone().cancelled_owned(),
-                ),
-                run_partitions(
-                    client.clone(),
-                    metrics.clone(),
-                    cfg.namespace.clone(),
-                    Some(cfg.identity.clone()),
-                    cfg.partitions.clone(),
-                    stop.cancelled_owned(),
-                ),
-            );
+            leader_work(&ctx, &client, &metrics, &cfg, stop).await;
             watcher.abort();
             metrics.leader.set(0);
             if shutdown.is_cancelled() {
@@ -193,4 +147,38 @@ pub async fn run(
     }
     tracing::info!("operator stopped");
     Ok(())
+}
+
+/// What the leader does until `stop`: the controller, and next to it the
+/// autoscaler and the partition manager, all stopping together.
+async fn leader_work(
+    ctx: &Arc<Context>,
+    client: &Client,
+    metrics: &Arc<Metrics>,
+    cfg: &RunConfig,
+    stop: CancellationToken,
+) {
+    tokio::join!(
+        run_controller(
+            ctx.clone(),
+            cfg.namespace.clone(),
+            stop.clone().cancelled_owned()
+        ),
+        run_autoscaler(
+            client.clone(),
+            metrics.clone(),
+            cfg.namespace.clone(),
+            Some(cfg.identity.clone()),
+            cfg.autoscale_interval,
+            stop.clone().cancelled_owned(),
+        ),
+        run_partitions(
+            client.clone(),
+            metrics.clone(),
+            cfg.namespace.clone(),
+            Some(cfg.identity.clone()),
+            cfg.partitions.clone(),
+            stop.cancelled_owned(),
+        ),
+    );
 }
