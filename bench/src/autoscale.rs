@@ -129,14 +129,8 @@ pub async fn run(runs: usize, target: usize, sync: Duration, report: Duration) -
         let client = client.clone();
         let stop = stop.clone();
         let cfg = RunConfig {
-            namespace: None,
-            listen: TcpListener::bind("127.0.0.1:0")?.local_addr()?,
-            leader_election: true,
-            lease_namespace: "default".into(),
-            lease_name: "switchboard-operator".into(),
-            identity: "bench".into(),
             autoscale_interval: sync,
-            partitions: Default::default(),
+            ..RunConfig::new("bench", TcpListener::bind("127.0.0.1:0")?.local_addr()?)
         };
         async move { run_operator(client, cfg, stop).await }
     });

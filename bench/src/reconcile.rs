@@ -125,16 +125,7 @@ pub async fn run(runs: usize) -> Result<()> {
     let operator = tokio::spawn({
         let client = client.clone();
         let stop = stop.clone();
-        let cfg = RunConfig {
-            namespace: None,
-            listen,
-            leader_election: true,
-            lease_namespace: "default".into(),
-            lease_name: "switchboard-operator".into(),
-            identity: "bench".into(),
-            autoscale_interval: switchboard_operator::autoscaler::DEFAULT_INTERVAL,
-            partitions: Default::default(),
-        };
+        let cfg = RunConfig::new("bench", listen);
         async move { run_operator(client, cfg, stop).await }
     });
 

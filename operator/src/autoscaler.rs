@@ -28,7 +28,7 @@
 //! synced one after the other; a Redis that does not answer costs a sync at
 //! most the connect timeout.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,6 +46,7 @@ use crate::autoscale::{self, Decision, Inputs, POD_DELETION_COST, Policy, Report
 use crate::build::{self, Ctx};
 use crate::crd::{AutoscalingMode, ChatCluster, GatewayStatus};
 use crate::metrics::{DirectionLabel, Metrics, ReasonLabel};
+use crate::sweep::{self, Pass, Sweep};
 
 /// Field manager of everything the autoscaler writes.
 pub const FIELD_MANAGER: &str = "switchboard-autoscaler";
@@ -111,7 +112,7 @@ struct Entry {
     last_error: Option<String>,
 }
 
-impl Entry {
+impl sweep::Entry for Entry {
     async fn close(self) {
         if let Some((_, b)) = self.broker {
             b.quit().await;
@@ -125,7 +126,7 @@ pub struct Autoscaler {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     namespace: Option<String>,
-    clusters: HashMap<String, Entry>,
+    clusters: Sweep<Entry>,
 }
 
 /// Runs the autoscaler every `interval` until `stop` resolves.
@@ -137,22 +138,18 @@ pub async fn run_autoscaler(
     interval: Duration,
     stop: impl Future<Output = ()>,
 ) {
-    let mut scaler = Autoscaler::new(client, metrics, namespace, instance);
-    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = tick.tick() => {}
-        }
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = scaler.sync_all() => {}
-        }
-    }
-    scaler.close().await;
+    let scaler = Autoscaler::new(client, metrics, namespace, instance);
+    sweep::run_every(scaler, interval, stop).await;
     tracing::debug!("autoscaler stopped");
+}
+
+impl Pass for Autoscaler {
+    async fn pass(&mut self) {
+        self.sync_all().await
+    }
+    async fn close(&mut self) {
+        self.clusters.close().await
+    }
 }
 
 fn now_ms() -> u64 {
@@ -185,26 +182,19 @@ impl Autoscaler {
             client,
             metrics,
             namespace,
-            clusters: HashMap::new(),
-        }
-    }
-
-    /// Closes every cached Redis connection.
-    pub async fn close(&mut self) {
-        for (_, e) in self.clusters.drain() {
-            e.close().await;
+            clusters: Sweep::default(),
         }
     }
 
     /// One pass over every ChatCluster.
     pub async fn sync_all(&mut self) {
         self.metrics.autoscaler_syncs.inc();
-        let api: Api<ChatCluster> = match &self.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        };
-        let clusters = match api.list(&ListParams::default()).await {
-            Ok(l) => l.items,
+        let listed = self
+            .clusters
+            .list(&self.client, self.namespace.as_deref(), in_scope)
+            .await;
+        let clusters = match listed {
+            Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "autoscaler: cannot list ChatClusters");
                 self.metrics
@@ -216,22 +206,7 @@ impl Autoscaler {
                 return;
             }
         };
-        let wanted: Vec<ChatCluster> = clusters.into_iter().filter(in_scope).collect();
-        let uids: HashSet<String> = wanted.iter().filter_map(|c| c.uid()).collect();
-        let gone: Vec<String> = self
-            .clusters
-            .keys()
-            .filter(|k| !uids.contains(*k))
-            .cloned()
-            .collect();
-        for uid in gone {
-            if let Some(e) = self.clusters.remove(&uid) {
-                e.close().await;
-            }
-        }
-        for cluster in wanted {
-            let Some(uid) = cluster.uid() else { continue };
-            let mut entry = self.clusters.remove(&uid).unwrap_or_default();
+        for (uid, cluster, mut entry) in clusters {
             match self.sync_one(&cluster, &mut entry).await {
                 Ok(()) => entry.last_error = None,
                 Err(e) => {
@@ -252,7 +227,7 @@ impl Autoscaler {
                     entry.last_error = Some(msg);
                 }
             }
-            self.clusters.insert(uid, entry);
+            self.clusters.put(uid, entry);
         }
     }
 
@@ -556,10 +531,7 @@ impl Autoscaler {
 /// Clusters the autoscaler acts on: operator mode, not being deleted, not
 /// paused, with a spec the reconciler accepts.
 fn in_scope(cluster: &ChatCluster) -> bool {
-    cluster.spec.gateway.autoscaling.mode == AutoscalingMode::Operator
-        && cluster.metadata.deletion_timestamp.is_none()
-        && !crate::reconcile::is_paused(cluster)
-        && crate::validate::validate(&cluster.name_any(), &cluster.spec).is_empty()
+    cluster.spec.gateway.autoscaling.mode == AutoscalingMode::Operator && sweep::active(cluster)
 }
 
 #[cfg(test)]

@@ -70,16 +70,30 @@ impl Pods {
     }
 }
 
-/// A component as observed: not run by us (external), missing, or its pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A component as observed: not run by us (external), missing, its pods,
+/// or (managed Redis in cluster mode) its pods and whether they form a
+/// complete cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Component {
     External,
     Missing,
     Running(Pods),
+    Cluster(Pods, ClusterView),
+}
+
+/// The Redis Cluster manager's last verdict, read back from
+/// `status.redis.{clusterState, clusterMessage}` (see
+/// [`crate::redis_manager`]): ready pods are not yet a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    /// All 16384 slots are served and every node agrees.
+    pub ready: bool,
+    /// What the manager says (empty before its first run).
+    pub message: String,
 }
 
 /// What the reconciler saw after applying.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
     pub gateway: Component,
     pub worker: Component,
@@ -101,17 +115,41 @@ fn component(type_: &'static str, what: &str, c: Component) -> Fresh {
             "NotCreated",
             format!("no {what} workload yet"),
         ),
-        Component::Running(p) if p.is_ready() => Fresh::new(
+        Component::Running(p) | Component::Cluster(p, _) if !p.is_ready() => Fresh::new(
+            type_,
+            false,
+            "ReplicasNotReady",
+            format!("{}/{} {what} pods ready", p.ready, p.desired),
+        ),
+        Component::Running(p) => Fresh::new(
             type_,
             true,
             "AllReplicasReady",
             format!("{}/{} {what} pods ready", p.ready, p.desired),
         ),
-        Component::Running(p) => Fresh::new(
+        Component::Cluster(p, view) if view.ready => Fresh::new(
+            type_,
+            true,
+            "ClusterReady",
+            format!(
+                "{}/{} {what} pods ready; {}",
+                p.ready, p.desired, view.message
+            ),
+        ),
+        Component::Cluster(p, view) => Fresh::new(
             type_,
             false,
-            "ReplicasNotReady",
-            format!("{}/{} {what} pods ready", p.ready, p.desired),
+            "ClusterNotReady",
+            format!(
+                "{}/{} {what} pods ready; {}",
+                p.ready,
+                p.desired,
+                if view.message.is_empty() {
+                    "waiting for the operator to form the Redis Cluster"
+                } else {
+                    &view.message
+                }
+            ),
         ),
     }
 }
@@ -119,10 +157,10 @@ fn component(type_: &'static str, what: &str, c: Component) -> Fresh {
 /// Conditions after a successful reconcile.
 pub fn healthy(obs: &Observation) -> Vec<Fresh> {
     let parts = [
-        component(GATEWAY_READY, "gateway", obs.gateway),
-        component(WORKER_READY, "worker", obs.worker),
-        component(REDIS_READY, "redis", obs.redis),
-        component(POSTGRES_READY, "postgres", obs.postgres),
+        component(GATEWAY_READY, "gateway", obs.gateway.clone()),
+        component(WORKER_READY, "worker", obs.worker.clone()),
+        component(REDIS_READY, "redis", obs.redis.clone()),
+        component(POSTGRES_READY, "postgres", obs.postgres.clone()),
     ];
     let waiting: Vec<&str> = parts
         .iter()
@@ -361,6 +399,55 @@ mod tests {
             let cs = stamp(&before, fresh, Some(2), &t(200));
             assert!(cs.iter().all(|c| c.type_ != PARTITIONS_READY), "{cs:?}");
         }
+    }
+
+    /// In cluster mode ready pods are not enough: RedisReady (and so
+    /// Ready) waits for the Redis Cluster manager's verdict.
+    #[test]
+    fn a_redis_cluster_is_ready_only_when_formed() {
+        let with = |pods: Pods, ready: bool, message: &str| Observation {
+            redis: Component::Cluster(
+                pods,
+                ClusterView {
+                    ready,
+                    message: message.into(),
+                },
+            ),
+            ..obs(2)
+        };
+        let all = Pods {
+            desired: 6,
+            ready: 6,
+        };
+        let cs = stamp(&[], healthy(&with(all, false, "")), Some(1), &t(1));
+        let redis = get(&cs, REDIS_READY);
+        assert_eq!(
+            (redis.status.as_str(), redis.reason.as_str()),
+            ("False", "ClusterNotReady")
+        );
+        assert!(
+            redis.message.contains("waiting for the operator"),
+            "{redis:?}"
+        );
+        assert_eq!(get(&cs, READY).status, "False");
+
+        let cs = stamp(
+            &[],
+            healthy(&with(all, true, "16384/16384 slots served")),
+            Some(1),
+            &t(1),
+        );
+        assert_eq!(get(&cs, REDIS_READY).status, "True");
+        assert_eq!(get(&cs, REDIS_READY).reason, "ClusterReady");
+        assert_eq!(get(&cs, READY).status, "True");
+
+        // A pod down: not ready, whatever the manager said last.
+        let five = Pods {
+            desired: 6,
+            ready: 5,
+        };
+        let cs = stamp(&[], healthy(&with(five, true, "ok")), Some(1), &t(1));
+        assert_eq!(get(&cs, REDIS_READY).reason, "ReplicasNotReady");
     }
 
     #[test]

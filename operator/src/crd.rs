@@ -755,9 +755,33 @@ pub struct RedisStatus {
     /// Redis pods ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
-    /// Hash slots assigned to primaries (16384 when the cluster is complete).
+    /// Hash slots assigned to primaries (16384 when the cluster is complete),
+    /// as the least of every node's view. Cluster mode only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots_assigned: Option<i32>,
+    /// Where forming the Redis Cluster stands (cluster mode only): the
+    /// operator meets the nodes, assigns slots and replicas, and heals a node
+    /// that comes back empty, over the Redis protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_state: Option<RedisClusterState>,
+    /// What the last bootstrap found or did, or why it could not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_message: Option<String>,
+}
+
+/// Where forming the managed Redis Cluster stands.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisClusterState {
+    /// Not every Redis pod is ready yet; nothing is sent to Redis.
+    WaitingForPods,
+    /// The nodes answer but the cluster is not complete yet (gossip, slots
+    /// or replicas still settling, or a node unreachable): retried shortly.
+    Forming,
+    /// Every node says `cluster_state:ok` and all 16384 slots are served.
+    Ready,
+    /// The bootstrap refuses to go on (e.g. two clusters would be merged, a
+    /// node runs without `cluster-enabled`): needs a person.
+    Failed,
 }
 
 /// Managed PostgreSQL pod and the partition range.

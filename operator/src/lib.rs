@@ -28,8 +28,10 @@ pub mod metrics;
 pub mod partitions;
 pub mod reconcile;
 pub mod redis_cluster;
+pub mod redis_manager;
 pub mod run;
 pub mod server;
+pub mod sweep;
 pub mod validate;
 
 use kube::CustomResourceExt;

@@ -54,6 +54,10 @@ struct RunArgs {
     /// (migrations, premake, retention)
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     partition_interval_seconds: u64,
+    /// Seconds between two checks of a formed managed Redis Cluster (one
+    /// that is not ready yet is checked every 5 s)
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    redis_check_interval_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -113,6 +117,10 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
         autoscale_interval: std::time::Duration::from_secs(args.autoscale_interval_seconds),
         partitions: switchboard_operator::partitions::PartitionsConfig {
             interval: std::time::Duration::from_secs(args.partition_interval_seconds),
+            ..Default::default()
+        },
+        redis: switchboard_operator::redis_manager::RedisConfig {
+            interval: std::time::Duration::from_secs(args.redis_check_interval_seconds),
             ..Default::default()
         },
     };

@@ -35,6 +35,13 @@ pub struct Metrics {
     pub partition_syncs: Counter,
     /// Partition maintenance runs (or status writes) that failed, by reason.
     pub partition_failures: Family<ReasonLabel, Counter>,
+    /// Redis Cluster bootstrap runs of one cluster, successful or not.
+    pub redis_bootstraps: Counter,
+    /// Redis Cluster bootstrap runs that changed the cluster (met nodes,
+    /// assigned slots or replicas, forgot or replaced a node).
+    pub redis_bootstrap_changes: Counter,
+    /// Redis Cluster bootstrap runs (or status writes) that failed, by reason.
+    pub redis_bootstrap_failures: Family<ReasonLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,6 +64,9 @@ impl Metrics {
         let autoscaler_failures = Family::<ReasonLabel, Counter>::default();
         let partition_syncs = Counter::default();
         let partition_failures = Family::<ReasonLabel, Counter>::default();
+        let redis_bootstraps = Counter::default();
+        let redis_bootstrap_changes = Counter::default();
+        let redis_bootstrap_failures = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "reconciles",
             "ChatCluster reconciles run",
@@ -102,6 +112,21 @@ impl Metrics {
             "Partition maintenance runs of one ChatCluster that failed, by reason",
             partition_failures.clone(),
         );
+        registry.register(
+            "redis_bootstraps",
+            "Redis Cluster bootstrap runs of one ChatCluster",
+            redis_bootstraps.clone(),
+        );
+        registry.register(
+            "redis_bootstrap_changes",
+            "Redis Cluster bootstrap runs that changed the cluster",
+            redis_bootstrap_changes.clone(),
+        );
+        registry.register(
+            "redis_bootstrap_failures",
+            "Redis Cluster bootstrap runs of one ChatCluster that failed, by reason",
+            redis_bootstrap_failures.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -113,6 +138,9 @@ impl Metrics {
             autoscaler_failures,
             partition_syncs,
             partition_failures,
+            redis_bootstraps,
+            redis_bootstrap_changes,
+            redis_bootstrap_failures,
         }
     }
 

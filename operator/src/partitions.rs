@@ -29,7 +29,6 @@
 //! logged, counted (`switchboard_operator_partition_failures{reason}`) and
 //! published as a Warning Event when they first appear, not on every retry.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -37,7 +36,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -50,6 +49,7 @@ use crate::build::{self, Ctx};
 use crate::conditions::{self, Fresh};
 use crate::crd::{ChatCluster, PartitionInterval, PartitioningSpec};
 use crate::metrics::{Metrics, ReasonLabel};
+use crate::sweep::{self, Pass, Sweep};
 
 /// Field manager of everything the partition manager writes.
 pub const FIELD_MANAGER: &str = "switchboard-partitions";
@@ -160,7 +160,7 @@ impl Default for Entry {
     }
 }
 
-impl Entry {
+impl sweep::Entry for Entry {
     async fn close(self) {
         if let Some((_, s, _)) = self.store {
             s.pool().close().await;
@@ -175,7 +175,7 @@ pub struct PartitionManager {
     metrics: Arc<Metrics>,
     namespace: Option<String>,
     cfg: PartitionsConfig,
-    clusters: HashMap<String, Entry>,
+    clusters: Sweep<Entry>,
 }
 
 /// Runs the partition manager until `stop` resolves.
@@ -187,23 +187,19 @@ pub async fn run_partitions(
     cfg: PartitionsConfig,
     stop: impl Future<Output = ()>,
 ) {
-    let poll = POLL.min(cfg.interval).max(Duration::from_millis(100));
-    let mut manager = PartitionManager::new(client, metrics, namespace, instance, cfg);
-    let mut tick = tokio::time::interval(poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = tick.tick() => {}
-        }
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = manager.sync_all() => {}
-        }
-    }
-    manager.close().await;
+    let poll = POLL.min(cfg.interval);
+    let manager = PartitionManager::new(client, metrics, namespace, instance, cfg);
+    sweep::run_every(manager, poll, stop).await;
     tracing::debug!("partition manager stopped");
+}
+
+impl Pass for PartitionManager {
+    async fn pass(&mut self) {
+        self.sync_all().await
+    }
+    async fn close(&mut self) {
+        self.clusters.close().await
+    }
 }
 
 impl PartitionManager {
@@ -224,14 +220,7 @@ impl PartitionManager {
             metrics,
             namespace,
             cfg,
-            clusters: HashMap::new(),
-        }
-    }
-
-    /// Closes every cached pool.
-    pub async fn close(&mut self) {
-        for (_, e) in self.clusters.drain() {
-            e.close().await;
+            clusters: Sweep::default(),
         }
     }
 
@@ -244,34 +233,19 @@ impl PartitionManager {
 
     /// One pass: every in-scope cluster that is due is maintained.
     pub async fn sync_all(&mut self) {
-        let api: Api<ChatCluster> = match &self.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        };
-        let clusters = match api.list(&ListParams::default()).await {
-            Ok(l) => l.items,
+        let listed = self
+            .clusters
+            .list(&self.client, self.namespace.as_deref(), sweep::active)
+            .await;
+        let clusters = match listed {
+            Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "partitions: cannot list ChatClusters");
                 self.fail_metric("PartitionsApiError");
                 return;
             }
         };
-        let wanted: Vec<ChatCluster> = clusters.into_iter().filter(in_scope).collect();
-        let uids: HashSet<String> = wanted.iter().filter_map(|c| c.uid()).collect();
-        let gone: Vec<String> = self
-            .clusters
-            .keys()
-            .filter(|k| !uids.contains(*k))
-            .cloned()
-            .collect();
-        for uid in gone {
-            if let Some(e) = self.clusters.remove(&uid) {
-                e.close().await;
-            }
-        }
-        for cluster in wanted {
-            let Some(uid) = cluster.uid() else { continue };
-            let mut entry = self.clusters.remove(&uid).unwrap_or_default();
+        for (uid, cluster, mut entry) in clusters {
             // The URL is re-read on every pass: a changed Secret is a change.
             let url = self.database_url(&cluster).await;
             let spec_now = url
@@ -287,7 +261,7 @@ impl PartitionManager {
                 };
                 self.finish(&cluster, &mut entry, spec_now, result).await;
             }
-            self.clusters.insert(uid, entry);
+            self.clusters.put(uid, entry);
         }
     }
 
@@ -513,14 +487,6 @@ fn strip_url(msg: &str, url: &str) -> String {
     } else {
         msg.replace(url, "<database URL>")
     }
-}
-
-/// Clusters the manager acts on: not being deleted, not paused, with a spec
-/// the reconciler accepts.
-fn in_scope(cluster: &ChatCluster) -> bool {
-    cluster.metadata.deletion_timestamp.is_none()
-        && !crate::reconcile::is_paused(cluster)
-        && crate::validate::validate(&cluster.name_any(), &cluster.spec).is_empty()
 }
 
 #[cfg(test)]

@@ -28,10 +28,10 @@ use serde::de::DeserializeOwned;
 
 use crate::FIELD_MANAGER;
 use crate::build::{self, Desired, Generated, Observed};
-use crate::conditions::{self, Component, Fresh, Observation, Pods};
+use crate::conditions::{self, ClusterView, Component, Fresh, Observation, Pods};
 use crate::crd::{
-    ChatCluster, ChatClusterStatus, ComponentStatus, GatewayStatus, PostgresStatus, RedisMode,
-    RedisStatus,
+    ChatCluster, ChatClusterStatus, ComponentStatus, GatewayStatus, PostgresStatus,
+    RedisClusterState, RedisMode, RedisStatus,
 };
 use crate::metrics::Metrics;
 use crate::validate::validate;
@@ -317,8 +317,11 @@ fn owned_part(cluster: &ChatCluster) -> ChatClusterStatus {
             ..GatewayStatus::default()
         }),
         worker: prev.worker,
+        // The Redis Cluster manager's fields are its own.
         redis: prev.redis.map(|r| RedisStatus {
             slots_assigned: None,
+            cluster_state: None,
+            cluster_message: None,
             ..r
         }),
         postgres: prev.postgres.map(|p| PostgresStatus {
@@ -531,10 +534,19 @@ async fn observe(
     let redis = redis.map(set_pods);
     let postgres = postgres.map(set_pods);
 
+    let redis_component = match (redis, &spec.redis.managed) {
+        (None, _) => Component::External,
+        // Ready pods are not a cluster yet: the Redis Cluster manager's
+        // verdict (its part of the status) decides with them.
+        (Some(Some(pods)), Some(m)) if m.mode == RedisMode::Cluster => {
+            Component::Cluster(pods, cluster_view(cluster))
+        }
+        (Some(pods), _) => as_component(pods),
+    };
     let obs = Observation {
         gateway: as_component(gateway),
         worker: as_component(worker),
-        redis: redis.map_or(Component::External, as_component),
+        redis: redis_component,
         postgres: postgres.map_or(Component::External, as_component),
     };
     let counts = |p: Option<Pods>| ComponentStatus {
@@ -565,6 +577,17 @@ async fn observe(
         ..ChatClusterStatus::default()
     };
     Ok((obs, status))
+}
+
+/// The Redis Cluster manager's last verdict, from its part of the status.
+fn cluster_view(cluster: &ChatCluster) -> ClusterView {
+    let redis = cluster.status.as_ref().and_then(|s| s.redis.as_ref());
+    ClusterView {
+        ready: redis.and_then(|r| r.cluster_state) == Some(RedisClusterState::Ready),
+        message: redis
+            .and_then(|r| r.cluster_message.clone())
+            .unwrap_or_default(),
+    }
 }
 
 /// Server-side apply of the status subresource. Only the fields in `status`

@@ -1,6 +1,7 @@
 //! `switchboard-operator run`: check the CRD, serve /metrics and /healthz,
-//! join the leader election and run the controller, the gateway autoscaler
-//! and the partition manager while leading, until shutdown.
+//! join the leader election and run the controller, the gateway autoscaler,
+//! the partition manager and the Redis Cluster manager while leading, until
+//! shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::leader::Election;
 use crate::metrics::Metrics;
 use crate::partitions::{PartitionsConfig, run_partitions};
 use crate::reconcile::{Context, run_controller};
+use crate::redis_manager::{RedisConfig, run_redis_manager};
 
 /// Everything `run` needs besides the client.
 #[derive(Debug, Clone)]
@@ -36,6 +38,27 @@ pub struct RunConfig {
     pub autoscale_interval: Duration,
     /// Schedule and clock of the partition manager ([`crate::partitions`]).
     pub partitions: PartitionsConfig,
+    /// Schedule, timeouts and addressing of the Redis Cluster manager
+    /// ([`crate::redis_manager`]).
+    pub redis: RedisConfig,
+}
+
+impl RunConfig {
+    /// Every namespace, leader election on the Lease `default/switchboard-operator`,
+    /// default schedules; `identity` and the /metrics address as given.
+    pub fn new(identity: impl Into<String>, listen: SocketAddr) -> Self {
+        RunConfig {
+            namespace: None,
+            listen,
+            leader_election: true,
+            lease_namespace: "default".into(),
+            lease_name: "switchboard-operator".into(),
+            identity: identity.into(),
+            autoscale_interval: crate::autoscaler::DEFAULT_INTERVAL,
+            partitions: PartitionsConfig::default(),
+            redis: RedisConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +173,8 @@ pub async fn run(
 }
 
 /// What the leader does until `stop`: the controller, and next to it the
-/// autoscaler and the partition manager, all stopping together.
+/// autoscaler, the partition manager and the Redis Cluster manager, all
+/// stopping together.
 async fn leader_work(
     ctx: &Arc<Context>,
     client: &Client,
@@ -178,6 +202,14 @@ async fn leader_work(
             cfg.namespace.clone(),
             Some(cfg.identity.clone()),
             cfg.partitions.clone(),
+            stop.clone().cancelled_owned(),
+        ),
+        run_redis_manager(
+            client.clone(),
+            metrics.clone(),
+            cfg.namespace.clone(),
+            Some(cfg.identity.clone()),
+            cfg.redis.clone(),
             stop.cancelled_owned(),
         ),
     );

@@ -63,14 +63,8 @@ async fn secret(client: &Client, name: &str, url: &str) {
 fn start_operator(client: &Client) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let token = CancellationToken::new();
     let cfg = RunConfig {
-        namespace: None,
-        listen: free_addr(),
-        leader_election: true,
-        lease_namespace: "default".into(),
-        lease_name: "switchboard-operator".into(),
-        identity: "op-test".into(),
         autoscale_interval: SYNC,
-        partitions: Default::default(),
+        ..RunConfig::new("op-test", free_addr())
     };
     let handle = tokio::spawn({
         let client = client.clone();

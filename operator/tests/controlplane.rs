@@ -36,14 +36,8 @@ fn start_operator(
     let token = CancellationToken::new();
     let addr = free_addr();
     let cfg = RunConfig {
-        namespace: None,
-        listen: addr,
-        leader_election: true,
         lease_namespace: lease_ns.into(),
-        lease_name: "switchboard-operator".into(),
-        identity: identity.into(),
-        autoscale_interval: switchboard_operator::autoscaler::DEFAULT_INTERVAL,
-        partitions: Default::default(),
+        ..RunConfig::new(identity, addr)
     };
     let handle = tokio::spawn({
         let client = client.clone();

@@ -145,17 +145,11 @@ async fn the_operator_maintains_partitions_on_its_schedule() {
     };
     let stop = CancellationToken::new();
     let cfg = RunConfig {
-        namespace: None,
-        listen: free_addr(),
-        leader_election: true,
-        lease_namespace: "default".into(),
-        lease_name: "switchboard-operator".into(),
-        identity: "op-partitions".into(),
-        autoscale_interval: Duration::from_secs(15),
         partitions: PartitionsConfig {
             interval: Duration::from_secs(1),
             now,
         },
+        ..RunConfig::new("op-partitions", free_addr())
     };
     let operator = tokio::spawn({
         let client = client.clone();
