@@ -1,28 +1,32 @@
-//! A gateway drained under traffic (what SIGTERM does in a pod): its clients
-//! are closed with 1012 in batches spread over the drain window, reconnect
-//! through the load balancer to the other gateway, resync, and miss nothing
-//! of what was sent to them meanwhile.
+//! A gateway process drained under traffic, as in a pod being deleted: two
+//! real `switchboard-gateway` processes on a real Redis behind a
+//! round-robin balancer (the Service). Gateway A is taken out of the
+//! balancer (the preStop delay) and gets SIGTERM: its clients are closed
+//! with 1012 in batches spread over the drain window, reconnect through the
+//! balancer to B, resync, and miss nothing of what was sent to them
+//! meanwhile; A exits within its window plus the close grace.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use k256::ecdsa::SigningKey;
 use serde_json::json;
-use switchboard_client::Event;
-use switchboard_core::broker::MemoryBroker;
+use switchboard_client::{Client, ClientOptions, Event, Session, SignInOptions, sign_in};
 use switchboard_core::ids::ConvId;
-use switchboard_gateway::GatewayConfig;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
 use tokio::time::{Instant, timeout};
 
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard-gateway");
+/// The drain window both gateways run with.
+const WINDOW: Duration = Duration::from_secs(2);
+
 /// A round-robin TCP balancer over the gateways still in rotation, like a
-/// Kubernetes Service: a pod is taken out of the endpoints (the preStop
-/// delay) before it gets SIGTERM.
+/// Kubernetes Service: a pod leaves the endpoints before it gets SIGTERM.
 struct Balancer {
     addr: SocketAddr,
     upstreams: Arc<Mutex<Vec<SocketAddr>>>,
@@ -60,33 +64,92 @@ impl Balancer {
     }
 }
 
+/// A `switchboard-gateway` process, ready (its /readyz answers 200).
+async fn gateway(redis_url: &str, secret_file: &std::path::Path) -> (Child, SocketAddr) {
+    let port = switchboard_testkit::free_port().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = Command::new(BIN)
+        .args(["--listen", &addr.to_string()])
+        .args(["--redis-url", redis_url])
+        .arg("--token-secret-file")
+        .arg(secret_file)
+        .args(["--drain-seconds", &WINDOW.as_secs().to_string()])
+        .env_remove("SWITCHBOARD_DATABASE_URL")
+        .env_remove("POD_NAME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            return (child, addr);
+        }
+        assert!(Instant::now() < deadline, "gateway on {addr} not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn wallet() -> SigningKey {
+    loop {
+        if let Ok(k) = SigningKey::from_slice(&rand::random::<[u8; 32]>()) {
+            return k;
+        }
+    }
+}
+
+async fn login(base: &str) -> Session {
+    sign_in(base, &wallet(), &SignInOptions::default())
+        .await
+        .unwrap()
+}
+
+/// Client timers shortened so reconnects happen within a test's patience.
+fn opts() -> ClientOptions {
+    ClientOptions {
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(300),
+        connect_timeout: Duration::from_secs(2),
+        send_timeout: Duration::from_secs(2),
+        retry_base: Duration::from_millis(50),
+        gap_grace: Duration::from_millis(100),
+        sync_timeout: Duration::from_secs(2),
+        pong_timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drained_clients_reconnect_elsewhere_and_miss_nothing() {
+async fn sigterm_drains_clients_to_the_other_gateway_missing_nothing() {
     const PAIRS: usize = 20;
     const PER_SENDER: u64 = 40;
-    let window = Duration::from_secs(2);
-    let broker = MemoryBroker::default();
-    let cfg = || GatewayConfig {
-        drain_window: window,
-        ..gateway_config()
-    };
-    let a = start_gateway(&broker, "127.0.0.1:0", cfg()).await;
-    let b = start_gateway(&broker, "127.0.0.1:0", cfg()).await;
-    let (a_addr, b_addr) = (a.local_addr(), b.local_addr());
+    let redis = switchboard_testkit::RedisServer::start().expect("redis-server");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("token-secret");
+    // A first: it creates the shared session-token secret B then reads.
+    let (mut a, a_addr) = gateway(&redis.url(), &secret).await;
+    let (_b, b_addr) = gateway(&redis.url(), &secret).await;
     let lb = Balancer::start(vec![a_addr, b_addr]).await;
+    let b_base = format!("http://{b_addr}");
 
     // Senders sit on B, receivers come through the balancer, which puts
     // every other one on A (one TCP connection per WebSocket).
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for _ in 0..PAIRS {
-        let (s, r) = (login(&base(&b)).await, login(&base(&b)).await);
+        let (s, r) = (login(&b_base).await, login(&b_base).await);
         let conv = ConvId::direct(&s.address, &r.address).unwrap();
-        senders.push((connect(&base(&b), &s).await, conv.clone()));
-        receivers.push(connect(&lb.base(), &r).await);
+        senders.push((Client::connect(&b_base, &s, opts()).await.unwrap(), conv));
+        receivers.push(Client::connect(&lb.base(), &r, opts()).await.unwrap());
     }
-    let on_a = a.state().hub.connection_count();
-    assert_eq!(on_a, PAIRS / 2);
 
     // Every sender sends PER_SENDER messages, one every 50 ms (2 s), while
     // gateway A drains from 0.5 s on.
@@ -141,8 +204,18 @@ async fn drained_clients_reconnect_elsewhere_and_miss_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     lb.remove(a_addr);
     let drain_started = Instant::now();
-    a.shutdown().await;
+    let pid = a.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = timeout(Duration::from_secs(30), a.wait())
+        .await
+        .expect("A exits after its drain")
+        .unwrap();
     let drain_took = drain_started.elapsed();
+    assert!(exit.success(), "A exits cleanly after draining: {exit:?}");
 
     for t in send_tasks {
         let seqs = t.await.unwrap();
@@ -159,14 +232,15 @@ async fn drained_clients_reconnect_elsewhere_and_miss_nothing() {
         closes.extend(codes);
     }
 
-    // Exactly the receivers on A were closed, each once, every time with 1012.
-    assert_eq!(closes.len(), on_a, "{closes:?}");
+    // Exactly the receivers on A (every other one) were closed, each once,
+    // every time with 1012.
+    assert_eq!(closes.len(), PAIRS / 2, "{closes:?}");
     assert!(
         closes.iter().all(|(code, _)| *code == Some(1012)),
         "{closes:?}"
     );
-    // Spread out, not all at once: batches ~100 ms apart (10 sockets, a
-    // 1.6 s spread: one per batch, ~0.9 s from first to last).
+    // Spread out, not all at once: batches ~100 ms apart over 80% of the
+    // window (10 sockets over 1.6 s: about one per batch).
     let first = closes.iter().map(|c| c.1).min().unwrap();
     let last = closes.iter().map(|c| c.1).max().unwrap();
     assert!(
@@ -175,8 +249,7 @@ async fn drained_clients_reconnect_elsewhere_and_miss_nothing() {
         last - first
     );
     assert!(
-        drain_took <= window + switchboard_gateway::server::CLOSE_GRACE + Duration::from_secs(1),
+        drain_took <= WINDOW + switchboard_gateway::server::CLOSE_GRACE + Duration::from_secs(2),
         "{drain_took:?}"
     );
-    b.shutdown().await;
 }
