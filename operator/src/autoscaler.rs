@@ -113,9 +113,22 @@ struct Entry {
 }
 
 impl sweep::Entry for Entry {
-    async fn close(self) {
-        if let Some((_, b)) = self.broker {
+    async fn close(mut self) {
+        if let Some((_, b)) = self.broker.take() {
             b.quit().await;
+        }
+    }
+}
+
+/// An entry dropped without `close` (a pass cut short by a lost Lease or a
+/// shutdown) still stops its Redis client: a dropped `RedisBroker` would
+/// otherwise keep reconnecting in the background.
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some((_, b)) = self.broker.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move { b.quit().await });
         }
     }
 }
