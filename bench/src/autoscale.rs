@@ -237,7 +237,21 @@ pub async fn run(runs: usize, target: usize, sync: Duration, report: Duration) -
     .await?;
     let addr = gw.local_addr().to_string();
     let signer = TokenSigner::new(SECRET);
-    let mut held: Vec<Ws> = vec![];
+    // Held connections must keep reading: the gateway pings idle sockets and
+    // closes those that never answer (an unread socket answers no ping), which
+    // once made a run stall at step 10, ~60 s in, with most connections gone.
+    let holding = CancellationToken::new();
+    let hold = |sockets: Vec<Ws>| {
+        for mut ws in sockets {
+            let holding = holding.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = holding.cancelled() => {}
+                    _ = async { while let Some(Ok(_)) = ws.next().await {} } => {}
+                }
+            });
+        }
+    };
     let connect = |k: usize| {
         let addr = addr.clone();
         let tokens: Vec<String> = (0..k)
@@ -264,7 +278,7 @@ pub async fn run(runs: usize, target: usize, sync: Duration, report: Duration) -
             anyhow::Ok(out)
         }
     };
-    held.extend(connect(target).await?);
+    hold(connect(target).await?);
     // The autoscaler has taken replicas over and seen the steady load.
     tokio::time::sleep(report + sync + Duration::from_secs(2)).await;
     if deployments
@@ -290,7 +304,7 @@ pub async fn run(runs: usize, target: usize, sync: Duration, report: Duration) -
         let phase = report.max(sync).mul_f64(rand::random::<f64>());
         tokio::time::sleep(gap + phase).await;
         let count = i * target + 1;
-        let mut crossing = connect(1).await?;
+        let crossing = connect(1).await?;
         let t0 = Instant::now();
         // When the report in Redis first shows the new count.
         let poll = tokio::task::spawn_blocking({
@@ -313,7 +327,14 @@ pub async fn run(runs: usize, target: usize, sync: Duration, report: Duration) -
             }
         });
         let want = i32::try_from(i + 1)?;
-        let t1 = seen.wait(want).await?;
+        let t1 = match seen.wait(want).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Say what the autoscaler thought, not only that it did not act.
+                let status = clusters.get(CLUSTER).await?.status.and_then(|s| s.gateway);
+                bail!("{e}; autoscaler status: {status:?}");
+            }
+        };
         let tr = poll
             .await?
             .context("the report never showed the crossing")?;
@@ -326,8 +347,8 @@ pub async fn run(runs: usize, target: usize, sync: Duration, report: Duration) -
             t1.saturating_duration_since(t0),
             tr.saturating_duration_since(t0)
         );
-        held.append(&mut crossing);
-        held.extend(connect(target - 1).await?);
+        hold(crossing);
+        hold(connect(target - 1).await?);
     }
 
     println!(
@@ -354,7 +375,7 @@ pub async fn run(runs: usize, target: usize, sync: Duration, report: Duration) -
         );
     }
 
-    drop(held);
+    holding.cancel();
     gw.shutdown().await;
     stop.cancel();
     operator.await??;
