@@ -19,6 +19,7 @@ pub mod relay;
 mod report;
 pub mod rest;
 pub mod server;
+pub mod sse;
 pub mod state;
 
 pub use config::GatewayConfig;

@@ -19,8 +19,10 @@ pub struct CodeLabel {
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
-    /// Authenticated WebSocket connections open now.
+    /// Authenticated connections open now: WebSockets and SSE streams.
     pub connections: Gauge,
+    /// Of those, SSE streams (`GET /v1/conversations/{id}/events`).
+    pub sse_streams: Gauge,
     /// `send` frames accepted (new messages, not duplicates).
     pub messages_in: Counter,
     /// `msg` frames written to sockets, first attempts only.
@@ -41,6 +43,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("switchboard_gateway");
         let connections = Gauge::default();
+        let sse_streams = Gauge::default();
         let messages_in = Counter::default();
         let messages_out = Counter::default();
         let retries = Counter::default();
@@ -53,8 +56,13 @@ impl Metrics {
         let slow_consumers = Counter::default();
         registry.register(
             "connections",
-            "Open authenticated WebSocket connections",
+            "Open authenticated connections (WebSockets and SSE streams)",
             connections.clone(),
+        );
+        registry.register(
+            "sse_streams",
+            "Open SSE streams (also counted in connections)",
+            sse_streams.clone(),
         );
         registry.register(
             "messages_in",
@@ -94,6 +102,7 @@ impl Metrics {
         Metrics {
             registry,
             connections,
+            sse_streams,
             messages_in,
             messages_out,
             retries,

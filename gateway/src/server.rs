@@ -45,6 +45,7 @@ pub fn router(state: AppRef) -> Router {
             post(rest::create_conversation).get(conversations::list),
         )
         .route("/v1/conversations/{id}", get(rest::get_conversation))
+        .route("/v1/conversations/{id}/events", get(crate::sse::events))
         .route(
             "/v1/conversations/{id}/messages",
             get(conversations::history),

@@ -1,0 +1,280 @@
+//! Server-Sent Events: `GET /v1/conversations/{id}/events` streams one
+//! conversation's messages to a reader that only needs to read (a browser's
+//! `EventSource`, `curl -N`), with the same replay-then-live semantics as a
+//! WebSocket `sync`.
+//!
+//! - **Auth**: `Authorization: Bearer <session token>`, or — because
+//!   `EventSource` cannot set headers — `?access_token=<session token>`.
+//!   Only members may read (anyone else gets the same 404 as for a missing
+//!   conversation).
+//! - **Events**: `id: <seq>`, `event: message`, `data:` the same `msg` JSON a
+//!   WebSocket gets; after the replay one `event: synced` (the WebSocket
+//!   `synced` frame); `:keepalive` comments every 15 s; before the stream
+//!   ends on the server's side, `event: close` with `{"code", "reason"}`
+//!   (1012 drain, 4008 slow reader).
+//! - **Resume**: `Last-Event-ID` (sent by `EventSource` on reconnect) or
+//!   `?after=<seq>` for the first request: messages with a greater seq are
+//!   replayed (log, then store), then live ones follow. A live message is
+//!   written only if it is the next seq; a duplicate is skipped and a gap is
+//!   filled from the log first, so the stream is gap-free and in order.
+//! - **Bounded memory**: the stream is one of the user's connections in the
+//!   hub with the same bounded queue as a socket. A reader that does not keep
+//!   up fills it and is cut off (`event: close`, code 4008); it reconnects
+//!   with `Last-Event-ID` and misses nothing.
+//!
+//! An SSE reader sends no acks, so it does not move the delivered watermark
+//! and gets no resends: what it missed it gets by resuming.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_core::ids::{Address, ConvId};
+use switchboard_core::protocol::{ServerFrame, close};
+use time::OffsetDateTime;
+
+use crate::history::{self, HistoryError};
+use crate::hub::{ConnHandle, Outbound};
+use crate::problem::ApiError;
+use crate::rest::AppRef;
+use crate::state::AppState;
+
+/// Interval of the `:keepalive` comments: below the idle timeouts of common
+/// proxies and load balancers (30–60 s).
+pub const KEEPALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    /// The session token, for clients that cannot set a header.
+    access_token: Option<String>,
+    /// Replay messages after this seq (a `Last-Event-ID` header wins).
+    after: Option<u64>,
+}
+
+/// `GET /v1/conversations/{id}/events`.
+pub async fn events(
+    State(state): State<AppRef>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let conv: ConvId = id
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("{e}")))?;
+    let header_token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let token = header_token.or(q.access_token.as_deref()).ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing session token: send Authorization: Bearer <token> or ?access_token=<token>",
+        )
+    })?;
+    let user = state
+        .tokens
+        .verify(token, OffsetDateTime::now_utc())
+        .map_err(|e| ApiError::unauthorized(format!("invalid session token: {e}")))?;
+    let after = match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a message seq"))?,
+        None => q.after.unwrap_or(0),
+    };
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            switchboard_core::protocol::ErrorCode::Unavailable,
+            "draining; reconnect elsewhere",
+        ));
+    }
+    if !state.is_member(&conv, &user).await? {
+        return Err(ApiError::not_found("no such conversation"));
+    }
+    let reader = Reader::open(state, user, conv, after).await;
+    let stream = futures_util::stream::unfold(reader, |mut r| async move {
+        let ev = r.next().await?;
+        Some((Ok(ev), r))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive")))
+}
+
+/// One SSE stream: a hub connection of `user`, filtered to `conv`.
+struct Reader {
+    state: Arc<AppState>,
+    user: Address,
+    conv: ConvId,
+    handle: Arc<ConnHandle>,
+    /// The last seq written to the stream.
+    last: u64,
+    /// Replayed messages not written yet.
+    replay: VecDeque<Event>,
+    /// Read the log from `last` before taking live messages.
+    catch_up: bool,
+    /// The `synced` event is still owed (after the first replay).
+    synced_owed: bool,
+    /// The stream has ended (after `event: close`).
+    ended: bool,
+}
+
+impl Reader {
+    async fn open(state: Arc<AppState>, user: Address, conv: ConvId, after: u64) -> Reader {
+        // Registered before the replay, so nothing sent in between is missed:
+        // live messages queue up and the seq check drops what the replay
+        // already wrote.
+        let (handle, first_here) = state.hub.add(user, state.cfg.send_queue);
+        if first_here && let Err(e) = state.broker.register(&user, &state.cfg.gateway_id).await {
+            tracing::warn!(error = %e, "registry update failed");
+        }
+        state.metrics.sse_streams.inc();
+        Reader {
+            state,
+            user,
+            conv,
+            handle,
+            last: after,
+            replay: VecDeque::new(),
+            catch_up: true,
+            synced_owed: true,
+            ended: false,
+        }
+    }
+
+    /// The next event, or `None` when the stream is over.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            if let Some(ev) = self.replay.pop_front() {
+                return Some(ev);
+            }
+            if self.catch_up {
+                if let Err(ev) = self.fill().await {
+                    self.ended = true;
+                    return Some(ev);
+                }
+                continue;
+            }
+            let item = tokio::select! {
+                biased;
+                _ = self.handle.close.closed() => {
+                    self.ended = true;
+                    return Some(close_event(self.handle.close.code()));
+                }
+                item = self.handle.outbox.pop() => item,
+            };
+            let Outbound::Msg { ack, frame } = item else {
+                continue;
+            };
+            let (conv, seq) = &*ack;
+            if *conv != self.conv || *seq <= self.last {
+                continue;
+            }
+            if *seq == self.last + 1 {
+                self.last = *seq;
+                return Some(message_event(*seq, &frame));
+            }
+            // A gap (a message routed before this stream registered, or lost
+            // in transit): the log has it, and this one after it.
+            self.catch_up = true;
+        }
+    }
+
+    /// One page of replay into `self.replay`, followed by the `synced`
+    /// event when the first replay has caught up. `Err`: the history cannot
+    /// be read; the error event to end the stream with.
+    async fn fill(&mut self) -> Result<(), Event> {
+        let limit = self.state.cfg.sync_limit.max(1);
+        let page = match history::replay(&self.state, &self.conv, self.last, limit).await {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = match e {
+                    HistoryError::Broker(e) => e.to_string(),
+                    HistoryError::Store(e) => {
+                        tracing::warn!(error = %e, "history read failed");
+                        "message history unavailable; reconnect shortly".into()
+                    }
+                };
+                return Err(Event::default()
+                    .event("error")
+                    .data(json!({"code": "unavailable", "message": msg}).to_string()));
+            }
+        };
+        let got = page.messages.len();
+        for m in page.messages {
+            let seq = m.seq;
+            let frame = ServerFrame::Msg(m).to_json();
+            self.replay.push_back(message_event(seq, &frame));
+            self.last = seq;
+        }
+        // A full page may have more behind it; a short one (or a hole the
+        // store cannot fill yet) ends this catch-up.
+        if got >= limit && page.recovered {
+            return Ok(());
+        }
+        self.catch_up = false;
+        if !std::mem::take(&mut self.synced_owed) {
+            return Ok(());
+        }
+        let synced = ServerFrame::Synced {
+            conv: self.conv.clone(),
+            recovered: page.recovered,
+            last_seq: page.last_seq,
+            epoch: page.epoch,
+            epoch_base: page.epoch_base,
+        };
+        // After the replayed messages: queue it behind them.
+        self.replay
+            .push_back(Event::default().event("synced").data(synced.to_json()));
+        Ok(())
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.state.metrics.sse_streams.dec();
+        if self.state.hub.remove(&self.user, &self.handle) {
+            let (state, user) = (self.state.clone(), self.user);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = state.broker.unregister(&user, &state.cfg.gateway_id).await {
+                        tracing::warn!(error = %e, "registry update failed");
+                    }
+                    // The user's last connection here: presence moves on as
+                    // after a socket (an SSE reader does not heartbeat, so it
+                    // never kept the user online by itself).
+                    crate::presence::after_disconnect(state, user);
+                });
+            }
+        }
+    }
+}
+
+fn message_event(seq: u64, frame: &str) -> Event {
+    Event::default()
+        .id(seq.to_string())
+        .event("message")
+        .data(frame)
+}
+
+fn close_event(code: u16) -> Event {
+    let reason = match code {
+        close::GOING_AWAY => "the gateway is draining; reconnect (Last-Event-ID resumes)",
+        close::SLOW_CONSUMER => "the reader fell too far behind; reconnect (Last-Event-ID resumes)",
+        _ => "closed by the server; reconnect (Last-Event-ID resumes)",
+    };
+    Event::default()
+        .event("close")
+        .data(json!({"code": code, "reason": reason}).to_string())
+}
