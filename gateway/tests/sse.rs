@@ -182,6 +182,11 @@ async fn sse_replays_streams_live_and_resumes_redis() {
 }
 
 #[tokio::test]
+async fn sse_replays_streams_live_and_resumes_redis_cluster() {
+    replay_live_and_resume(Backend::cluster()).await;
+}
+
+#[tokio::test]
 async fn sse_refuses_bad_requests_with_problem_json() {
     let backend = Backend::memory();
     let gw = start_gateway(&backend, fast_config()).await;
@@ -315,4 +320,29 @@ async fn sse_cuts_off_a_slow_reader_who_then_resumes() {
     .unwrap();
     let rest = s.messages((N - last) as usize).await;
     assert_eq!(rest, (last + 1..=N).collect::<Vec<_>>());
+}
+
+/// The stream is a connection like a socket: messages sent through another
+/// gateway reach it through the registry and the broker.
+#[tokio::test]
+async fn sse_gets_messages_sent_on_another_gateway() {
+    let backend = Backend::redis();
+    let (g1, g2) = (
+        start_gateway(&backend, fast_config()).await,
+        start_gateway(&backend, fast_config()).await,
+    );
+    let (a, b) = (Wallet::random(), Wallet::random());
+    let (ta, tb) = (login(&http(&g1), &a).await, login(&http(&g2), &b).await);
+    let conv = ConvId::direct(&a.addr, &b.addr).unwrap();
+    let url = format!(
+        "{}/v1/conversations/{conv}/events?access_token={tb}",
+        http(&g2)
+    );
+    let mut s = Stream::open(&url, &[]).await.unwrap();
+    assert_eq!(s.next().await.event, "synced");
+    let mut wa = Ws::connect(&g1, &ta).await;
+    for n in 1..=3 {
+        send(&mut wa, &conv, n).await;
+    }
+    assert_eq!(s.messages(3).await, vec![1, 2, 3]);
 }
