@@ -99,7 +99,13 @@ pub enum ConvKind {
     Direct,
     /// `g:<32 hex>`: created over REST, members kept by the broker.
     Group,
+    /// `ch:<name>`: a broadcast stream created over REST: few publishers,
+    /// many subscribers, fanned out through one topic per channel.
+    Channel,
 }
+
+/// Longest channel name (the part after `ch:`).
+pub const MAX_CHANNEL_NAME_LEN: usize = 64;
 
 /// A conversation id. Direct ids are canonical (`dm:` + the two lowercase
 /// addresses, sorted), so any wallet can address any other with no set-up and
@@ -129,6 +135,24 @@ impl ConvId {
         ConvId(format!("g:{}", hex::encode(bytes)))
     }
 
+    /// The channel `ch:<name>`: `name` is 1 to 64 characters of
+    /// `[A-Za-z0-9_.:-]`, case-sensitive.
+    pub fn channel(name: &str) -> Result<Self, IdError> {
+        let ok = !name.is_empty()
+            && name.len() <= MAX_CHANNEL_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        if ok {
+            Ok(ConvId(format!("ch:{name}")))
+        } else {
+            Err(IdError::Conversation(
+                format!("ch:{}", name.chars().take(100).collect::<String>()),
+                "a channel name is 1 to 64 characters of [A-Za-z0-9_.:-]",
+            ))
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -136,9 +160,16 @@ impl ConvId {
     pub fn kind(&self) -> ConvKind {
         if self.0.starts_with("dm:") {
             ConvKind::Direct
+        } else if self.0.starts_with("ch:") {
+            ConvKind::Channel
         } else {
             ConvKind::Group
         }
+    }
+
+    /// A channel's name (`None` for other kinds).
+    pub fn channel_name(&self) -> Option<&str> {
+        self.0.strip_prefix("ch:")
     }
 
     /// The two members of a direct conversation, `None` for other kinds.
@@ -172,7 +203,10 @@ impl FromStr for ConvId {
             }
             return bad("expected g:<32 hex digits>");
         }
-        bad("unknown conversation kind (expected dm: or g:)")
+        if let Some(name) = s.strip_prefix("ch:") {
+            return ConvId::channel(name);
+        }
+        bad("unknown conversation kind (expected dm:, g: or ch:)")
     }
 }
 
@@ -310,6 +344,23 @@ mod tests {
         let g = ConvId::new_group();
         assert_eq!(g.as_str().parse::<ConvId>().unwrap(), g);
         assert_eq!(g.kind(), ConvKind::Group);
+    }
+
+    #[test]
+    fn channel_ids() {
+        let c: ConvId = "ch:live.match-42:comments".parse().unwrap();
+        assert_eq!(c.kind(), ConvKind::Channel);
+        assert_eq!(c.channel_name(), Some("live.match-42:comments"));
+        assert_eq!(ConvId::channel("Live").unwrap().as_str(), "ch:Live");
+        for bad in [
+            "ch:",
+            "ch:has space",
+            "ch:ü",
+            &format!("ch:{}", "x".repeat(65)),
+        ] {
+            assert!(bad.parse::<ConvId>().is_err(), "{bad}");
+        }
+        assert!(format!("ch:{}", "x".repeat(64)).parse::<ConvId>().is_ok());
     }
 
     #[test]

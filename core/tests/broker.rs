@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use switchboard_core::broker::{
     BrokerConfig, BrokerError, ClusterRef, Conversation, DynBroker, GatewayIdentity, Mark,
-    MemoryBroker, RedisBroker, Routed, SendOutcome, SendRequest, Watermarks, shard_of,
+    MemoryBroker, RedisBroker, Routed, SendOutcome, SendRequest, Visibility, Watermarks, shard_of,
 };
 use switchboard_core::ids::{Address, ConvId, ConvKind, MsgId};
 use switchboard_core::time::now_ms;
@@ -81,6 +81,8 @@ fn group(members: &[Address]) -> Conversation {
         members: members.to_vec(),
         created_by: members.first().copied(),
         created_at: 1,
+        publishers: Vec::new(),
+        visibility: None,
     }
 }
 
@@ -219,6 +221,8 @@ async fn conversations(e: &Engine) {
         members: vec![y, x, y],
         created_by: Some(y),
         created_at: 1_700_000_000_123,
+        publishers: Vec::new(),
+        visibility: None,
     };
     b.create_group(&g).await.unwrap();
     let stored = Conversation {
@@ -253,6 +257,8 @@ async fn conversations(e: &Engine) {
         members: vec![x],
         created_by: None,
         created_at: 5,
+        publishers: Vec::new(),
+        visibility: None,
     };
     b.create_group(&g2).await.unwrap();
     assert_eq!(
@@ -304,6 +310,8 @@ async fn conversations(e: &Engine) {
             members: sorted(&[x, z]),
             created_by: None,
             created_at: 0,
+            publishers: Vec::new(),
+            visibility: None,
         })
     );
     assert!(b.is_member(&dm, &x).await.unwrap());
@@ -708,6 +716,7 @@ async fn routing(e: &Engine) {
         frame: Arc::from(r#"{"type":"msg","body":{"t":"ü ✓"},"n":[1,2]}"#),
         ack: Some((conv.clone(), 9)),
         skip_conn: Some(format!("{ga}/1")),
+        channel: None,
     };
     let check = |got: &Routed, users: &[Address]| {
         assert_eq!(user_set(got), users.iter().copied().collect());
@@ -773,6 +782,102 @@ async fn routing(e: &Engine) {
     b.route(for_users(&ev, &[x])).await.unwrap();
     assert_quiet(&mut [&mut ra, &mut rb]).await;
     alive_a.abort();
+}
+
+/// Channels: creation (name taken → AlreadyExists), read and publish
+/// rights by visibility, sends only by publishers with no user fan-out, and
+/// publish → only the gateways subscribed to that channel.
+async fn channels(e: &Engine) {
+    let b = e.broker(BrokerConfig::default()).await;
+    let t = tag();
+    let (owner, publisher, member, outsider) = (addr(), addr(), addr(), addr());
+    let public = Conversation {
+        id: ConvId::channel(&format!("live-{t}")).unwrap(),
+        kind: ConvKind::Channel,
+        title: Some("Live".into()),
+        members: vec![],
+        created_by: Some(owner),
+        created_at: now_ms(),
+        publishers: vec![publisher, publisher],
+        visibility: Some(Visibility::Public),
+    };
+    b.create_channel(&public).await.unwrap();
+    assert!(matches!(
+        b.create_channel(&public).await,
+        Err(BrokerError::AlreadyExists)
+    ));
+    let back = b.conversation(&public.id).await.unwrap().unwrap();
+    assert_eq!(back.kind, ConvKind::Channel);
+    let mut want = vec![owner, publisher];
+    want.sort();
+    assert_eq!(back.publishers, want, "the creator included, deduplicated");
+    assert_eq!(back.visibility, Some(Visibility::Public));
+    assert_eq!(back.created_by, Some(owner));
+    assert!(
+        b.is_member(&public.id, &outsider).await.unwrap(),
+        "public: anyone reads"
+    );
+    assert!(
+        b.user_conversations(&publisher)
+            .await
+            .unwrap()
+            .contains(&public.id)
+    );
+
+    // Owner and publishers send; nobody is a per-user recipient.
+    let out = b.send(req(&public.id, "c1", owner, "1")).await.unwrap();
+    assert_eq!((out.message.seq, out.members.len()), (1, 0));
+    let out = b.send(req(&public.id, "c2", publisher, "2")).await.unwrap();
+    assert_eq!(out.message.seq, 2);
+    assert!(matches!(
+        b.send(req(&public.id, "c3", outsider, "3")).await,
+        Err(BrokerError::NotPublisher)
+    ));
+    assert_eq!(
+        seqs(&b.read_log(&public.id, 0, 10).await.unwrap().messages),
+        vec![1, 2]
+    );
+
+    let private = Conversation {
+        id: ConvId::channel(&format!("team-{t}")).unwrap(),
+        members: vec![member],
+        visibility: Some(Visibility::Members),
+        publishers: vec![],
+        ..public.clone()
+    };
+    b.create_channel(&private).await.unwrap();
+    assert!(b.is_member(&private.id, &member).await.unwrap());
+    assert!(b.is_member(&private.id, &owner).await.unwrap());
+    assert!(
+        !b.is_member(&private.id, &outsider).await.unwrap(),
+        "members only"
+    );
+    assert!(b.send(req(&private.id, "p1", member, "1")).await.is_err());
+
+    // Publish reaches exactly the subscribed gateways.
+    let (ga, gb) = (format!("gw-a-{t}"), format!("gw-b-{t}"));
+    let mut ra = b.attach(&ga).await.unwrap();
+    let mut rb = b.attach(&gb).await.unwrap();
+    b.subscribe_channel(&ga, &public.id).await.unwrap();
+    b.subscribe_channel(&ga, &public.id).await.unwrap(); // idempotent
+    let ev = Routed {
+        users: vec![],
+        frame: Arc::from(r#"{"type":"msg","seq":2}"#),
+        ack: None,
+        skip_conn: None,
+        channel: Some((public.id.clone(), 2)),
+    };
+    b.publish_channel(ev.clone()).await.unwrap();
+    let got = recv(&mut ra).await;
+    assert_eq!(got.channel, Some((public.id.clone(), 2)));
+    assert_eq!(&*got.frame, &*ev.frame);
+    assert!(got.users.is_empty());
+    assert_quiet(&mut [&mut ra, &mut rb]).await;
+    b.subscribe_channel(&gb, &public.id).await.unwrap();
+    b.unsubscribe_channel(&ga, &public.id).await.unwrap();
+    b.publish_channel(ev.clone()).await.unwrap();
+    assert_eq!(recv(&mut rb).await.channel, Some((public.id.clone(), 2)));
+    assert_quiet(&mut [&mut ra, &mut rb]).await;
 }
 
 fn for_users(ev: &Routed, users: &[Address]) -> Routed {
@@ -1075,7 +1180,7 @@ macro_rules! suite {
 }
 
 suite!(
-    common: [nonces, conversations, sends, dedupe, bodies, logs, trimming, age_trimming, marks, routing, presence, connection_reports],
+    common: [nonces, conversations, sends, dedupe, bodies, logs, trimming, age_trimming, marks, routing, channels, presence, connection_reports],
     redis_only: [persist_stream, direct_list_repair, connection_report_keys],
 );
 
@@ -1133,6 +1238,7 @@ async fn redis_kill9_restart() {
         frame: Arc::from(r#"{"type":"pong"}"#),
         ack: None,
         skip_conn: None,
+        channel: None,
     };
     let mut delivered = false;
     for _ in 0..50 {

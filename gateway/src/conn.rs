@@ -409,6 +409,7 @@ impl Conn {
     ) -> Result<(), axum::Error> {
         let (code, msg) = match &e {
             BrokerError::NotMember => (ErrorCode::Forbidden, "not a member of this conversation"),
+            BrokerError::NotPublisher => (ErrorCode::Forbidden, "not a publisher of this channel"),
             BrokerError::Unavailable(_) => (
                 ErrorCode::Unavailable,
                 "broker unavailable; retry with the same id",
@@ -417,7 +418,7 @@ impl Conn {
                 (ErrorCode::Internal, "internal error")
             }
         };
-        if !matches!(e, BrokerError::NotMember) {
+        if !matches!(e, BrokerError::NotMember | BrokerError::NotPublisher) {
             tracing::warn!(error = %e, "broker call failed");
         }
         self.error(socket, code, msg, Some(reference)).await
@@ -588,6 +589,7 @@ impl Conn {
             frame: frame.into(),
             ack,
             skip_conn: skip_self.then(|| self.handle.name.clone()),
+            channel: None,
         };
         match self
             .state

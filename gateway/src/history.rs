@@ -101,7 +101,9 @@ pub async fn send(state: &AppState, req: SendRequest) -> Result<SendOutcome, Bro
     let unavailable = |e: StoreError| BrokerError::Unavailable(format!("store: {e}"));
     let last_seq = store.last_seq(&req.conv).await.map_err(unavailable)?;
     let group = match req.conv.kind() {
-        switchboard_core::ids::ConvKind::Direct => None,
+        // A channel's description is created with it and kept by the broker;
+        // seeding restores only its seq counter.
+        switchboard_core::ids::ConvKind::Direct | switchboard_core::ids::ConvKind::Channel => None,
         switchboard_core::ids::ConvKind::Group => {
             let Some(members) = store.members(&req.conv).await.map_err(unavailable)? else {
                 return Err(BrokerError::NotMember);
@@ -113,6 +115,8 @@ pub async fn send(state: &AppState, req: SendRequest) -> Result<SendOutcome, Bro
                 members: members.into_iter().map(|m| m.user).collect(),
                 created_by: None,
                 created_at: 0,
+                publishers: Vec::new(),
+                visibility: None,
             })
         }
     };

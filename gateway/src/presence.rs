@@ -65,6 +65,7 @@ pub async fn announce(
         frame: frame.to_json().into(),
         ack: None,
         skip_conn: None,
+        channel: None,
     };
     if let Some(mine) = state.broker.route_local(ev, &state.cfg.gateway_id).await? {
         state.hub.deliver(&mine);

@@ -38,6 +38,11 @@ impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         match e {
             BrokerError::NotMember => ApiError::not_found("no such conversation"),
+            BrokerError::NotPublisher => ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "not a publisher of this channel",
+            ),
             BrokerError::AlreadyExists => ApiError::new(
                 StatusCode::CONFLICT,
                 ErrorCode::Invalid,

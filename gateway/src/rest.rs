@@ -186,6 +186,8 @@ pub async fn create_conversation(
         members,
         created_by: Some(user),
         created_at: now_ms(),
+        publishers: Vec::new(),
+        visibility: None,
     };
     // PostgreSQL first (the source of truth), then the broker's copy that
     // the send script checks.

@@ -36,7 +36,10 @@ struct ConvState {
 #[derive(Default)]
 struct State {
     nonces: HashMap<String, Instant>,
+    /// Groups and channels.
     groups: HashMap<ConvId, Conversation>,
+    /// Channel → gateways subscribed to its events.
+    channel_subs: HashMap<ConvId, HashSet<String>>,
     convs: HashMap<ConvId, ConvState>,
     user_convs: HashMap<Address, HashSet<ConvId>>,
     /// Attached gateways' event queues.
@@ -127,11 +130,35 @@ impl Default for MemoryBroker {
     }
 }
 
-fn members_of(st: &State, conv: &ConvId) -> Option<Vec<Address>> {
-    match conv.kind() {
+/// The users a send by `from` fans out to, after the permission check:
+/// the members (direct, group), or nobody for a channel (its messages go
+/// to the channel's subscribers instead).
+fn recipients(st: &State, conv: &ConvId, from: &Address) -> Result<Vec<Address>> {
+    let members = match conv.kind() {
         ConvKind::Direct => conv.direct_members().map(|m| m.to_vec()),
         ConvKind::Group => st.groups.get(conv).map(|g| g.members.clone()),
+        ConvKind::Channel => {
+            let c = st.groups.get(conv).ok_or(BrokerError::NotMember)?;
+            if !c.can_publish(from) {
+                return Err(if c.can_read(from) {
+                    BrokerError::NotPublisher
+                } else {
+                    BrokerError::NotMember
+                });
+            }
+            return Ok(Vec::new());
+        }
+    };
+    match members {
+        Some(m) if m.contains(from) => Ok(m),
+        _ => Err(BrokerError::NotMember),
     }
+}
+
+fn sorted(mut v: Vec<Address>) -> Vec<Address> {
+    v.sort();
+    v.dedup();
+    v
 }
 
 #[async_trait]
@@ -177,6 +204,30 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn create_channel(&self, conv: &Conversation) -> Result<()> {
+        let mut st = self.lock();
+        if st.groups.contains_key(&conv.id) {
+            return Err(BrokerError::AlreadyExists);
+        }
+        let mut stored = conv.clone();
+        stored.members = sorted(stored.members);
+        // The creator is a publisher (read back as one, as from Redis).
+        stored.publishers.extend(stored.created_by);
+        stored.publishers = sorted(stored.publishers);
+        stored.title = stored.title.filter(|t| !t.is_empty());
+        // The channel shows in the lists of everyone named in it.
+        let named = stored
+            .members
+            .iter()
+            .chain(&stored.publishers)
+            .chain(stored.created_by.as_ref());
+        for m in named {
+            st.user_convs.entry(*m).or_default().insert(conv.id.clone());
+        }
+        st.groups.insert(conv.id.clone(), stored);
+        Ok(())
+    }
+
     async fn add_members(&self, id: &ConvId, users: &[Address]) -> Result<()> {
         let mut st = self.lock();
         let State {
@@ -216,8 +267,10 @@ impl Broker for MemoryBroker {
                 members: m.to_vec(),
                 created_by: None,
                 created_at: 0,
+                publishers: Vec::new(),
+                visibility: None,
             }),
-            ConvKind::Group => self.lock().groups.get(id).cloned(),
+            ConvKind::Group | ConvKind::Channel => self.lock().groups.get(id).cloned(),
         })
     }
 
@@ -235,10 +288,7 @@ impl Broker for MemoryBroker {
     async fn send(&self, req: SendRequest) -> Result<SendOutcome> {
         let now = Instant::now();
         let mut st = self.lock();
-        let members = members_of(&st, &req.conv).ok_or(BrokerError::NotMember)?;
-        if !members.contains(&req.from) {
-            return Err(BrokerError::NotMember);
-        }
+        let members = recipients(&st, &req.conv, &req.from)?;
         let max_len = self.cfg.log_max_len;
         let ttl = self.cfg.dedupe_ttl;
         let cs = st.convs.entry(req.conv.clone()).or_default();
@@ -411,6 +461,41 @@ impl Broker for MemoryBroker {
 
     async fn route_local(&self, ev: Routed, local: &str) -> Result<Option<Routed>> {
         Ok(self.route_inner(ev, Some(local)))
+    }
+
+    async fn subscribe_channel(&self, gateway: &str, conv: &ConvId) -> Result<()> {
+        self.lock()
+            .channel_subs
+            .entry(conv.clone())
+            .or_default()
+            .insert(gateway.to_owned());
+        Ok(())
+    }
+
+    async fn unsubscribe_channel(&self, gateway: &str, conv: &ConvId) -> Result<()> {
+        let mut st = self.lock();
+        if let Some(set) = st.channel_subs.get_mut(conv) {
+            set.remove(gateway);
+            if set.is_empty() {
+                st.channel_subs.remove(conv);
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_channel(&self, ev: Routed) -> Result<()> {
+        let Some((conv, _)) = &ev.channel else {
+            return Ok(());
+        };
+        let st = self.lock();
+        for gw in st.channel_subs.get(conv).into_iter().flatten() {
+            if let Some(tx) = st.gateways.get(gw)
+                && tx.try_send(ev.clone()).is_err()
+            {
+                tracing::warn!(gateway = %gw, "gateway event queue full or closed; channel event dropped");
+            }
+        }
+        Ok(())
     }
 
     async fn touch(&self, user: &Address, now_ms: u64) -> Result<()> {

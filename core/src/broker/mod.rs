@@ -40,6 +40,9 @@ pub enum BrokerError {
     /// the two are not distinguished, so existence does not leak).
     #[error("not a member of this conversation")]
     NotMember,
+    /// A send to a channel by someone who is not one of its publishers.
+    #[error("not a publisher of this channel")]
+    NotPublisher,
     /// A group with this id already exists.
     #[error("conversation already exists")]
     AlreadyExists,
@@ -109,11 +112,54 @@ pub struct Conversation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
     pub members: Vec<Address>,
-    /// The creator of a group; `None` for direct conversations.
+    /// The creator of a group or channel; `None` for direct conversations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<Address>,
     /// Unix ms.
     pub created_at: u64,
+    /// Channels: who may post, the creator included (it always may).
+    /// Empty for other kinds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publishers: Vec<Address>,
+    /// Channels: who may read. `None` for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<Visibility>,
+}
+
+/// Who may read a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Any signed-in user.
+    Public,
+    /// Its members, publishers and creator.
+    Members,
+}
+
+impl Conversation {
+    /// Whether `user` may read it: a member; for a channel also its creator
+    /// and publishers, and anyone when it is public.
+    pub fn can_read(&self, user: &Address) -> bool {
+        match self.kind {
+            ConvKind::Channel => {
+                self.visibility == Some(Visibility::Public)
+                    || self.can_publish(user)
+                    || self.members.contains(user)
+            }
+            _ => self.members.contains(user),
+        }
+    }
+
+    /// Whether `user` may post to it: a member; for a channel its creator
+    /// and publishers only.
+    pub fn can_publish(&self, user: &Address) -> bool {
+        match self.kind {
+            ConvKind::Channel => {
+                self.created_by.as_ref() == Some(user) || self.publishers.contains(user)
+            }
+            _ => self.members.contains(user),
+        }
+    }
 }
 
 /// A `send` as the broker sees it: membership already validated for direct
@@ -189,16 +235,23 @@ pub trait Broker: Send + Sync + 'static {
     async fn create_group(&self, conv: &Conversation) -> Result<()>;
     /// A conversation's description; direct conversations always exist.
     async fn conversation(&self, id: &ConvId) -> Result<Option<Conversation>>;
-    /// Whether `user` is a member of `id`.
+    /// Whether `user` may read `id` ([`Conversation::can_read`]): a member
+    /// of a direct conversation or group; for a channel anyone when public,
+    /// else its members, publishers and creator.
     async fn is_member(&self, id: &ConvId, user: &Address) -> Result<bool> {
         Ok(match id.kind() {
             ConvKind::Direct => id.direct_members().is_some_and(|m| m.contains(user)),
-            ConvKind::Group => self
+            ConvKind::Group | ConvKind::Channel => self
                 .conversation(id)
                 .await?
-                .is_some_and(|c| c.members.contains(user)),
+                .is_some_and(|c| c.can_read(user)),
         })
     }
+    /// Create a channel (`kind: channel`, with `publishers`, `visibility`
+    /// and, for a members-only channel, `members`). Fails with
+    /// `AlreadyExists` for a taken name. Lists read back sorted, without
+    /// duplicates.
+    async fn create_channel(&self, conv: &Conversation) -> Result<()>;
     /// Add `users` to an existing group (a no-op for those already in).
     /// Fails with `NotMember` when the group does not exist.
     async fn add_members(&self, id: &ConvId, users: &[Address]) -> Result<()>;
@@ -208,8 +261,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Conversations `user` belongs to (groups, and direct ones with traffic).
     async fn user_conversations(&self, user: &Address) -> Result<Vec<ConvId>>;
 
-    /// Atomically: check membership, dedupe by `(conv, id)`, assign the next
-    /// seq, append to the conversation log (and the persistence stream).
+    /// Atomically: check membership (for a channel: that the sender is a
+    /// publisher, else `NotPublisher`), dedupe by `(conv, id)`, assign the
+    /// next seq, append to the conversation log (and the persistence
+    /// stream). For a channel `members` comes back empty: its messages fan
+    /// out through [`Broker::publish_channel`], not to users.
     async fn send(&self, req: SendRequest) -> Result<SendOutcome>;
     /// Give `conv` its broker state from the durable store: the seq counter
     /// continues at `last_seq`, a new epoch starts, and for a group its
@@ -255,6 +311,17 @@ pub trait Broker: Send + Sync + 'static {
         let _ = local;
         self.route(ev).await.map(|()| None)
     }
+
+    /// Start delivering `conv`'s channel events to `gateway`'s feed (the
+    /// receiver [`Broker::attach`] returned). Gateways subscribe a channel
+    /// only while they have a local subscriber, so a publish costs one
+    /// message per interested gateway, not per viewer. Idempotent.
+    async fn subscribe_channel(&self, gateway: &str, conv: &ConvId) -> Result<()>;
+    /// Stop delivering `conv`'s channel events to `gateway`. Idempotent.
+    async fn unsubscribe_channel(&self, gateway: &str, conv: &ConvId) -> Result<()>;
+    /// Deliver a channel event (`ev.channel` set, `ev.users` empty) to every
+    /// gateway subscribed to that channel, the caller's own included.
+    async fn publish_channel(&self, ev: Routed) -> Result<()>;
 
     /// Record that `user` was seen at `now_ms`.
     async fn touch(&self, user: &Address, now_ms: u64) -> Result<()>;

@@ -7,8 +7,9 @@
 //! | `sb:{<shard>}:c:<conv>:seq` | string | last assigned seq |
 //! | `sb:{<shard>}:c:<conv>:epoch` | string `<ms>:<base>` | when the state was seeded from the store, and the stored last seq it continued from |
 //! | `sb:{<shard>}:c:<conv>:log` | stream, id `<seq>-0` | recent messages (offline queue, sync) |
-//! | `sb:{<shard>}:c:<conv>:m` | set | group members (lowercase addresses) |
-//! | `sb:{<shard>}:c:<conv>:meta` | hash | group title, creator, creation time |
+//! | `sb:{<shard>}:c:<conv>:m` | set | group (or members-only channel) members (lowercase addresses) |
+//! | `sb:{<shard>}:c:<conv>:p` | set | channel publishers, the creator included |
+//! | `sb:{<shard>}:c:<conv>:meta` | hash | group or channel title, creator, creation time; `visibility` for channels |
 //! | `sb:{<shard>}:c:<conv>:wm` | hash | `<user>:d` / `<user>:r` watermarks |
 //! | `sb:{<shard>}:c:<conv>:d:<msgid>` | string `seq:ts`, TTL | idempotency record |
 //! | `sb:{<shard>}:persist` | stream | the worker's input (when `persist` is on) |
@@ -19,6 +20,7 @@
 //! | `sb:presence` | hash | user → last seen (Unix ms) |
 //! | `sb:conns:{<namespace>/<cluster>}` | hash, PEXPIRE | pod → `connections:reported_at:expires_at` (see [`super::reports`]) |
 //! | channel `sb:gw:{<gateway>}` | pub/sub | events routed to that gateway |
+//! | channel `sb:ch:{<conv>}` | pub/sub | a channel's messages, to the gateways with a subscriber |
 //!
 //! Every key of one conversation, and its shard's persistence stream, share the
 //! hash tag `{<shard>}`, so the send and mark scripts touch a single slot and are
@@ -32,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::streams::XReadValue;
@@ -42,7 +45,7 @@ use tokio::sync::mpsc;
 use super::reports::{self, ClusterRef, ConnectionReport, ConnectionReports, GatewayIdentity};
 use super::{
     Broker, BrokerConfig, BrokerError, Conversation, LogPage, Mark, Result, Routed, SendOutcome,
-    SendRequest, Watermarks, shard_of,
+    SendRequest, Visibility, Watermarks, shard_of,
 };
 use crate::ids::{Address, ConvId, ConvKind, MsgId};
 use crate::protocol::Message;
@@ -59,6 +62,9 @@ if ARGV[10] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
 end
 if ARGV[8] == 'g' and redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
   return {-1}
+end
+if ARGV[8] == 'ch' and redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
+  return {-3}
 end
 local out
 local prev = redis.call('GET', KEYS[4])
@@ -105,6 +111,24 @@ redis.call('HSET', KEYS[1], 'created_at', ARGV[1])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'title', ARGV[2]) end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'created_by', ARGV[3]) end
 for i = 4, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+return 1
+"#;
+
+/// Create a channel: description, publishers (creator included) and members
+/// in one step (one slot). ARGV: created_at, title, created_by, visibility,
+/// the number of publishers, the publishers, then the members. Returns 0
+/// when the name is taken.
+const CREATE_CHANNEL_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'created_at', ARGV[1], 'kind', 'channel', 'visibility', ARGV[4])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'title', ARGV[2]) end
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'created_by', ARGV[3])
+  redis.call('SADD', KEYS[3], ARGV[3])
+end
+local np = tonumber(ARGV[5])
+for i = 6, 5 + np do redis.call('SADD', KEYS[3], ARGV[i]) end
+for i = 6 + np, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
 return 1
 "#;
 
@@ -214,6 +238,11 @@ fn gateway_channel(gateway: &str) -> String {
     format!("sb:gw:{{{gateway}}}")
 }
 
+/// The pub/sub channel of a Switchboard channel's messages.
+fn channel_topic(conv: &ConvId) -> String {
+    format!("sb:ch:{{{conv}}}")
+}
+
 const GATEWAYS_KEY: &str = "sb:gateways";
 const PRESENCE_KEY: &str = "sb:presence";
 
@@ -226,6 +255,7 @@ pub struct RedisBroker {
     cluster: bool,
     send_script: Arc<Script>,
     create_script: Arc<Script>,
+    create_channel_script: Arc<Script>,
     members_script: Arc<Script>,
     seed_script: Arc<Script>,
     mark_script: Arc<Script>,
@@ -233,6 +263,9 @@ pub struct RedisBroker {
     report_script: Arc<Script>,
     read_reports_script: Arc<Script>,
     live: Arc<Mutex<(Option<Instant>, HashSet<String>)>>,
+    /// Each attached gateway's subscriber connection, for its channel
+    /// subscriptions.
+    subs: Arc<Mutex<HashMap<String, SubscriberClient>>>,
 }
 
 impl RedisBroker {
@@ -251,6 +284,7 @@ impl RedisBroker {
             cluster,
             send_script: Arc::new(Script::from_lua(SEND_LUA)),
             create_script: Arc::new(Script::from_lua(CREATE_LUA)),
+            create_channel_script: Arc::new(Script::from_lua(CREATE_CHANNEL_LUA)),
             members_script: Arc::new(Script::from_lua(MEMBERS_LUA)),
             seed_script: Arc::new(Script::from_lua(SEED_LUA)),
             mark_script: Arc::new(Script::from_lua(MARK_LUA)),
@@ -258,6 +292,7 @@ impl RedisBroker {
             report_script: Arc::new(Script::from_lua(reports::REPORT_LUA)),
             read_reports_script: Arc::new(Script::from_lua(reports::READ_LUA)),
             live: Arc::default(),
+            subs: Arc::default(),
         })
     }
 
@@ -348,6 +383,20 @@ impl RedisBroker {
         Ok(mine)
     }
 
+    /// The subscriber connection `attach` opened for `gateway`.
+    fn subscriber(&self, gateway: &str) -> Result<SubscriberClient> {
+        self.subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(gateway)
+            .cloned()
+            .ok_or_else(|| {
+                BrokerError::Unavailable(format!(
+                    "gateway {gateway} is not attached to this broker"
+                ))
+            })
+    }
+
     async fn group(&self, id: &ConvId) -> Result<Option<Conversation>> {
         let keys = self.conv_keys(id);
         let meta: HashMap<String, String> = self
@@ -372,9 +421,32 @@ impl RedisBroker {
             .get("created_by")
             .map(|s| s.parse::<Address>().map_err(corrupt))
             .transpose()?;
+        let channel = id.kind() == ConvKind::Channel;
+        let publishers = if channel {
+            let raw: Vec<String> = self
+                .pool
+                .smembers(keys.key("p"))
+                .await
+                .map_err(unavailable)?;
+            let mut p = raw
+                .iter()
+                .map(|m| m.parse::<Address>().map_err(corrupt))
+                .collect::<Result<Vec<_>>>()?;
+            p.sort();
+            p
+        } else {
+            Vec::new()
+        };
+        let visibility = match meta.get("visibility").map(String::as_str) {
+            Some("public") => Some(Visibility::Public),
+            Some("members") => Some(Visibility::Members),
+            Some(other) => return Err(corrupt(format!("channel visibility {other:?}"))),
+            None if channel => return Err(corrupt("channel without visibility")),
+            None => None,
+        };
         Ok(Some(Conversation {
             id: id.clone(),
-            kind: ConvKind::Group,
+            kind: id.kind(),
             title: meta.get("title").filter(|t| !t.is_empty()).cloned(),
             members,
             created_by,
@@ -382,6 +454,8 @@ impl RedisBroker {
                 .get("created_at")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
+            publishers,
+            visibility,
         }))
     }
 }
@@ -478,6 +552,53 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn create_channel(&self, conv: &Conversation) -> Result<()> {
+        let keys = self.conv_keys(&conv.id);
+        let visibility = match conv.visibility {
+            Some(Visibility::Members) => "members",
+            _ => "public",
+        };
+        let mut args: Vec<String> = vec![
+            conv.created_at.to_string(),
+            conv.title.clone().unwrap_or_default(),
+            conv.created_by
+                .as_ref()
+                .map(Address::lower)
+                .unwrap_or_default(),
+            visibility.into(),
+            conv.publishers.len().to_string(),
+        ];
+        args.extend(conv.publishers.iter().map(Address::lower));
+        args.extend(conv.members.iter().map(Address::lower));
+        let created: i64 = self
+            .create_channel_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![keys.key("meta"), keys.key("m"), keys.key("p")],
+                args,
+            )
+            .await
+            .map_err(unavailable)?;
+        if created == 0 {
+            return Err(BrokerError::AlreadyExists);
+        }
+        // The channel shows in the lists of everyone named in it.
+        let named: HashSet<&Address> = conv
+            .members
+            .iter()
+            .chain(&conv.publishers)
+            .chain(conv.created_by.as_ref())
+            .collect();
+        try_join_all(named.into_iter().map(|m| async move {
+            self.pool
+                .sadd::<(), _, _>(user_convs_key(m), conv.id.as_str())
+                .await
+        }))
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn add_members(&self, id: &ConvId, users: &[Address]) -> Result<()> {
         let keys = self.conv_keys(id);
         let mut args = vec!["add".to_string()];
@@ -534,8 +655,10 @@ impl Broker for RedisBroker {
                 members: m.to_vec(),
                 created_by: None,
                 created_at: 0,
+                publishers: Vec::new(),
+                visibility: None,
             })),
-            ConvKind::Group => self.group(id).await,
+            ConvKind::Group | ConvKind::Channel => self.group(id).await,
         }
     }
 
@@ -547,6 +670,7 @@ impl Broker for RedisBroker {
                 .sismember(self.conv_keys(id).key("m"), user.lower())
                 .await
                 .map_err(unavailable),
+            ConvKind::Channel => Ok(self.group(id).await?.is_some_and(|c| c.can_read(user))),
         }
     }
 
@@ -573,10 +697,12 @@ impl Broker for RedisBroker {
         }
         let keys = self.conv_keys(&req.conv);
         let from = req.from.lower();
+        let channel = req.conv.kind() == ConvKind::Channel;
         let key_list = vec![
             keys.key("seq"),
             keys.key("log"),
-            keys.key("m"),
+            // Who may send: a group's members, a channel's publishers.
+            keys.key(if channel { "p" } else { "m" }),
             keys.key(&format!("d:{}", req.id)),
             keys.persist.clone(),
         ];
@@ -590,7 +716,12 @@ impl Broker for RedisBroker {
             self.cfg.log_max_len.to_string(),
             millis(self.cfg.dedupe_ttl).to_string(),
             if self.cfg.persist { "1" } else { "0" }.into(),
-            if direct.is_some() { "dm" } else { "g" }.into(),
+            match req.conv.kind() {
+                ConvKind::Direct => "dm",
+                ConvKind::Group => "g",
+                ConvKind::Channel => "ch",
+            }
+            .into(),
             req.conv.to_string(),
             if self.cfg.seed_from_store { "1" } else { "0" }.into(),
             millis(self.cfg.log_max_age).to_string(),
@@ -606,6 +737,9 @@ impl Broker for RedisBroker {
             .ok_or_else(|| corrupt("send reply"))?;
         if status == -2 {
             return Err(BrokerError::Unseeded(Box::new(req)));
+        }
+        if status == -3 {
+            return Err(BrokerError::NotPublisher);
         }
         if status < 0 {
             return Err(BrokerError::NotMember);
@@ -819,6 +953,12 @@ impl Broker for RedisBroker {
         let _resubscribe = sub.manage_subscriptions();
         let mut rx = sub.message_rx();
         let channel = gateway_channel(gateway);
+        // Channel subscriptions go through the same connection, so their
+        // messages arrive on the same feed.
+        self.subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(gateway.to_owned(), sub.clone());
         if self.cluster {
             sub.ssubscribe(channel.clone()).await.map_err(unavailable)?;
         } else {
@@ -933,6 +1073,40 @@ impl Broker for RedisBroker {
 
     async fn route_local(&self, ev: Routed, local: &str) -> Result<Option<Routed>> {
         self.route_inner(ev, Some(local)).await
+    }
+
+    async fn subscribe_channel(&self, gateway: &str, conv: &ConvId) -> Result<()> {
+        let sub = self.subscriber(gateway)?;
+        let topic = channel_topic(conv);
+        if self.cluster {
+            sub.ssubscribe(topic).await.map_err(unavailable)
+        } else {
+            sub.subscribe(topic).await.map_err(unavailable)
+        }
+    }
+
+    async fn unsubscribe_channel(&self, gateway: &str, conv: &ConvId) -> Result<()> {
+        let sub = self.subscriber(gateway)?;
+        let topic = channel_topic(conv);
+        if self.cluster {
+            sub.sunsubscribe(topic).await.map_err(unavailable)
+        } else {
+            sub.unsubscribe(topic).await.map_err(unavailable)
+        }
+    }
+
+    async fn publish_channel(&self, ev: Routed) -> Result<()> {
+        let Some((conv, _)) = &ev.channel else {
+            return Ok(());
+        };
+        let topic = channel_topic(conv);
+        let payload = ev.encode(&[]).map_err(corrupt)?;
+        if self.cluster {
+            self.pool.next().spublish::<(), _, _>(topic, payload).await
+        } else {
+            self.pool.next().publish::<(), _, _>(topic, payload).await
+        }
+        .map_err(unavailable)
     }
 
     async fn touch(&self, user: &Address, now_ms: u64) -> Result<()> {

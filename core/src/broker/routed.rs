@@ -22,6 +22,9 @@ pub struct Routed {
     /// A connection (`<gateway>/<n>`) that must not get the frame: the sender's
     /// own device already has the message through `sent`.
     pub skip_conn: Option<String>,
+    /// Set for a channel's `msg` frames: every local subscriber of the
+    /// channel gets it (no acks); `users` is empty.
+    pub channel: Option<(ConvId, u64)>,
 }
 
 /// Wire form on Redis pub/sub. Short keys: this is sent once per gateway per event.
@@ -34,6 +37,8 @@ struct Wire<'a> {
     a: Option<(ConvId, u64)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     s: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<(ConvId, u64)>,
 }
 
 impl Routed {
@@ -45,6 +50,7 @@ impl Routed {
             f,
             a: self.ack.clone(),
             s: self.skip_conn.clone(),
+            c: self.channel.clone(),
         })
     }
 
@@ -55,6 +61,7 @@ impl Routed {
             frame: Arc::from(w.f.get()),
             ack: w.a,
             skip_conn: w.s,
+            channel: w.c,
         })
     }
 }
@@ -75,6 +82,7 @@ mod tests {
             frame: Arc::from(r#"{"type":"pong"}"#),
             ack: Some((conv.clone(), 7)),
             skip_conn: Some("gw/1".into()),
+            channel: None,
         };
         let back = Routed::decode(&r.encode(&r.users).unwrap()).unwrap();
         assert_eq!(back.users, vec![a]);

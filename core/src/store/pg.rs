@@ -476,10 +476,10 @@ impl Store for PgStore {
                 id: id.parse().map_err(|e| {
                     StoreError::Rejected(format!("conversation id {id:?} unreadable: {e}"))
                 })?,
-                kind: if kind == "direct" {
-                    ConvKind::Direct
-                } else {
-                    ConvKind::Group
+                kind: match kind.as_str() {
+                    "direct" => ConvKind::Direct,
+                    "channel" => ConvKind::Channel,
+                    _ => ConvKind::Group,
                 },
                 title: r.try_get("title").map_err(classify)?,
                 last_seq,
@@ -507,6 +507,7 @@ async fn insert_users(tx: &mut sqlx::PgConnection, users: &[String]) -> Result<(
 fn kind_of(id: &str) -> &'static str {
     match id.parse::<ConvId>().map(|c| c.kind()) {
         Ok(ConvKind::Direct) => "direct",
+        Ok(ConvKind::Channel) => "channel",
         _ => "group",
     }
 }

@@ -57,6 +57,8 @@ pub async fn group(broker: &RedisBroker, members: &[Address]) -> ConvId {
             members: members.to_vec(),
             created_by: Some(members[0]),
             created_at: 0,
+            publishers: Vec::new(),
+            visibility: None,
         })
         .await
         .unwrap();
