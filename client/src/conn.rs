@@ -512,6 +512,9 @@ impl Task {
         let now = Instant::now();
         match frame {
             ServerFrame::Ready { .. } => {}
+            // Answers to channel subscriptions, which this SDK does not make
+            // yet (channels are followed with raw frames or SSE for now).
+            ServerFrame::Subscribed { .. } | ServerFrame::Unsubscribed { .. } => {}
             ServerFrame::Sent { id, conv, seq, ts } => {
                 let sent = Sent { id, conv, seq, ts };
                 self.outbox.on_sent(&sent);

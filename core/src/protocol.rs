@@ -49,6 +49,15 @@ pub enum ClientFrame {
     Typing { conv: ConvId },
     /// Replay every message of `conv` after `after`, then answer `synced`.
     Sync { conv: ConvId, after: u64 },
+    /// Follow a channel: replay its messages after `after` (default: none,
+    /// only new ones), answer `subscribed`, then deliver new ones live.
+    Subscribe {
+        channel: ConvId,
+        #[serde(default)]
+        after: Option<u64>,
+    },
+    /// Stop following a channel; answers `unsubscribed`.
+    Unsubscribe { channel: ConvId },
     /// Keep-alive and presence heartbeat.
     Ping {},
 }
@@ -171,6 +180,19 @@ pub enum ServerFrame {
         reference: Option<String>,
     },
     Pong {},
+    /// A `subscribe` took effect: the replayed messages (if any) came
+    /// before this; later ones arrive live, in seq order, without gaps.
+    Subscribed {
+        channel: ConvId,
+        /// The channel's last seq when the replay ended.
+        last_seq: u64,
+        /// `false` when some messages after `after` are no longer available.
+        recovered: bool,
+    },
+    /// An `unsubscribe` took effect.
+    Unsubscribed {
+        channel: ConvId,
+    },
 }
 
 impl ServerFrame {

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use switchboard_core::broker::{BrokerError, Mark, Routed, SendRequest};
-use switchboard_core::ids::{Address, ConvId};
-use switchboard_core::protocol::{ClientFrame, ErrorCode, PresenceStatus, ServerFrame, close};
+use switchboard_core::ids::{Address, ConvId, ConvKind};
+use switchboard_core::protocol::{
+    ClientFrame, ErrorCode, Message, PresenceStatus, ServerFrame, close,
+};
 use switchboard_core::time::now_ms;
 use tokio::time::{Instant, sleep_until};
 
@@ -98,6 +100,7 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, user: Address) {
         last_touch: Instant::now(),
         acked: HashMap::new(),
         flush_at: None,
+        channels: HashMap::new(),
     };
     let ready = ServerFrame::Ready {
         user,
@@ -110,6 +113,9 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, user: Address) {
     };
     // Acks that arrived just before the socket ended still count.
     Box::pin(conn.flush_acks()).await;
+    for channel in std::mem::take(&mut conn.channels).into_keys() {
+        leave_channel(&state, &channel, &handle).await;
+    }
     if let Exit::Close(code, reason) = exit {
         let _ = socket
             .send(WsMessage::Close(Some(CloseFrame {
@@ -125,6 +131,35 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, user: Address) {
         }
         let _ = state.broker.touch(&user, now_ms()).await;
         presence::after_disconnect(state.clone(), user);
+    }
+}
+
+/// Drop `handle`'s subscription to `channel`; the gateway unsubscribes when
+/// it was the last local one.
+pub(crate) async fn leave_channel(state: &AppState, channel: &ConvId, handle: &Arc<ConnHandle>) {
+    if state.hub.unsubscribe(channel, handle)
+        && let Err(e) = state
+            .broker
+            .unsubscribe_channel(&state.cfg.gateway_id, channel)
+            .await
+    {
+        tracing::warn!(error = %e, %channel, "channel unsubscribe failed");
+    }
+}
+
+/// Fan a new channel message out to every gateway with a subscriber.
+/// Failures are logged: the message is durable and subscribers catch up.
+pub(crate) async fn publish_channel(state: &AppState, m: Message) {
+    let channel = Some((m.conv.clone(), m.seq));
+    let ev = Routed {
+        users: Vec::new(),
+        frame: ServerFrame::Msg(m).to_json().into(),
+        ack: None,
+        skip_conn: None,
+        channel,
+    };
+    if let Err(e) = state.broker.publish_channel(ev).await {
+        tracing::warn!(error = %e, "channel fan-out failed; subscribers will catch up");
     }
 }
 
@@ -150,7 +185,12 @@ struct Conn {
     /// once per message.
     acked: HashMap<ConvId, u64>,
     flush_at: Option<Instant>,
+    /// Subscribed channels → the last seq written to this socket.
+    channels: HashMap<ConvId, u64>,
 }
+
+/// Channels one socket may follow at once.
+pub const MAX_CHANNELS_PER_CONN: usize = 100;
 
 impl Conn {
     async fn run(&mut self, socket: &mut WebSocket) -> Exit {
@@ -274,7 +314,135 @@ impl Conn {
                 }
                 self.write_msg(socket, conv, seq, frame).await
             }
+            Outbound::Channel { seq, frame } => {
+                let (channel, seq) = (&seq.0, seq.1);
+                let Some(&last) = self.channels.get(channel) else {
+                    return Ok(()); // unsubscribed meanwhile
+                };
+                if seq <= last {
+                    return Ok(()); // already written (replay, or a repeat)
+                }
+                if seq > last + 1 {
+                    // A gap (published before the subscription took effect,
+                    // or lost in transit): the log has it.
+                    self.catch_up(socket, channel, seq - 1).await?;
+                    if self.channels.get(channel).is_none_or(|l| *l >= seq) {
+                        return Ok(());
+                    }
+                }
+                if let Some(ts) = frame_ts(&frame) {
+                    let lat = now_ms().saturating_sub(ts) as f64 / 1000.0;
+                    self.state.metrics.delivery_latency.observe(lat);
+                }
+                self.write(socket, &frame).await?;
+                self.state.metrics.messages_out.inc();
+                self.channels.insert(channel.clone(), seq);
+                Ok(())
+            }
         }
+    }
+
+    /// Write `channel`'s messages after the last one this socket holds, up
+    /// to `upto` (`u64::MAX`: all there are). Returns the replay's
+    /// `(last_seq, recovered)`.
+    async fn catch_up(
+        &mut self,
+        socket: &mut WebSocket,
+        channel: &ConvId,
+        upto: u64,
+    ) -> Result<(u64, bool), axum::Error> {
+        let limit = self.state.cfg.sync_limit.max(1);
+        loop {
+            let Some(&last) = self.channels.get(channel) else {
+                return Ok((0, true));
+            };
+            let page = match crate::history::replay(&self.state, channel, last, limit).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, %channel, "channel catch-up failed");
+                    return Ok((last, false));
+                }
+            };
+            let got = page.messages.len();
+            for m in page.messages.into_iter().take_while(|m| m.seq <= upto) {
+                let seq = m.seq;
+                self.write(socket, &ServerFrame::Msg(m).to_json()).await?;
+                self.state.metrics.messages_out.inc();
+                self.channels.insert(channel.clone(), seq);
+            }
+            let now = self.channels.get(channel).copied().unwrap_or(last);
+            if got < limit || !page.recovered || now >= upto || now == last {
+                return Ok((page.last_seq, page.recovered));
+            }
+        }
+    }
+
+    /// `subscribe`: check the right to read, join the channel (the gateway
+    /// subscribes on its first local subscriber), replay after `after`, then
+    /// answer `subscribed`; live messages follow through the hub.
+    async fn subscribe(
+        &mut self,
+        socket: &mut WebSocket,
+        channel: ConvId,
+        after: Option<u64>,
+    ) -> Result<(), axum::Error> {
+        let reference = Some(channel.to_string());
+        if channel.kind() != ConvKind::Channel {
+            let msg = "subscribe takes a channel (ch:<name>); conversations use sync";
+            return self
+                .error(socket, ErrorCode::BadFrame, msg, reference)
+                .await;
+        }
+        if !self.channels.contains_key(&channel) && self.channels.len() >= MAX_CHANNELS_PER_CONN {
+            let msg = format!("at most {MAX_CHANNELS_PER_CONN} channels per connection");
+            return self
+                .error(socket, ErrorCode::Invalid, &msg, reference)
+                .await;
+        }
+        if !self.require_member(socket, &channel).await? {
+            return Ok(());
+        }
+        let start = match after {
+            Some(a) => a,
+            // Only new messages: start from the current last seq.
+            None => match self.state.broker.read_log(&channel, 0, 1).await {
+                Ok(p) => p.last_seq,
+                Err(e) => return self.broker_error(socket, e, channel.to_string()).await,
+            },
+        };
+        if !self.channels.contains_key(&channel)
+            && self.state.hub.subscribe(&channel, &self.handle)
+            && let Err(e) = self
+                .state
+                .broker
+                .subscribe_channel(&self.state.cfg.gateway_id, &channel)
+                .await
+        {
+            self.state.hub.unsubscribe(&channel, &self.handle);
+            return self.broker_error(socket, e, channel.to_string()).await;
+        }
+        // Registered before the replay: what is published meanwhile queues
+        // up and is written after it, without repeats (seq check).
+        self.channels.insert(channel.clone(), start);
+        let (last_seq, recovered) = self.catch_up(socket, &channel, u64::MAX).await?;
+        let done = ServerFrame::Subscribed {
+            channel,
+            last_seq,
+            recovered,
+        };
+        self.write(socket, &done.to_json()).await
+    }
+
+    async fn unsubscribe(
+        &mut self,
+        socket: &mut WebSocket,
+        channel: ConvId,
+    ) -> Result<(), axum::Error> {
+        if self.channels.remove(&channel).is_some() {
+            leave_channel(&self.state, &channel, &self.handle).await;
+        }
+        self.write(socket, &ServerFrame::Unsubscribed { channel }.to_json())
+            .await
     }
 
     /// Resend every `msg` whose ack is overdue, or give up on it after the
@@ -368,14 +536,28 @@ impl Conn {
                         self.write(socket, &sent.to_json()).await?;
                         if !out.duplicate {
                             self.state.metrics.messages_in.inc();
-                            let ack = Some((m.conv.clone(), m.seq));
-                            let frame = ServerFrame::Msg(out.message).to_json();
-                            self.route(out.members, frame, ack, true).await;
+                            if m.conv.kind() == ConvKind::Channel {
+                                publish_channel(&self.state, out.message).await;
+                            } else {
+                                let ack = Some((m.conv.clone(), m.seq));
+                                let frame = ServerFrame::Msg(out.message).to_json();
+                                self.route(out.members, frame, ack, true).await;
+                            }
                         }
                         Ok(())
                     }
                     Err(e) => self.broker_error(socket, e, reference).await,
                 }
+            }
+            // Channel messages are not acked (no per-viewer delivery
+            // tracking); an ack for one is ignored.
+            ClientFrame::Ack { conv, .. } if conv.kind() == ConvKind::Channel => Ok(()),
+            ClientFrame::Read { conv, .. } | ClientFrame::Typing { conv }
+                if conv.kind() == ConvKind::Channel =>
+            {
+                let msg = "channels have no read receipts or typing indicators";
+                self.error(socket, ErrorCode::BadFrame, msg, Some(conv.to_string()))
+                    .await
             }
             ClientFrame::Ack { conv, seq } => {
                 self.pending.remove(&(conv.clone(), seq));
@@ -390,6 +572,10 @@ impl Conn {
             ClientFrame::Read { conv, seq } => self.mark(socket, conv, Mark::Read, seq).await,
             ClientFrame::Typing { conv } => self.typing(socket, conv).await,
             ClientFrame::Sync { conv, after } => self.sync(socket, conv, after).await,
+            ClientFrame::Subscribe { channel, after } => {
+                self.subscribe(socket, channel, after).await
+            }
+            ClientFrame::Unsubscribe { channel } => self.unsubscribe(socket, channel).await,
         }
     }
 

@@ -30,6 +30,12 @@ pub enum Outbound {
         ack: Arc<(ConvId, u64)>,
         frame: Arc<str>,
     },
+    /// A channel's `msg` frame for a subscriber: no ack; the socket writes
+    /// it only if it is the next seq it holds for that channel.
+    Channel {
+        seq: Arc<(ConvId, u64)>,
+        frame: Arc<str>,
+    },
 }
 
 /// A request to close one socket, with the close code to send.
@@ -131,6 +137,8 @@ pub struct ConnHandle {
 pub struct Hub {
     gateway_id: String,
     conns: RwLock<HashMap<Address, Vec<Arc<ConnHandle>>>>,
+    /// Channel → the local connections subscribed to it.
+    channels: RwLock<HashMap<ConvId, Vec<Arc<ConnHandle>>>>,
     next: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -140,6 +148,7 @@ impl Hub {
         Hub {
             gateway_id,
             conns: RwLock::default(),
+            channels: RwLock::default(),
             next: AtomicU64::new(1),
             metrics,
         }
@@ -198,8 +207,51 @@ impl Hub {
             .collect()
     }
 
-    /// Hand a routed event to the recipients' sockets on this gateway.
+    /// Subscribe `handle` to `channel`. Returns whether it is the channel's
+    /// first local subscriber (then the caller subscribes the gateway).
+    pub fn subscribe(&self, channel: &ConvId, handle: &Arc<ConnHandle>) -> bool {
+        let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        let list = map.entry(channel.clone()).or_default();
+        if !list.iter().any(|h| Arc::ptr_eq(h, handle)) {
+            list.push(handle.clone());
+        }
+        list.len() == 1
+    }
+
+    /// Unsubscribe `handle` from `channel`. Returns whether that was the
+    /// channel's last local subscriber (then the caller unsubscribes the
+    /// gateway).
+    pub fn unsubscribe(&self, channel: &ConvId, handle: &Arc<ConnHandle>) -> bool {
+        let mut map = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = map.get_mut(channel) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|h| !Arc::ptr_eq(h, handle));
+        if list.is_empty() {
+            map.remove(channel);
+            before > 0
+        } else {
+            false
+        }
+    }
+
+    /// Hand a routed event to the recipients' sockets on this gateway: a
+    /// channel event to the channel's local subscribers, any other to the
+    /// sockets of its users.
     pub fn deliver(&self, ev: &Routed) {
+        if let Some(channel) = &ev.channel {
+            let seq = Arc::new(channel.clone());
+            let map = self.channels.read().unwrap_or_else(|p| p.into_inner());
+            for h in map.get(&channel.0).into_iter().flatten() {
+                let item = Outbound::Channel {
+                    seq: seq.clone(),
+                    frame: ev.frame.clone(),
+                };
+                self.push(h, item);
+            }
+            return;
+        }
         let ack = ev.ack.clone().map(Arc::new);
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
         for user in &ev.users {
@@ -214,14 +266,19 @@ impl Hub {
                     },
                     None => Outbound::Frame(ev.frame.clone()),
                 };
-                if h.outbox.push(item).is_err() {
-                    if h.close.code() == 0 {
-                        self.metrics.slow_consumers.inc();
-                        tracing::info!(conn = %h.name, "send queue full; closing slow consumer");
-                    }
-                    h.close.close(close::SLOW_CONSUMER);
-                }
+                self.push(h, item);
             }
+        }
+    }
+
+    /// Queue `item` for `h`, closing it as a slow consumer when its queue is full.
+    fn push(&self, h: &ConnHandle, item: Outbound) {
+        if h.outbox.push(item).is_err() {
+            if h.close.code() == 0 {
+                self.metrics.slow_consumers.inc();
+                tracing::info!(conn = %h.name, "send queue full; closing slow consumer");
+            }
+            h.close.close(close::SLOW_CONSUMER);
         }
     }
 

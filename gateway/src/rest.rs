@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 use switchboard_core::auth::nonce::generate_nonce;
-use switchboard_core::broker::Conversation;
+use switchboard_core::broker::{Conversation, Visibility};
 use switchboard_core::ids::{Address, ConvId, ConvKind};
 use switchboard_core::protocol::ErrorCode;
 use switchboard_core::time::now_ms;
@@ -221,7 +221,90 @@ pub async fn get_conversation(
         _ => state.broker.conversation(&id).await?,
     };
     match found {
-        Some(c) if c.members.contains(&user) => Ok(Json(c)),
+        Some(c) if c.can_read(&user) => Ok(Json(c)),
         _ => Err(ApiError::not_found("no such conversation")),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateChannel {
+    name: String,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    visibility: Option<Visibility>,
+    #[serde(default)]
+    publishers: Vec<String>,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+/// Publishers a channel may name besides its creator.
+pub const MAX_PUBLISHERS: usize = 100;
+
+/// `POST /v1/channels`: create the channel `ch:<name>`, owned (and
+/// publishable) by the caller.
+pub async fn create_channel(
+    State(state): State<AppRef>,
+    Authed(user): Authed,
+    b: Result<Json<CreateChannel>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let b = body(b)?;
+    let id = ConvId::channel(&b.name).map_err(|e| ApiError::bad_request(format!("name: {e}")))?;
+    let parse = |what: &str, list: &[String]| -> Result<Vec<Address>, ApiError> {
+        let mut out: Vec<Address> = Vec::with_capacity(list.len());
+        for (i, a) in list.iter().enumerate() {
+            let a: Address = a
+                .parse()
+                .map_err(|e| ApiError::bad_request(format!("{what}[{i}]: {e}")))?;
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out.sort();
+        Ok(out)
+    };
+    let publishers = parse("publishers", &b.publishers)?;
+    let members = parse("members", &b.members)?;
+    if publishers.len() > MAX_PUBLISHERS {
+        return Err(ApiError::bad_request(format!(
+            "a channel has at most {MAX_PUBLISHERS} publishers besides its creator (got {})",
+            publishers.len()
+        )));
+    }
+    if members.len() > state.cfg.max_group_members {
+        return Err(ApiError::bad_request(format!(
+            "a members-only channel has at most {} members (got {})",
+            state.cfg.max_group_members,
+            members.len()
+        )));
+    }
+    let visibility = b.visibility.unwrap_or(Visibility::Public);
+    if visibility == Visibility::Public && !members.is_empty() {
+        return Err(ApiError::bad_request(
+            "members are only for \"visibility\": \"members\" (anyone may read a public channel)",
+        ));
+    }
+    if let Some(t) = &b.title
+        && t.chars().count() > MAX_TITLE
+    {
+        return Err(ApiError::bad_request(format!(
+            "title is longer than {MAX_TITLE} characters"
+        )));
+    }
+    let conv = Conversation {
+        id,
+        kind: ConvKind::Channel,
+        title: b.title.filter(|t| !t.is_empty()),
+        members,
+        created_by: Some(user),
+        created_at: now_ms(),
+        publishers,
+        visibility: Some(visibility),
+    };
+    state.broker.create_channel(&conv).await?;
+    // Read back: the creator is among the publishers.
+    let created = state.broker.conversation(&conv.id).await?.unwrap_or(conv);
+    Ok((StatusCode::CREATED, Json(created)))
 }

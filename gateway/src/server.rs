@@ -59,6 +59,8 @@ pub fn router(state: AppRef) -> Router {
             delete(conversations::remove_member),
         )
         .route("/v1/presence", get(conversations::presence))
+        .route("/v1/channels", post(rest::create_channel))
+        .route("/v1/channels/{id}/events", get(crate::sse::channel_events))
         .route("/v1/ws", get(ws_upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)

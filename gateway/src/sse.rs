@@ -37,7 +37,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_core::ids::{Address, ConvId};
+use switchboard_core::ids::{Address, ConvId, ConvKind};
 use switchboard_core::protocol::{ServerFrame, close};
 use time::OffsetDateTime;
 
@@ -69,6 +69,28 @@ pub async fn events(
     let conv: ConvId = id
         .parse()
         .map_err(|e| ApiError::bad_request(format!("{e}")))?;
+    stream(state, conv, q, headers).await
+}
+
+/// `GET /v1/channels/{id}/events`: the same stream for a channel, named
+/// `ch:<name>` or just `<name>`.
+pub async fn channel_events(
+    State(state): State<AppRef>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let name = id.strip_prefix("ch:").unwrap_or(&id);
+    let conv = ConvId::channel(name).map_err(|e| ApiError::bad_request(format!("{e}")))?;
+    stream(state, conv, q, headers).await
+}
+
+async fn stream(
+    state: AppRef,
+    conv: ConvId,
+    q: EventsQuery,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let header_token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -101,7 +123,7 @@ pub async fn events(
     if !state.is_member(&conv, &user).await? {
         return Err(ApiError::not_found("no such conversation"));
     }
-    let reader = Reader::open(state, user, conv, after).await;
+    let reader = Reader::open(state, user, conv, after).await?;
     let stream = futures_util::stream::unfold(reader, |mut r| async move {
         let ev = r.next().await?;
         Some((Ok(ev), r))
@@ -128,7 +150,12 @@ struct Reader {
 }
 
 impl Reader {
-    async fn open(state: Arc<AppState>, user: Address, conv: ConvId, after: u64) -> Reader {
+    async fn open(
+        state: Arc<AppState>,
+        user: Address,
+        conv: ConvId,
+        after: u64,
+    ) -> Result<Reader, ApiError> {
         // Registered before the replay, so nothing sent in between is missed:
         // live messages queue up and the seq check drops what the replay
         // already wrote.
@@ -137,7 +164,8 @@ impl Reader {
             tracing::warn!(error = %e, "registry update failed");
         }
         state.metrics.sse_streams.inc();
-        Reader {
+        // From here on, Drop undoes the registration.
+        let reader = Reader {
             state,
             user,
             conv,
@@ -147,7 +175,19 @@ impl Reader {
             catch_up: true,
             synced_owed: true,
             ended: false,
+        };
+        // A channel's messages come through its subscription, not the user's.
+        if reader.conv.kind() == ConvKind::Channel
+            && reader.state.hub.subscribe(&reader.conv, &reader.handle)
+        {
+            let gw = &reader.state.cfg.gateway_id;
+            reader
+                .state
+                .broker
+                .subscribe_channel(gw, &reader.conv)
+                .await?;
         }
+        Ok(reader)
     }
 
     /// The next event, or `None` when the stream is over.
@@ -174,8 +214,10 @@ impl Reader {
                 }
                 item = self.handle.outbox.pop() => item,
             };
-            let Outbound::Msg { ack, frame } = item else {
-                continue;
+            let (ack, frame) = match item {
+                Outbound::Msg { ack, frame } => (ack, frame),
+                Outbound::Channel { seq, frame } => (seq, frame),
+                Outbound::Frame(_) => continue,
             };
             let (conv, seq) = &*ack;
             if *conv != self.conv || *seq <= self.last {
@@ -244,6 +286,13 @@ impl Reader {
 impl Drop for Reader {
     fn drop(&mut self) {
         self.state.metrics.sse_streams.dec();
+        if self.conv.kind() == ConvKind::Channel
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (state, conv, handle) =
+                (self.state.clone(), self.conv.clone(), self.handle.clone());
+            rt.spawn(async move { crate::conn::leave_channel(&state, &conv, &handle).await });
+        }
         if self.state.hub.remove(&self.user, &self.handle) {
             let (state, user) = (self.state.clone(), self.user);
             if let Ok(rt) = tokio::runtime::Handle::try_current() {

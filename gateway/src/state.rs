@@ -83,7 +83,12 @@ impl AppState {
     }
 
     /// Whether `user` belongs to `conv`, through the members cache.
+    /// For a channel: whether `user` may read it (public: anyone; else its
+    /// members, publishers and creator), asked of the broker every time.
     pub async fn is_member(&self, conv: &ConvId, user: &Address) -> Result<bool, BrokerError> {
+        if conv.kind() == ConvKind::Channel {
+            return self.broker.is_member(conv, user).await;
+        }
         Ok(self.members(conv).await?.is_some_and(|m| m.contains(user)))
     }
 
