@@ -78,6 +78,14 @@ async fn members_for(
     user: &Address,
 ) -> Result<Vec<Member>, ApiError> {
     let not_found = || ApiError::not_found("no such conversation");
+    if conv.kind() == ConvKind::Channel {
+        // Channels track no per-reader state: whoever may read gets the
+        // history, without delivery statuses.
+        return match state.broker.conversation(conv).await? {
+            Some(c) if c.can_read(user) => Ok(Vec::new()),
+            _ => Err(not_found()),
+        };
+    }
     let mut members: Vec<Member> = match (&state.store, conv.kind()) {
         (Some(store), ConvKind::Group) => store.members(conv).await?.ok_or_else(not_found)?,
         _ => {
@@ -324,7 +332,7 @@ pub async fn history(
         .into_iter()
         .filter(|m| before.is_none_or(|b| m.seq < b))
         .map(|m| HistoryItem {
-            status: (m.from == user).then(|| status_of(m.seq)),
+            status: (m.from == user && conv.kind() != ConvKind::Channel).then(|| status_of(m.seq)),
             conv: m.conv,
             seq: m.seq,
             id: m.id,

@@ -181,6 +181,28 @@ async fn replay_unsubscribe_and_sse() {
         .collect();
     assert_eq!(ids, vec!["5", "6", "7"], "{text}");
 
+    // History over REST for a viewer who is not a member: no statuses.
+    let h: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/conversations/{channel}/messages?after=0",
+            http(&g2)
+        ))
+        .bearer_auth(&t_viewer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>(), "{h}");
+    assert!(h["messages"][0].get("status").is_none(), "{h}");
+
     // Unsubscribed: nothing more arrives on the socket.
     assert_eq!(v.recv_type("msg").await["seq"], 7);
     v.send(json!({"type": "unsubscribe", "channel": channel}))
