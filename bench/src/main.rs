@@ -11,9 +11,11 @@
 //!   switchboard-bench persist    # worker vs naive INSERTs, and sent→stored lag
 //!   switchboard-bench drain --connections 10000 --window-seconds 10,1
 //!   switchboard-bench autoscale --runs 10
+//!   switchboard-bench fanout --subscribers 20000 --messages 200 --rate 20 --sse-subscribers 2000
 
 mod autoscale;
 mod drain;
+mod fanout;
 mod persist;
 mod reconcile;
 
@@ -140,6 +142,22 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         report_ms: u64,
     },
+    /// Channel fan-out: one publisher, subscribers split over two gateways
+    /// (WebSocket, then SSE): deliveries, throughput, publish → receive.
+    Fanout {
+        /// WebSocket subscribers (capped at the open-files limit less headroom).
+        #[arg(long, default_value_t = 20_000)]
+        subscribers: usize,
+        /// Messages the publisher sends.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+        /// Publish rate (messages/s).
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// SSE subscribers (0 skips the SSE run).
+        #[arg(long, default_value_t = 2000)]
+        sse_subscribers: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -211,6 +229,12 @@ fn main() -> Result<()> {
             Duration::from_millis(sync_ms),
             Duration::from_millis(report_ms),
         )),
+        Cmd::Fanout {
+            subscribers,
+            messages,
+            rate,
+            sse_subscribers,
+        } => rt.block_on(fanout::run(subscribers, messages, rate, sse_subscribers)),
     }
 }
 

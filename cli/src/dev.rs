@@ -83,6 +83,15 @@ pub struct DevArgs {
     /// `apiKeyEnv` names is read
     #[arg(long, env = "SWITCHBOARD_RELAY_API_KEY", hide_env_values = true)]
     relay_api_key: Option<String>,
+    /// API key (`keyName:keySecret`) of the Ably-compatible endpoints, allowed to
+    /// publish to and read its channels (repeatable; the variable takes a comma list)
+    #[arg(long = "api-key", env = "SWITCHBOARD_API_KEYS", value_delimiter = ',',
+          hide_env_values = true, value_parser = parse_api_key)]
+    api_keys: Vec<switchboard_gateway::ably::ApiKey>,
+}
+
+fn parse_api_key(s: &str) -> Result<switchboard_gateway::ably::ApiKey, String> {
+    s.parse().map_err(|e| format!("{e}"))
 }
 
 /// A session lifetime: a human duration of at least one minute.
@@ -259,6 +268,7 @@ pub async fn run(args: DevArgs, mode: Mode) -> anyhow::Result<()> {
         drain_window: Duration::from_secs(args.drain_seconds),
         session_ttl: args.session_ttl,
         relay,
+        api_keys: args.api_keys.clone(),
         ..GatewayConfig::default()
     };
     let store: Option<DynStore> = store.map(|s| Arc::new(s) as DynStore);

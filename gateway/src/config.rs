@@ -85,6 +85,8 @@ pub struct GatewayConfig {
     /// mounts, see [`crate::relay`]). Today it is logged and exported on
     /// `/metrics` only; `None` (the default): no relay.
     pub relay: Option<RelayConfig>,
+    /// API keys of the Ably-compatible endpoints (`keyName:keySecret`).
+    pub api_keys: Vec<crate::ably::ApiKey>,
 }
 
 /// A connection report expires after this many report intervals.
@@ -127,6 +129,7 @@ impl Default for GatewayConfig {
             report_interval: DEFAULT_REPORT_INTERVAL,
             drain_window: Duration::from_secs(10),
             relay: None,
+            api_keys: Vec::new(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! configuration and calls [`Gateway::start`]; tests start gateways in-process
 //! the same way.
 
+pub mod ably;
 pub mod config;
 mod conn;
 pub mod conversations;

@@ -60,6 +60,11 @@ pub fn router(state: AppRef) -> Router {
         )
         .route("/v1/presence", get(conversations::presence))
         .route("/v1/channels", post(rest::create_channel))
+        // The Ably-compatible subset (see `ably`).
+        .route(
+            "/channels/{name}/messages",
+            post(crate::ably::publish).get(crate::ably::history),
+        )
         .route("/v1/channels/{id}/events", get(crate::sse::channel_events))
         .route("/v1/ws", get(ws_upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
