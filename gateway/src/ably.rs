@@ -10,6 +10,9 @@
 //!   100), `direction` (`backwards`, the default, or `forwards`), `start` /
 //!   `end` (Unix ms, inclusive), pages linked with `Link: <./messages?…>;
 //!   rel="next"` as Ably clients expect.
+//! - `GET /sse` (and `/event-stream`): Ably's SSE subscribe to one or more
+//!   channels, with `rewind` and resume by `lastEvent` / `Last-Event-ID`
+//!   (the stream itself is `crate::sse`'s, in [`crate::sse::Format::Ably`]).
 //!
 //! **Auth**: HTTP Basic with an API key `keyName:keySecret` from the
 //! gateway's configuration (`--api-key`, repeatable). Every configured key
@@ -202,19 +205,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ApiKey, AblyErr
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| AblyError::unauthorized("malformed Basic credentials"))?;
-    let (name, secret) = decoded
-        .split_once(':')
-        .ok_or_else(|| AblyError::unauthorized("an API key is keyName:keySecret"))?;
-    let key = state
-        .cfg
-        .api_keys
-        .iter()
-        .find(|k| k.name == name)
-        .ok_or_else(|| AblyError::new(40400, StatusCode::UNAUTHORIZED, "no such API key"))?;
-    if !key.secret_matches(secret) {
-        return Err(AblyError::unauthorized("invalid API key secret"));
-    }
-    Ok(key.clone())
+    key_of(state, &decoded)
 }
 
 fn channel_id(name: &str) -> Result<ConvId, AblyError> {
@@ -471,8 +462,127 @@ pub async fn history(
     Ok(r)
 }
 
+#[derive(Debug, Deserialize)]
+pub struct SseQuery {
+    channels: Option<String>,
+    channel: Option<String>,
+    key: Option<String>,
+    #[serde(rename = "accessToken")]
+    access_token: Option<String>,
+    #[serde(rename = "lastEvent")]
+    last_event: Option<String>,
+    rewind: Option<u64>,
+    enveloped: Option<bool>,
+    /// The protocol version Ably clients send (`1.2`); accepted, unused.
+    #[serde(rename = "v")]
+    _v: Option<String>,
+}
+
+/// Channels one Ably SSE stream may follow.
+pub const MAX_SSE_CHANNELS: usize = 100;
+
+/// `GET /sse` and `GET /event-stream`: Ably's SSE subscribe. `channels`
+/// (comma list, or `channel`), `key` (or Basic auth), `lastEvent` (or the
+/// `Last-Event-ID` header) to resume, `rewind=N` to start N messages back
+/// per channel, `enveloped` (default true). Without `lastEvent` or `rewind`
+/// only new messages come.
+pub async fn sse(
+    State(state): State<AppRef>,
+    Query(q): Query<SseQuery>,
+    headers: HeaderMap,
+) -> Result<Response, AblyError> {
+    if q.access_token.is_some() && q.key.is_none() {
+        return Err(AblyError::unauthorized(
+            "token auth is not supported here; use key=keyName:keySecret",
+        ));
+    }
+    let key = match &q.key {
+        Some(k) => key_of(&state, k)?,
+        None => authenticate(&state, &headers)?,
+    };
+    let list = q
+        .channels
+        .as_deref()
+        .or(q.channel.as_deref())
+        .ok_or_else(|| AblyError::bad_request("no channels: pass channels=a,b"))?;
+    let names: Vec<&str> = list.split(',').filter(|n| !n.is_empty()).collect();
+    if names.is_empty() || names.len() > MAX_SSE_CHANNELS {
+        return Err(AblyError::bad_request(format!(
+            "1 to {MAX_SSE_CHANNELS} channels per stream"
+        )));
+    }
+    if state.shutdown.is_cancelled() {
+        return Err(AblyError::new(
+            50003,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining; reconnect elsewhere",
+        ));
+    }
+    // Where each channel resumes: the cursor of the last event (a header
+    // wins over the query, as EventSource sends it on reconnect).
+    let last_event = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(q.last_event.clone());
+    let resume: std::collections::HashMap<&str, u64> = last_event
+        .as_deref()
+        .map(|c| {
+            c.split('|')
+                .filter_map(|part| part.rsplit_once('@'))
+                .filter_map(|(n, seq)| Some((n, seq.parse().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut feeds = Vec::with_capacity(names.len());
+    for name in &names {
+        let id = channel_id(name)?;
+        let channel = channel_for(&state, &id, &key).await?;
+        if !channel.can_read(&key.address()) {
+            return Err(AblyError::refused(format!(
+                "API key {} may not subscribe to channel {name}",
+                key.name
+            )));
+        }
+        let after = match resume.get(name) {
+            Some(seq) => *seq,
+            None => {
+                let last = state.broker.read_log(&id, u64::MAX - 1, 1).await?.last_seq;
+                last.saturating_sub(if last_event.is_none() {
+                    q.rewind.unwrap_or(0)
+                } else {
+                    0
+                })
+            }
+        };
+        feeds.push((id, after));
+    }
+    let format = crate::sse::Format::Ably {
+        enveloped: q.enveloped.unwrap_or(true),
+    };
+    let reader = crate::sse::Reader::open(state.clone(), key.address(), feeds, format).await?;
+    Ok(crate::sse::sse(reader).into_response())
+}
+
+/// The configured key `keyName:keySecret` names.
+fn key_of(state: &AppState, given: &str) -> Result<ApiKey, AblyError> {
+    let (name, secret) = given
+        .split_once(':')
+        .ok_or_else(|| AblyError::unauthorized("an API key is keyName:keySecret"))?;
+    let key = state
+        .cfg
+        .api_keys
+        .iter()
+        .find(|k| k.name == name)
+        .ok_or_else(|| AblyError::new(40400, StatusCode::UNAUTHORIZED, "no such API key"))?;
+    if !key.secret_matches(secret) {
+        return Err(AblyError::unauthorized("invalid API key secret"));
+    }
+    Ok(key.clone())
+}
+
 /// A stored message as an Ably message.
-fn ably_message(m: &Message) -> Value {
+pub(crate) fn ably_message(m: &Message) -> Value {
     let fields = ["id", "name", "data", "encoding", "clientId", "extras"];
     let body: Option<Map<String, Value>> = serde_json::from_str(m.body.get()).ok();
     let mut out = match body {

@@ -65,6 +65,8 @@ pub fn router(state: AppRef) -> Router {
             "/channels/{name}/messages",
             post(crate::ably::publish).get(crate::ably::history),
         )
+        .route("/sse", get(crate::ably::sse))
+        .route("/event-stream", get(crate::ably::sse))
         .route("/v1/channels/{id}/events", get(crate::sse::channel_events))
         .route("/v1/ws", get(ws_upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

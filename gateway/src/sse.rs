@@ -36,7 +36,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
+use switchboard_core::broker::BrokerError;
 use switchboard_core::ids::{Address, ConvId, ConvKind};
 use switchboard_core::protocol::{ServerFrame, close};
 use time::OffsetDateTime;
@@ -123,39 +124,66 @@ async fn stream(
     if !state.is_member(&conv, &user).await? {
         return Err(ApiError::not_found("no such conversation"));
     }
-    let reader = Reader::open(state, user, conv, after).await?;
+    let reader = Reader::open(state, user, vec![(conv, after)], Format::Native).await?;
+    Ok(sse(reader))
+}
+
+/// The reader as an SSE response with keep-alive comments.
+pub(crate) fn sse(reader: Reader) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = futures_util::stream::unfold(reader, |mut r| async move {
         let ev = r.next().await?;
         Some((Ok(ev), r))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive")))
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive"))
 }
 
-/// One SSE stream: a hub connection of `user`, filtered to `conv`.
-struct Reader {
-    state: Arc<AppState>,
-    user: Address,
+/// How a stream writes its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Switchboard's: `id: <seq>`, `data:` the `msg` frame, then `synced`
+    /// after the first replay (one conversation per stream).
+    Native,
+    /// Ably's (`crate::ably`): `id:` a cursor over every channel of the
+    /// stream, `data:` the Ably message with its `channel` (enveloped), or
+    /// only its `data`.
+    Ably { enveloped: bool },
+}
+
+/// One conversation of a stream and where it stands.
+struct Feed {
     conv: ConvId,
-    handle: Arc<ConnHandle>,
     /// The last seq written to the stream.
     last: u64,
-    /// Replayed messages not written yet.
-    replay: VecDeque<Event>,
-    /// Read the log from `last` before taking live messages.
+    /// Read the history after `last` before taking live messages.
     catch_up: bool,
-    /// The `synced` event is still owed (after the first replay).
+}
+
+/// One SSE stream: a hub connection of `user`, filtered to its feeds (a
+/// channel's messages come through the channel's subscription, others
+/// through the user's routing).
+pub(crate) struct Reader {
+    state: Arc<AppState>,
+    user: Address,
+    handle: Arc<ConnHandle>,
+    feeds: Vec<Feed>,
+    format: Format,
+    /// Replayed events not written yet.
+    replay: VecDeque<Event>,
+    /// The `synced` event is still owed (native format, first replay).
     synced_owed: bool,
-    /// The stream has ended (after `event: close`).
+    /// The stream has ended (after `event: close` or `event: error`).
     ended: bool,
 }
 
 impl Reader {
-    async fn open(
+    /// Open a stream for `user` over `feeds` (conversation, last seq the
+    /// reader holds). The caller has checked the right to read each.
+    pub(crate) async fn open(
         state: Arc<AppState>,
         user: Address,
-        conv: ConvId,
-        after: u64,
-    ) -> Result<Reader, ApiError> {
+        feeds: Vec<(ConvId, u64)>,
+        format: Format,
+    ) -> Result<Reader, BrokerError> {
         // Registered before the replay, so nothing sent in between is missed:
         // live messages queue up and the seq check drops what the replay
         // already wrote.
@@ -168,24 +196,27 @@ impl Reader {
         let reader = Reader {
             state,
             user,
-            conv,
             handle,
-            last: after,
+            feeds: feeds
+                .into_iter()
+                .map(|(conv, last)| Feed {
+                    conv,
+                    last,
+                    catch_up: true,
+                })
+                .collect(),
+            format,
             replay: VecDeque::new(),
-            catch_up: true,
-            synced_owed: true,
+            synced_owed: format == Format::Native,
             ended: false,
         };
-        // A channel's messages come through its subscription, not the user's.
-        if reader.conv.kind() == ConvKind::Channel
-            && reader.state.hub.subscribe(&reader.conv, &reader.handle)
-        {
-            let gw = &reader.state.cfg.gateway_id;
-            reader
-                .state
-                .broker
-                .subscribe_channel(gw, &reader.conv)
-                .await?;
+        for f in &reader.feeds {
+            if f.conv.kind() == ConvKind::Channel
+                && reader.state.hub.subscribe(&f.conv, &reader.handle)
+            {
+                let gw = &reader.state.cfg.gateway_id;
+                reader.state.broker.subscribe_channel(gw, &f.conv).await?;
+            }
         }
         Ok(reader)
     }
@@ -199,8 +230,8 @@ impl Reader {
             if let Some(ev) = self.replay.pop_front() {
                 return Some(ev);
             }
-            if self.catch_up {
-                if let Err(ev) = self.fill().await {
+            if let Some(i) = self.feeds.iter().position(|f| f.catch_up) {
+                if let Err(ev) = self.fill(i).await {
                     self.ended = true;
                     return Some(ev);
                 }
@@ -220,25 +251,74 @@ impl Reader {
                 Outbound::Frame(_) => continue,
             };
             let (conv, seq) = &*ack;
-            if *conv != self.conv || *seq <= self.last {
+            let Some(i) = self.feeds.iter().position(|f| f.conv == *conv) else {
+                continue;
+            };
+            let last = self.feeds[i].last;
+            if *seq <= last {
                 continue;
             }
-            if *seq == self.last + 1 {
-                self.last = *seq;
-                return Some(message_event(*seq, &frame));
+            if *seq == last + 1 {
+                self.feeds[i].last = *seq;
+                match self.event(i, *seq, &frame) {
+                    Some(ev) => return Some(ev),
+                    None => continue,
+                }
             }
             // A gap (a message routed before this stream registered, or lost
             // in transit): the log has it, and this one after it.
-            self.catch_up = true;
+            self.feeds[i].catch_up = true;
         }
     }
 
-    /// One page of replay into `self.replay`, followed by the `synced`
-    /// event when the first replay has caught up. `Err`: the history cannot
+    /// The event for message `seq` of feed `i` (its `last` already moved),
+    /// whose `msg` frame is `frame`.
+    fn event(&self, i: usize, seq: u64, frame: &str) -> Option<Event> {
+        match self.format {
+            Format::Native => Some(message_event(seq, frame)),
+            Format::Ably { enveloped } => {
+                let Ok(ServerFrame::Msg(m)) = ServerFrame::from_json(frame) else {
+                    return None;
+                };
+                let name = self.feeds[i].conv.channel_name().unwrap_or_default();
+                let mut v = crate::ably::ably_message(&m);
+                let data = if enveloped {
+                    v["channel"] = json!(name);
+                    v.to_string()
+                } else {
+                    match v.get("data") {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(other) => other.to_string(),
+                        None => String::new(),
+                    }
+                };
+                Some(
+                    Event::default()
+                        .id(self.cursor())
+                        .event("message")
+                        .data(data),
+                )
+            }
+        }
+    }
+
+    /// Ably format: where every feed stands, `<name>@<seq>|…` — the id a
+    /// reconnect passes back (`lastEvent` / `Last-Event-ID`).
+    fn cursor(&self) -> String {
+        self.feeds
+            .iter()
+            .map(|f| format!("{}@{}", f.conv.channel_name().unwrap_or_default(), f.last))
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
+    /// One page of feed `i`'s replay into `self.replay` (then, in the native
+    /// format, `synced` after the first replay). `Err`: the history cannot
     /// be read; the error event to end the stream with.
-    async fn fill(&mut self) -> Result<(), Event> {
+    async fn fill(&mut self, i: usize) -> Result<(), Event> {
         let limit = self.state.cfg.sync_limit.max(1);
-        let page = match history::replay(&self.state, &self.conv, self.last, limit).await {
+        let conv = self.feeds[i].conv.clone();
+        let page = match history::replay(&self.state, &conv, self.feeds[i].last, limit).await {
             Ok(p) => p,
             Err(e) => {
                 let msg = match e {
@@ -256,21 +336,23 @@ impl Reader {
         let got = page.messages.len();
         for m in page.messages {
             let seq = m.seq;
+            self.feeds[i].last = seq;
             let frame = ServerFrame::Msg(m).to_json();
-            self.replay.push_back(message_event(seq, &frame));
-            self.last = seq;
+            if let Some(ev) = self.event(i, seq, &frame) {
+                self.replay.push_back(ev);
+            }
         }
         // A full page may have more behind it; a short one (or a hole the
         // store cannot fill yet) ends this catch-up.
         if got >= limit && page.recovered {
             return Ok(());
         }
-        self.catch_up = false;
+        self.feeds[i].catch_up = false;
         if !std::mem::take(&mut self.synced_owed) {
             return Ok(());
         }
         let synced = ServerFrame::Synced {
-            conv: self.conv.clone(),
+            conv,
             recovered: page.recovered,
             last_seq: page.last_seq,
             epoch: page.epoch,
@@ -286,12 +368,16 @@ impl Reader {
 impl Drop for Reader {
     fn drop(&mut self) {
         self.state.metrics.sse_streams.dec();
-        if self.conv.kind() == ConvKind::Channel
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            let (state, conv, handle) =
-                (self.state.clone(), self.conv.clone(), self.handle.clone());
-            rt.spawn(async move { crate::conn::leave_channel(&state, &conv, &handle).await });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            for f in &self.feeds {
+                if f.conv.kind() == ConvKind::Channel {
+                    let (state, conv, handle) =
+                        (self.state.clone(), f.conv.clone(), self.handle.clone());
+                    rt.spawn(
+                        async move { crate::conn::leave_channel(&state, &conv, &handle).await },
+                    );
+                }
+            }
         }
         if self.state.hub.remove(&self.user, &self.handle) {
             let (state, user) = (self.state.clone(), self.user);

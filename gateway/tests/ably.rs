@@ -236,3 +236,150 @@ async fn publish_history_and_errors() {
         assert_eq!(headers["x-ably-errorcode"], code.to_string().as_str());
     }
 }
+
+/// One Ably SSE event.
+#[derive(Debug)]
+struct Ev {
+    id: String,
+    data: Value,
+}
+
+/// Reads Ably SSE events from a response (comments skipped).
+struct Events {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Events {
+    async fn open(url: &str) -> Events {
+        let resp = reqwest::get(url).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{url}");
+        Events {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Ev {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut data, mut event) = (String::new(), String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event = v.to_string();
+                    }
+                }
+                if event.is_empty() {
+                    continue; // :keepalive
+                }
+                assert_eq!(event, "message", "{block}");
+                return Ev {
+                    id,
+                    data: serde_json::from_str(&data).unwrap(),
+                };
+            }
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), self.resp.chunk())
+                .await
+                .expect("an event within 5 s")
+                .unwrap()
+                .expect("the stream is open");
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn sse_subscribe_rewind_and_resume() {
+    let backend = Backend::memory();
+    let cfg = GatewayConfig {
+        api_keys: vec![KEY.parse().unwrap()],
+        ..fast_config()
+    };
+    let gw = start_gateway(&backend, cfg).await;
+    let base = http(&gw);
+    for n in 1..=3 {
+        let (s, v, _) = post(
+            &base,
+            "news",
+            Some(&basic(KEY)),
+            json!({"name": "n", "data": n}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    // Two channels, the last 2 messages of each to start with.
+    let url = format!("{base}/sse?v=1.2&channels=news,sport&key={KEY}&rewind=2");
+    let mut es = Events::open(&url).await;
+    let a = es.next().await;
+    assert_eq!(
+        (a.data["channel"].as_str(), &a.data["data"]),
+        (Some("news"), &json!(2))
+    );
+    assert_eq!(a.id, "news@2|sport@0");
+    let b = es.next().await;
+    assert_eq!(b.data["data"], 3);
+    post(
+        &base,
+        "sport",
+        Some(&basic(KEY)),
+        json!({"name": "goal", "data": "1-0"}),
+    )
+    .await;
+    let c = es.next().await;
+    assert_eq!(
+        (c.data["channel"].as_str(), c.data["name"].as_str()),
+        (Some("sport"), Some("goal"))
+    );
+    assert_eq!(c.id, "news@3|sport@1");
+    assert!(c.data["timestamp"].as_u64().is_some());
+
+    // Dropped; two more while away; resume from the last id seen.
+    drop(es);
+    for n in 4..=5 {
+        post(&base, "news", Some(&basic(KEY)), json!({"data": n})).await;
+    }
+    let mut es = Events::open(&format!(
+        "{base}/sse?channels=news,sport&key={KEY}&lastEvent={}",
+        c.id.replace('|', "%7C")
+    ))
+    .await;
+    assert_eq!(es.next().await.data["data"], 4);
+    let e = es.next().await;
+    assert_eq!(
+        (e.data["data"].as_i64(), e.id.as_str()),
+        (Some(5), "news@5|sport@1")
+    );
+
+    // enveloped=false: the data alone; no lastEvent or rewind: only new ones.
+    let mut raw = Events::open(&format!(
+        "{base}/sse?channels=news&key={KEY}&enveloped=false"
+    ))
+    .await;
+    post(
+        &base,
+        "news",
+        Some(&basic(KEY)),
+        json!({"data": {"k": "v"}}),
+    )
+    .await;
+    assert_eq!(raw.next().await.data, json!({"k": "v"}));
+
+    // Errors before the stream: Ably ErrorInfo.
+    for (query, status, code) in [
+        ("channels=news&key=app.key1:nope".to_string(), 401, 40101),
+        ("channels=news&key=other:x".to_string(), 401, 40400),
+        ("channels=news&accessToken=abc".to_string(), 401, 40101),
+        (format!("key={KEY}"), 400, 40000),
+        (format!("channels=bad%20name&key={KEY}"), 400, 40010),
+    ] {
+        let r = reqwest::get(format!("{base}/sse?{query}")).await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{query}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], code, "{query}: {v}");
+    }
+}

@@ -3,8 +3,11 @@
 //! (REST client, key auth, `restHost`/`port`/`tls: false`) against a
 //! gateway on a real Redis.
 //!
-//! Needs Node.js and the package: `scripts/test` installs `ably` into
-//! `~/.cache/switchboard/node/ably-<version>` and sets
+//! The same script then reads the SSE endpoint with a generic EventSource
+//! client (npm `eventsource`) and gets what the SDK published.
+//!
+//! Needs Node.js and the packages: `scripts/test` installs `ably` and
+//! `eventsource` into `~/.cache/switchboard/node/<hash>` and sets
 //! `SWITCHBOARD_ABLY_NODE_PATH` to its `node_modules`.
 #![allow(clippy::unwrap_used)]
 
@@ -17,23 +20,34 @@ use std::time::Duration;
 use common::*;
 use switchboard_gateway::GatewayConfig;
 
-/// The `ably` npm package version `scripts/test` installs.
-const ABLY_JS_VERSION: &str = "2.28.0";
+/// The npm packages the script needs (`scripts/test` installs them).
+const PACKAGES: [&str; 2] = ["ably", "eventsource"];
 
+/// `SWITCHBOARD_ABLY_NODE_PATH`, else an install of both packages under
+/// `~/.cache/switchboard/node/` (what `scripts/test` leaves there).
 fn node_path() -> PathBuf {
     if let Ok(p) = std::env::var("SWITCHBOARD_ABLY_NODE_PATH") {
         return PathBuf::from(p);
     }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let p = PathBuf::from(home).join(format!(
-        ".cache/switchboard/node/ably-{ABLY_JS_VERSION}/node_modules"
-    ));
-    assert!(
-        p.join("ably/package.json").exists(),
-        "the npm package `ably` is not installed: run scripts/test, or \
-         `npm install --prefix ~/.cache/switchboard/node/ably-{ABLY_JS_VERSION} ably@{ABLY_JS_VERSION}`"
-    );
-    p
+    let root =
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/switchboard/node");
+    let found = std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("node_modules"))
+        .find(|m| {
+            PACKAGES
+                .iter()
+                .all(|p| m.join(p).join("package.json").exists())
+        });
+    found.unwrap_or_else(|| {
+        panic!(
+            "the npm packages {PACKAGES:?} are not installed: run scripts/test, or \
+             `npm install --prefix DIR ably@2.28.0 eventsource@2.0.2` and set \
+             SWITCHBOARD_ABLY_NODE_PATH=DIR/node_modules"
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,26 @@ async function main() {
   const all = await ch.history({ direction: 'forwards', limit: 10 });
   assert.deepEqual(all.items.map((m) => m.name), ['greeting', 'a', 'b', 'n']);
 
+  // A generic EventSource client on the SSE endpoint gets what the SDK
+  // published: the last two by rewind, then one live.
+  const EventSource = require('eventsource');
+  const url = `http://127.0.0.1:${port}/sse?v=1.2&channels=sdk-test&key=${encodeURIComponent(key)}&rewind=2`;
+  const got = await new Promise((resolve, reject) => {
+    const es = new EventSource(url);
+    const seen = [];
+    const timer = setTimeout(() => { es.close(); reject(new Error(`SSE: got ${JSON.stringify(seen)}`)); }, 10000);
+    es.addEventListener('message', (e) => {
+      const m = JSON.parse(e.data);
+      seen.push({ name: m.name, channel: m.channel, id: e.lastEventId });
+      if (seen.length === 2) ch.publish('live', 'now').catch(reject);
+      if (seen.length === 3) { clearTimeout(timer); es.close(); resolve(seen); }
+    });
+    es.onerror = (e) => { if (e && e.status) { clearTimeout(timer); es.close(); reject(new Error(`SSE error ${e.status}`)); } };
+  });
+  assert.deepEqual(got.map((m) => m.name), ['b', 'n', 'live']);
+  assert.ok(got.every((m) => m.channel === 'sdk-test'));
+  assert.equal(got[2].id, 'sdk-test@5');
+
   for (const [badKey, code] of [
     [key.split(':')[0] + ':wrong-secret', 40101],
     ['app.unknown:secret', 40400],
