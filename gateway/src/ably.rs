@@ -12,7 +12,7 @@
 //!   rel="next"` as Ably clients expect.
 //! - `GET /sse` (and `/event-stream`): Ably's SSE subscribe to one or more
 //!   channels, with `rewind` and resume by `lastEvent` / `Last-Event-ID`
-//!   (the stream itself is `crate::sse`'s, in [`crate::sse::Format::Ably`]).
+//!   (the stream itself is `crate::sse`'s, in its Ably format).
 //!
 //! **Auth**: HTTP Basic with an API key `keyName:keySecret` from the
 //! gateway's configuration (`--api-key`, repeatable). Every configured key
