@@ -71,6 +71,7 @@ async fn fill(
                         id: MsgId::random(),
                         from: *from,
                         body: body(i),
+                        privileged: false,
                     })
                     .await?;
                 out.push(o.message);
@@ -285,6 +286,7 @@ async fn lag(
                         id: MsgId::random(),
                         from,
                         body: body(n),
+                        privileged: false,
                     })
                     .await?;
                 sent_at

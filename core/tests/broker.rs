@@ -70,6 +70,7 @@ fn req(conv: &ConvId, id: &str, from: Address, b: &str) -> SendRequest {
         id: id.parse::<MsgId>().unwrap(),
         from,
         body: body(b),
+        privileged: false,
     }
 }
 
@@ -833,9 +834,15 @@ async fn channels(e: &Engine) {
         b.send(req(&public.id, "c3", outsider, "3")).await,
         Err(BrokerError::NotPublisher)
     ));
+    // A privileged sender (a configured API key) needs no publisher entry.
+    let key_send = SendRequest {
+        privileged: true,
+        ..req(&public.id, "k1", outsider, "3")
+    };
+    assert_eq!(b.send(key_send).await.unwrap().message.seq, 3);
     assert_eq!(
         seqs(&b.read_log(&public.id, 0, 10).await.unwrap().messages),
-        vec![1, 2]
+        vec![1, 2, 3]
     );
 
     let private = Conversation {

@@ -522,6 +522,7 @@ impl Conn {
                     id,
                     from: self.user,
                     body,
+                    privileged: false,
                 };
                 let reference = req.id.to_string();
                 match crate::history::send(&self.state, req).await {

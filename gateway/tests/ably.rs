@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 use switchboard_gateway::GatewayConfig;
 
 const KEY: &str = "app.key1:s3cret";
+/// A key limited to `news` and `live-*`.
+const LIMITED: &str = "lim.k:l1m:news|live-*";
+const LIMITED_AUTH: &str = "lim.k:l1m";
 
 fn basic(key: &str) -> String {
     format!(
@@ -56,7 +59,7 @@ async fn get(base: &str, path: &str) -> (u16, Value, Option<String>) {
 async fn publish_history_and_errors() {
     let backend = Backend::redis();
     let cfg = GatewayConfig {
-        api_keys: vec![KEY.parse().unwrap()],
+        api_keys: vec![KEY.parse().unwrap(), LIMITED.parse().unwrap()],
         ..fast_config()
     };
     let gw = start_gateway(&backend, cfg).await;
@@ -163,8 +166,6 @@ async fn publish_history_and_errors() {
     assert_eq!(unused, json!([]));
 
     // A message sent over WebSocket by a publisher reads back as JSON data.
-    // (The key's own channel: only it publishes; a wallet channel refuses
-    // the key.)
     let owner = Wallet::random();
     let t_owner = login(&base, &owner).await;
     let r = reqwest::Client::new()
@@ -184,6 +185,25 @@ async fn publish_history_and_errors() {
     assert_eq!(h[0]["encoding"], "json");
     let data: Value = serde_json::from_str(h[0]["data"].as_str().unwrap()).unwrap();
     assert_eq!(data, json!({"text": "hi"}));
+
+    // A key may publish to any channel, a wallet's too (a limited key only
+    // to its patterns: below).
+    let (status, v, _) = post(
+        &base,
+        "walletch",
+        Some(&basic(KEY)),
+        json!({"data": "by key"}),
+    )
+    .await;
+    assert_eq!((status, &v["serials"]), (201, &json!(["2"])), "{v}");
+    let (status, _, _) = post(
+        &base,
+        "live-1",
+        Some(&basic(LIMITED_AUTH)),
+        json!({"data": 1}),
+    )
+    .await;
+    assert_eq!(status, 201);
 
     // Errors, as Ably ErrorInfo with its codes and headers.
     for (auth, channel, body, status, code) in [
@@ -209,7 +229,13 @@ async fn publish_history_and_errors() {
             401,
             40101,
         ),
-        (Some(basic(KEY)), "walletch", json!({"data": 1}), 401, 40160),
+        (
+            Some(basic(LIMITED_AUTH)),
+            "walletch",
+            json!({"data": 1}),
+            401,
+            40160,
+        ),
         (
             Some(basic(KEY)),
             "bad%20name",
@@ -297,7 +323,7 @@ impl Events {
 async fn sse_subscribe_rewind_and_resume() {
     let backend = Backend::memory();
     let cfg = GatewayConfig {
-        api_keys: vec![KEY.parse().unwrap()],
+        api_keys: vec![KEY.parse().unwrap(), LIMITED.parse().unwrap()],
         ..fast_config()
     };
     let gw = start_gateway(&backend, cfg).await;
@@ -376,6 +402,11 @@ async fn sse_subscribe_rewind_and_resume() {
         ("channels=news&accessToken=abc".to_string(), 401, 40101),
         (format!("key={KEY}"), 400, 40000),
         (format!("channels=bad%20name&key={KEY}"), 400, 40010),
+        (
+            format!("channels=news,sport&key={LIMITED_AUTH}"),
+            401,
+            40160,
+        ),
     ] {
         let r = reqwest::get(format!("{base}/sse?{query}")).await.unwrap();
         assert_eq!(r.status().as_u16(), status, "{query}");

@@ -170,6 +170,10 @@ pub struct SendRequest {
     pub id: MsgId,
     pub from: Address,
     pub body: Box<RawValue>,
+    /// The sender is a configured API key (the Ably-compatible endpoints),
+    /// which may publish to every channel: the publisher check is skipped.
+    /// Only for channels; `false` everywhere else.
+    pub privileged: bool,
 }
 
 /// The result of a send.

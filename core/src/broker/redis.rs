@@ -719,6 +719,8 @@ impl Broker for RedisBroker {
             match req.conv.kind() {
                 ConvKind::Direct => "dm",
                 ConvKind::Group => "g",
+                // `chx`: a privileged sender, no publisher check.
+                ConvKind::Channel if req.privileged => "chx",
                 ConvKind::Channel => "ch",
             }
             .into(),

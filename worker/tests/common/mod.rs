@@ -84,6 +84,7 @@ pub async fn send(
             id: id.clone(),
             from,
             body: RawValue::from_string(body.to_string()).unwrap(),
+            privileged: false,
         })
         .await?;
     let seq = out.message.seq;
