@@ -135,6 +135,11 @@ pub struct GatewaySpec {
     /// How a gateway pod leaves: first unready, then sockets closed in batches.
     #[serde(default)]
     pub drain: DrainSpec,
+    /// Secret key holding the API keys of the Ably-compatible endpoints
+    /// (`keyName:keySecret` or `keyName:keySecret:channel|prefix*`, comma
+    /// separated). Omit to accept no API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys_secret_ref: Option<ApiKeySecretRef>,
 }
 
 impl Default for GatewaySpec {
@@ -146,6 +151,7 @@ impl Default for GatewaySpec {
             service: ServiceSpec::default(),
             resources: None,
             drain: DrainSpec::default(),
+            api_keys_secret_ref: None,
         }
     }
 }

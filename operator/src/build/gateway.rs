@@ -157,6 +157,9 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
             &key.into(),
         ));
     }
+    if let Some(keys) = &spec.gateway.api_keys_secret_ref {
+        env_vars.push(env_secret("SWITCHBOARD_API_KEYS", &keys.into()));
+    }
     env_vars.push(env("RUST_LOG", "info"));
 
     let mut mounts = vec![
