@@ -254,7 +254,7 @@ async fn channel_for(
     id: &ConvId,
     key: &ApiKey,
 ) -> Result<Conversation, AblyError> {
-    if let Some(c) = state.broker.conversation(id).await? {
+    if let Some(c) = state.channel(id).await? {
         return Ok(c);
     }
     let conv = Conversation {
@@ -267,14 +267,13 @@ async fn channel_for(
         publishers: Vec::new(),
         visibility: Some(Visibility::Public),
     };
-    match state.broker.create_channel(&conv).await {
+    match state.create_channel(&conv).await {
         // Created by a concurrent request: read theirs.
         Ok(()) | Err(BrokerError::AlreadyExists) => {}
         Err(e) => return Err(e.into()),
     }
     state
-        .broker
-        .conversation(id)
+        .channel(id)
         .await?
         .ok_or_else(|| AblyError::new(50000, StatusCode::INTERNAL_SERVER_ERROR, "channel vanished"))
 }
@@ -437,7 +436,7 @@ pub async fn history(
             key.name
         )));
     }
-    if state.broker.conversation(&id).await?.is_none() {
+    if state.channel(&id).await?.is_none() {
         // An unused channel has an empty history.
         return Ok(Json(Vec::<Value>::new()).into_response());
     }

@@ -81,7 +81,7 @@ async fn members_for(
     if conv.kind() == ConvKind::Channel {
         // Channels track no per-reader state: whoever may read gets the
         // history, without delivery statuses.
-        return match state.broker.conversation(conv).await? {
+        return match state.channel(conv).await? {
             Some(c) if c.can_read(user) => Ok(Vec::new()),
             _ => Err(not_found()),
         };

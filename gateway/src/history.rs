@@ -101,9 +101,15 @@ pub async fn send(state: &AppState, req: SendRequest) -> Result<SendOutcome, Bro
     let unavailable = |e: StoreError| BrokerError::Unavailable(format!("store: {e}"));
     let last_seq = store.last_seq(&req.conv).await.map_err(unavailable)?;
     let group = match req.conv.kind() {
-        // A channel's description is created with it and kept by the broker;
-        // seeding restores only its seq counter.
-        switchboard_core::ids::ConvKind::Direct | switchboard_core::ids::ConvKind::Channel => None,
+        switchboard_core::ids::ConvKind::Direct => None,
+        // A channel's description comes back from the store first (the
+        // send script checks its publishers); the seed gives its counter.
+        switchboard_core::ids::ConvKind::Channel => {
+            if state.channel(&req.conv).await?.is_none() {
+                return Err(BrokerError::NotMember);
+            }
+            None
+        }
         switchboard_core::ids::ConvKind::Group => {
             let Some(members) = store.members(&req.conv).await.map_err(unavailable)? else {
                 return Err(BrokerError::NotMember);

@@ -218,6 +218,7 @@ pub async fn get_conversation(
             }),
             None => None,
         },
+        (_, ConvKind::Channel) => state.channel(&id).await?,
         _ => state.broker.conversation(&id).await?,
     };
     match found {
@@ -303,8 +304,8 @@ pub async fn create_channel(
         publishers,
         visibility: Some(visibility),
     };
-    state.broker.create_channel(&conv).await?;
+    state.create_channel(&conv).await?;
     // Read back: the creator is among the publishers.
-    let created = state.broker.conversation(&conv.id).await?.unwrap_or(conv);
+    let created = state.channel(&conv.id).await?.unwrap_or(conv);
     Ok((StatusCode::CREATED, Json(created)))
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use switchboard_core::auth::siwe::SiweVerifier;
 use switchboard_core::auth::token::TokenSigner;
-use switchboard_core::broker::{BrokerError, DynBroker};
+use switchboard_core::broker::{BrokerError, Conversation, DynBroker};
 use switchboard_core::ids::{Address, ConvId, ConvKind};
 use switchboard_core::store::DynStore;
 use tokio_util::sync::CancellationToken;
@@ -84,12 +84,51 @@ impl AppState {
 
     /// Whether `user` belongs to `conv`, through the members cache.
     /// For a channel: whether `user` may read it (public: anyone; else its
-    /// members, publishers and creator), asked of the broker every time.
+    /// members, publishers and creator), asked every time.
     pub async fn is_member(&self, conv: &ConvId, user: &Address) -> Result<bool, BrokerError> {
         if conv.kind() == ConvKind::Channel {
-            return self.broker.is_member(conv, user).await;
+            return Ok(self.channel(conv).await?.is_some_and(|c| c.can_read(user)));
         }
         Ok(self.members(conv).await?.is_some_and(|m| m.contains(user)))
+    }
+
+    /// A channel's description: the broker's, or — when the broker lost it
+    /// (Redis restarted empty) and a store is configured — the store's,
+    /// given back to the broker on the way.
+    pub async fn channel(&self, conv: &ConvId) -> Result<Option<Conversation>, BrokerError> {
+        if let Some(c) = self.broker.conversation(conv).await? {
+            return Ok(Some(c));
+        }
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let stored = store
+            .channel(conv)
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("store: {e}")))?;
+        let Some(c) = stored else { return Ok(None) };
+        match self.broker.create_channel(&c).await {
+            Ok(()) | Err(BrokerError::AlreadyExists) => {
+                tracing::info!(%conv, "channel restored into the broker from the store");
+                Ok(Some(c))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Create a channel: in the store first (the source of truth, when
+    /// configured), then in the broker, whose copy the send script checks.
+    pub async fn create_channel(&self, conv: &Conversation) -> Result<(), BrokerError> {
+        if let Some(store) = &self.store {
+            let created = store
+                .create_channel(conv)
+                .await
+                .map_err(|e| BrokerError::Unavailable(format!("store: {e}")))?;
+            if !created {
+                return Err(BrokerError::AlreadyExists);
+            }
+        }
+        self.broker.create_channel(conv).await
     }
 
     /// Forget the cached members of `conv` after a membership change here

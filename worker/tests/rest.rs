@@ -440,3 +440,99 @@ async fn store_members(
         .await
         .unwrap()
 }
+
+/// Channels with PostgreSQL: the definition is stored with the channel, so
+/// when Redis comes back empty the channel is given back to the broker
+/// (readers, publishers, visibility) and its seqs continue from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_survive_a_redis_that_lost_its_state() {
+    use switchboard_client::{Client as Sdk, ClientOptions};
+    let redis = RedisServer::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let (store, _) = store(&pg, "channels").await;
+    let cfg = switchboard_core::broker::BrokerConfig {
+        seed_from_store: true,
+        ..broker_config()
+    };
+    let broker = Arc::new(RedisBroker::connect(&redis.url(), cfg).await.unwrap());
+    let worker = Worker::connect(&redis.url(), store.clone(), worker_config())
+        .await
+        .unwrap();
+    let streams = worker.streams();
+    let stop = CancellationToken::new();
+    let w = {
+        let stop = stop.clone();
+        tokio::spawn(async move { worker.run(stop).await })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start_with_store(
+        GatewayConfig::default(),
+        broker.clone(),
+        Some(Arc::new(store.clone())),
+        listener,
+    )
+    .await
+    .unwrap();
+    let api = Api {
+        http: Client::new(),
+        base: format!("http://{}", gw.local_addr()),
+        gw,
+    };
+    let (owner, publisher, reader, outsider) = (addr(), addr(), addr(), addr());
+    let (st, ch) = api
+        .post(
+            &owner,
+            "/v1/channels",
+            json!({"name": "kept", "visibility": "members",
+                   "publishers": [publisher.to_string()], "members": [reader.to_string()]}),
+        )
+        .await;
+    assert_eq!(st.as_u16(), 201, "{ch}");
+    let conv: ConvId = "ch:kept".parse().unwrap();
+    let sdk = |u: &Address| {
+        let token = api.token(u);
+        let base = api.base.clone();
+        async move {
+            Sdk::connect_with_token(&base, &token, ClientOptions::default())
+                .await
+                .unwrap()
+        }
+    };
+    let po = sdk(&owner).await;
+    assert_eq!(po.send(&conv, json!({"n": 1})).await.unwrap().seq, 1);
+    drained(&streams, Duration::from_secs(30)).await;
+    assert_eq!(
+        switchboard_core::store::Store::last_seq(&store, &conv)
+            .await
+            .unwrap(),
+        1
+    );
+    stop.cancel();
+    w.await.unwrap();
+
+    // Redis loses everything.
+    redis.command(&["FLUSHALL"]).unwrap();
+    assert!(broker.conversation(&conv).await.unwrap().is_none());
+
+    // Reading gives the channel back to the broker, as it was.
+    let (st, back) = api.get(&reader, "/v1/conversations/ch:kept").await;
+    assert_eq!(st.as_u16(), 200, "{back}");
+    assert_eq!(back["visibility"], "members");
+    assert_eq!(back["publishers"].as_array().unwrap().len(), 2, "{back}");
+    assert_eq!(
+        api.get(&outsider, "/v1/conversations/ch:kept")
+            .await
+            .0
+            .as_u16(),
+        404
+    );
+    // The publisher's next message continues the stored seqs.
+    let pp = sdk(&publisher).await;
+    assert_eq!(pp.send(&conv, json!({"n": 2})).await.unwrap().seq, 2);
+    // And a reader still cannot post.
+    let pr = sdk(&reader).await;
+    assert!(pr.send(&conv, json!({"n": 3})).await.is_err());
+    for c in [po, pp, pr] {
+        c.close().await;
+    }
+}

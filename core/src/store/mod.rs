@@ -166,6 +166,12 @@ pub trait Store: Send + Sync + 'static {
     /// Create a group with its members; the creator is admin. `Ok(false)`
     /// when the id exists already.
     async fn create_group(&self, conv: &Conversation) -> Result<bool>;
+    /// Create a channel: its conversation row and who may post and read.
+    /// `Ok(false)` when the name is taken.
+    async fn create_channel(&self, conv: &Conversation) -> Result<bool>;
+    /// A channel as created (publishers including the creator), `None`
+    /// when unknown: what the broker is given back after losing its state.
+    async fn channel(&self, conv: &ConvId) -> Result<Option<Conversation>>;
     /// Members of `conv` with roles and watermarks; `None` when the
     /// conversation is unknown. Direct conversations list the members that
     /// have a row (they appear with their first message).

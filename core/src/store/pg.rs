@@ -19,7 +19,7 @@ use sqlx::{Executor, Row};
 use super::{
     Batch, BatchOutcome, ConversationSummary, ListCursor, Member, Result, Role, Store, StoreError,
 };
-use crate::broker::Conversation;
+use crate::broker::{Conversation, Visibility};
 use crate::ids::{Address, ConvId, ConvKind, MsgId};
 use crate::protocol::Message;
 
@@ -360,6 +360,89 @@ impl Store for PgStore {
         .map_err(classify)?;
         tx.commit().await.map_err(classify)?;
         Ok(true)
+    }
+
+    async fn create_channel(&self, conv: &Conversation) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let created = sqlx::query(
+            "INSERT INTO conversations (id, kind, title, created_by, created_at)
+             VALUES ($1, 'channel', $2, $3, to_ms_ts($4))
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(conv.id.as_str())
+        .bind(conv.title.as_deref())
+        .bind(conv.created_by.map(|a| a.lower()))
+        .bind(conv.created_at as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected()
+            == 1;
+        if !created {
+            return Ok(false);
+        }
+        let mut publishers: Vec<String> = conv.publishers.iter().map(Address::lower).collect();
+        publishers.extend(conv.created_by.map(|a| a.lower()));
+        publishers.sort();
+        publishers.dedup();
+        let members: Vec<String> = conv.members.iter().map(Address::lower).collect();
+        let visibility = match conv.visibility {
+            Some(Visibility::Members) => "members",
+            _ => "public",
+        };
+        sqlx::query(
+            "INSERT INTO channels (conv_id, visibility, publishers, members)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(conv.id.as_str())
+        .bind(visibility)
+        .bind(&publishers)
+        .bind(&members)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn channel(&self, conv: &ConvId) -> Result<Option<Conversation>> {
+        let row = sqlx::query(
+            "SELECT c.title, c.created_by, (extract(epoch FROM c.created_at) * 1000)::bigint AS ms,
+                    ch.visibility, ch.publishers, ch.members
+             FROM conversations c JOIN channels ch ON ch.conv_id = c.id
+             WHERE c.id = $1",
+        )
+        .bind(conv.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        let Some(r) = row else { return Ok(None) };
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Rejected(format!("stored {what} of {conv} unreadable: {e}"))
+        };
+        let addrs = |list: Vec<String>, what: &str| -> Result<Vec<Address>> {
+            list.iter()
+                .map(|a| a.parse::<Address>().map_err(|e| bad(what, &e)))
+                .collect()
+        };
+        let created_by: Option<String> = r.try_get("created_by").map_err(classify)?;
+        let visibility: String = r.try_get("visibility").map_err(classify)?;
+        Ok(Some(Conversation {
+            id: conv.clone(),
+            kind: ConvKind::Channel,
+            title: r.try_get("title").map_err(classify)?,
+            members: addrs(r.try_get("members").map_err(classify)?, "member")?,
+            created_by: created_by
+                .map(|a| a.parse::<Address>().map_err(|e| bad("creator", &e)))
+                .transpose()?,
+            created_at: r.try_get::<i64, _>("ms").map_err(classify)? as u64,
+            publishers: addrs(r.try_get("publishers").map_err(classify)?, "publisher")?,
+            visibility: Some(if visibility == "members" {
+                Visibility::Members
+            } else {
+                Visibility::Public
+            }),
+        }))
     }
 
     async fn members(&self, conv: &ConvId) -> Result<Option<Vec<Member>>> {
