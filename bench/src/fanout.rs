@@ -372,13 +372,18 @@ impl SseConn {
             .lines()
             .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
         raw.drain(..head_end + 4);
-        Ok(SseConn {
+        let mut conn = SseConn {
             stream,
             raw,
             chunked,
             text: String::new(),
             chunk_left: 0,
-        })
+        };
+        // Body bytes that came with the head (often the first event): parse
+        // them now, or the first read would wait for the next bytes (the
+        // keep-alive, 15 s later).
+        conn.dechunk()?;
+        Ok(conn)
     }
 
     /// Move what `raw` holds of the body into `text`.

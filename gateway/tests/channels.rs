@@ -298,3 +298,30 @@ async fn rights_and_errors() {
         assert!(msg.contains(needle), "{body}: {v}");
     }
 }
+
+/// An SSE stream on a channel with no history answers `synced` at once (not
+/// at the first keep-alive), on Redis.
+#[tokio::test]
+async fn sse_on_an_empty_channel_starts_at_once() {
+    let backend = Backend::redis();
+    let gw = start_gateway(&backend, fast_config()).await;
+    let base = http(&gw);
+    let t_owner = login(&base, &Wallet::random()).await;
+    let (status, _) = create_channel(&base, &t_owner, json!({"name": "quiet"})).await;
+    assert_eq!(status, 201);
+    let t_viewer = login(&base, &Wallet::random()).await;
+    let started = tokio::time::Instant::now();
+    let mut sse = reqwest::get(format!(
+        "{base}/v1/channels/quiet/events?access_token={t_viewer}"
+    ))
+    .await
+    .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(3), sse.chunk())
+        .await
+        .expect("the first event within 3 s")
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&first);
+    assert!(text.contains("event: synced"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
