@@ -21,7 +21,9 @@
 //! configured as `keyName:keySecret:pattern|pattern…` (a channel name, or a
 //! prefix ending in `*`), which limits it to matching channels (else 40160).
 //! A channel named here that does not exist yet is created as a public
-//! channel owned by the key. A key acts as the address
+//! channel owned by the caller. `Authorization: Bearer <session token>` (or
+//! base64 of it, as Ably SDKs send tokens; `accessToken=` for SSE) calls as
+//! the signed-in wallet, with exactly its channel rights. A key acts as the address
 //! `keccak256("switchboard-api-key:" + keyName)[12..]` (its messages'
 //! `from`). Errors are Ably `ErrorInfo` bodies (`{"error": {"code",
 //! "statusCode", "message", "href"}}`, content type exactly
@@ -227,32 +229,107 @@ impl IntoResponse for AblyError {
     }
 }
 
-/// The configured key a request's `Authorization: Basic` names.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ApiKey, AblyError> {
+/// Who calls an Ably endpoint: a configured API key, or a signed-in wallet
+/// with its session token (Ably's token auth).
+#[derive(Debug, Clone)]
+enum Caller {
+    Key(ApiKey),
+    User(Address),
+}
+
+impl Caller {
+    /// The address it publishes and subscribes as.
+    fn address(&self) -> Address {
+        match self {
+            Caller::Key(k) => k.address(),
+            Caller::User(a) => *a,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Caller::Key(k) => format!("API key {}", k.name),
+            Caller::User(a) => format!("wallet {a}"),
+        }
+    }
+
+    /// Whether it may publish to `channel` (named `name`): a key by its
+    /// patterns, a wallet as a publisher.
+    fn may_publish(&self, name: &str, channel: &Conversation) -> bool {
+        match self {
+            Caller::Key(k) => k.allows(name),
+            Caller::User(a) => channel.can_publish(a),
+        }
+    }
+
+    /// Whether it may subscribe to / read `channel`.
+    fn may_read(&self, name: &str, channel: &Conversation) -> bool {
+        match self {
+            Caller::Key(k) => k.allows(name),
+            Caller::User(a) => channel.can_read(a),
+        }
+    }
+}
+
+/// The caller of a request: `Authorization: Basic` with an API key, or
+/// `Bearer` with a session token (as issued by `/v1/auth/verify`; Ably SDKs
+/// send a token base64-encoded, which is accepted too).
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, AblyError> {
     let value = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| AblyError::unauthorized("no credentials: use HTTP Basic with an API key"))?;
+        .ok_or_else(|| {
+            AblyError::unauthorized(
+                "no credentials: use HTTP Basic with an API key, or Bearer with a session token",
+            )
+        })?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return session(state, token.trim());
+    }
     let encoded = value.strip_prefix("Basic ").ok_or_else(|| {
-        AblyError::unauthorized("only HTTP Basic with an API key is accepted here")
+        AblyError::unauthorized("use HTTP Basic with an API key, or Bearer with a session token")
     })?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| AblyError::unauthorized("malformed Basic credentials"))?;
-    key_of(state, &decoded)
+    key_of(state, &decoded).map(Caller::Key)
+}
+
+/// A session token, as given or base64-encoded.
+fn session(state: &AppState, token: &str) -> Result<Caller, AblyError> {
+    let now = time::OffsetDateTime::now_utc();
+    let err = match state.tokens.verify(token, now) {
+        Ok(user) => return Ok(Caller::User(user)),
+        Err(e) => e,
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
+    if let Some(user) = decoded.and_then(|t| state.tokens.verify(&t, now).ok()) {
+        return Ok(Caller::User(user));
+    }
+    let msg = format!("invalid session token: {err}");
+    // Ably's code for an expired token, so SDKs know to renew it.
+    let code = if msg.contains("expired") {
+        40142
+    } else {
+        40101
+    };
+    Err(AblyError::new(code, StatusCode::UNAUTHORIZED, msg))
 }
 
 fn channel_id(name: &str) -> Result<ConvId, AblyError> {
     ConvId::channel(name).map_err(|e| AblyError::new(40010, StatusCode::BAD_REQUEST, e.to_string()))
 }
 
-/// The channel, created (public, owned by the key) if it does not exist.
+/// The channel, created (public, owned by the caller) if it does not exist.
 async fn channel_for(
     state: &AppState,
     id: &ConvId,
-    key: &ApiKey,
+    caller: &Caller,
 ) -> Result<Conversation, AblyError> {
     if let Some(c) = state.channel(id).await? {
         return Ok(c);
@@ -262,7 +339,7 @@ async fn channel_for(
         kind: ConvKind::Channel,
         title: None,
         members: Vec::new(),
-        created_by: Some(key.address()),
+        created_by: Some(caller.address()),
         created_at: now_ms(),
         publishers: Vec::new(),
         visibility: Some(Visibility::Public),
@@ -323,7 +400,7 @@ pub async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AblyError> {
-    let key = authenticate(&state, &headers)?;
+    let caller = authenticate(&state, &headers)?;
     let id = channel_id(&name)?;
     let parsed: Value = serde_json::from_slice(&body)
         .map_err(|e| AblyError::bad_request(format!("the body is not JSON: {e}")))?;
@@ -343,14 +420,23 @@ pub async fn publish(
     if list.is_empty() {
         return Err(AblyError::bad_request("no messages to publish"));
     }
-    if !key.allows(&name) {
+    if let Caller::Key(k) = &caller
+        && !k.allows(&name)
+    {
+        // Refused before the channel would be created.
         return Err(AblyError::refused(format!(
-            "API key {} may not publish to channel {name}",
-            key.name
+            "{} may not publish to channel {name}",
+            caller.describe()
         )));
     }
-    channel_for(&state, &id, &key).await?;
-    let from = key.address();
+    let channel = channel_for(&state, &id, &caller).await?;
+    if !caller.may_publish(&name, &channel) {
+        return Err(AblyError::refused(format!(
+            "{} may not publish to channel {name}",
+            caller.describe()
+        )));
+    }
+    let from = caller.address();
     // Messages without ids get `<random>:<index>`, as Ably's SDKs do, so a
     // batch's parts stay distinct.
     let base = MsgId::random();
@@ -376,7 +462,9 @@ pub async fn publish(
             id: msg_id_of(&ably_id),
             from,
             body,
-            privileged: true,
+            // A key publishes everywhere its patterns allow (checked above);
+            // a wallet is held to the channel's publishers by the broker.
+            privileged: matches!(caller, Caller::Key(_)),
         };
         let out = crate::history::send(&state, req).await?;
         if !out.duplicate {
@@ -411,7 +499,7 @@ pub async fn history(
     Query(q): Query<HistoryQuery>,
     headers: HeaderMap,
 ) -> Result<Response, AblyError> {
-    let key = authenticate(&state, &headers)?;
+    let caller = authenticate(&state, &headers)?;
     let id = channel_id(&name)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -430,15 +518,15 @@ pub async fn history(
     if start > end {
         return Err(AblyError::bad_request("start must not be after end"));
     }
-    if !key.allows(&name) {
-        return Err(AblyError::refused(format!(
-            "API key {} may not read channel {name}",
-            key.name
-        )));
-    }
-    if state.channel(&id).await?.is_none() {
+    let Some(channel) = state.channel(&id).await? else {
         // An unused channel has an empty history.
         return Ok(Json(Vec::<Value>::new()).into_response());
+    };
+    if !caller.may_read(&name, &channel) {
+        return Err(AblyError::refused(format!(
+            "{} may not read channel {name}",
+            caller.describe()
+        )));
     }
     let (after, before) = if forwards {
         (q.after_seq.unwrap_or(0), None)
@@ -527,14 +615,10 @@ pub async fn sse(
     Query(q): Query<SseQuery>,
     headers: HeaderMap,
 ) -> Result<Response, AblyError> {
-    if q.access_token.is_some() && q.key.is_none() {
-        return Err(AblyError::unauthorized(
-            "token auth is not supported here; use key=keyName:keySecret",
-        ));
-    }
-    let key = match &q.key {
-        Some(k) => key_of(&state, k)?,
-        None => authenticate(&state, &headers)?,
+    let caller = match (&q.key, &q.access_token) {
+        (Some(k), _) => Caller::Key(key_of(&state, k)?),
+        (None, Some(t)) => session(&state, t)?,
+        (None, None) => authenticate(&state, &headers)?,
     };
     let list = q
         .channels
@@ -573,13 +657,21 @@ pub async fn sse(
     let mut feeds = Vec::with_capacity(names.len());
     for name in &names {
         let id = channel_id(name)?;
-        if !key.allows(name) {
+        if let Caller::Key(k) = &caller
+            && !k.allows(name)
+        {
             return Err(AblyError::refused(format!(
-                "API key {} may not subscribe to channel {name}",
-                key.name
+                "{} may not subscribe to channel {name}",
+                caller.describe()
             )));
         }
-        channel_for(&state, &id, &key).await?;
+        let channel = channel_for(&state, &id, &caller).await?;
+        if !caller.may_read(name, &channel) {
+            return Err(AblyError::refused(format!(
+                "{} may not subscribe to channel {name}",
+                caller.describe()
+            )));
+        }
         let after = match resume.get(name) {
             Some(seq) => *seq,
             None => {
@@ -596,7 +688,7 @@ pub async fn sse(
     let format = crate::sse::Format::Ably {
         enveloped: q.enveloped.unwrap_or(true),
     };
-    let reader = crate::sse::Reader::open(state.clone(), key.address(), feeds, format).await?;
+    let reader = crate::sse::Reader::open(state.clone(), caller.address(), feeds, format).await?;
     Ok(crate::sse::sse(reader).into_response())
 }
 

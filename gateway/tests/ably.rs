@@ -205,6 +205,37 @@ async fn publish_history_and_errors() {
     .await;
     assert_eq!(status, 201);
 
+    // A signed-in wallet with its session token (Ably token auth): as is,
+    // or base64-encoded as the SDKs send it; held to the channel's rights.
+    let bearer = format!("Bearer {t_owner}");
+    let (status, v, _) = post(
+        &base,
+        "walletch",
+        Some(&bearer),
+        json!({"data": "by wallet"}),
+    )
+    .await;
+    assert_eq!((status, &v["serials"]), (201, &json!(["3"])), "{v}");
+    let b64 = format!(
+        "Bearer {}",
+        base64::engine::general_purpose::STANDARD.encode(&t_owner)
+    );
+    let (status, _, _) = post(&base, "walletch", Some(&b64), json!({"data": "again"})).await;
+    assert_eq!(status, 201);
+    let stranger = login(&base, &Wallet::random()).await;
+    let (status, v, _) = post(
+        &base,
+        "walletch",
+        Some(&format!("Bearer {stranger}")),
+        json!({"data": 1}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_u64()),
+        (401, Some(40160)),
+        "{v}"
+    );
+
     // Errors, as Ably ErrorInfo with its codes and headers.
     for (auth, channel, body, status, code) in [
         (None, "news", json!({"data": 1}), 401, 40101),
@@ -394,6 +425,14 @@ async fn sse_subscribe_rewind_and_resume() {
     )
     .await;
     assert_eq!(raw.next().await.data, json!({"k": "v"}));
+
+    // A wallet's session token as accessToken.
+    let t = login(&base, &Wallet::random()).await;
+    let mut w = Events::open(&format!(
+        "{base}/sse?channels=news&accessToken={t}&rewind=1"
+    ))
+    .await;
+    assert_eq!(w.next().await.data["channel"], "news");
 
     // Errors before the stream: Ably ErrorInfo.
     for (query, status, code) in [
