@@ -37,7 +37,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use switchboard_core::broker::{Broker, BrokerConfig, BrokerError, ClusterRef, RedisBroker};
@@ -186,12 +186,8 @@ impl Autoscaler {
         namespace: Option<String>,
         instance: Option<String>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance,
-        };
         Autoscaler {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: sweep::recorder(client.clone(), FIELD_MANAGER, instance),
             client,
             metrics,
             namespace,
@@ -523,21 +519,16 @@ impl Autoscaler {
         note: &str,
         secondary: Option<k8s_openapi::api::core::v1::ObjectReference>,
     ) {
-        let event = Event {
+        sweep::publish_event(
+            &self.recorder,
+            cluster,
             type_,
-            reason: reason.into(),
-            // Events cap the note at 1 kB.
-            note: Some(note.chars().take(1000).collect()),
-            action: "Scale".into(),
+            reason,
+            note,
+            "Scale",
             secondary,
-        };
-        if let Err(e) = self
-            .recorder
-            .publish(&event, &cluster.object_ref(&()))
-            .await
-        {
-            tracing::debug!(error = %e, "could not publish an event");
-        }
+        )
+        .await
     }
 }
 

@@ -37,7 +37,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use switchboard_core::store::partitions::{self, MaintenanceReport, PartitionPolicy};
@@ -210,12 +210,8 @@ impl PartitionManager {
         instance: Option<String>,
         cfg: PartitionsConfig,
     ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance,
-        };
         PartitionManager {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: sweep::recorder(client.clone(), FIELD_MANAGER, instance),
             client,
             metrics,
             namespace,
@@ -449,21 +445,16 @@ impl PartitionManager {
     }
 
     async fn event(&self, cluster: &ChatCluster, type_: EventType, reason: &str, note: &str) {
-        let event = Event {
+        sweep::publish_event(
+            &self.recorder,
+            cluster,
             type_,
-            reason: reason.into(),
-            // Events cap the note at 1 kB.
-            note: Some(note.chars().take(1000).collect()),
-            action: "MaintainPartitions".into(),
-            secondary: None,
-        };
-        if let Err(e) = self
-            .recorder
-            .publish(&event, &cluster.object_ref(&()))
-            .await
-        {
-            tracing::debug!(error = %e, "could not publish an event");
-        }
+            reason,
+            note,
+            "MaintainPartitions",
+            None,
+        )
+        .await
     }
 }
 

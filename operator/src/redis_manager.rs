@@ -56,7 +56,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
@@ -204,12 +204,8 @@ impl RedisManager {
         instance: Option<String>,
         cfg: RedisConfig,
     ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance,
-        };
         RedisManager {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: sweep::recorder(client.clone(), FIELD_MANAGER, instance),
             client,
             metrics,
             namespace,
@@ -414,21 +410,16 @@ impl RedisManager {
     }
 
     async fn event(&self, cluster: &ChatCluster, type_: EventType, reason: &str, note: &str) {
-        let event = Event {
+        sweep::publish_event(
+            &self.recorder,
+            cluster,
             type_,
-            reason: reason.into(),
-            // Events cap the note at 1 kB.
-            note: Some(note.chars().take(1000).collect()),
-            action: "BootstrapRedisCluster".into(),
-            secondary: None,
-        };
-        if let Err(e) = self
-            .recorder
-            .publish(&event, &cluster.object_ref(&()))
-            .await
-        {
-            tracing::debug!(error = %e, "could not publish an event");
-        }
+            reason,
+            note,
+            "BootstrapRedisCluster",
+            None,
+        )
+        .await
     }
 }
 

@@ -13,8 +13,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, ListParams};
-use kube::{Client, ResourceExt};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
 
 use crate::ChatCluster;
 
@@ -85,6 +87,39 @@ pub fn active(cluster: &ChatCluster) -> bool {
     cluster.metadata.deletion_timestamp.is_none()
         && !crate::reconcile::is_paused(cluster)
         && crate::validate::validate(&cluster.name_any(), &cluster.spec).is_empty()
+}
+
+/// The Event recorder of a loop: Events name `field_manager` as their
+/// controller and this replica as the instance.
+pub fn recorder(client: Client, field_manager: &str, instance: Option<String>) -> Recorder {
+    let reporter = Reporter {
+        controller: field_manager.into(),
+        instance,
+    };
+    Recorder::new(client, reporter)
+}
+
+/// Publish an Event about `cluster` (the note capped at the 1 kB Events
+/// allow). A failure is logged only: Events are best effort.
+pub async fn publish_event(
+    recorder: &Recorder,
+    cluster: &ChatCluster,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+    action: &str,
+    secondary: Option<ObjectReference>,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.into(),
+        secondary,
+    };
+    if let Err(e) = recorder.publish(&event, &cluster.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish an event");
+    }
 }
 
 /// A loop the leader runs next to the controller.
