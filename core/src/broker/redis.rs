@@ -383,6 +383,23 @@ impl RedisBroker {
         Ok(mine)
     }
 
+    /// Add `conv` to each user's conversation set (`sb:uc:{user}`, other
+    /// slots than the conversation's: one SADD each, sent together).
+    async fn add_to_lists<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a Address>,
+        conv: &ConvId,
+    ) -> Result<()> {
+        try_join_all(
+            users
+                .into_iter()
+                .map(|u| self.pool.sadd::<(), _, _>(user_convs_key(u), conv.as_str())),
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
     /// The subscriber connection `attach` opened for `gateway`.
     fn subscriber(&self, gateway: &str) -> Result<SubscriberClient> {
         self.subs
@@ -542,14 +559,7 @@ impl Broker for RedisBroker {
         if created == 0 {
             return Err(BrokerError::AlreadyExists);
         }
-        try_join_all(conv.members.iter().map(|m| async move {
-            self.pool
-                .sadd::<(), _, _>(user_convs_key(m), conv.id.as_str())
-                .await
-        }))
-        .await
-        .map_err(unavailable)?;
-        Ok(())
+        self.add_to_lists(&conv.members, &conv.id).await
     }
 
     async fn create_channel(&self, conv: &Conversation) -> Result<()> {
@@ -589,14 +599,7 @@ impl Broker for RedisBroker {
             .chain(&conv.publishers)
             .chain(conv.created_by.as_ref())
             .collect();
-        try_join_all(named.into_iter().map(|m| async move {
-            self.pool
-                .sadd::<(), _, _>(user_convs_key(m), conv.id.as_str())
-                .await
-        }))
-        .await
-        .map_err(unavailable)?;
-        Ok(())
+        self.add_to_lists(named, &conv.id).await
     }
 
     async fn add_members(&self, id: &ConvId, users: &[Address]) -> Result<()> {
@@ -615,14 +618,7 @@ impl Broker for RedisBroker {
         if ok < 0 {
             return Err(BrokerError::NotMember);
         }
-        try_join_all(users.iter().map(|m| async move {
-            self.pool
-                .sadd::<(), _, _>(user_convs_key(m), id.as_str())
-                .await
-        }))
-        .await
-        .map_err(unavailable)?;
-        Ok(())
+        self.add_to_lists(users, id).await
     }
 
     async fn remove_member(&self, id: &ConvId, user: &Address) -> Result<bool> {
@@ -764,14 +760,7 @@ impl Broker for RedisBroker {
             // users' conversations (presence peers, conversation lists). Also
             // on a duplicate of it: if this step failed the first time, the
             // client's retry with the same id repairs it (SADD is idempotent).
-            let conv = req.conv.as_str();
-            try_join_all(
-                members.iter().map(|m| async move {
-                    self.pool.sadd::<(), _, _>(user_convs_key(m), conv).await
-                }),
-            )
-            .await
-            .map_err(unavailable)?;
+            self.add_to_lists(&members, &req.conv).await?;
         }
         Ok(SendOutcome {
             message: Message {
@@ -826,13 +815,7 @@ impl Broker for RedisBroker {
             .map_err(unavailable)?;
         if let Some(g) = group {
             // The per-user conversation sets live in other slots.
-            try_join_all(g.members.iter().map(|m| async move {
-                self.pool
-                    .sadd::<(), _, _>(user_convs_key(m), conv.as_str())
-                    .await
-            }))
-            .await
-            .map_err(unavailable)?;
+            self.add_to_lists(&g.members, conv).await?;
         }
         Ok(epoch.max(0) as u64)
     }

@@ -317,21 +317,7 @@ impl Store for PgStore {
 
     async fn create_group(&self, conv: &Conversation) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        let created = sqlx::query(
-            "INSERT INTO conversations (id, kind, title, created_by, created_at)
-             VALUES ($1, 'group', $2, $3, to_ms_ts($4))
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(conv.id.as_str())
-        .bind(conv.title.as_deref())
-        .bind(conv.created_by.map(|a| a.lower()))
-        .bind(conv.created_at as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?
-        .rows_affected()
-            == 1;
-        if !created {
+        if !insert_conversation(&mut tx, conv, "group").await? {
             return Ok(false);
         }
         let users: Vec<String> = conv.members.iter().map(Address::lower).collect();
@@ -364,21 +350,7 @@ impl Store for PgStore {
 
     async fn create_channel(&self, conv: &Conversation) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        let created = sqlx::query(
-            "INSERT INTO conversations (id, kind, title, created_by, created_at)
-             VALUES ($1, 'channel', $2, $3, to_ms_ts($4))
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(conv.id.as_str())
-        .bind(conv.title.as_deref())
-        .bind(conv.created_by.map(|a| a.lower()))
-        .bind(conv.created_at as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?
-        .rows_affected()
-            == 1;
-        if !created {
+        if !insert_conversation(&mut tx, conv, "channel").await? {
             return Ok(false);
         }
         let mut publishers: Vec<String> = conv.publishers.iter().map(Address::lower).collect();
@@ -573,6 +545,30 @@ impl Store for PgStore {
         }
         Ok(out)
     }
+}
+
+/// The `conversations` row of a new group or channel; `false` when the id
+/// is taken.
+async fn insert_conversation(
+    tx: &mut sqlx::PgConnection,
+    conv: &Conversation,
+    kind: &str,
+) -> Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO conversations (id, kind, title, created_by, created_at)
+         VALUES ($1, $2, $3, $4, to_ms_ts($5))
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(conv.id.as_str())
+    .bind(kind)
+    .bind(conv.title.as_deref())
+    .bind(conv.created_by.map(|a| a.lower()))
+    .bind(conv.created_at as i64)
+    .execute(&mut *tx)
+    .await
+    .map_err(classify)?
+    .rows_affected();
+    Ok(inserted == 1)
 }
 
 async fn insert_users(tx: &mut sqlx::PgConnection, users: &[String]) -> Result<()> {
