@@ -37,11 +37,10 @@ use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
 use switchboard_core::auth::token::TokenSigner;
 use switchboard_core::broker::{BrokerConfig, ClusterRef, GatewayIdentity, RedisBroker};
-use switchboard_core::ids::Address;
 use switchboard_gateway::{Gateway, GatewayConfig};
 use switchboard_operator::ChatCluster;
 use switchboard_operator::run::{RunConfig, run as run_operator};
-use switchboard_testkit::{ControlPlane, RedisServer};
+use switchboard_testkit::ControlPlane;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -106,12 +105,7 @@ pub async fn run(runs: usize, target: usize, sync: Duration, report: Duration) -
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await?;
-    let redis = Arc::new(RedisServer::start_with(
-        switchboard_testkit::RedisServerOptions {
-            persistence: false,
-            ..Default::default()
-        },
-    )?);
+    let redis = Arc::new(crate::bench_redis()?);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     for (name, url) in [
         ("sb-redis", redis.url()),
@@ -254,17 +248,7 @@ pub async fn run(runs: usize, target: usize, sync: Duration, report: Duration) -
     };
     let connect = |k: usize| {
         let addr = addr.clone();
-        let tokens: Vec<String> = (0..k)
-            .map(|_| {
-                signer
-                    .issue(
-                        &Address(rand::random()),
-                        Duration::from_secs(3600),
-                        time::OffsetDateTime::now_utc(),
-                    )
-                    .0
-            })
-            .collect();
+        let tokens = crate::random_tokens(&signer, k);
         async move {
             let mut out = Vec::with_capacity(tokens.len());
             let mut s = futures_util::stream::iter(tokens.into_iter().map(|t| {

@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use futures_util::StreamExt;
 use switchboard_core::auth::token::TokenSigner;
-use switchboard_core::ids::Address;
-use switchboard_testkit::{RedisServer, RedisServerOptions};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMsg;
 use tokio_util::sync::CancellationToken;
@@ -115,10 +113,7 @@ pub async fn run(connections: usize, windows: Vec<f64>) -> Result<()> {
 }
 
 async fn one(n: usize, window: f64) -> Result<DrainResult> {
-    let redis = RedisServer::start_with(RedisServerOptions {
-        persistence: false,
-        ..Default::default()
-    })?;
+    let redis = crate::bench_redis()?;
     let url = redis.url();
     let secret: [u8; 32] = rand::random();
     let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
@@ -139,17 +134,7 @@ async fn one(n: usize, window: f64) -> Result<DrainResult> {
     )
     .await?;
 
-    let tokens: Vec<String> = (0..n)
-        .map(|_| {
-            signer
-                .issue(
-                    &Address(rand::random()),
-                    Duration::from_secs(3600),
-                    time::OffsetDateTime::now_utc(),
-                )
-                .0
-        })
-        .collect();
+    let tokens = crate::random_tokens(&signer, n);
     let a_addr = a.addr.clone();
     let mut opened = Vec::with_capacity(n);
     let mut pending = futures_util::stream::iter(tokens.into_iter().map(|token| {

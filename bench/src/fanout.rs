@@ -37,7 +37,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_core::auth::token::TokenSigner;
 use switchboard_core::ids::Address;
-use switchboard_testkit::{RedisServer, RedisServerOptions};
+use switchboard_testkit::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -80,13 +80,7 @@ struct Setup {
 
 impl Setup {
     fn token(&self, user: &Address) -> String {
-        self.signer
-            .issue(
-                user,
-                Duration::from_secs(3600),
-                time::OffsetDateTime::now_utc(),
-            )
-            .0
+        crate::token(&self.signer, user)
     }
 }
 
@@ -141,11 +135,7 @@ pub async fn run(
         eprintln!("fanout: {n}");
     }
 
-    let redis = RedisServer::start_with(RedisServerOptions {
-        // Benchmarks measure the gateway; fsync-always AOF would measure the disk.
-        persistence: false,
-        ..Default::default()
-    })?;
+    let redis = crate::bench_redis()?;
     let url = redis.url();
     let secret: [u8; 32] = rand::random();
     let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();

@@ -434,13 +434,7 @@ impl Target {
             bail!("the memory engine runs one gateway; use --engine redis for several");
         }
         let redis = match engine {
-            Engine::Redis => Some(RedisServer::start_with(
-                switchboard_testkit::RedisServerOptions {
-                    // Benchmarks measure the gateway; fsync-always AOF would measure the disk.
-                    persistence: false,
-                    ..Default::default()
-                },
-            )?),
+            Engine::Redis => Some(bench_redis()?),
             Engine::Memory => None,
         };
         let secret: [u8; 32] = rand::random();
@@ -464,13 +458,7 @@ impl Target {
     }
 
     fn token(&self, user: &Address) -> String {
-        self.signer
-            .issue(
-                user,
-                Duration::from_secs(3600),
-                time::OffsetDateTime::now_utc(),
-            )
-            .0
+        token(&self.signer, user)
     }
 
     /// Resident set size in KiB, summed over the gateways.
@@ -837,4 +825,31 @@ fn ratio_line(label: &str, a: &LatencyResult, b: &LatencyResult) -> String {
         r(a.p99_ms, b.p99_ms),
         r(a.cpu_s_per_1000, b.cpu_s_per_1000)
     )
+}
+
+/// An hour-long session token for `user`, as `/v1/auth/verify` would issue.
+pub(crate) fn token(signer: &TokenSigner, user: &Address) -> String {
+    signer
+        .issue(
+            user,
+            Duration::from_secs(3600),
+            time::OffsetDateTime::now_utc(),
+        )
+        .0
+}
+
+/// Tokens of `n` fresh random users.
+pub(crate) fn random_tokens(signer: &TokenSigner, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| token(signer, &Address(rand::random())))
+        .collect()
+}
+
+/// A redis-server for benchmarks of the gateway: no AOF (fsync-always would
+/// measure the disk).
+pub(crate) fn bench_redis() -> Result<RedisServer, switchboard_testkit::TestkitError> {
+    RedisServer::start_with(switchboard_testkit::RedisServerOptions {
+        persistence: false,
+        ..Default::default()
+    })
 }
