@@ -301,51 +301,23 @@ struct Ev {
     data: Value,
 }
 
-/// Reads Ably SSE events from a response (comments skipped).
-struct Events {
-    resp: reqwest::Response,
-    buf: String,
-}
+/// The shared SSE reader, for Ably `message` events (JSON data).
+struct Events(SseStream);
 
 impl Events {
     async fn open(url: &str) -> Events {
-        let resp = reqwest::get(url).await.unwrap();
-        assert_eq!(resp.status().as_u16(), 200, "{url}");
-        Events {
-            resp,
-            buf: String::new(),
+        match SseStream::open(url, &[]).await {
+            Ok(s) => Events(s),
+            Err((status, body)) => panic!("{url}: {status} {body}"),
         }
     }
 
     async fn next(&mut self) -> Ev {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let (mut id, mut data, mut event) = (String::new(), String::new(), String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id: ") {
-                        id = v.to_string();
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        data = v.to_string();
-                    } else if let Some(v) = line.strip_prefix("event: ") {
-                        event = v.to_string();
-                    }
-                }
-                if event.is_empty() {
-                    continue; // :keepalive
-                }
-                assert_eq!(event, "message", "{block}");
-                return Ev {
-                    id,
-                    data: serde_json::from_str(&data).unwrap(),
-                };
-            }
-            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), self.resp.chunk())
-                .await
-                .expect("an event within 5 s")
-                .unwrap()
-                .expect("the stream is open");
-            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        let e = self.0.next().await;
+        assert_eq!(e.event, "message", "{e:?}");
+        Ev {
+            id: e.id.unwrap_or_default(),
+            data: serde_json::from_str(&e.data).unwrap(),
         }
     }
 }

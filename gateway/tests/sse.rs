@@ -5,80 +5,20 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{Value, json};
 use switchboard_core::ids::ConvId;
-use tokio::time::timeout;
 
-/// One parsed SSE event.
-#[derive(Debug, Clone, Default)]
-struct SseEvent {
-    id: Option<String>,
-    event: String,
-    data: String,
-}
-
-/// An open event stream, parsed as it arrives.
-struct Stream {
-    resp: reqwest::Response,
-    buf: String,
-}
+/// The shared SSE reader, plus the native format's message check.
+struct Stream(SseStream);
 
 impl Stream {
     async fn open(url: &str, headers: &[(&str, &str)]) -> Result<Stream, (u16, Value)> {
-        let mut req = reqwest::Client::new()
-            .get(url)
-            .header("accept", "text/event-stream");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        if status != 200 {
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
-            return Err((status, body));
-        }
-        assert_eq!(
-            resp.headers()["content-type"].to_str().unwrap(),
-            "text/event-stream"
-        );
-        Ok(Stream {
-            resp,
-            buf: String::new(),
-        })
+        SseStream::open(url, headers).await.map(Stream)
     }
 
-    /// The next event (comments such as `:keepalive` are skipped).
     async fn next(&mut self) -> SseEvent {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let mut ev = SseEvent::default();
-                let mut data = Vec::new();
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        ev.id = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        ev.event = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
-                    }
-                }
-                if ev.event.is_empty() && data.is_empty() {
-                    continue; // a comment
-                }
-                ev.data = data.join("\n");
-                return ev;
-            }
-            let chunk = timeout(Duration::from_secs(10), self.resp.chunk())
-                .await
-                .expect("an SSE event within 10 s")
-                .unwrap()
-                .expect("the stream is still open");
-            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
+        self.0.next().await
     }
 
     /// The seqs of the next `n` message events (checking id == seq).

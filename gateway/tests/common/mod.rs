@@ -257,3 +257,75 @@ impl Ws {
             .await;
     }
 }
+
+/// One parsed SSE event.
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+/// An open Server-Sent Events response, parsed as it arrives.
+pub struct SseStream {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl SseStream {
+    /// GET `url` as `text/event-stream`; a non-200 answer comes back as
+    /// its status and JSON body.
+    pub async fn open(url: &str, headers: &[(&str, &str)]) -> Result<SseStream, (u16, Value)> {
+        let mut req = reqwest::Client::new()
+            .get(url)
+            .header("accept", "text/event-stream");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err((status, body));
+        }
+        assert_eq!(
+            resp.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Ok(SseStream {
+            resp,
+            buf: String::new(),
+        })
+    }
+
+    /// The next event (comments such as `:keepalive` are skipped).
+    pub async fn next(&mut self) -> SseEvent {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent::default();
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        ev.id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        ev.event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                    }
+                }
+                if ev.event.is_empty() && data.is_empty() {
+                    continue; // a comment
+                }
+                ev.data = data.join("\n");
+                return ev;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.resp.chunk())
+                .await
+                .expect("an SSE event within 10 s")
+                .unwrap()
+                .expect("the stream is still open");
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
