@@ -330,7 +330,13 @@ async fn operator_mode_scales_with_connections() {
     println!("scale-up to 3 took {took:?} after the connections opened");
     // A report interval plus one sync period, with slack for a busy machine.
     assert!(took < REPORT + SYNC + Duration::from_secs(10), "{took:?}");
-    let st = env.gateway_status().await;
+    // The autoscaler applies replicas, publishes the Event, then writes its
+    // status: the watch can show 3 replicas before the status has the scale.
+    let st = eventually_within("the scale-up in status", WAIT, || async {
+        let st = env.gateway_status().await;
+        (st.desired_replicas == Some(3)).then_some(st)
+    })
+    .await;
     assert_eq!(st.connections, Some(12));
     assert_eq!(st.desired_replicas, Some(3));
     assert!(st.last_scale_time.is_some());
