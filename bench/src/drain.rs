@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use futures_util::StreamExt;
-use switchboard_core::auth::token::TokenSigner;
+use switchboard_proto::auth::token::TokenSigner;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMsg;
 use tokio_util::sync::CancellationToken;

@@ -87,10 +87,10 @@ pub struct DevArgs {
     /// publish to and read its channels (repeatable; the variable takes a comma list)
     #[arg(long = "api-key", env = "SWITCHBOARD_API_KEYS", value_delimiter = ',',
           hide_env_values = true, value_parser = parse_api_key)]
-    api_keys: Vec<switchboard_gateway::ably::ApiKey>,
+    api_keys: Vec<switchboard_gateway::keys::ApiKey>,
 }
 
-fn parse_api_key(s: &str) -> Result<switchboard_gateway::ably::ApiKey, String> {
+fn parse_api_key(s: &str) -> Result<switchboard_gateway::keys::ApiKey, String> {
     s.parse().map_err(|e| format!("{e}"))
 }
 

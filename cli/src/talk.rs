@@ -9,7 +9,7 @@ use switchboard_client::{
     Client, ClientError, ClientOptions, Event, Message, PresenceStatus, SignInOptions,
     create_group, sign_in,
 };
-use switchboard_core::ids::{Address, ConvId};
+use switchboard_proto::ids::{Address, ConvId};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 

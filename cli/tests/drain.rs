@@ -16,7 +16,7 @@ use std::time::Duration;
 use k256::ecdsa::SigningKey;
 use serde_json::json;
 use switchboard_client::{Client, ClientOptions, Event, Session, SignInOptions, sign_in};
-use switchboard_core::ids::ConvId;
+use switchboard_proto::ids::ConvId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, timeout};

@@ -6,8 +6,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Serialize;
-use switchboard_core::ids::{Address, ConvId, MsgId};
-use switchboard_core::protocol::{ClientFrame, MAX_FRAME_BYTES};
+use switchboard_proto::frames::{ClientFrame, MAX_FRAME_BYTES};
+use switchboard_proto::ids::{Address, ConvId, MsgId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 

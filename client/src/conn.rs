@@ -9,8 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use switchboard_core::ids::{Address, ConvId};
-use switchboard_core::protocol::{ClientFrame, ErrorCode, ServerFrame, close};
+use switchboard_proto::frames::{ClientFrame, ErrorCode, ServerFrame, close};
+use switchboard_proto::ids::{Address, ConvId};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until, timeout};

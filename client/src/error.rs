@@ -1,7 +1,7 @@
 //! Errors of the SDK: transport failures, the server's typed HTTP errors,
 //! rejected sends and the end of a session.
 
-use switchboard_core::protocol::ErrorCode;
+use switchboard_proto::frames::ErrorCode;
 
 /// Everything that can go wrong talking to a gateway.
 #[derive(Debug, thiserror::Error)]

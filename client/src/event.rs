@@ -1,7 +1,7 @@
 //! What the connection task reports to the app.
 
-use switchboard_core::ids::{Address, ConvId};
-use switchboard_core::protocol::{ErrorCode, Message, PresenceStatus};
+use switchboard_proto::frames::{ErrorCode, Message, PresenceStatus};
+use switchboard_proto::ids::{Address, ConvId};
 
 /// One item of [`crate::Client::next_event`].
 #[derive(Debug, Clone)]

@@ -15,9 +15,9 @@
 //!   exactly-once.
 //!
 //! ```no_run
-//! # async fn demo(key: k256::ecdsa::SigningKey, peer: switchboard_core::ids::Address) -> Result<(), switchboard_client::ClientError> {
+//! # async fn demo(key: k256::ecdsa::SigningKey, peer: switchboard_proto::ids::Address) -> Result<(), switchboard_client::ClientError> {
 //! use switchboard_client::{Client, ClientOptions, Event, SignInOptions, sign_in};
-//! use switchboard_core::ids::ConvId;
+//! use switchboard_proto::ids::ConvId;
 //!
 //! let base = "http://127.0.0.1:8080";
 //! let session = sign_in(base, &key, &SignInOptions::default()).await?;
@@ -51,5 +51,5 @@ pub use options::ClientOptions;
 pub use outbox::Sent;
 pub use rest::{create_group, get_conversation};
 pub use signin::{Session, SignInOptions, sign_in};
-pub use switchboard_core::broker::Conversation;
-pub use switchboard_core::protocol::{ErrorCode, Message, PresenceStatus};
+pub use switchboard_proto::frames::{ErrorCode, Message, PresenceStatus};
+pub use switchboard_proto::model::Conversation;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use switchboard_core::ids::ConvId;
+use switchboard_proto::ids::ConvId;
 
 /// See the field docs; `Default` suits interactive apps.
 #[derive(Debug, Clone)]

@@ -12,8 +12,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use switchboard_core::ids::{ConvId, MsgId};
-use switchboard_core::protocol::ErrorCode;
+use switchboard_proto::frames::ErrorCode;
+use switchboard_proto::ids::{ConvId, MsgId};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 

@@ -3,8 +3,8 @@
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use switchboard_core::broker::Conversation;
-use switchboard_core::ids::{Address, ConvId};
+use switchboard_proto::ids::{Address, ConvId};
+use switchboard_proto::model::Conversation;
 
 use crate::error::ClientError;
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 use k256::ecdsa::SigningKey;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use switchboard_core::auth::eip191::{address_of, sign_personal};
-use switchboard_core::auth::siwe::{SignInParams, build_message};
-use switchboard_core::ids::Address;
+use switchboard_proto::auth::eip191::{address_of, sign_personal};
+use switchboard_proto::auth::siwe::{SignInParams, build_message};
+use switchboard_proto::ids::Address;
 use time::OffsetDateTime;
 
 use crate::error::ClientError;

@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use switchboard_core::ids::ConvId;
-use switchboard_core::protocol::Message;
+use switchboard_proto::frames::Message;
+use switchboard_proto::ids::ConvId;
 use tokio::time::Instant;
 
 /// Timing knobs for sync decisions.
@@ -293,7 +293,7 @@ impl Tracker {
 mod tests {
     use super::*;
     use serde_json::value::RawValue;
-    use switchboard_core::ids::{Address, MsgId};
+    use switchboard_proto::ids::{Address, MsgId};
 
     fn conv() -> ConvId {
         ConvId::new_group()

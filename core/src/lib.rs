@@ -1,11 +1,9 @@
-//! `switchboard-core`: everything the gateway, the worker, the client SDK and the
-//! operator share — ids, the wire protocol, wallet authentication and the broker
-//! engines that order and fan out messages.
+//! `switchboard-core`: the engines behind the chat service — the broker
+//! (ordering, idempotency, fan-out routing; in memory or on Redis), the
+//! durable store (PostgreSQL) — and the contracts between binaries (the
+//! relay file). The wire vocabulary (ids, frames, auth, the conversation
+//! model) is `switchboard-proto`, which clients use alone.
 
-pub mod auth;
 pub mod broker;
-pub mod ids;
-pub mod protocol;
 pub mod relay;
 pub mod store;
-pub mod time;

@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use switchboard_core::broker::{
-    BrokerConfig, BrokerError, ClusterRef, Conversation, DynBroker, GatewayIdentity, Mark,
-    MemoryBroker, RedisBroker, Routed, SendOutcome, SendRequest, Visibility, Watermarks, shard_of,
+    BrokerConfig, BrokerError, ClusterRef, DynBroker, GatewayIdentity, Mark, MemoryBroker,
+    RedisBroker, Routed, SendOutcome, SendRequest, Watermarks, shard_of,
 };
-use switchboard_core::ids::{Address, ConvId, ConvKind, MsgId};
-use switchboard_core::time::now_ms;
+use switchboard_proto::ids::{Address, ConvId, ConvKind, MsgId};
+use switchboard_proto::model::{Conversation, Visibility};
+use switchboard_proto::time::now_ms;
 use switchboard_testkit::{RedisCluster, RedisServer};
 use tokio::sync::mpsc::Receiver;
 use tokio::time::{sleep, timeout};
@@ -93,7 +94,7 @@ fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
     v
 }
 
-fn seqs(page: &[switchboard_core::protocol::Message]) -> Vec<u64> {
+fn seqs(page: &[switchboard_proto::frames::Message]) -> Vec<u64> {
     page.iter().map(|m| m.seq).collect()
 }
 

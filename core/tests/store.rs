@@ -7,10 +7,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use switchboard_core::ids::{Address, ConvId, MsgId};
-use switchboard_core::protocol::Message;
 use switchboard_core::store::partitions::{self, PartitionInterval, PartitionPolicy};
 use switchboard_core::store::{Batch, PgStore, Store, StoreError, WatermarkUpdate};
+use switchboard_proto::frames::Message;
+use switchboard_proto::ids::{Address, ConvId, MsgId};
 use switchboard_testkit::Postgres;
 use time::macros::datetime;
 

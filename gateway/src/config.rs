@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use switchboard_core::broker::GatewayIdentity;
 
+use crate::keys::ApiKey;
 use crate::relay::RelayConfig;
 
 /// See the field docs; `Default` is what `switchboard dev` runs with.
@@ -86,7 +87,7 @@ pub struct GatewayConfig {
     /// `/metrics` only; `None` (the default): no relay.
     pub relay: Option<RelayConfig>,
     /// API keys of the Ably-compatible endpoints (`keyName:keySecret`).
-    pub api_keys: Vec<crate::ably::ApiKey>,
+    pub api_keys: Vec<ApiKey>,
 }
 
 /// A connection report expires after this many report intervals.

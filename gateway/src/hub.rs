@@ -10,8 +10,8 @@ use std::sync::{Arc, RwLock};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use switchboard_core::broker::Routed;
-use switchboard_core::ids::{Address, ConvId};
-use switchboard_core::protocol::close;
+use switchboard_proto::frames::close;
+use switchboard_proto::ids::{Address, ConvId};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;

@@ -1,27 +1,31 @@
-//! `switchboard-gateway`: the axum server clients talk to — WebSocket protocol
-//! v1, sign-in and conversation REST endpoints, the local connection hub,
-//! delivery with acks and retries, presence, graceful drain and the
-//! connection reports the operator's autoscaler reads.
+//! `switchboard-gateway`: the server clients talk to. A message's way
+//! through it: a transport (`ws`, `http`, `ably`, and the `sse` reader)
+//! parses a request and authenticates the caller; the chat `service` decides
+//! (membership, seeding, idempotency, which engine answers) and calls the
+//! engines (`switchboard_core`'s broker and store); the broker routes the
+//! stored message to the recipients' gateways, whose `hub` queues it on
+//! each recipient's connection; the transport writes it, following the seq
+//! `cursor`. `server` wires the router, start-up and drain; `report` feeds
+//! the operator's autoscaler.
 //!
-//! The binary (`switchboard dev`, later `switchboard-gateway`) only parses
-//! configuration and calls [`Gateway::start`]; tests start gateways in-process
-//! the same way.
+//! The binary (`switchboard dev`, `switchboard-gateway`) only parses
+//! configuration and calls [`Gateway::start`]; tests start gateways
+//! in-process the same way.
 
 pub mod ably;
 pub mod config;
-mod conn;
-pub mod conversations;
-pub mod history;
+pub mod cursor;
+pub mod http;
 pub mod hub;
+pub mod keys;
 pub mod metrics;
-pub mod presence;
-pub mod problem;
 pub mod relay;
 mod report;
-pub mod rest;
 pub mod server;
+pub mod service;
 pub mod sse;
 pub mod state;
+pub mod ws;
 
 pub use config::GatewayConfig;
 pub use relay::{RelayConfig, RelayConfigError};

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::config::REPORT_TTL_FACTOR;
-use crate::rest::AppRef;
+use crate::state::AppRef;
 
 /// Shortest accepted interval (tests use a few hundred ms).
 const MIN_INTERVAL: Duration = Duration::from_millis(50);
@@ -39,7 +39,12 @@ pub(crate) fn spawn(state: AppRef) -> Option<JoinHandle<()>> {
             // Not raced against shutdown: a write cut off mid-flight could
             // still land after the withdrawal below and outlive the pod.
             let count = state.hub.connection_count() as u64;
-            match state.broker.report_connections(&id, count, ttl).await {
+            match state
+                .chat
+                .broker()
+                .report_connections(&id, count, ttl)
+                .await
+            {
                 Ok(()) if failing => {
                     failing = false;
                     tracing::info!(pod = %id, "connection reports work again");
@@ -51,7 +56,7 @@ pub(crate) fn spawn(state: AppRef) -> Option<JoinHandle<()>> {
                 }
             }
         }
-        match state.broker.withdraw_report(&id).await {
+        match state.chat.broker().withdraw_report(&id).await {
             Ok(()) => tracing::info!(pod = %id, "connection report withdrawn"),
             Err(e) => tracing::warn!(
                 pod = %id,

@@ -4,25 +4,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::http::StatusCode;
-use axum::http::request::Parts;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use switchboard_core::broker::{BrokerError, DynBroker};
-use switchboard_core::protocol::{ErrorCode, MAX_FRAME_BYTES, close};
 use switchboard_core::store::DynStore;
-use time::OffsetDateTime;
+use switchboard_proto::frames::close;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
-use crate::problem::ApiError;
+use crate::http::problem::ApiError;
+use crate::http::{auth, channels, conversations, events, ops, presence};
 use crate::relay::{RelayConfig, join_hosts};
-use crate::rest::{self, AppRef};
-use crate::state::AppState;
-use crate::{conn, conversations, report};
+use crate::state::{AppRef, AppState};
+use crate::{ably, report, ws};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -35,17 +29,17 @@ pub enum GatewayError {
 /// The HTTP router, for embedding or for in-process tests.
 pub fn router(state: AppRef) -> Router {
     Router::new()
-        .route("/healthz", get(rest::healthz))
-        .route("/readyz", get(rest::readyz))
-        .route("/metrics", get(rest::metrics))
-        .route("/v1/auth/nonce", get(rest::nonce))
-        .route("/v1/auth/verify", post(rest::verify))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/auth/nonce", get(auth::nonce))
+        .route("/v1/auth/verify", post(auth::verify))
         .route(
             "/v1/conversations",
-            post(rest::create_conversation).get(conversations::list),
+            post(conversations::create).get(conversations::list),
         )
-        .route("/v1/conversations/{id}", get(rest::get_conversation))
-        .route("/v1/conversations/{id}/events", get(crate::sse::events))
+        .route("/v1/conversations/{id}", get(conversations::get))
+        .route("/v1/conversations/{id}/events", get(events::conversation))
         .route(
             "/v1/conversations/{id}/messages",
             get(conversations::history),
@@ -58,62 +52,19 @@ pub fn router(state: AppRef) -> Router {
             "/v1/conversations/{id}/members/{address}",
             delete(conversations::remove_member),
         )
-        .route("/v1/presence", get(conversations::presence))
-        .route("/v1/channels", post(rest::create_channel))
+        .route("/v1/presence", get(presence::presence))
+        .route("/v1/channels", post(channels::create))
+        .route("/v1/channels/{id}/events", get(events::channel))
         // The Ably-compatible subset (see `ably`).
         .route(
             "/channels/{name}/messages",
-            post(crate::ably::publish).get(crate::ably::history),
+            post(ably::publish).get(ably::history),
         )
-        .route("/sse", get(crate::ably::sse))
-        .route("/event-stream", get(crate::ably::sse))
-        .route("/v1/channels/{id}/events", get(crate::sse::channel_events))
-        .route("/v1/ws", get(ws_upgrade))
+        .route("/sse", get(ably::sse))
+        .route("/event-stream", get(ably::sse))
+        .route("/v1/ws", get(ws::upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
-}
-
-async fn ws_upgrade(State(state): State<AppRef>, parts: Parts, ws: WebSocketUpgrade) -> Response {
-    if state.shutdown.is_cancelled() {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "draining; reconnect elsewhere",
-        )
-        .into_response();
-    }
-    // A bearer header authenticates the upgrade itself; without one the
-    // client must send `auth` as its first frame.
-    let pre_auth = match rest::bearer(&parts) {
-        Some(token) => match state.tokens.verify(token, OffsetDateTime::now_utc()) {
-            Ok(user) => Some(user),
-            Err(e) => {
-                state.metrics.error(ErrorCode::Unauthorized.as_str());
-                return ApiError::unauthorized(format!("invalid session token: {e}"))
-                    .into_response();
-            }
-        },
-        None => None,
-    };
-    let cfg = &state.cfg;
-    ws.read_buffer_size(cfg.ws_read_buffer)
-        .write_buffer_size(cfg.ws_write_buffer)
-        .max_write_buffer_size(cfg.ws_write_buffer.max(MAX_FRAME_BYTES) * 4)
-        .max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |mut socket| async move {
-            // Both phases are boxed: the task axum spawns then holds two
-            // pointers instead of the largest inline state of either, which
-            // saves ~2 KiB per idle connection.
-            let user = match pre_auth {
-                Some(u) => u,
-                None => match Box::pin(conn::authenticate(&state, &mut socket)).await {
-                    Some(u) => u,
-                    None => return,
-                },
-            };
-            Box::pin(conn::serve(state, socket, user)).await;
-        })
 }
 
 /// What relay is configured, at start-up; never the key.
@@ -185,7 +136,12 @@ impl Gateway {
                         _ = tick.tick() => {}
                         _ = state.shutdown.cancelled() => return,
                     }
-                    if let Err(e) = state.broker.gateway_alive(&state.cfg.gateway_id).await {
+                    if let Err(e) = state
+                        .chat
+                        .broker()
+                        .gateway_alive(&state.cfg.gateway_id)
+                        .await
+                    {
                         tracing::warn!(error = %e, "liveness refresh failed");
                     }
                 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use switchboard_core::auth::eip191::sign_personal;
-use switchboard_core::ids::ConvId;
 use switchboard_gateway::GatewayConfig;
+use switchboard_proto::auth::eip191::sign_personal;
+use switchboard_proto::ids::ConvId;
 
 async fn gateway() -> (Backend, switchboard_gateway::Gateway) {
     let b = Backend::memory();

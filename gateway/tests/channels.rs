@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use switchboard_core::ids::ConvId;
+use switchboard_proto::ids::ConvId;
 
 async fn create_channel(base: &str, token: &str, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()

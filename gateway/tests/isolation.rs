@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
-use switchboard_core::ids::{Address, ConvId};
+use switchboard_proto::ids::{Address, ConvId};
 
 async fn scenario(seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);

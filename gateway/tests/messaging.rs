@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use switchboard_core::ids::ConvId;
+use switchboard_proto::ids::ConvId;
 
 /// A on gateway 1 and B on gateway 2 exchange direct messages: seqs 1..n in
 /// order, `sent` to the sender, `msg` to the recipient, receipts back, an

@@ -37,7 +37,7 @@ async fn listing_history_members_without_a_store() {
         }
         let mut wb = Ws::connect(&gw, &tb).await;
         wb.send(json!({"type": "read", "conv": g, "seq": 3})).await;
-        let dm = switchboard_core::ids::ConvId::direct(&a.addr, &b.addr).unwrap();
+        let dm = switchboard_proto::ids::ConvId::direct(&a.addr, &b.addr).unwrap();
         wb.send(json!({"type": "send", "conv": dm, "id": "d1", "body": "hi"}))
             .await;
         wb.recv_type("sent").await;

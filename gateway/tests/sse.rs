@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use switchboard_core::ids::ConvId;
+use switchboard_proto::ids::ConvId;
 
 /// The shared SSE reader, plus the native format's message check.
 struct Stream(SseStream);

@@ -12,7 +12,7 @@ use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use switchboard_core::broker::RedisBroker;
-use switchboard_core::ids::{ConvId, MsgId};
+use switchboard_proto::ids::{ConvId, MsgId};
 use switchboard_testkit::{Postgres, RedisServer};
 use switchboard_worker::{Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
@@ -413,7 +413,7 @@ async fn gateway_restart_under_retries_stores_exactly_once() {
     let gw = start(None).await;
     let gw_addr = gw.local_addr();
     let (a, b) = (addr(), addr());
-    let (token, _) = gw.state().tokens.issue(
+    let (token, _) = gw.state().chat.tokens.issue(
         &a,
         Duration::from_secs(300),
         time::OffsetDateTime::now_utc(),

@@ -12,8 +12,8 @@ use common::*;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use switchboard_core::broker::{Broker, Mark, RedisBroker};
-use switchboard_core::ids::{Address, ConvId, MsgId};
 use switchboard_gateway::{Gateway, GatewayConfig};
+use switchboard_proto::ids::{Address, ConvId, MsgId};
 use switchboard_testkit::{Postgres, RedisServer};
 use switchboard_worker::Worker;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,7 @@ impl Api {
     fn token(&self, u: &Address) -> String {
         self.gw
             .state()
+            .chat
             .tokens
             .issue(u, Duration::from_secs(60), time::OffsetDateTime::now_utc())
             .0
@@ -388,7 +389,7 @@ async fn conversations_history_members_and_presence() {
 
     // Bulk presence.
     broker
-        .touch(&a, switchboard_core::time::now_ms())
+        .touch(&a, switchboard_proto::time::now_ms())
         .await
         .unwrap();
     let (st, p) = api.get(&b, &format!("/v1/presence?users={a},{c}")).await;

@@ -12,9 +12,9 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_core::broker::{DynBroker, RedisBroker};
-use switchboard_core::ids::{Address, ConvId, MsgId};
 use switchboard_core::store::DynStore;
 use switchboard_gateway::{Gateway, GatewayConfig};
+use switchboard_proto::ids::{Address, ConvId, MsgId};
 use switchboard_testkit::{Postgres, RedisServer};
 use switchboard_worker::Worker;
 use tokio_tungstenite::tungstenite::Message as WsMsg;
@@ -34,7 +34,7 @@ async fn gateway(broker: DynBroker, store: Option<DynStore>) -> Gateway {
 /// Sign `user` in with a token from the gateway's own signer, send
 /// `sync {conv, after}`, and collect the replayed seqs and the `synced` frame.
 async fn sync(gw: &Gateway, user: Address, conv: &ConvId, after: u64) -> (Vec<u64>, Value) {
-    let (token, _) = gw.state().tokens.issue(
+    let (token, _) = gw.state().chat.tokens.issue(
         &user,
         Duration::from_secs(60),
         time::OffsetDateTime::now_utc(),
@@ -138,7 +138,7 @@ async fn offline_past_the_log_syncs_from_postgres_in_order() {
 
     // A non-member gets the same refusal as for a conversation that does not exist.
     let outsider = addr();
-    let (token, _) = with_store.state().tokens.issue(
+    let (token, _) = with_store.state().chat.tokens.issue(
         &outsider,
         Duration::from_secs(60),
         time::OffsetDateTime::now_utc(),
@@ -210,7 +210,7 @@ async fn redis_data_loss_starts_a_new_epoch_above_the_stored_seqs() {
         let gw = &gw;
         let dm = dm.clone();
         async move {
-            let (token, _) = gw.state().tokens.issue(
+            let (token, _) = gw.state().chat.tokens.issue(
                 &a,
                 Duration::from_secs(60),
                 time::OffsetDateTime::now_utc(),

@@ -11,12 +11,13 @@ use tokio::sync::mpsc;
 
 use super::reports::{ClusterRef, ConnectionReport, ConnectionReports, GatewayIdentity};
 use super::{
-    Broker, BrokerConfig, BrokerError, Conversation, LogPage, Mark, Result, Routed, SendOutcome,
-    SendRequest, Watermarks,
+    Broker, BrokerConfig, BrokerError, LogPage, Mark, Result, Routed, SendOutcome, SendRequest,
+    Watermarks,
 };
-use crate::ids::{Address, ConvId, ConvKind, MsgId};
-use crate::protocol::Message;
-use crate::time::now_ms;
+use switchboard_proto::frames::Message;
+use switchboard_proto::ids::{Address, ConvId, ConvKind, MsgId};
+use switchboard_proto::model::Conversation;
+use switchboard_proto::time::now_ms;
 
 /// Capacity of each gateway's inbound event queue. The gateway's dispatcher only
 /// hands frames to bounded per-connection queues, so it never falls behind for

@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use crate::ids::{Address, ConvId, ConvKind, MsgId};
-use crate::protocol::Message;
+use switchboard_proto::frames::Message;
+use switchboard_proto::ids::{Address, ConvId, ConvKind, MsgId};
+use switchboard_proto::model::Conversation;
 
 pub use self::memory::MemoryBroker;
 pub use self::redis::{RedisBroker, redis_builder};
@@ -100,64 +101,6 @@ impl Default for BrokerConfig {
             seed_from_store: false,
             shards: 64,
             gateway_ttl: Duration::from_secs(15),
-        }
-    }
-}
-
-/// A group (or the synthesized view of a direct conversation).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Conversation {
-    pub id: ConvId,
-    pub kind: ConvKind,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    pub members: Vec<Address>,
-    /// The creator of a group or channel; `None` for direct conversations.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created_by: Option<Address>,
-    /// Unix ms.
-    pub created_at: u64,
-    /// Channels: who may post, the creator included (it always may).
-    /// Empty for other kinds.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub publishers: Vec<Address>,
-    /// Channels: who may read. `None` for other kinds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub visibility: Option<Visibility>,
-}
-
-/// Who may read a channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Visibility {
-    /// Any signed-in user.
-    Public,
-    /// Its members, publishers and creator.
-    Members,
-}
-
-impl Conversation {
-    /// Whether `user` may read it: a member; for a channel also its creator
-    /// and publishers, and anyone when it is public.
-    pub fn can_read(&self, user: &Address) -> bool {
-        match self.kind {
-            ConvKind::Channel => {
-                self.visibility == Some(Visibility::Public)
-                    || self.can_publish(user)
-                    || self.members.contains(user)
-            }
-            _ => self.members.contains(user),
-        }
-    }
-
-    /// Whether `user` may post to it: a member; for a channel its creator
-    /// and publishers only.
-    pub fn can_publish(&self, user: &Address) -> bool {
-        match self.kind {
-            ConvKind::Channel => {
-                self.created_by.as_ref() == Some(user) || self.publishers.contains(user)
-            }
-            _ => self.members.contains(user),
         }
     }
 }

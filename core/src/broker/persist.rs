@@ -13,9 +13,9 @@ use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 
-use crate::ids::{Address, ConvId, MsgId};
-use crate::protocol::Message;
 use crate::store::WatermarkUpdate;
+use switchboard_proto::frames::Message;
+use switchboard_proto::ids::{Address, ConvId, MsgId};
 
 /// The worker's consumer group on every persistence stream.
 pub const WORKER_GROUP: &str = "sb-worker";

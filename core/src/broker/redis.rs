@@ -44,12 +44,13 @@ use tokio::sync::mpsc;
 
 use super::reports::{self, ClusterRef, ConnectionReport, ConnectionReports, GatewayIdentity};
 use super::{
-    Broker, BrokerConfig, BrokerError, Conversation, LogPage, Mark, Result, Routed, SendOutcome,
-    SendRequest, Visibility, Watermarks, shard_of,
+    Broker, BrokerConfig, BrokerError, LogPage, Mark, Result, Routed, SendOutcome, SendRequest,
+    Watermarks, shard_of,
 };
-use crate::ids::{Address, ConvId, ConvKind, MsgId};
-use crate::protocol::Message;
-use crate::time::now_ms;
+use switchboard_proto::frames::Message;
+use switchboard_proto::ids::{Address, ConvId, ConvKind, MsgId};
+use switchboard_proto::model::{Conversation, Visibility};
+use switchboard_proto::time::now_ms;
 
 /// Dedupe, member check, seq, log append and persistence append, atomically.
 /// Returns `{-2}` when seeding is required and the seq counter is missing,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::ids::{Address, ConvId};
+use switchboard_proto::ids::{Address, ConvId};
 
 /// A frame addressed to users.
 #[derive(Debug, Clone)]

@@ -14,11 +14,9 @@ mod pg;
 #[cfg(feature = "postgres")]
 pub use pg::PgStore;
 
-use serde::{Deserialize, Serialize};
-
-use crate::broker::Conversation;
-use crate::ids::{Address, ConvId, ConvKind};
-use crate::protocol::Message;
+use switchboard_proto::frames::Message;
+use switchboard_proto::ids::{Address, ConvId};
+use switchboard_proto::model::{Conversation, ConversationSummary, ListCursor, Member};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,67 +76,6 @@ pub struct BatchOutcome {
     pub inserted: u64,
     /// Messages that were already stored (a redelivered stream entry).
     pub duplicates: u64,
-}
-
-/// A member's standing in a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Created the group or was made admin: manages members.
-    Admin,
-    Member,
-}
-
-/// One member row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub user: Address,
-    pub role: Role,
-    pub delivered_seq: u64,
-    pub read_seq: u64,
-}
-
-/// One line of a user's conversation list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConversationSummary {
-    pub id: ConvId,
-    pub kind: ConvKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    /// Highest seq stored.
-    pub last_seq: u64,
-    /// The caller's read watermark.
-    pub read_seq: u64,
-    /// Messages from others above `read_seq`, counted up to [`UNREAD_CAP`]
-    /// (show "999+" beyond).
-    pub unread: u64,
-    /// Unix ms of the newest message, or of creation when there is none;
-    /// the list is ordered by it, newest first.
-    pub active_at: u64,
-}
-
-/// Unread counts stop here: counting is a range scan per conversation.
-pub const UNREAD_CAP: u64 = 999;
-
-/// Position in a conversation list: strictly older than this.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListCursor {
-    pub active_at: u64,
-    pub id: String,
-}
-
-impl ListCursor {
-    /// Opaque text form for APIs: `<active_at>.<id>`.
-    pub fn encode(&self) -> String {
-        format!("{}.{}", self.active_at, self.id)
-    }
-    pub fn decode(s: &str) -> Option<Self> {
-        let (at, id) = s.split_once('.')?;
-        Some(ListCursor {
-            active_at: at.parse().ok()?,
-            id: id.parse::<ConvId>().ok()?.to_string(),
-        })
-    }
 }
 
 /// The durable engine interface, so the gateway and worker take any store

@@ -16,12 +16,12 @@ use serde_json::value::RawValue;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Executor, Row};
 
-use super::{
-    Batch, BatchOutcome, ConversationSummary, ListCursor, Member, Result, Role, Store, StoreError,
+use super::{Batch, BatchOutcome, Result, Store, StoreError};
+use switchboard_proto::frames::Message;
+use switchboard_proto::ids::{Address, ConvId, ConvKind, MsgId};
+use switchboard_proto::model::{
+    Conversation, ConversationSummary, ListCursor, Member, Role, Visibility,
 };
-use crate::broker::{Conversation, Visibility};
-use crate::ids::{Address, ConvId, ConvKind, MsgId};
-use crate::protocol::Message;
 
 /// The migrations under `migrations/`, embedded in every binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -127,7 +127,7 @@ impl Store for PgStore {
             c.first_ts = c.first_ts.min(m.ts);
             c.last_ts = Some(c.last_ts.unwrap_or(0).max(m.ts));
         }
-        let now = crate::time::now_ms();
+        let now = switchboard_proto::time::now_ms();
         for w in &batch.watermarks {
             convs.entry(w.conv.as_str()).or_insert(ConvSummary {
                 last_seq: 0,
@@ -517,7 +517,7 @@ impl Store for PgStore {
         .bind(before.map(|c| c.active_at as i64))
         .bind(before.map(|c| c.id.clone()).unwrap_or_default())
         .bind(limit as i64)
-        .bind(super::UNREAD_CAP as i64)
+        .bind(switchboard_proto::model::UNREAD_CAP as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?;

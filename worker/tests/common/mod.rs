@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use switchboard_core::broker::{BrokerConfig, Conversation, RedisBroker, SendRequest};
-use switchboard_core::ids::{Address, ConvId, ConvKind, MsgId};
+use switchboard_core::broker::{BrokerConfig, RedisBroker, SendRequest};
 use switchboard_core::store::PgStore;
+use switchboard_proto::ids::{Address, ConvId, ConvKind, MsgId};
+use switchboard_proto::model::Conversation;
 use switchboard_worker::WorkerConfig;
 use switchboard_worker::streams::Streams;
 

@@ -12,8 +12,8 @@ use switchboard_client::{
     Client, ClientError, ClientOptions, ErrorCode, Event, SignInOptions, create_group,
     get_conversation, sign_in,
 };
-use switchboard_core::auth::eip191::address_of;
-use switchboard_core::ids::ConvId;
+use switchboard_proto::auth::eip191::address_of;
+use switchboard_proto::ids::ConvId;
 
 #[tokio::test]
 async fn direct_messages_arrive_in_order_exactly_once() {

@@ -4,9 +4,10 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
-use switchboard_core::broker::BrokerError;
-use switchboard_core::protocol::ErrorCode;
+use switchboard_proto::frames::ErrorCode;
+use switchboard_proto::rest::{ErrorBody, ErrorDetail};
+
+use crate::service::{ChatError, Engine};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -29,43 +30,53 @@ impl ApiError {
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        )
+    }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 }
 
-impl From<BrokerError> for ApiError {
-    fn from(e: BrokerError) -> Self {
+impl From<ChatError> for ApiError {
+    fn from(e: ChatError) -> Self {
         match e {
-            BrokerError::NotMember => ApiError::not_found("no such conversation"),
-            BrokerError::NotPublisher => ApiError::new(
+            ChatError::NotFound | ChatError::NotMember => {
+                ApiError::not_found("no such conversation")
+            }
+            ChatError::NoSuchMember => ApiError::not_found("not a member of this conversation"),
+            ChatError::NotPublisher => ApiError::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
                 "not a publisher of this channel",
             ),
-            BrokerError::AlreadyExists => ApiError::new(
+            ChatError::Forbidden(m) => {
+                ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, m)
+            }
+            ChatError::Invalid(m) => ApiError::bad_request(m),
+            ChatError::AlreadyExists => ApiError::new(
                 StatusCode::CONFLICT,
                 ErrorCode::Invalid,
                 "conversation already exists",
             ),
-            BrokerError::Unavailable(m) => {
-                tracing::warn!(error = %m, "broker unavailable");
+            ChatError::Unavailable { what, detail } => {
+                tracing::warn!(error = %detail, engine = ?what, "engine unavailable");
+                let message = match what {
+                    Engine::Broker => "message broker unavailable; retry",
+                    Engine::Store => "message store unavailable; retry",
+                };
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     ErrorCode::Unavailable,
-                    "message broker unavailable; retry",
+                    message,
                 )
             }
-            BrokerError::Unseeded(_) => {
-                tracing::error!("a send reached the REST layer unseeded");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorCode::Internal,
-                    "internal error",
-                )
-            }
-            BrokerError::Corrupt(m) => {
-                tracing::error!(error = %m, "broker data corrupt");
+            ChatError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     ErrorCode::Internal,
@@ -80,7 +91,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(json!({"error": {"code": self.code.as_str(), "message": self.message}})),
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code: self.code.as_str().to_string(),
+                    message: self.message,
+                },
+            }),
         )
             .into_response()
     }

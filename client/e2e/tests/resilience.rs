@@ -12,8 +12,8 @@ use common::*;
 use serde_json::json;
 use switchboard_client::{Client, ClientError, ClientOptions, Event};
 use switchboard_core::broker::{Broker, MemoryBroker};
-use switchboard_core::ids::ConvId;
 use switchboard_gateway::GatewayConfig;
+use switchboard_proto::ids::ConvId;
 use tokio::time::timeout;
 
 #[tokio::test]

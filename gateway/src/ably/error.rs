@@ -1,0 +1,79 @@
+//! Ably `ErrorInfo` answers: `{"error": {"code", "statusCode", "message",
+//! "href"}}` with the content type and headers Ably clients read.
+
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::service::{ChatError, Engine};
+
+/// An Ably `ErrorInfo` answer.
+#[derive(Debug)]
+pub struct AblyError {
+    code: u32,
+    status: StatusCode,
+    message: String,
+}
+
+impl AblyError {
+    pub(super) fn new(code: u32, status: StatusCode, message: impl Into<String>) -> Self {
+        AblyError {
+            code,
+            status,
+            message: message.into(),
+        }
+    }
+    pub(super) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(40000, StatusCode::BAD_REQUEST, message)
+    }
+    pub(super) fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(40101, StatusCode::UNAUTHORIZED, message)
+    }
+    pub(super) fn refused(message: impl Into<String>) -> Self {
+        Self::new(40160, StatusCode::UNAUTHORIZED, message)
+    }
+}
+
+impl From<ChatError> for AblyError {
+    fn from(e: ChatError) -> Self {
+        match e {
+            ChatError::NotMember | ChatError::NotPublisher => {
+                AblyError::refused("the key is not allowed to publish to this channel")
+            }
+            ChatError::Unavailable { what, detail } => {
+                tracing::warn!(error = %detail, engine = ?what, "engine unavailable");
+                let message = match what {
+                    Engine::Broker => "message broker unavailable; retry",
+                    Engine::Store => "message history unavailable; retry",
+                };
+                AblyError::new(50003, StatusCode::SERVICE_UNAVAILABLE, message)
+            }
+            ChatError::Invalid(m) => AblyError::bad_request(m),
+            other => {
+                tracing::error!(error = %other, "ably endpoint failed");
+                AblyError::new(50000, StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for AblyError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "code": self.code,
+            "statusCode": self.status.as_u16(),
+            "message": self.message,
+            "href": format!("https://help.ably.io/error/{}", self.code),
+        }});
+        let mut r = (self.status, body.to_string()).into_response();
+        let h = r.headers_mut();
+        // Ably clients read the body only for exactly this content type.
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert("x-ably-errorcode", HeaderValue::from(self.code));
+        if let Ok(v) = HeaderValue::from_str(&self.message) {
+            h.insert("x-ably-errormessage", v);
+        }
+        r
+    }
+}

@@ -1,0 +1,112 @@
+//! `POST /channels/{name}/messages`: one message or a batch, idempotent by
+//! message id, to a channel created on first use.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use switchboard_core::broker::SendRequest;
+use switchboard_proto::frames::MAX_FRAME_BYTES;
+use switchboard_proto::ids::MsgId;
+
+use super::AblyError;
+use super::auth::{Caller, authenticate, channel_id};
+use super::message::{InMessage, msg_id_of};
+use crate::state::AppRef;
+
+#[derive(Serialize)]
+struct Published {
+    channel: String,
+    #[serde(rename = "messageId")]
+    message_id: String,
+    serials: Vec<String>,
+}
+
+/// `POST /channels/{name}/messages`.
+pub async fn publish(
+    State(state): State<AppRef>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AblyError> {
+    let caller = authenticate(&state, &headers)?;
+    let id = channel_id(&name)?;
+    let parsed: Value = serde_json::from_slice(&body)
+        .map_err(|e| AblyError::bad_request(format!("the body is not JSON: {e}")))?;
+    let list: Vec<InMessage> = match parsed {
+        Value::Array(items) => items
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>(),
+        one @ Value::Object(_) => serde_json::from_value(one).map(|m| vec![m]),
+        _ => {
+            return Err(AblyError::bad_request(
+                "the body must be a message or an array of messages",
+            ));
+        }
+    }
+    .map_err(|e| AblyError::bad_request(format!("invalid message: {e}")))?;
+    if list.is_empty() {
+        return Err(AblyError::bad_request("no messages to publish"));
+    }
+    if let Caller::Key(k) = &caller
+        && !k.allows(&name)
+    {
+        // Refused before the channel would be created.
+        return Err(AblyError::refused(format!(
+            "{} may not publish to channel {name}",
+            caller.describe()
+        )));
+    }
+    let channel = state.chat.channel_or_create(&id, caller.address()).await?;
+    if !caller.may_publish(&name, &channel) {
+        return Err(AblyError::refused(format!(
+            "{} may not publish to channel {name}",
+            caller.describe()
+        )));
+    }
+    let from = caller.address();
+    // Messages without ids get `<random>:<index>`, as Ably's SDKs do, so a
+    // batch's parts stay distinct.
+    let base = MsgId::random();
+    let mut serials = Vec::with_capacity(list.len());
+    let mut first_id = None;
+    for (i, mut m) in list.into_iter().enumerate() {
+        let ably_id = m.id.clone().unwrap_or_else(|| format!("{base}:{i}"));
+        m.id = Some(ably_id.clone());
+        first_id.get_or_insert_with(|| ably_id.clone());
+        let text = serde_json::to_string(&m)
+            .map_err(|e| AblyError::bad_request(format!("invalid message: {e}")))?;
+        if text.len() > MAX_FRAME_BYTES / 2 {
+            return Err(AblyError::new(
+                40009,
+                StatusCode::BAD_REQUEST,
+                "message too large (at most 32 KiB of JSON)",
+            ));
+        }
+        let body = RawValue::from_string(text)
+            .map_err(|e| AblyError::bad_request(format!("invalid message: {e}")))?;
+        let req = SendRequest {
+            conv: id.clone(),
+            id: msg_id_of(&ably_id),
+            from,
+            body,
+            // A key publishes everywhere its patterns allow (checked above);
+            // a wallet is held to the channel's publishers by the broker.
+            privileged: matches!(caller, Caller::Key(_)),
+        };
+        let out = state.chat.send(req).await?;
+        serials.push(out.message.seq.to_string());
+        state.chat.fan_out(out, None).await;
+    }
+    let answer = Published {
+        channel: name,
+        message_id: first_id.unwrap_or_default(),
+        serials,
+    };
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}

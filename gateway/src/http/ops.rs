@@ -1,0 +1,33 @@
+//! Operations endpoints: liveness, readiness and Prometheus metrics.
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+
+use super::problem::ApiError;
+use crate::state::AppRef;
+
+/// `GET /healthz`: the process serves HTTP.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: not draining, and the broker answers.
+pub async fn readyz(State(state): State<AppRef>) -> Result<&'static str, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::unavailable("draining"));
+    }
+    state.chat.ping().await?;
+    Ok("ready")
+}
+
+/// `GET /metrics`: OpenMetrics text.
+pub async fn metrics(State(state): State<AppRef>) -> impl IntoResponse {
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,58 @@
+//! Parsing what a request carries — JSON bodies, query strings, ids,
+//! addresses, page sizes — into typed values, or a `400` that names the
+//! offending part. Bounds are checked here, before any work is done.
+
+use axum::Json;
+use axum::extract::Query;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use switchboard_proto::ids::{Address, ConvId};
+
+use super::problem::ApiError;
+
+/// Default and largest page of a list or history request.
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 200;
+
+/// A JSON body, or a `400` with serde's reason.
+pub fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {}", e.body_text())))
+}
+
+/// A query string, or a `400` with serde's reason.
+pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+/// A conversation id from a path.
+pub fn conv(id: &str) -> Result<ConvId, ApiError> {
+    id.parse()
+        .map_err(|e| ApiError::bad_request(format!("conversation id: {e}")))
+}
+
+/// Addresses from a list field named `what`; an unparsable entry is named
+/// (`members[2]: …`).
+pub fn addresses<S: AsRef<str>>(what: &str, list: &[S]) -> Result<Vec<Address>, ApiError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.as_ref()
+                .trim()
+                .parse()
+                .map_err(|e| ApiError::bad_request(format!("{what}[{i}]: {e}")))
+        })
+        .collect()
+}
+
+/// A page size: [`DEFAULT_LIMIT`] when absent, 1 to [`MAX_LIMIT`].
+pub fn limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(0) => Err(ApiError::bad_request("limit must be at least 1")),
+        Some(n) if n > MAX_LIMIT => Err(ApiError::bad_request(format!(
+            "limit must be at most {MAX_LIMIT}"
+        ))),
+        Some(n) => Ok(n),
+    }
+}

@@ -1,0 +1,338 @@
+//! One WebSocket connection after authentication: a single task multiplexes
+//! the socket's inbound frames, the hub's outbound queue, ack-retry timers,
+//! the gathered-acks flush and the idle and close signals. One task per
+//! socket (rather than a reader and a writer task) keeps idle connections
+//! small, and handling a client's frames in order keeps its sends in the
+//! order it wrote them.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use switchboard_core::broker::Mark;
+use switchboard_proto::frames::{ErrorCode, ServerFrame, close};
+use switchboard_proto::ids::{Address, ConvId};
+use switchboard_proto::time::now_ms;
+use tokio::time::{Instant, sleep_until};
+
+use crate::cursor::SeqCursor;
+use crate::hub::{ConnHandle, Outbound};
+use crate::service::Liveness;
+use crate::state::AppState;
+
+/// Why the loop ended, and what to tell the client.
+pub(super) enum Exit {
+    /// The client closed or the transport failed: nothing more to send.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// A `msg` frame waiting for its ack.
+struct Pending {
+    frame: Arc<str>,
+    /// Resends so far.
+    retries: u32,
+}
+
+fn limiter(rate: u32, burst: u32) -> DefaultDirectRateLimiter {
+    let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(rate);
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+}
+
+/// Serve an authenticated socket until it closes.
+pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, user: Address) {
+    let handle = state.chat.connect(user, Liveness::Heartbeat).await;
+    let mut conn = Conn {
+        state: state.clone(),
+        user,
+        handle: handle.clone(),
+        pending: HashMap::new(),
+        timers: VecDeque::new(),
+        sends: limiter(state.cfg.send_rate, state.cfg.send_burst),
+        frames: limiter(state.cfg.frame_rate, state.cfg.frame_burst),
+        typing: HashMap::new(),
+        last_touch: Instant::now(),
+        acked: HashMap::new(),
+        flush_at: None,
+        channels: HashMap::new(),
+    };
+    let ready = ServerFrame::Ready {
+        user,
+        heartbeat_ms: state.cfg.heartbeat.as_millis() as u64,
+    };
+    let exit = if socket.send(text(&ready.to_json())).await.is_err() {
+        Exit::Gone
+    } else {
+        conn.run(&mut socket).await
+    };
+    // Acks that arrived just before the socket ended still count.
+    Box::pin(conn.flush_acks()).await;
+    for channel in std::mem::take(&mut conn.channels).into_keys() {
+        state.chat.leave_channel(&channel, &handle).await;
+    }
+    if let Exit::Close(code, reason) = exit {
+        let _ = socket
+            .send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+    if let Some(left) = state.chat.disconnect(user, &handle, Liveness::Heartbeat) {
+        left.await;
+    }
+}
+
+pub(super) fn text(s: &str) -> WsMessage {
+    WsMessage::Text(s.into())
+}
+
+pub(super) struct Conn {
+    pub(super) state: Arc<AppState>,
+    pub(super) user: Address,
+    pub(super) handle: Arc<ConnHandle>,
+    pending: HashMap<(ConvId, u64), Pending>,
+    /// Retry deadlines in the order they fall due (every retry waits the same
+    /// interval, so pushing to the back keeps the queue sorted). Entries for
+    /// acked messages are skipped lazily.
+    timers: VecDeque<(Instant, ConvId, u64)>,
+    pub(super) sends: DefaultDirectRateLimiter,
+    pub(super) frames: DefaultDirectRateLimiter,
+    /// When this socket last relayed typing, per conversation.
+    pub(super) typing: HashMap<ConvId, Instant>,
+    last_touch: Instant,
+    /// Highest acked seq per conversation since the last flush: delivered
+    /// watermarks and their receipts go out once per `receipt_delay`, not
+    /// once per message.
+    acked: HashMap<ConvId, u64>,
+    flush_at: Option<Instant>,
+    /// Subscribed channels and where this socket stands in each.
+    pub(super) channels: HashMap<ConvId, SeqCursor>,
+}
+
+impl Conn {
+    async fn run(&mut self, socket: &mut WebSocket) -> Exit {
+        let idle = self.state.cfg.idle_timeout;
+        let mut idle_at = Instant::now() + idle;
+        let handle = self.handle.clone();
+        let close = &handle.close;
+        loop {
+            let next_retry = self.timers.front().map(|t| t.0);
+            tokio::select! {
+                biased;
+                _ = close.closed() => {
+                    let code = close.code();
+                    let reason = match code {
+                        close::SLOW_CONSUMER => "slow consumer: reconnect with backoff and resync",
+                        close::GOING_AWAY => "gateway draining: reconnect",
+                        _ => "closed by server",
+                    };
+                    return Exit::Close(code, reason);
+                }
+                _ = sleep_until(idle_at) => {
+                    return Exit::Close(close::IDLE_TIMEOUT, "idle timeout: send ping frames");
+                }
+                item = handle.outbox.pop() => {
+                    // Handlers are boxed so their state lives on the heap only while
+                    // they run: an idle socket's task keeps just the select loop.
+                    if Box::pin(self.write_outbound(socket, item)).await.is_err() {
+                        return Exit::Gone;
+                    }
+                }
+                _ = sleep_until(self.flush_at.unwrap_or(idle_at)), if self.flush_at.is_some() => {
+                    Box::pin(self.flush_acks()).await;
+                }
+                _ = sleep_until(next_retry.unwrap_or(idle_at)), if next_retry.is_some() => {
+                    if Box::pin(self.retry_due(socket)).await.is_err() {
+                        return Exit::Gone;
+                    }
+                }
+                incoming = socket.recv() => {
+                    idle_at = Instant::now() + idle;
+                    match incoming {
+                        None => return Exit::Gone,
+                        Some(Err(e)) => return classify_read_error(e),
+                        Some(Ok(WsMessage::Text(t))) => {
+                            if Box::pin(self.on_text(socket, &t)).await.is_err() {
+                                return Exit::Gone;
+                            }
+                        }
+                        Some(Ok(WsMessage::Binary(_))) => {
+                            if Box::pin(self.error(socket, ErrorCode::BadFrame, "binary frames are not supported; send JSON text", None)).await.is_err() {
+                                return Exit::Gone;
+                            }
+                        }
+                        Some(Ok(WsMessage::Close(_))) => return Exit::Gone,
+                        Some(Ok(_)) => {} // ping/pong: answered by the WebSocket layer
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write one frame. A peer that stops reading fills its TCP window and
+    /// this write would wait forever, so it also ends when the socket is told
+    /// to close (the hub does that when the send queue fills).
+    pub(super) async fn write(&self, socket: &mut WebSocket, s: &str) -> Result<(), axum::Error> {
+        tokio::select! {
+            r = socket.send(text(s)) => r,
+            _ = self.handle.close.closed() => Err(axum::Error::new("socket closed while writing")),
+        }
+    }
+
+    /// Answer an `error` frame, counted by code.
+    pub(super) async fn error(
+        &self,
+        socket: &mut WebSocket,
+        code: ErrorCode,
+        message: &str,
+        reference: Option<String>,
+    ) -> Result<(), axum::Error> {
+        self.state.metrics.error(code.as_str());
+        self.write(
+            socket,
+            &ServerFrame::error(code, message, reference).to_json(),
+        )
+        .await
+    }
+
+    /// Write a `msg` and start waiting for its ack.
+    pub(super) async fn write_msg(
+        &mut self,
+        socket: &mut WebSocket,
+        conv: ConvId,
+        seq: u64,
+        frame: Arc<str>,
+    ) -> Result<(), axum::Error> {
+        self.write(socket, &frame).await?;
+        self.state.metrics.messages_out.inc();
+        let key = (conv, seq);
+        if !self.pending.contains_key(&key) {
+            self.timers.push_back((
+                Instant::now() + self.state.cfg.ack_timeout,
+                key.0.clone(),
+                key.1,
+            ));
+            self.pending.insert(key, Pending { frame, retries: 0 });
+        }
+        Ok(())
+    }
+
+    async fn write_outbound(
+        &mut self,
+        socket: &mut WebSocket,
+        item: Outbound,
+    ) -> Result<(), axum::Error> {
+        match item {
+            Outbound::Frame(f) => self.write(socket, &f).await,
+            Outbound::Msg { ack, frame } => {
+                let (conv, seq) = (ack.0.clone(), ack.1);
+                self.observe_latency(&frame);
+                self.write_msg(socket, conv, seq, frame).await
+            }
+            Outbound::Channel { seq, frame } => {
+                self.write_channel_msg(socket, &seq.0, seq.1, &frame).await
+            }
+        }
+    }
+
+    /// Delivery latency from the message's server time, for the histogram.
+    pub(super) fn observe_latency(&self, frame: &str) {
+        if let Some(ts) = frame_ts(frame) {
+            let lat = now_ms().saturating_sub(ts) as f64 / 1000.0;
+            self.state.metrics.delivery_latency.observe(lat);
+        }
+    }
+
+    /// An `ack`: stop resending, and gather it for the next flush.
+    pub(super) fn acked(&mut self, conv: ConvId, seq: u64) {
+        let hw = self.acked.entry(conv).or_default();
+        *hw = (*hw).max(seq);
+        self.flush_at
+            .get_or_insert_with(|| Instant::now() + self.state.cfg.receipt_delay);
+    }
+
+    /// Forget a `msg` that was acked: no more resends.
+    pub(super) fn settle(&mut self, conv: &ConvId, seq: u64) {
+        self.pending.remove(&(conv.clone(), seq));
+    }
+
+    /// Resend every `msg` whose ack is overdue, or give up on it after the
+    /// last retry (the client then catches up with `sync`).
+    async fn retry_due(&mut self, socket: &mut WebSocket) -> Result<(), axum::Error> {
+        let now = Instant::now();
+        while let Some((at, _, _)) = self.timers.front() {
+            if *at > now {
+                break;
+            }
+            let Some((_, conv, seq)) = self.timers.pop_front() else {
+                break;
+            };
+            let key = (conv, seq);
+            let Some(p) = self.pending.get_mut(&key) else {
+                continue;
+            };
+            if p.retries >= self.state.cfg.max_retries {
+                self.pending.remove(&key);
+                self.state.metrics.retries_exhausted.inc();
+                continue;
+            }
+            p.retries += 1;
+            let frame = p.frame.clone();
+            self.state.metrics.retries.inc();
+            self.timers
+                .push_back((now + self.state.cfg.ack_timeout, key.0, key.1));
+            self.write(socket, &frame).await?;
+        }
+        Ok(())
+    }
+
+    /// Apply the acks gathered since the last flush: one delivered
+    /// watermark move (and receipt) per conversation.
+    async fn flush_acks(&mut self) {
+        self.flush_at = None;
+        for (conv, seq) in std::mem::take(&mut self.acked) {
+            let chat = &self.state.chat;
+            if let Err(e) = chat
+                .mark(&conv, self.user, Mark::Delivered, seq, Some(&self.handle))
+                .await
+            {
+                tracing::warn!(error = %e, %conv, "delivered watermark not recorded");
+            }
+        }
+    }
+
+    /// Refresh `last_seen`, at most twice per heartbeat interval.
+    pub(super) async fn maybe_touch(&mut self) {
+        if self.last_touch.elapsed() >= self.state.cfg.heartbeat / 2 {
+            self.last_touch = Instant::now();
+            self.state.chat.touch(&self.user, now_ms()).await;
+        }
+    }
+}
+
+/// `ts` of a serialized `msg` frame, for the latency histogram. The frame was
+/// produced by us, so a cheap scan for the last `"ts":` suffices.
+fn frame_ts(frame: &str) -> Option<u64> {
+    let i = frame.rfind("\"ts\":")?;
+    let digits: String = frame[i + 5..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+fn classify_read_error(e: axum::Error) -> Exit {
+    let msg = e.to_string();
+    // tungstenite reports an oversized frame or message as a capacity error.
+    if msg.contains("Space limit exceeded") || msg.contains("too long") || msg.contains("too big") {
+        Exit::Close(close::TOO_BIG, "frame larger than 64 KiB")
+    } else {
+        tracing::debug!(error = %msg, "socket read failed");
+        Exit::Gone
+    }
+}

@@ -1,0 +1,63 @@
+//! The WebSocket transport (`GET /v1/ws`, protocol v1 in docs/protocol.md).
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod` | the upgrade: drain check, bearer auth, buffer limits |
+//! | `auth` | the `auth` first frame, when the upgrade carried no token |
+//! | `conn` | one socket's task: the select loop, writes, ack tracking and resends, gathered acks |
+//! | `dispatch` | one function per client frame type |
+//! | `channels` | `subscribe` / `unsubscribe`, and the channel replay behind them |
+
+mod auth;
+mod channels;
+mod conn;
+mod dispatch;
+
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use switchboard_proto::frames::{ErrorCode, MAX_FRAME_BYTES};
+
+use crate::http::auth::bearer;
+use crate::http::problem::ApiError;
+use crate::state::AppRef;
+
+/// `GET /v1/ws`.
+pub async fn upgrade(State(state): State<AppRef>, parts: Parts, ws: WebSocketUpgrade) -> Response {
+    if state.shutdown.is_cancelled() {
+        return ApiError::unavailable("draining; reconnect elsewhere").into_response();
+    }
+    // A bearer header authenticates the upgrade itself; without one the
+    // client must send `auth` as its first frame.
+    let pre_auth = match bearer(&parts) {
+        Some(token) => match state.chat.verify_token(token) {
+            Ok(user) => Some(user),
+            Err(e) => {
+                state.metrics.error(ErrorCode::Unauthorized.as_str());
+                return ApiError::unauthorized(format!("invalid session token: {e}"))
+                    .into_response();
+            }
+        },
+        None => None,
+    };
+    let cfg = &state.cfg;
+    ws.read_buffer_size(cfg.ws_read_buffer)
+        .write_buffer_size(cfg.ws_write_buffer)
+        .max_write_buffer_size(cfg.ws_write_buffer.max(MAX_FRAME_BYTES) * 4)
+        .max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |mut socket| async move {
+            // Both phases are boxed: the task axum spawns then holds two
+            // pointers instead of the largest inline state of either, which
+            // saves ~2 KiB per idle connection.
+            let user = match pre_auth {
+                Some(u) => u,
+                None => match Box::pin(auth::authenticate(&state, &mut socket)).await {
+                    Some(u) => u,
+                    None => return,
+                },
+            };
+            Box::pin(conn::serve(state, socket, user)).await;
+        })
+}
