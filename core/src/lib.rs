@@ -5,5 +5,6 @@
 //! model) is `switchboard-proto`, which clients use alone.
 
 pub mod broker;
+pub mod env;
 pub mod relay;
 pub mod store;
