@@ -1,4 +1,4 @@
-//! The `switchboard` and `switchboard-gateway` commands. Each subcommand is a
+//! The `switchboard` command. Each subcommand is a
 //! function in its module; the binaries only parse arguments and call them.
 
 pub mod dev;

@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.cmd {
-            Cmd::Dev(a) => dev::run(*a, dev::Mode::AllInOne).await,
+            Cmd::Dev(a) => dev::run(*a).await,
             Cmd::Login(a) => talk::login(a).await,
             Cmd::Send(a) => talk::send(a).await,
             Cmd::Listen(a) => talk::listen(a).await,

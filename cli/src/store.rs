@@ -2,13 +2,13 @@
 //! session (`<key-file>.session.json`, also 0600: the token is a credential).
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
 use k256::ecdsa::SigningKey;
 use serde::{Deserialize, Serialize};
 use switchboard_client::Session;
+use switchboard_gateway::launch::write_private;
 
 /// `$XDG_CONFIG_HOME/switchboard/key`, else `~/.config/switchboard/key`.
 pub fn default_key_file() -> anyhow::Result<PathBuf> {
@@ -33,25 +33,6 @@ pub fn session_file(key_file: &Path) -> PathBuf {
     let mut name = OsString::from(key_file.as_os_str());
     name.push(".session.json");
     PathBuf::from(name)
-}
-
-/// Write `data` to a new or truncated file readable by the owner only,
-/// creating parent directories (0700).
-pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let mut b = std::fs::DirBuilder::new();
-        b.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-        b.create(dir)?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 /// Parse a hex private key (`0x` optional, surrounding whitespace ignored).
@@ -162,10 +143,16 @@ pub fn load_session(key_file: &Path) -> anyhow::Result<StoredSession> {
     if s.session.expired(std::time::Duration::from_secs(5)) {
         bail!(
             "session expired at {}: run `switchboard login` again",
-            crate::talk::rfc3339(s.session.expires_at)
+            rfc3339(s.session.expires_at)
         );
     }
     Ok(s)
+}
+
+/// A time as RFC 3339 text, for what the CLI prints and stores.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 #[cfg(test)]

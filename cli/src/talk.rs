@@ -10,8 +10,6 @@ use switchboard_client::{
     create_group, sign_in,
 };
 use switchboard_proto::ids::{Address, ConvId};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::store::{self, StoredSession};
 
@@ -84,10 +82,6 @@ pub struct GroupCreateArgs {
     title: Option<String>,
 }
 
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
-}
-
 pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     let key_file = store::key_file(a.common.key_file)?;
     let server = a.common.server.unwrap_or_else(|| DEFAULT_SERVER.to_owned());
@@ -113,7 +107,7 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     println!(
         "logged in as {} until {}",
         session.address,
-        rfc3339(session.expires_at)
+        store::rfc3339(session.expires_at)
     );
     Ok(())
 }

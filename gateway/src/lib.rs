@@ -13,11 +13,13 @@
 //! in-process the same way.
 
 pub mod ably;
+pub mod args;
 pub mod config;
 pub mod cursor;
 pub mod http;
 pub mod hub;
 pub mod keys;
+pub mod launch;
 pub mod metrics;
 pub mod relay;
 mod report;

@@ -1,11 +1,11 @@
-//! `switchboard-gateway`: the gateway process of a deployment. Same flags as
-//! `switchboard dev`; the worker runs as its own process
-//! (`switchboard-worker run`), so none is embedded here.
+//! `switchboard-gateway`: the gateway process of a deployment (the worker
+//! runs as its own process, `switchboard-worker run`). Flags: [`GatewayArgs`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchboard_cli::dev::{self, DevArgs, Mode};
+use switchboard_gateway::args::GatewayArgs;
+use switchboard_gateway::launch;
 
 #[derive(Parser)]
 #[command(
@@ -15,7 +15,13 @@ use switchboard_cli::dev::{self, DevArgs, Mode};
 )]
 struct Cli {
     #[command(flatten)]
-    args: DevArgs,
+    args: GatewayArgs,
+}
+
+async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let cfg = launch::config(&args)?;
+    let engines = launch::connect(&args, false).await?;
+    launch::serve(&args, cfg, engines, "switchboard-gateway").await
 }
 
 fn main() -> ExitCode {
@@ -29,7 +35,7 @@ fn main() -> ExitCode {
         .init();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(dev::run(cli.args, Mode::GatewayOnly)));
+        .and_then(|rt| rt.block_on(run(cli.args)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

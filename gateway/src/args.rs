@@ -1,0 +1,162 @@
+//! The gateway's command line: every flag of `switchboard-gateway` (and of
+//! `switchboard dev`, which adds an embedded worker). Flags the operator
+//! sets through the environment name their variable with the constants in
+//! `switchboard_core::env`, the names the operator writes; the operator's
+//! contract test parses the Deployments it builds with this parser.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use switchboard_core::env;
+
+use crate::keys::ApiKey;
+
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Address to serve HTTP and WebSocket on
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Use Redis (redis://… or redis-cluster://…) instead of the in-memory broker
+    #[arg(long, env = env::REDIS_URL, hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Store history in PostgreSQL (postgres://…; needs --redis-url). `switchboard dev`
+    /// also applies migrations and runs a worker in-process
+    #[arg(long, env = env::DATABASE_URL, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Newest messages kept per conversation in the Redis log (older ones come from PostgreSQL)
+    #[arg(long, default_value_t = 10_000)]
+    pub log_max_len: usize,
+    /// Days a message stays in the Redis log (0: no age limit)
+    #[arg(long, default_value_t = 30)]
+    pub log_max_age_days: u64,
+    /// EIP-4361 domain sign-in messages must name
+    #[arg(long, env = env::DOMAIN, default_value = "localhost")]
+    pub domain: String,
+    /// Session token lifetime, e.g. 24h, 90m, 86400s (the operator sets it from
+    /// spec.auth.sessionTtl)
+    #[arg(long, env = env::SESSION_TTL, default_value = "24h",
+          value_parser = parse_session_ttl)]
+    pub session_ttl: Duration,
+    /// Accepted chain id (repeatable; the variable takes a comma list)
+    #[arg(long = "chain-id", env = env::CHAIN_IDS, value_delimiter = ',',
+          default_values_t = [1u64])]
+    pub chain_ids: Vec<u64>,
+    /// Session-token secret file; created with 32 random bytes if missing
+    #[arg(long, env = env::TOKEN_SECRET_FILE)]
+    pub token_secret_file: Option<PathBuf>,
+    /// Pod name this gateway reports its live connections as (with --pod-namespace and
+    /// --cluster; the operator sets all three through the downward API)
+    #[arg(long, env = env::POD_NAME)]
+    pub pod_name: Option<String>,
+    /// Namespace of the pod and its ChatCluster, for connection reports
+    #[arg(long, env = env::POD_NAMESPACE)]
+    pub pod_namespace: Option<String>,
+    /// Name of the ChatCluster this gateway belongs to, for connection reports
+    #[arg(long, env = env::CLUSTER)]
+    pub cluster: Option<String>,
+    /// Seconds between connection reports (each expires after three intervals)
+    #[arg(long, env = env::REPORT_INTERVAL_SECONDS, default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub report_interval_seconds: u64,
+    /// Drain window on SIGTERM: sockets are closed (1012) in randomized batches over
+    /// its first 80%, then the gateway waits for them until it ends (the operator
+    /// sets it from spec.gateway.drain.timeoutSeconds)
+    #[arg(long, env = env::DRAIN_TIMEOUT_SECONDS, default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub drain_seconds: u64,
+    /// Fallback relay configuration (the relay.json the operator mounts at
+    /// /etc/switchboard/relay/relay.json); validated at start-up, a bad file stops the gateway
+    #[arg(long, env = env::RELAY_CONFIG)]
+    pub relay_config: Option<PathBuf>,
+    /// Relay API key (`name:secret` for Ably); without it, the variable the file's
+    /// `apiKeyEnv` names is read
+    #[arg(long, env = env::RELAY_API_KEY, hide_env_values = true)]
+    pub relay_api_key: Option<String>,
+    /// API key (`keyName:keySecret`) of the Ably-compatible endpoints, allowed to
+    /// publish to and read its channels (repeatable; the variable takes a comma list)
+    #[arg(long = "api-key", env = env::API_KEYS, value_delimiter = ',',
+          hide_env_values = true, value_parser = parse_api_key)]
+    pub api_keys: Vec<ApiKey>,
+}
+
+fn parse_api_key(s: &str) -> Result<ApiKey, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+/// A session lifetime: a human duration of at least one minute.
+fn parse_session_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (expected e.g. 24h, 90m or 86400s)"))?;
+    if d < Duration::from_secs(60) {
+        return Err(format!("{s} is shorter than one minute"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: GatewayArgs,
+    }
+
+    #[test]
+    fn identity_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--pod-name",
+            "p",
+            "--pod-namespace",
+            "n",
+            "--cluster",
+            "c",
+            "--report-interval-seconds",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(cli.args.pod_name.as_deref(), Some("p"));
+        assert_eq!(cli.args.pod_namespace.as_deref(), Some("n"));
+        assert_eq!(cli.args.cluster.as_deref(), Some("c"));
+        assert_eq!(cli.args.report_interval_seconds, 2);
+        assert!(Cli::try_parse_from(["x", "--report-interval-seconds", "0"]).is_err());
+    }
+
+    #[test]
+    fn session_ttl_takes_what_the_operator_writes() {
+        let ttl = |v: &str| {
+            Cli::try_parse_from(["x", "--session-ttl", v]).map(|c| c.args.session_ttl.as_secs())
+        };
+        // kube's Duration prints whole seconds like this (golden files: 86400s).
+        assert_eq!(ttl("86400s").unwrap(), 86_400);
+        assert_eq!(ttl("12h").unwrap(), 43_200);
+        assert_eq!(ttl("1h 30m").unwrap(), 5_400);
+        assert_eq!(
+            Cli::try_parse_from(["x"])
+                .unwrap()
+                .args
+                .session_ttl
+                .as_secs(),
+            86_400
+        );
+        let err = ttl("soon").unwrap_err().to_string();
+        assert!(err.contains("expected e.g. 24h"), "{err}");
+        assert!(ttl("30s").is_err());
+    }
+
+    #[test]
+    fn chain_ids_repeat() {
+        let ids = |argv: &[&str]| Cli::try_parse_from(argv).unwrap().args.chain_ids;
+        assert_eq!(ids(&["x"]), vec![1]);
+        assert_eq!(
+            ids(&["x", "--chain-id", "1", "--chain-id", "137"]),
+            vec![1, 137]
+        );
+        assert_eq!(ids(&["x", "--chain-id", "5,10"]), vec![5, 10]);
+    }
+}
