@@ -14,13 +14,11 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::streams::{XPendingArgs, XReadResponse};
 use switchboard_core::broker::lua;
-use switchboard_core::broker::persist::{
-    self, WORKER_GROUP, dead_fields, dead_letter_key, persist_stream_key,
-};
+use switchboard_core::broker::persist::{self, WORKER_GROUP, dead_letter_key, persist_stream_key};
 
 // The scripts, in `lua/*.lua` (each file says what it does, its KEYS, ARGV
 // and reply). The dead-letter fields are placeholders filled in from
-// [`dead_fields`] once, here.
+// `persist::dead_fields` once, here.
 static DEAD_LETTER_LUA: LazyLock<String> =
     LazyLock::new(|| script(include_str!("lua/dead_letter.lua")));
 static TRIM_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/trim.lua")));
@@ -286,6 +284,7 @@ impl Streams {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_core::broker::persist::dead_fields;
 
     #[test]
     fn scripts_have_no_placeholder_left() {
