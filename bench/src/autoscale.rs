@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use clap::Args;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
@@ -44,8 +45,8 @@ use switchboard_testkit::ControlPlane;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::{Ws, open};
 use crate::drain::pick;
-use crate::{Ws, open};
 
 const NS: &str = "bench";
 const CLUSTER: &str = "chat";
@@ -83,7 +84,33 @@ impl Seen {
     }
 }
 
-pub async fn run(runs: usize, target: usize, sync: Duration, report: Duration) -> Result<()> {
+// The `autoscale` subcommand's flags.
+#[derive(Args)]
+pub struct AutoscaleArgs {
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Connections per replica (the ChatCluster's target).
+    #[arg(long, default_value_t = 100)]
+    target: usize,
+    /// The operator's autoscaler sync period.
+    #[arg(long, default_value_t = 1000)]
+    sync_ms: u64,
+    /// The gateway's connection report interval.
+    #[arg(long, default_value_t = 1000)]
+    report_ms: u64,
+}
+
+pub async fn run(args: AutoscaleArgs) -> Result<()> {
+    let AutoscaleArgs {
+        runs,
+        target,
+        sync_ms,
+        report_ms,
+    } = args;
+    let (sync, report) = (
+        Duration::from_millis(sync_ms),
+        Duration::from_millis(report_ms),
+    );
     let cp = tokio::task::spawn_blocking(ControlPlane::start)
         .await?
         .context("start the local control plane (see e2e/controlplane/build.sh)")?;
@@ -105,7 +132,7 @@ pub async fn run(runs: usize, target: usize, sync: Duration, report: Duration) -
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await?;
-    let redis = Arc::new(crate::bench_redis()?);
+    let redis = Arc::new(crate::target::bench_redis()?);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     for (name, url) in [
         ("sb-redis", redis.url()),
@@ -248,7 +275,7 @@ pub async fn run(runs: usize, target: usize, sync: Duration, report: Duration) -
     };
     let connect = |k: usize| {
         let addr = addr.clone();
-        let tokens = crate::random_tokens(&signer, k);
+        let tokens = crate::client::random_tokens(&signer, k);
         async move {
             let mut out = Vec::with_capacity(tokens.len());
             let mut s = futures_util::stream::iter(tokens.into_iter().map(|t| {

@@ -14,13 +14,15 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use clap::Args;
 use futures_util::StreamExt;
 use switchboard_proto::auth::token::TokenSigner;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMsg;
 use tokio_util::sync::CancellationToken;
 
-use crate::{GatewayProc, open};
+use crate::client::open;
+use crate::target::GatewayProc;
 
 /// What happened to one connection.
 struct Outcome {
@@ -59,7 +61,21 @@ struct DrainResult {
     b_cpu_peak_pct: f64,
 }
 
-pub async fn run(connections: usize, windows: Vec<f64>) -> Result<()> {
+// The `drain` subcommand's flags.
+#[derive(Args)]
+pub struct DrainArgs {
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Drain windows to run, one run each, side by side.
+    #[arg(long, value_delimiter = ',', default_values_t = [10.0f64, 1.0])]
+    window_seconds: Vec<f64>,
+}
+
+pub async fn run(args: DrainArgs) -> Result<()> {
+    let DrainArgs {
+        connections,
+        window_seconds: windows,
+    } = args;
     let mut results = vec![];
     for w in windows {
         let r = one(connections, w).await?;
@@ -113,7 +129,7 @@ pub async fn run(connections: usize, windows: Vec<f64>) -> Result<()> {
 }
 
 async fn one(n: usize, window: f64) -> Result<DrainResult> {
-    let redis = crate::bench_redis()?;
+    let redis = crate::target::bench_redis()?;
     let url = redis.url();
     let secret: [u8; 32] = rand::random();
     let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
@@ -134,7 +150,7 @@ async fn one(n: usize, window: f64) -> Result<DrainResult> {
     )
     .await?;
 
-    let tokens = crate::random_tokens(&signer, n);
+    let tokens = crate::client::random_tokens(&signer, n);
     let a_addr = a.addr.clone();
     let mut opened = Vec::with_capacity(n);
     let mut pending = futures_util::stream::iter(tokens.into_iter().map(|token| {
@@ -219,7 +235,7 @@ async fn one(n: usize, window: f64) -> Result<DrainResult> {
         while let Ok(o) = rx.try_recv() {
             outcomes.push(o);
         }
-        if exit.is_none() && matches!(a.child.try_wait(), Ok(Some(_))) {
+        if exit.is_none() && a.has_exited() {
             exit = Some(t0.elapsed());
         }
         if let Ok(r) = b.rss_kib() {

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_proto::auth::token::TokenSigner;
@@ -44,8 +45,9 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message as WsMsg;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::{Ws, open};
 use crate::drain::pick;
-use crate::{GatewayProc, Ws, open};
+use crate::target::GatewayProc;
 
 /// File descriptors kept free in the bench process besides the subscribers
 /// (publisher, REST calls, Redis, std streams, the runtime).
@@ -80,7 +82,7 @@ struct Setup {
 
 impl Setup {
     fn token(&self, user: &Address) -> String {
-        crate::token(&self.signer, user)
+        crate::client::token(&self.signer, user)
     }
 }
 
@@ -106,12 +108,30 @@ struct RunResult {
     subscribe_time: Duration,
 }
 
-pub async fn run(
+// The `fanout` subcommand's flags.
+#[derive(Args)]
+pub struct FanoutArgs {
+    /// WebSocket subscribers (capped at the open-files limit less headroom).
+    #[arg(long, default_value_t = 20_000)]
     subscribers: usize,
+    /// Messages the publisher sends.
+    #[arg(long, default_value_t = 200)]
     messages: usize,
+    /// Publish rate (messages/s).
+    #[arg(long, default_value_t = 20.0)]
     rate: f64,
+    /// SSE subscribers (0 skips the SSE run).
+    #[arg(long, default_value_t = 2000)]
     sse_subscribers: usize,
-) -> Result<()> {
+}
+
+pub async fn run(args: FanoutArgs) -> Result<()> {
+    let FanoutArgs {
+        subscribers,
+        messages,
+        rate,
+        sse_subscribers,
+    } = args;
     let command: Vec<String> = std::env::args().collect();
     if messages == 0 || rate <= 0.0 {
         bail!("--messages and --rate must be positive");
@@ -135,7 +155,7 @@ pub async fn run(
         eprintln!("fanout: {n}");
     }
 
-    let redis = crate::bench_redis()?;
+    let redis = crate::target::bench_redis()?;
     let url = redis.url();
     let secret: [u8; 32] = rand::random();
     let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use clap::Args;
 use serde_json::value::RawValue;
 use switchboard_core::broker::{Broker, BrokerConfig, RedisBroker, SendRequest};
 use switchboard_core::store::PgStore;
@@ -138,13 +139,33 @@ fn row(scenario: &str, load: String, result: String, extra: String) -> String {
     format!("| {scenario} | {load} | {result} | {extra} |")
 }
 
-pub async fn run(
+// The `persist` subcommand's flags.
+#[derive(Args)]
+pub struct PersistArgs {
+    #[arg(long, default_value_t = 100_000)]
     messages: usize,
+    /// Messages the naive baseline inserts (its rate is what counts).
+    #[arg(long, default_value_t = 20_000)]
     naive_messages: usize,
+    /// Send rate of the lag scenario (messages/s).
+    #[arg(long, default_value_t = 5000)]
     rate: u64,
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Worker batch sizes to drain the backlog with, one run each; the
+    /// first is compared with the naive baseline.
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000usize, 1000, 100])]
     batches: Vec<usize>,
-) -> Result<()> {
+}
+
+pub async fn run(args: PersistArgs) -> Result<()> {
+    let PersistArgs {
+        messages,
+        naive_messages,
+        rate,
+        seconds,
+        batches,
+    } = args;
     let Some(&first_batch) = batches.first() else {
         anyhow::bail!("--batches needs at least one batch size");
     };

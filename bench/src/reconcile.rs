@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use clap::Args;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
@@ -69,7 +70,15 @@ impl Seen {
     }
 }
 
-pub async fn run(runs: usize) -> Result<()> {
+// The `reconcile` subcommand's flags.
+#[derive(Args)]
+pub struct ReconcileArgs {
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+}
+
+pub async fn run(args: ReconcileArgs) -> Result<()> {
+    let ReconcileArgs { runs } = args;
     let cp = tokio::task::spawn_blocking(ControlPlane::start)
         .await?
         .context("start the local control plane (see e2e/controlplane/build.sh)")?;

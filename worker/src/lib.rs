@@ -9,11 +9,14 @@
 //!
 //! Layout: [`streams`] is the Redis side (consumer group, claims, dead
 //! letters, trimming), [`run`] the loop, [`metrics`] and [`http`] the
-//! `/metrics` and `/healthz` surface.
+//! `/metrics` and `/healthz` surface, [`cli`] the binary's arguments and
+//! [`commands`] what its commands do.
 
+pub mod cli;
+pub mod commands;
 pub mod http;
 pub mod metrics;
 mod run;
 pub mod streams;
 
-pub use run::{Worker, WorkerConfig, WorkerError};
+pub use run::{Worker, WorkerConfig, WorkerError, consumer_name};

@@ -62,7 +62,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             shards: switchboard_core::broker::BrokerConfig::default().shards,
-            consumer: default_consumer_name(),
+            consumer: consumer_name(None),
             batch_size: 10_000,
             read_count: 256,
             linger: Duration::from_millis(10),
@@ -78,12 +78,15 @@ impl Default for WorkerConfig {
     }
 }
 
-/// `<hostname>-<pid>-<random>`: unique even when a pod restarts with the
-/// same name and pid (its old entries are then claimed like anyone's).
-pub fn default_consumer_name() -> String {
-    let host = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "worker".into());
+/// `<pod>-<pid>-<random>`: unique even when a pod restarts with the same
+/// name and pid (its old entries are then claimed like anyone's). The pod
+/// name comes from `--pod-name` (the downward API's `POD_NAME`); without
+/// it, `$HOSTNAME` (a pod's hostname is its name), then `worker`.
+pub fn consumer_name(pod_name: Option<&str>) -> String {
+    let host = pod_name
+        .map(str::to_owned)
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".into());
     format!(
         "{host}-{}-{:06x}",
         std::process::id(),

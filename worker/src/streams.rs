@@ -8,54 +8,24 @@
 //! short sleep when idle.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::streams::{XPendingArgs, XReadResponse};
-use switchboard_core::broker::persist::{WORKER_GROUP, dead_letter_key, persist_stream_key};
+use switchboard_core::broker::lua;
+use switchboard_core::broker::persist::{self, WORKER_GROUP, dead_letter_key, persist_stream_key};
 
-/// Move one pending entry to the dead-letter stream and acknowledge it,
-/// atomically (both keys share the shard's hash tag). Returns 0 when the
-/// entry is gone already (trimmed or moved by another worker).
-const DEAD_LETTER_LUA: &str = r#"
-local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
-if #e == 0 then
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-  return 0
-end
-local f = e[1][2]
-table.insert(f, 'src_id'); table.insert(f, ARGV[2])
-table.insert(f, 'reason'); table.insert(f, ARGV[3])
-table.insert(f, 'attempts'); table.insert(f, ARGV[4])
-redis.call('XADD', KEYS[2], '*', unpack(f))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"#;
+// The scripts, in `lua/*.lua` (each file says what it does, its KEYS, ARGV
+// and reply). The dead-letter fields are placeholders filled in from
+// `persist::dead_fields` once, here.
+static DEAD_LETTER_LUA: LazyLock<String> =
+    LazyLock::new(|| script(include_str!("lua/dead_letter.lua")));
+static TRIM_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/trim.lua")));
 
-/// Trim entries every consumer is done with: below the oldest pending entry,
-/// or, with nothing pending, up to the last entry handed out. Entries not yet
-/// read by the group are never trimmed.
-const TRIM_LUA: &str = r#"
-local last = nil
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, ldi
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] end
-    if g[i] == 'last-delivered-id' then ldi = g[i + 1] end
-  end
-  if name == ARGV[1] then last = ldi end
-end
-if not last or last == '0-0' then return 0 end
-local p = redis.call('XPENDING', KEYS[1], ARGV[1])
-local minid
-if p[1] > 0 then
-  minid = p[2]
-else
-  local sep = string.find(last, '-', 1, true)
-  minid = string.sub(last, 1, sep - 1) .. '-' .. (tonumber(string.sub(last, sep + 1)) + 1)
-end
-return redis.call('XTRIM', KEYS[1], 'MINID', minid)
-"#;
+fn script(template: &str) -> String {
+    lua::render(template, &[persist::LUA_PLACEHOLDERS])
+}
 
 /// One entry read from a stream.
 #[derive(Debug, Clone)]
@@ -90,8 +60,8 @@ impl Streams {
             pool,
             shards,
             consumer,
-            dead_letter: Script::from_lua(DEAD_LETTER_LUA),
-            trim: Script::from_lua(TRIM_LUA),
+            dead_letter: Script::from_lua(DEAD_LETTER_LUA.as_str()),
+            trim: Script::from_lua(TRIM_LUA.as_str()),
         })
     }
 
@@ -308,5 +278,43 @@ impl Streams {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_core::broker::persist::dead_fields;
+
+    #[test]
+    fn scripts_have_no_placeholder_left() {
+        for (name, text) in [("dead_letter", &*DEAD_LETTER_LUA), ("trim", &*TRIM_LUA)] {
+            assert_eq!(lua::unresolved(text), Vec::<String>::new(), "{name}.lua");
+        }
+    }
+
+    /// The dead entry is the entry's own fields (the persistence stream's,
+    /// checked in core) plus exactly the [`dead_fields`], each once; no
+    /// field name is written in the Lua itself.
+    #[test]
+    fn dead_letter_adds_only_the_dead_fields() {
+        let added: Vec<&str> = DEAD_LETTER_LUA
+            .split("table.insert(f, '")
+            .skip(1)
+            .filter_map(|s| s.split_once('\'').map(|(name, _)| name))
+            .collect();
+        assert_eq!(
+            added,
+            [
+                dead_fields::SRC_ID,
+                dead_fields::REASON,
+                dead_fields::ATTEMPTS
+            ]
+        );
+        assert!(
+            DEAD_LETTER_LUA.contains("redis.call('XADD', KEYS[2], '*', unpack(f))"),
+            "the dead entry is written from the field list only"
+        );
+        assert!(!TRIM_LUA.contains("XADD"));
     }
 }

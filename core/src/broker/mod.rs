@@ -9,6 +9,7 @@
 //!
 //! Both engines pass the same conformance suite (`core/tests/broker.rs`).
 
+pub mod lua;
 mod memory;
 pub mod persist;
 mod redis;

@@ -8,6 +8,12 @@
 //! |---|---|
 //! | `msg` | `conv`, `seq`, `id`, `from` (lowercase address), `body` (JSON text), `ts` (Unix ms) |
 //! | `wm` | `conv`, `user`, `delivered`, `read` |
+//!
+//! The names are written by Lua (the send and mark scripts) and read here,
+//! so they are defined once, in [`fields`] and [`kind`]: the scripts name
+//! them through placeholders ([`LUA_PLACEHOLDERS`]) filled in when their
+//! text is built, and a unit test of the broker fails if a script writes a
+//! field that is not one of these constants.
 
 use std::collections::HashMap;
 
@@ -16,6 +22,63 @@ use serde_json::value::RawValue;
 use crate::store::WatermarkUpdate;
 use switchboard_proto::frames::Message;
 use switchboard_proto::ids::{Address, ConvId, MsgId};
+
+/// Field names of a persistence-stream entry.
+pub mod fields {
+    /// The entry's kind: one of [`super::kind`].
+    pub const KIND: &str = "t";
+    pub const CONV: &str = "conv";
+    pub const SEQ: &str = "seq";
+    pub const ID: &str = "id";
+    pub const FROM: &str = "from";
+    pub const BODY: &str = "body";
+    pub const TS: &str = "ts";
+    pub const USER: &str = "user";
+    pub const DELIVERED: &str = "delivered";
+    pub const READ: &str = "read";
+
+    /// Every field of a message entry.
+    pub const MESSAGE: [&str; 7] = [KIND, CONV, SEQ, ID, FROM, BODY, TS];
+    /// Every field of a watermark entry.
+    pub const WATERMARK: [&str; 5] = [KIND, CONV, USER, DELIVERED, READ];
+}
+
+/// Values of [`fields::KIND`].
+pub mod kind {
+    pub const MESSAGE: &str = "msg";
+    pub const WATERMARK: &str = "wm";
+}
+
+/// Fields the worker adds when it moves an entry to the dead-letter stream
+/// (next to the entry's own fields).
+pub mod dead_fields {
+    /// The entry's id in its persistence stream.
+    pub const SRC_ID: &str = "src_id";
+    /// Why it could not be persisted.
+    pub const REASON: &str = "reason";
+    /// How often it was delivered.
+    pub const ATTEMPTS: &str = "attempts";
+}
+
+/// The placeholders Lua scripts use for the names above (`{{F_CONV}}` in a
+/// script stands for [`fields::CONV`]), for [`super::lua::render`].
+pub const LUA_PLACEHOLDERS: &[(&str, &str)] = &[
+    ("F_KIND", fields::KIND),
+    ("F_CONV", fields::CONV),
+    ("F_SEQ", fields::SEQ),
+    ("F_ID", fields::ID),
+    ("F_FROM", fields::FROM),
+    ("F_BODY", fields::BODY),
+    ("F_TS", fields::TS),
+    ("F_USER", fields::USER),
+    ("F_DELIVERED", fields::DELIVERED),
+    ("F_READ", fields::READ),
+    ("K_MESSAGE", kind::MESSAGE),
+    ("K_WATERMARK", kind::WATERMARK),
+    ("D_SRC_ID", dead_fields::SRC_ID),
+    ("D_REASON", dead_fields::REASON),
+    ("D_ATTEMPTS", dead_fields::ATTEMPTS),
+];
 
 /// The worker's consumer group on every persistence stream.
 pub const WORKER_GROUP: &str = "sb-worker";
@@ -40,9 +103,9 @@ pub enum PersistEntry {
 
 /// Decode an entry's fields. The error names the offending field, for the
 /// dead-letter reason and the log line.
-pub fn parse_entry(fields: &HashMap<String, String>) -> Result<PersistEntry, String> {
+pub fn parse_entry(entry: &HashMap<String, String>) -> Result<PersistEntry, String> {
     let get = |k: &str| {
-        fields
+        entry
             .get(k)
             .map(String::as_str)
             .ok_or_else(|| format!("missing field {k:?}"))
@@ -52,30 +115,29 @@ pub fn parse_entry(fields: &HashMap<String, String>) -> Result<PersistEntry, Str
             .parse::<u64>()
             .map_err(|e| format!("field {k:?}: {e}"))
     };
-    let conv: ConvId = get("conv")?
-        .parse()
-        .map_err(|e| format!("field \"conv\": {e}"))?;
-    match get("t")? {
-        "msg" => Ok(PersistEntry::Message(Message {
+    // Parse field `k` as a `T`; the error names the field.
+    fn parsed<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        v.parse::<T>().map_err(|e| format!("field {k:?}: {e}"))
+    }
+    let conv: ConvId = parsed(fields::CONV, get(fields::CONV)?)?;
+    match get(fields::KIND)? {
+        kind::MESSAGE => Ok(PersistEntry::Message(Message {
             conv,
-            seq: num("seq")?,
-            id: get("id")?
-                .parse::<MsgId>()
-                .map_err(|e| format!("field \"id\": {e}"))?,
-            from: get("from")?
-                .parse::<Address>()
-                .map_err(|e| format!("field \"from\": {e}"))?,
-            body: RawValue::from_string(get("body")?.to_string())
-                .map_err(|e| format!("field \"body\": {e}"))?,
-            ts: num("ts")?,
+            seq: num(fields::SEQ)?,
+            id: parsed::<MsgId>(fields::ID, get(fields::ID)?)?,
+            from: parsed::<Address>(fields::FROM, get(fields::FROM)?)?,
+            body: RawValue::from_string(get(fields::BODY)?.to_string())
+                .map_err(|e| format!("field {:?}: {e}", fields::BODY))?,
+            ts: num(fields::TS)?,
         })),
-        "wm" => Ok(PersistEntry::Watermark(WatermarkUpdate {
+        kind::WATERMARK => Ok(PersistEntry::Watermark(WatermarkUpdate {
             conv,
-            user: get("user")?
-                .parse::<Address>()
-                .map_err(|e| format!("field \"user\": {e}"))?,
-            delivered: num("delivered")?,
-            read: num("read")?,
+            user: parsed::<Address>(fields::USER, get(fields::USER)?)?,
+            delivered: num(fields::DELIVERED)?,
+            read: num(fields::READ)?,
         })),
         other => Err(format!("unknown entry type {other:?}")),
     }

@@ -30,7 +30,7 @@
 //! message that recipients then get by sync.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -47,152 +47,49 @@ use super::{
     Broker, BrokerConfig, BrokerError, LogPage, Mark, Result, Routed, SendOutcome, SendRequest,
     Watermarks, shard_of,
 };
+use super::{lua, persist};
 use switchboard_proto::frames::Message;
 use switchboard_proto::ids::{Address, ConvId, ConvKind, MsgId};
 use switchboard_proto::model::{Conversation, Visibility};
 use switchboard_proto::time::now_ms;
 
-/// Dedupe, member check, seq, log append and persistence append, atomically.
-/// Returns `{-2}` when seeding is required and the seq counter is missing,
-/// `{-1}` for a non-member, `{0, seq, ts, member...}` for a duplicate
-/// and `{1, seq, ts, member...}` for a new message (members of groups only:
-/// a direct conversation's members are in its id).
-const SEND_LUA: &str = r#"
-if ARGV[10] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
-  return {-2}
-end
-if ARGV[8] == 'g' and redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
-  return {-1}
-end
-if ARGV[8] == 'ch' and redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
-  return {-3}
-end
-local out
-local prev = redis.call('GET', KEYS[4])
-if prev then
-  local sep = string.find(prev, ':', 1, true)
-  out = {0, tonumber(string.sub(prev, 1, sep - 1)), tonumber(string.sub(prev, sep + 1))}
-else
-  local t = redis.call('TIME')
-  local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local seq = redis.call('INCR', KEYS[1])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
-    'id', ARGV[2], 'from', ARGV[1], 'body', ARGV[3], 'ts', ts)
-  if tonumber(ARGV[11]) > 0 then
-    -- Stream ids are seqs, not times, so the age cap trims by the oldest
-    -- entry's ts, a few at a time (each send trims at most 16).
-    for _ = 1, 16 do
-      local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-      if #first == 0 then break end
-      local f = first[1][2]
-      local fts = 0
-      for i = 1, #f, 2 do if f[i] == 'ts' then fts = tonumber(f[i + 1]) end end
-      if fts >= ts - tonumber(ARGV[11]) or first[1][1] == seq .. '-0' then break end
-      redis.call('XDEL', KEYS[2], first[1][1])
-    end
-  end
-  redis.call('SET', KEYS[4], seq .. ':' .. ts, 'PX', ARGV[6])
-  if ARGV[7] == '1' then
-    redis.call('XADD', KEYS[5], '*', 't', 'msg', 'conv', ARGV[9], 'seq', seq,
-      'id', ARGV[2], 'from', ARGV[1], 'body', ARGV[3], 'ts', ts)
-  end
-  out = {1, seq, ts}
-end
-if ARGV[8] == 'g' then
-  for _, m in ipairs(redis.call('SMEMBERS', KEYS[3])) do table.insert(out, m) end
-end
-return out
-"#;
+// The scripts, in `lua/*.lua` (each file says what it does, its KEYS, ARGV
+// and reply). Their stream field names are placeholders filled in from the
+// Rust constants ([`super::persist::fields`], [`log_fields`]) once, here.
+static SEND_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/send.lua")));
+static CREATE_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/create.lua")));
+static CREATE_CHANNEL_LUA: LazyLock<String> =
+    LazyLock::new(|| script(include_str!("lua/create_channel.lua")));
+static SEED_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/seed.lua")));
+static MEMBERS_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/members.lua")));
+static MARK_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/mark.lua")));
+static TOUCH_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/touch.lua")));
 
-/// Create a group: its description and members in one step (one slot), so
-/// nobody sees a group without its members. Returns 0 when the id is taken.
-const CREATE_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'created_at', ARGV[1])
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'title', ARGV[2]) end
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'created_by', ARGV[3]) end
-for i = 4, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
-return 1
-"#;
+/// A script's text with the stream field placeholders filled in.
+fn script(template: &str) -> String {
+    lua::render(
+        template,
+        &[persist::LUA_PLACEHOLDERS, log_fields::LUA_PLACEHOLDERS],
+    )
+}
 
-/// Create a channel: description, publishers (creator included) and members
-/// in one step (one slot). ARGV: created_at, title, created_by, visibility,
-/// the number of publishers, the publishers, then the members. Returns 0
-/// when the name is taken.
-const CREATE_CHANNEL_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'created_at', ARGV[1], 'kind', 'channel', 'visibility', ARGV[4])
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'title', ARGV[2]) end
-if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[1], 'created_by', ARGV[3])
-  redis.call('SADD', KEYS[3], ARGV[3])
-end
-local np = tonumber(ARGV[5])
-for i = 6, 5 + np do redis.call('SADD', KEYS[3], ARGV[i]) end
-for i = 6 + np, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
-return 1
-"#;
+/// Field names of a conversation log entry (`sb:{<shard>}:c:<conv>:log`),
+/// written by the send script and read by [`Broker::read_log`]. The seq is
+/// the entry's id, not a field.
+mod log_fields {
+    pub const ID: &str = "id";
+    pub const FROM: &str = "from";
+    pub const BODY: &str = "body";
+    pub const TS: &str = "ts";
 
-/// Seed a conversation from the store: the seq counter (only if missing),
-/// a new epoch (Redis clock, ms) when the counter was missing, and for a
-/// group its description and members when the description is missing.
-/// Returns the epoch in force.
-const SEED_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[2], now .. ':' .. ARGV[1])
-end
-if ARGV[2] == 'g' and redis.call('EXISTS', KEYS[3]) == 0 then
-  redis.call('HSET', KEYS[3], 'created_at', ARGV[3])
-  if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], 'title', ARGV[4]) end
-  if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], 'created_by', ARGV[5]) end
-  for i = 6, #ARGV do redis.call('SADD', KEYS[4], ARGV[i]) end
-end
-local e = redis.call('GET', KEYS[2]) or '0:0'
-return tonumber(string.sub(e, 1, string.find(e, ':', 1, true) - 1))
-"#;
-
-/// Change a group's member set, only if the group exists (its meta hash):
-/// `add` returns the number added, `rem` 1 or 0; -1 for no such group.
-const MEMBERS_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if ARGV[1] == 'add' then
-  local n = 0
-  for i = 2, #ARGV do n = n + redis.call('SADD', KEYS[2], ARGV[i]) end
-  return n
-end
-return redis.call('SREM', KEYS[2], ARGV[2])
-"#;
-
-/// Monotonic watermark update. Returns `{changed, delivered, read}`.
-const MARK_LUA: &str = r#"
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-local s = math.min(tonumber(ARGV[3]), last)
-local d = tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. ':d') or '0')
-local r = tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. ':r') or '0')
-local nr = r
-local nd = math.max(d, s)
-if ARGV[2] == 'r' then
-  nr = math.max(r, s)
-  nd = math.max(d, nr)
-end
-if nd == d and nr == r then return {0, d, r} end
-redis.call('HSET', KEYS[1], ARGV[1] .. ':d', nd, ARGV[1] .. ':r', nr)
-if ARGV[4] == '1' then
-  redis.call('XADD', KEYS[3], '*', 't', 'wm', 'conv', ARGV[5], 'user', ARGV[1],
-    'delivered', nd, 'read', nr)
-end
-return {1, nd, nr}
-"#;
-
-/// `last_seen` only moves forward, whichever gateway reports last.
-const TOUCH_LUA: &str = r#"
-local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-return 0
-"#;
+    /// The placeholders the scripts use for them (`{{L_TS}}`).
+    pub const LUA_PLACEHOLDERS: &[(&str, &str)] = &[
+        ("L_ID", ID),
+        ("L_FROM", FROM),
+        ("L_BODY", BODY),
+        ("L_TS", TS),
+    ];
+}
 
 /// Pub/sub messages buffered between fred's reader and our dispatcher.
 const SUBSCRIBER_BUFFER: usize = 16_384;
@@ -219,7 +116,7 @@ impl ConvKeys {
         let shard = shard_of(conv, shards);
         ConvKeys {
             prefix: format!("sb:{{{shard}}}:c:{conv}"),
-            persist: super::persist::persist_stream_key(shard),
+            persist: persist::persist_stream_key(shard),
         }
     }
     fn key(&self, suffix: &str) -> String {
@@ -283,13 +180,13 @@ impl RedisBroker {
             builder_config: config,
             cfg,
             cluster,
-            send_script: Arc::new(Script::from_lua(SEND_LUA)),
-            create_script: Arc::new(Script::from_lua(CREATE_LUA)),
-            create_channel_script: Arc::new(Script::from_lua(CREATE_CHANNEL_LUA)),
-            members_script: Arc::new(Script::from_lua(MEMBERS_LUA)),
-            seed_script: Arc::new(Script::from_lua(SEED_LUA)),
-            mark_script: Arc::new(Script::from_lua(MARK_LUA)),
-            touch_script: Arc::new(Script::from_lua(TOUCH_LUA)),
+            send_script: Arc::new(Script::from_lua(SEND_LUA.as_str())),
+            create_script: Arc::new(Script::from_lua(CREATE_LUA.as_str())),
+            create_channel_script: Arc::new(Script::from_lua(CREATE_CHANNEL_LUA.as_str())),
+            members_script: Arc::new(Script::from_lua(MEMBERS_LUA.as_str())),
+            seed_script: Arc::new(Script::from_lua(SEED_LUA.as_str())),
+            mark_script: Arc::new(Script::from_lua(MARK_LUA.as_str())),
+            touch_script: Arc::new(Script::from_lua(TOUCH_LUA.as_str())),
             report_script: Arc::new(Script::from_lua(reports::REPORT_LUA)),
             read_reports_script: Arc::new(Script::from_lua(reports::READ_LUA)),
             live: Arc::default(),
@@ -855,10 +752,10 @@ impl Broker for RedisBroker {
                     .remove(k)
                     .ok_or_else(|| corrupt(format!("log entry {id} lacks {k}")))
             };
-            let msg_id: MsgId = take("id")?.parse().map_err(corrupt)?;
-            let from: Address = take("from")?.parse().map_err(corrupt)?;
-            let body = RawValue::from_string(take("body")?).map_err(corrupt)?;
-            let ts: u64 = take("ts")?.parse().map_err(corrupt)?;
+            let msg_id: MsgId = take(log_fields::ID)?.parse().map_err(corrupt)?;
+            let from: Address = take(log_fields::FROM)?.parse().map_err(corrupt)?;
+            let body = RawValue::from_string(take(log_fields::BODY)?).map_err(corrupt)?;
+            let ts: u64 = take(log_fields::TS)?.parse().map_err(corrupt)?;
             messages.push(Message {
                 conv: conv.clone(),
                 seq,
@@ -1185,5 +1082,81 @@ impl Broker for RedisBroker {
         }
         reports.sort_by(|a, b| a.pod.cmp(&b.pod));
         Ok(ConnectionReports { now, reports })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::persist::{fields, kind};
+    use std::collections::BTreeSet;
+
+    fn scripts() -> [(&'static str, &'static str); 7] {
+        [
+            ("send", SEND_LUA.as_str()),
+            ("create", CREATE_LUA.as_str()),
+            ("create_channel", CREATE_CHANNEL_LUA.as_str()),
+            ("seed", SEED_LUA.as_str()),
+            ("members", MEMBERS_LUA.as_str()),
+            ("mark", MARK_LUA.as_str()),
+            ("touch", TOUCH_LUA.as_str()),
+        ]
+    }
+
+    #[test]
+    fn scripts_have_no_placeholder_left() {
+        for (name, text) in scripts() {
+            assert_eq!(lua::unresolved(text), Vec::<String>::new(), "{name}.lua");
+        }
+    }
+
+    fn field_set(pairs: &[(String, String)]) -> BTreeSet<&str> {
+        pairs.iter().map(|(f, _)| f.as_str()).collect()
+    }
+
+    /// Every stream a script writes, with the fields it writes, is one the
+    /// Rust side reads with its constants: the persistence stream exactly
+    /// as [`persist::parse_entry`] reads it, the log as `read_log` does.
+    #[test]
+    fn scripts_write_only_the_stream_fields_rust_reads() {
+        let log: BTreeSet<&str> = [
+            log_fields::ID,
+            log_fields::FROM,
+            log_fields::BODY,
+            log_fields::TS,
+        ]
+        .into();
+        for (name, text) in scripts() {
+            let calls = lua::xadd_calls(text);
+            let expected = match name {
+                // The log (KEYS[2]) and the persistence stream (KEYS[5]).
+                "send" => vec![
+                    ("KEYS[2]", log.clone(), None),
+                    (
+                        "KEYS[5]",
+                        fields::MESSAGE.into(),
+                        Some(format!("'{}'", kind::MESSAGE)),
+                    ),
+                ],
+                "mark" => vec![(
+                    "KEYS[3]",
+                    fields::WATERMARK.into(),
+                    Some(format!("'{}'", kind::WATERMARK)),
+                )],
+                _ => vec![],
+            };
+            assert_eq!(calls.len(), expected.len(), "{name}.lua: {calls:?}");
+            for (call, (key, want, entry_kind)) in calls.iter().zip(expected) {
+                assert_eq!(call.key, key, "{name}.lua");
+                assert_eq!(field_set(&call.pairs), want, "{name}.lua writes to {key}");
+                assert_eq!(call.pairs.len(), want.len(), "{name}.lua: a field twice");
+                if let Some(k) = entry_kind {
+                    let written = call.pairs.iter().find(|(f, _)| f == fields::KIND);
+                    assert_eq!(written.map(|(_, v)| v), Some(&k), "{name}.lua");
+                }
+            }
+        }
+        // The age cap reads the log's timestamp field by the same name.
+        assert!(SEND_LUA.contains(&format!("f[i] == '{}'", log_fields::TS)));
     }
 }

@@ -1,0 +1,255 @@
+//! The system under test: gateway child processes (this binary's `serve`),
+//! whose RSS and CPU time are read from /proc, and their Redis.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use switchboard_proto::auth::token::TokenSigner;
+use switchboard_proto::ids::Address;
+use switchboard_testkit::RedisServer;
+use tokio::net::TcpStream;
+
+use crate::client::token;
+
+/// The broker engine of the gateways under test.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum Engine {
+    Memory,
+    Redis,
+}
+
+/// One gateway child process.
+pub struct GatewayProc {
+    child: Child,
+    pub addr: String,
+}
+
+impl GatewayProc {
+    pub async fn spawn(
+        secret_hex: &str,
+        redis_url: Option<&str>,
+        ws_buffer: Option<usize>,
+    ) -> Result<GatewayProc> {
+        GatewayProc::spawn_with(secret_hex, redis_url, ws_buffer, &[]).await
+    }
+
+    /// As [`GatewayProc::spawn`], with extra `serve` arguments.
+    pub async fn spawn_with(
+        secret_hex: &str,
+        redis_url: Option<&str>,
+        ws_buffer: Option<usize>,
+        extra: &[String],
+    ) -> Result<GatewayProc> {
+        let port = switchboard_testkit::free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = match std::env::var("SB_BENCH_WRAP") {
+            // e.g. SB_BENCH_WRAP="valgrind --tool=massif" to profile the gateway.
+            Ok(wrap) if !wrap.is_empty() => {
+                let mut parts = wrap.split_whitespace();
+                let mut c = Command::new(parts.next().unwrap_or("env"));
+                c.args(parts).arg(std::env::current_exe()?);
+                c
+            }
+            _ => Command::new(std::env::current_exe()?),
+        };
+        cmd.args(["serve", "--listen", &addr, "--secret-hex", secret_hex]);
+        if let Some(url) = redis_url {
+            cmd.args(["--redis-url", url]);
+        }
+        if let Some(b) = ws_buffer {
+            cmd.args(["--ws-buffer", &b.to_string()]);
+        }
+        cmd.args(extra);
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn()?;
+        // From here on, Drop stops the child even if it never comes up.
+        let g = GatewayProc { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&g.addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("gateway did not start on {}", g.addr);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(g)
+    }
+
+    /// SIGINT: the gateway drains and exits (and a profiler wrapper gets to
+    /// write its report).
+    pub fn interrupt(&self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Whether the process has exited (without waiting for it).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// SIGTERM, as Kubernetes sends it: the gateway drains and exits.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    fn proc_file(&self, name: &str) -> Result<String> {
+        Ok(std::fs::read_to_string(format!(
+            "/proc/{}/{name}",
+            self.child.id()
+        ))?)
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = self.proc_file("status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("VmRSS")
+    }
+
+    /// User + system CPU seconds so far.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let stat = self.proc_file("stat")?;
+        // Fields after the parenthesised command name; utime and stime are
+        // fields 14 and 15 (1-based), in clock ticks (100 Hz on Linux).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat")?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        Ok(ticks as f64 / 100.0)
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        // SIGINT first (again, if `Target` already sent it: harmless); SIGKILL
+        // if it lingers.
+        self.interrupt();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The system under test: one or more gateway child processes sharing one
+/// token secret (so one token works on each) and, for the Redis engine, one
+/// Redis. Fields drop in order: the gateways stop before their Redis does.
+pub struct Target {
+    gateways: Vec<GatewayProc>,
+    signer: TokenSigner,
+    redis: Option<RedisServer>,
+}
+
+impl Target {
+    pub async fn start(engine: Engine, ws_buffer: Option<usize>) -> Result<Target> {
+        Target::start_many(engine, 1, ws_buffer).await
+    }
+
+    pub async fn start_many(engine: Engine, n: usize, ws_buffer: Option<usize>) -> Result<Target> {
+        if n == 0 {
+            bail!("at least one gateway");
+        }
+        if engine == Engine::Memory && n > 1 {
+            // The memory broker lives inside one process: separate gateway
+            // processes could not reach each other's users.
+            bail!("the memory engine runs one gateway; use --engine redis for several");
+        }
+        let redis = match engine {
+            Engine::Redis => Some(bench_redis()?),
+            Engine::Memory => None,
+        };
+        let secret: [u8; 32] = rand::random();
+        let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let url = redis.as_ref().map(RedisServer::url);
+        let mut t = Target {
+            gateways: Vec::with_capacity(n),
+            signer: TokenSigner::new(&secret),
+            redis,
+        };
+        for _ in 0..n {
+            let g = GatewayProc::spawn(&secret_hex, url.as_deref(), ws_buffer).await?;
+            t.gateways.push(g);
+        }
+        Ok(t)
+    }
+
+    /// The address of gateway `i` (wrapping around).
+    pub fn addr(&self, i: usize) -> &str {
+        &self.gateways[i % self.gateways.len()].addr
+    }
+
+    pub fn token(&self, user: &Address) -> String {
+        token(&self.signer, user)
+    }
+
+    /// Resident set size in KiB, summed over the gateways.
+    pub fn rss_kib(&self) -> Result<u64> {
+        self.gateways.iter().map(GatewayProc::rss_kib).sum()
+    }
+
+    /// User + system CPU seconds so far, summed over the gateways.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        self.gateways.iter().map(GatewayProc::cpu_seconds).sum()
+    }
+
+    /// User + system CPU seconds of Redis so far (`INFO cpu`), if any.
+    pub fn redis_cpu_seconds(&self) -> Result<Option<f64>> {
+        let Some(r) = &self.redis else {
+            return Ok(None);
+        };
+        let info = r.command(&["INFO", "cpu"])?;
+        let field = |name: &str| -> Result<f64> {
+            info.lines()
+                .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| format!("INFO cpu: no {name}"))
+        };
+        Ok(Some(field("used_cpu_user")? + field("used_cpu_sys")?))
+    }
+
+    /// `PUBLISH` calls Redis has served so far (`INFO commandstats`), if any:
+    /// shows whether deliveries crossed pub/sub or took the local short cut.
+    pub fn redis_publishes(&self) -> Result<Option<u64>> {
+        let Some(r) = &self.redis else {
+            return Ok(None);
+        };
+        let info = r.command(&["INFO", "commandstats"])?;
+        // `cmdstat_publish:calls=123,usec=...`; absent until the first call.
+        Ok(Some(
+            info.lines()
+                .find_map(|l| l.trim().strip_prefix("cmdstat_publish:calls="))
+                .and_then(|v| v.split(',').next()?.parse().ok())
+                .unwrap_or(0),
+        ))
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        // Let every gateway start draining at once; each one's Drop then
+        // waits for it (SIGKILL after 20 s).
+        for g in &self.gateways {
+            g.interrupt();
+        }
+    }
+}
+
+/// A redis-server for benchmarks of the gateway: no AOF (fsync-always would
+/// measure the disk).
+pub fn bench_redis() -> Result<RedisServer, switchboard_testkit::TestkitError> {
+    RedisServer::start_with(switchboard_testkit::RedisServerOptions {
+        persistence: false,
+        ..Default::default()
+    })
+}
