@@ -1,26 +1,8 @@
 //! The Redis engine (standalone or Redis Cluster) on fred.
 //!
-//! Key layout (documented in `docs/architecture.md`):
-//!
-//! | key | type | what |
-//! |---|---|---|
-//! | `sb:{<shard>}:c:<conv>:seq` | string | last assigned seq |
-//! | `sb:{<shard>}:c:<conv>:epoch` | string `<ms>:<base>` | when the state was seeded from the store, and the stored last seq it continued from |
-//! | `sb:{<shard>}:c:<conv>:log` | stream, id `<seq>-0` | recent messages (offline queue, sync) |
-//! | `sb:{<shard>}:c:<conv>:m` | set | group (or members-only channel) members (lowercase addresses) |
-//! | `sb:{<shard>}:c:<conv>:p` | set | channel publishers, the creator included |
-//! | `sb:{<shard>}:c:<conv>:meta` | hash | group or channel title, creator, creation time; `visibility` for channels |
-//! | `sb:{<shard>}:c:<conv>:wm` | hash | `<user>:d` / `<user>:r` watermarks |
-//! | `sb:{<shard>}:c:<conv>:d:<msgid>` | string `seq:ts`, TTL | idempotency record |
-//! | `sb:{<shard>}:persist` | stream | the worker's input (when `persist` is on) |
-//! | `sb:nonce:<nonce>` | string, TTL 5 min | sign-in nonces |
-//! | `sb:uc:{<user>}` | set | the user's conversations |
-//! | `sb:reg:{<user>}` | set | gateways holding a connection of the user |
-//! | `sb:gateways` | sorted set | gateway id → liveness deadline (Unix ms) |
-//! | `sb:presence` | hash | user → last seen (Unix ms) |
-//! | `sb:conns:{<namespace>/<cluster>}` | hash, PEXPIRE | pod → `connections:reported_at:expires_at` (see [`super::reports`]) |
-//! | channel `sb:gw:{<gateway>}` | pub/sub | events routed to that gateway |
-//! | channel `sb:ch:{<conv>}` | pub/sub | a channel's messages, to the gateways with a subscriber |
+//! Key layout: the one table is `docs/architecture.md` ("Redis keys"); the
+//! key builders below are its code, and a test checks the two are the same
+//! set of keys.
 //!
 //! Every key of one conversation, and its shard's persistence stream, share the
 //! hash tag `{<shard>}`, so the send and mark scripts touch a single slot and are
@@ -105,6 +87,21 @@ fn corrupt(what: impl std::fmt::Display) -> BrokerError {
     BrokerError::Corrupt(what.to_string())
 }
 
+/// The suffixes of a conversation's keys, `sb:{<shard>}:c:<conv>:<suffix>`.
+mod suffix {
+    pub const SEQ: &str = "seq";
+    pub const EPOCH: &str = "epoch";
+    pub const LOG: &str = "log";
+    pub const MEMBERS: &str = "m";
+    pub const PUBLISHERS: &str = "p";
+    pub const META: &str = "meta";
+    pub const WATERMARKS: &str = "wm";
+    /// Followed by `:<msgid>`: a sent id's idempotency record.
+    pub const DEDUPE: &str = "d";
+    #[cfg(test)]
+    pub const ALL: [&str; 7] = [SEQ, EPOCH, LOG, MEMBERS, PUBLISHERS, META, WATERMARKS];
+}
+
 /// The keys of one conversation.
 struct ConvKeys {
     prefix: String,
@@ -122,6 +119,14 @@ impl ConvKeys {
     fn key(&self, suffix: &str) -> String {
         format!("{}:{suffix}", self.prefix)
     }
+    /// The idempotency record of message `id`.
+    fn dedupe(&self, id: &MsgId) -> String {
+        format!("{}:{}:{id}", self.prefix, suffix::DEDUPE)
+    }
+}
+
+fn nonce_key(nonce: &str) -> String {
+    format!("sb:nonce:{nonce}")
 }
 
 fn user_convs_key(user: &Address) -> String {
@@ -316,7 +321,7 @@ impl RedisBroker {
         let keys = self.conv_keys(id);
         let meta: HashMap<String, String> = self
             .pool
-            .hgetall(keys.key("meta"))
+            .hgetall(keys.key(suffix::META))
             .await
             .map_err(unavailable)?;
         if meta.is_empty() {
@@ -324,7 +329,7 @@ impl RedisBroker {
         }
         let raw: Vec<String> = self
             .pool
-            .smembers(keys.key("m"))
+            .smembers(keys.key(suffix::MEMBERS))
             .await
             .map_err(unavailable)?;
         let mut members = raw
@@ -340,7 +345,7 @@ impl RedisBroker {
         let publishers = if channel {
             let raw: Vec<String> = self
                 .pool
-                .smembers(keys.key("p"))
+                .smembers(keys.key(suffix::PUBLISHERS))
                 .await
                 .map_err(unavailable)?;
             let mut p = raw
@@ -413,7 +418,7 @@ impl Broker for RedisBroker {
         let _: () = self
             .pool
             .set(
-                format!("sb:nonce:{nonce}"),
+                nonce_key(nonce),
                 1,
                 Some(Expiration::PX(millis(ttl))),
                 None,
@@ -426,11 +431,7 @@ impl Broker for RedisBroker {
 
     async fn take_nonce(&self, nonce: &str) -> Result<bool> {
         // DEL answers 1 for exactly one caller: single use even under races.
-        let n: u64 = self
-            .pool
-            .del(format!("sb:nonce:{nonce}"))
-            .await
-            .map_err(unavailable)?;
+        let n: u64 = self.pool.del(nonce_key(nonce)).await.map_err(unavailable)?;
         Ok(n == 1)
     }
 
@@ -449,7 +450,7 @@ impl Broker for RedisBroker {
             .create_script
             .evalsha_with_reload(
                 self.pool.next(),
-                vec![keys.key("meta"), keys.key("m")],
+                vec![keys.key(suffix::META), keys.key(suffix::MEMBERS)],
                 args,
             )
             .await
@@ -482,7 +483,11 @@ impl Broker for RedisBroker {
             .create_channel_script
             .evalsha_with_reload(
                 self.pool.next(),
-                vec![keys.key("meta"), keys.key("m"), keys.key("p")],
+                vec![
+                    keys.key(suffix::META),
+                    keys.key(suffix::MEMBERS),
+                    keys.key(suffix::PUBLISHERS),
+                ],
                 args,
             )
             .await
@@ -508,7 +513,7 @@ impl Broker for RedisBroker {
             .members_script
             .evalsha_with_reload(
                 self.pool.next(),
-                vec![keys.key("meta"), keys.key("m")],
+                vec![keys.key(suffix::META), keys.key(suffix::MEMBERS)],
                 args,
             )
             .await
@@ -525,7 +530,7 @@ impl Broker for RedisBroker {
             .members_script
             .evalsha_with_reload(
                 self.pool.next(),
-                vec![keys.key("meta"), keys.key("m")],
+                vec![keys.key(suffix::META), keys.key(suffix::MEMBERS)],
                 vec!["rem".to_string(), user.lower()],
             )
             .await
@@ -561,7 +566,7 @@ impl Broker for RedisBroker {
             ConvKind::Direct => Ok(id.direct_members().is_some_and(|m| m.contains(user))),
             ConvKind::Group => self
                 .pool
-                .sismember(self.conv_keys(id).key("m"), user.lower())
+                .sismember(self.conv_keys(id).key(suffix::MEMBERS), user.lower())
                 .await
                 .map_err(unavailable),
             ConvKind::Channel => Ok(self.group(id).await?.is_some_and(|c| c.can_read(user))),
@@ -593,11 +598,15 @@ impl Broker for RedisBroker {
         let from = req.from.lower();
         let channel = req.conv.kind() == ConvKind::Channel;
         let key_list = vec![
-            keys.key("seq"),
-            keys.key("log"),
+            keys.key(suffix::SEQ),
+            keys.key(suffix::LOG),
             // Who may send: a group's members, a channel's publishers.
-            keys.key(if channel { "p" } else { "m" }),
-            keys.key(&format!("d:{}", req.id)),
+            keys.key(if channel {
+                suffix::PUBLISHERS
+            } else {
+                suffix::MEMBERS
+            }),
+            keys.dedupe(&req.id),
             keys.persist.clone(),
         ];
         let args: Vec<String> = vec![
@@ -702,10 +711,10 @@ impl Broker for RedisBroker {
             .evalsha_with_reload(
                 self.pool.next(),
                 vec![
-                    keys.key("seq"),
-                    keys.key("epoch"),
-                    keys.key("meta"),
-                    keys.key("m"),
+                    keys.key(suffix::SEQ),
+                    keys.key(suffix::EPOCH),
+                    keys.key(suffix::META),
+                    keys.key(suffix::MEMBERS),
                 ],
                 args,
             )
@@ -723,7 +732,7 @@ impl Broker for RedisBroker {
         let client = self.pool.next();
         let entries: Vec<XReadValue<String, String, String>> = client
             .xrange_values(
-                keys.key("log"),
+                keys.key(suffix::LOG),
                 format!("{}-0", after.saturating_add(1)),
                 "+",
                 Some(limit as u64),
@@ -731,7 +740,7 @@ impl Broker for RedisBroker {
             .await
             .map_err(unavailable)?;
         let (last, epoch): (Option<u64>, Option<String>) = client
-            .mget(vec![keys.key("seq"), keys.key("epoch")])
+            .mget(vec![keys.key(suffix::SEQ), keys.key(suffix::EPOCH)])
             .await
             .map_err(unavailable)?;
         let (epoch, epoch_base) = match epoch.as_deref().and_then(|e| e.split_once(':')) {
@@ -796,7 +805,11 @@ impl Broker for RedisBroker {
             .mark_script
             .evalsha_with_reload(
                 self.pool.next(),
-                vec![keys.key("wm"), keys.key("seq"), keys.persist.clone()],
+                vec![
+                    keys.key(suffix::WATERMARKS),
+                    keys.key(suffix::SEQ),
+                    keys.persist.clone(),
+                ],
                 args,
             )
             .await
@@ -816,7 +829,10 @@ impl Broker for RedisBroker {
         let u = user.lower();
         let v: Vec<Option<u64>> = self
             .pool
-            .hmget(keys.key("wm"), vec![format!("{u}:d"), format!("{u}:r")])
+            .hmget(
+                keys.key(suffix::WATERMARKS),
+                vec![format!("{u}:d"), format!("{u}:r")],
+            )
             .await
             .map_err(unavailable)?;
         Ok(Watermarks {
@@ -1089,7 +1105,73 @@ impl Broker for RedisBroker {
 mod tests {
     use super::*;
     use crate::broker::persist::{fields, kind};
+    use crate::broker::reports::ClusterRef;
     use std::collections::BTreeSet;
+
+    /// The key table of docs/architecture.md is the set of keys this engine
+    /// builds: every key the builders make (with sample values turned back
+    /// into the table's placeholders) is documented, and every documented
+    /// key is built.
+    #[test]
+    fn the_documented_key_table_is_the_keys_built_here() {
+        let doc = include_str!("../../../docs/architecture.md");
+        let table = doc
+            .split("### Redis keys")
+            .nth(1)
+            .expect("docs/architecture.md has a Redis keys section");
+        let documented: BTreeSet<String> = table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .filter_map(|l| l.split('|').nth(1))
+            .map(|cell| {
+                let cell = cell.trim();
+                let cell = cell.strip_prefix("channel ").unwrap_or(cell);
+                cell.trim_matches('`').to_string()
+            })
+            .collect();
+
+        let conv = ConvId::new_group();
+        let shards = BrokerConfig::default().shards;
+        let shard = shard_of(&conv, shards);
+        let user = Address([0xab; 20]);
+        let id: MsgId = "sample-msg".parse().unwrap();
+        let keys = ConvKeys::new(&conv, shards);
+        let mut built: Vec<String> = suffix::ALL.iter().map(|s| keys.key(s)).collect();
+        built.push(keys.dedupe(&id));
+        built.push(keys.persist.clone());
+        built.push(persist::dead_letter_key(shard));
+        built.push(nonce_key("sample-nonce"));
+        built.push(user_convs_key(&user));
+        built.push(registry_key(&user));
+        built.push(GATEWAYS_KEY.into());
+        built.push(PRESENCE_KEY.into());
+        built.push(
+            ClusterRef::new("sample-ns", "sample-cluster")
+                .unwrap()
+                .redis_key(),
+        );
+        built.push(gateway_channel("sample-gw"));
+        built.push(channel_topic(&conv));
+        let placeholders = |k: String| {
+            k.replace(&format!("{{{shard}}}"), "{<shard>}")
+                .replace(conv.as_str(), "<conv>")
+                .replace(&user.lower(), "<user>")
+                .replace("sample-msg", "<msgid>")
+                .replace("sample-nonce", "<nonce>")
+                .replace("sample-ns", "<namespace>")
+                .replace("sample-cluster", "<cluster>")
+                .replace("sample-gw", "<gateway>")
+        };
+        let built: BTreeSet<String> = built.into_iter().map(placeholders).collect();
+        let undocumented: Vec<_> = built.difference(&documented).collect();
+        let unbuilt: Vec<_> = documented.difference(&built).collect();
+        assert!(
+            undocumented.is_empty() && unbuilt.is_empty(),
+            "built but not in docs/architecture.md: {undocumented:?}; documented but not built: {unbuilt:?}"
+        );
+    }
 
     fn scripts() -> [(&'static str, &'static str); 7] {
         [
