@@ -21,11 +21,13 @@
 //! - [`leader`], [`metrics`], [`server`], [`run`]: what the binary needs to run
 //!   two replicas safely and be observed.
 //!
-//! The binary only parses flags and calls [`run::run`] or prints [`crd_yaml`].
+//! The binary only parses flags ([`cli`]) and calls [`run::run`] or prints
+//! [`crd_yaml`].
 
 pub mod autoscale;
 pub mod autoscaler;
 pub mod build;
+pub mod cli;
 pub mod conditions;
 pub mod crd;
 pub mod events;
