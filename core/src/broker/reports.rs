@@ -196,9 +196,9 @@ pub(crate) fn parse_value(v: &str) -> Option<(u64, u64, u64)> {
 
 /// Reads the connection reports of clusters from one Redis (standalone or
 /// Redis Cluster), and nothing else: what the operator's autoscaler needs,
-/// without a broker's scripts and connection pool. It runs [`READ_LUA`] and
-/// parses with [`parse_value`], the same definitions the broker writes with,
-/// so the wire format stays in this module.
+/// without a broker's scripts and connection pool. It runs the same read
+/// script and value parser as the broker, so the wire format stays defined
+/// in this module.
 pub struct ReportsReader {
     client: fred::clients::Client,
     script: fred::types::scripts::Script,
