@@ -1,8 +1,8 @@
-//! The gateway autoscaler's loop: every sync period (default 15 s), for each
-//! ChatCluster in `autoscaling.mode: operator`, read the gateways' connection
-//! reports from the cluster's Redis, list the gateway pods, ask
-//! [`crate::autoscale::decide`] and apply the answer. Runs only on the leader,
-//! next to the controller, and stops with it.
+//! The gateway autoscaler, a [`Manager`]: every sync period (default 15 s),
+//! for each ChatCluster in `autoscaling.mode: operator`, read the gateways'
+//! connection reports from the cluster's Redis, list the gateway pods, ask
+//! [`crate::autoscale::decide`] and apply the answer. Runs only on the
+//! leader, next to the controller, and stops with it ([`crate::manager`]).
 //!
 //! Ownership of what it writes (server-side apply, field manager
 //! [`FIELD_MANAGER`] = `switchboard-autoscaler`):
@@ -26,30 +26,34 @@
 //! published as a Warning Event when they first appear (not on every sync);
 //! the cluster's replicas are then left alone for that sync. Clusters are
 //! synced one after the other; a Redis that does not answer costs a sync at
-//! most the connect timeout.
+//! most the connect timeout. The reports are read with core's
+//! [`ReportsReader`] (one connection and the one read script), kept per
+//! cluster until the cluster leaves the scope or its Redis URL changes.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::events::{EventType, Recorder};
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde_json::json;
-use switchboard_core::broker::{Broker, BrokerConfig, BrokerError, ClusterRef, RedisBroker};
+use switchboard_core::broker::reports::ReportsReader;
+use switchboard_core::broker::{BrokerError, ClusterRef};
 
-use crate::autoscale::{self, Decision, Inputs, POD_DELETION_COST, Policy, Report, State};
-use crate::build::{self, Ctx};
+use crate::autoscale::{self, Decision, Inputs, POD_DELETION_COST, Policy, Report};
+use crate::build::{self, Ctx, names};
 use crate::crd::{AutoscalingMode, ChatCluster, GatewayStatus};
+use crate::manager::{Context, Manager};
 use crate::metrics::{DirectionLabel, Metrics, ReasonLabel};
-use crate::sweep::{self, Pass, Sweep};
+use crate::{policy, status};
 
 /// Field manager of everything the autoscaler writes.
-pub const FIELD_MANAGER: &str = "switchboard-autoscaler";
+pub const FIELD_MANAGER: &str = policy::AUTOSCALER_FIELD_MANAGER;
 /// Default time between two syncs.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
 /// Longest wait for a new Redis connection.
@@ -72,6 +76,17 @@ pub enum Error {
     Build(#[from] build::BuildError),
 }
 
+impl From<status::Error> for Error {
+    fn from(e: status::Error) -> Self {
+        match e {
+            status::Error::Kube(e) => Error::Kube(e),
+            status::Error::NoNamespace => {
+                Error::Build(build::BuildError::MissingMeta("metadata.namespace"))
+            }
+        }
+    }
+}
+
 impl Error {
     /// Short label for metrics and the Warning Event's reason.
     pub fn reason(&self) -> &'static str {
@@ -83,85 +98,89 @@ impl Error {
     }
 }
 
-/// Whether the autoscaler owns the Deployment's `spec.replicas` (an `Apply`
-/// entry of [`FIELD_MANAGER`] naming the field in its managed fields).
-pub fn owns_replicas(deployment: &Deployment) -> bool {
-    deployment
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .any(|m| {
-            m.manager.as_deref() == Some(FIELD_MANAGER)
-                && m.operation.as_deref() == Some("Apply")
-                && m.fields_v1
-                    .as_ref()
-                    .and_then(|f| f.0.get("f:spec"))
-                    .and_then(|s| s.get("f:replicas"))
-                    .is_some()
-        })
-}
-
-/// What the autoscaler keeps per ChatCluster (by uid) between syncs.
+/// What the autoscaler keeps per ChatCluster between syncs.
 #[derive(Default)]
-struct Entry {
-    state: State,
-    /// The cluster's Redis, and the URL it was opened with.
-    broker: Option<(String, RedisBroker)>,
-    /// The last error, so a persisting one is announced once.
-    last_error: Option<String>,
+pub struct ClusterState {
+    /// The decision history ([`autoscale::State`]).
+    history: autoscale::State,
+    /// The reader of the cluster's Redis.
+    reader: Option<Reader>,
 }
 
-impl sweep::Entry for Entry {
-    async fn close(mut self) {
-        if let Some((_, b)) = self.broker.take() {
-            b.quit().await;
-        }
-    }
+/// A [`ReportsReader`], the URL it was opened with, and whether it is
+/// connected.
+struct Reader {
+    url: String,
+    reader: ReportsReader,
+    connected: bool,
 }
 
-/// An entry dropped without `close` (a pass cut short by a lost Lease or a
-/// shutdown) still stops its Redis client: a dropped `RedisBroker` would
-/// otherwise keep reconnecting in the background.
-impl Drop for Entry {
-    fn drop(&mut self) {
-        if let Some((_, b)) = self.broker.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(async move { b.quit().await });
-        }
-    }
-}
-
-/// The autoscaler's state: one [`Entry`] per cluster in operator mode.
+/// The gateway autoscaler.
 pub struct Autoscaler {
-    client: Client,
-    recorder: Recorder,
-    metrics: Arc<Metrics>,
-    namespace: Option<String>,
-    clusters: Sweep<Entry>,
-}
-
-/// Runs the autoscaler every `interval` until `stop` resolves.
-pub async fn run_autoscaler(
-    client: Client,
-    metrics: Arc<Metrics>,
-    namespace: Option<String>,
-    instance: Option<String>,
     interval: Duration,
-    stop: impl Future<Output = ()>,
-) {
-    let scaler = Autoscaler::new(client, metrics, namespace, instance);
-    sweep::run_every(scaler, interval, stop).await;
-    tracing::debug!("autoscaler stopped");
 }
 
-impl Pass for Autoscaler {
-    async fn pass(&mut self) {
-        self.sync_all().await
+impl Autoscaler {
+    /// Syncs every cluster every `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Autoscaler { interval }
     }
-    async fn close(&mut self) {
-        self.clusters.close().await
+}
+
+impl Manager for Autoscaler {
+    type State = ClusterState;
+    type Error = Error;
+    const NAME: &'static str = "autoscaler";
+    const FIELD_MANAGER: &'static str = FIELD_MANAGER;
+    const ACTION: &'static str = "Scale";
+    const LIST_FAILED: &'static str = "AutoscalerApiError";
+
+    fn tick(&self) -> Duration {
+        self.interval
+    }
+
+    /// Clusters in `autoscaling.mode: operator`.
+    fn in_scope(&self, cluster: &ChatCluster) -> bool {
+        cluster.spec.gateway.autoscaling.mode == AutoscalingMode::Operator
+    }
+
+    fn failures(metrics: &Metrics) -> &Family<ReasonLabel, Counter> {
+        &metrics.autoscaler_failures
+    }
+
+    fn wakeups(metrics: &Metrics) -> Option<&Counter> {
+        Some(&metrics.autoscaler_syncs)
+    }
+
+    fn reason(error: &Error) -> &'static str {
+        error.reason()
+    }
+
+    async fn pass(
+        &self,
+        cx: &Context,
+        cluster: &ChatCluster,
+        state: &mut ClusterState,
+    ) -> Result<Duration, Error> {
+        sync(cx, cluster, state).await?;
+        Ok(self.interval)
+    }
+
+    /// The replicas are left alone until the next sync.
+    async fn failed(
+        &self,
+        _cx: &Context,
+        _cluster: &ChatCluster,
+        _state: &mut ClusterState,
+        _error: &Error,
+    ) -> Duration {
+        self.interval
+    }
+
+    async fn close(state: ClusterState) {
+        if let Some(r) = state.reader {
+            r.reader.quit().await;
+        }
     }
 }
 
@@ -179,147 +198,87 @@ fn ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-impl Autoscaler {
-    pub fn new(
-        client: Client,
-        metrics: Arc<Metrics>,
-        namespace: Option<String>,
-        instance: Option<String>,
-    ) -> Self {
-        Autoscaler {
-            recorder: sweep::recorder(client.clone(), FIELD_MANAGER, instance),
-            client,
-            metrics,
-            namespace,
-            clusters: Sweep::default(),
-        }
+/// One sync of one cluster.
+async fn sync(cx: &Context, cluster: &ChatCluster, state: &mut ClusterState) -> Result<(), Error> {
+    let ns = cluster
+        .namespace()
+        .ok_or(build::BuildError::MissingMeta("metadata.namespace"))?;
+    let name = cluster.name_any();
+    let policy = Policy::from_spec(&cluster.spec.gateway);
+    let deployments: Api<Deployment> = Api::namespaced(cx.client.clone(), &ns);
+    let dep_name = names::gateway(cluster);
+    // Not created yet: the reconciler will, with `min` replicas.
+    let Some(deployment) = deployments.get_opt(&dep_name).await? else {
+        return Ok(());
+    };
+    let current = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let selector = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|l| {
+            l.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    if selector.is_empty() {
+        // Never list every pod of the namespace as "the gateways".
+        return Ok(());
     }
+    let pods: Api<Pod> = Api::namespaced(cx.client.clone(), &ns);
+    let listed = pods.list(&ListParams::default().labels(&selector)).await?;
+    let live: Vec<&Pod> = listed
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let live_names: Vec<String> = live.iter().map(|p| p.name_any()).collect();
+    let ready_names: Vec<String> = live
+        .iter()
+        .filter(|p| ready(p))
+        .map(|p| p.name_any())
+        .collect();
 
-    /// One pass over every ChatCluster.
-    pub async fn sync_all(&mut self) {
-        self.metrics.autoscaler_syncs.inc();
-        let listed = self
-            .clusters
-            .list(&self.client, self.namespace.as_deref(), in_scope)
-            .await;
-        let clusters = match listed {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "autoscaler: cannot list ChatClusters");
-                self.metrics
-                    .autoscaler_failures
-                    .get_or_create(&ReasonLabel {
-                        reason: "AutoscalerApiError",
-                    })
-                    .inc();
-                return;
-            }
-        };
-        for (uid, cluster, mut entry) in clusters {
-            match self.sync_one(&cluster, &mut entry).await {
-                Ok(()) => entry.last_error = None,
-                Err(e) => {
-                    let msg = e.to_string();
-                    tracing::warn!(
-                        cluster = %format!("{}/{}", cluster.namespace().unwrap_or_default(), cluster.name_any()),
-                        error = %msg,
-                        "autoscaler sync failed"
-                    );
-                    self.metrics
-                        .autoscaler_failures
-                        .get_or_create(&ReasonLabel { reason: e.reason() })
-                        .inc();
-                    if entry.last_error.as_deref() != Some(msg.as_str()) {
-                        self.event(&cluster, EventType::Warning, e.reason(), &msg, None)
-                            .await;
-                    }
-                    entry.last_error = Some(msg);
-                }
-            }
-            self.clusters.put(uid, entry);
+    // Only ready pods' reports count: with none, Redis need not be asked
+    // (a cluster whose Redis is still starting makes no noise).
+    let (reports, read_at) = if ready_names.is_empty() {
+        (Vec::new(), now_ms())
+    } else {
+        read_reports(cx, cluster, &ns, &name, state).await?
+    };
+    let inputs = Inputs {
+        current,
+        ready_pods: &ready_names,
+        reports: &reports,
+        read_at,
+    };
+    let decision = autoscale::decide(&mut state.history, &policy, &inputs, now_ms());
+    tracing::debug!(%decision, "autoscaler decision");
+
+    if decision.changes() {
+        if decision.replicas < decision.current {
+            let costs = autoscale::pod_deletion_costs(&policy, &live_names, &reports, read_at);
+            set_deletion_costs(&pods, &live, &costs).await?;
         }
-    }
-
-    async fn sync_one(&self, cluster: &ChatCluster, entry: &mut Entry) -> Result<(), Error> {
-        let ns = cluster
-            .namespace()
-            .ok_or(build::BuildError::MissingMeta("metadata.namespace"))?;
-        let name = cluster.name_any();
-        let policy = Policy::from_spec(&cluster.spec.gateway);
-        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
-        let dep_name = format!("{name}-{}", build::gateway::COMPONENT);
-        // Not created yet: the reconciler will, with `min` replicas.
-        let Some(deployment) = deployments.get_opt(&dep_name).await? else {
-            return Ok(());
-        };
-        let current = deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(1);
-        let selector = deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.match_labels.as_ref())
-            .map(|l| {
-                l.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
-        if selector.is_empty() {
-            // Never list every pod of the namespace as "the gateways".
-            return Ok(());
-        }
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let listed = pods.list(&ListParams::default().labels(&selector)).await?;
-        let live: Vec<&Pod> = listed
-            .items
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .collect();
-        let live_names: Vec<String> = live.iter().map(|p| p.name_any()).collect();
-        let ready_names: Vec<String> = live
-            .iter()
-            .filter(|p| ready(p))
-            .map(|p| p.name_any())
-            .collect();
-
-        // Only ready pods' reports count: with none, Redis need not be asked
-        // (a cluster whose Redis is still starting makes no noise).
-        let (reports, read_at) = if ready_names.is_empty() {
-            (Vec::new(), now_ms())
+        apply_replicas(&deployments, &dep_name, decision.replicas).await?;
+        let direction = if decision.replicas > decision.current {
+            "up"
         } else {
-            self.read_reports(cluster, &ns, &name, entry).await?
+            "down"
         };
-        let inputs = Inputs {
-            current,
-            ready_pods: &ready_names,
-            reports: &reports,
-            read_at,
-        };
-        let decision = autoscale::decide(&mut entry.state, &policy, &inputs, now_ms());
-        tracing::debug!(cluster = %format!("{ns}/{name}"), %decision, "autoscaler decision");
-
-        if decision.changes() {
-            if decision.replicas < decision.current {
-                let costs = autoscale::pod_deletion_costs(&policy, &live_names, &reports, read_at);
-                self.set_deletion_costs(&pods, &live, &costs).await?;
-            }
-            self.apply_replicas(&deployments, &dep_name, decision.replicas)
-                .await?;
-            let direction = if decision.replicas > decision.current {
-                "up"
-            } else {
-                "down"
-            };
-            self.metrics
-                .autoscaler_scales
-                .get_or_create(&DirectionLabel { direction })
-                .inc();
-            tracing::info!(cluster = %format!("{ns}/{name}"), %decision, "scaled the gateways");
-            self.event(
+        cx.metrics
+            .autoscaler_scales
+            .get_or_create(&DirectionLabel { direction })
+            .inc();
+        tracing::info!(%decision, "scaled the gateways");
+        cx.events
+            .publish(
                 cluster,
                 EventType::Normal,
                 "Scaled",
@@ -327,256 +286,182 @@ impl Autoscaler {
                 Some(deployment.object_ref(&())),
             )
             .await;
-        } else if !owns_replicas(&deployment) {
-            // Take the field over (same value), so the reconciler stops
-            // applying it; see the module docs.
-            self.apply_replicas(&deployments, &dep_name, decision.replicas)
-                .await?;
-        }
-        self.write_status(cluster, &ns, &decision).await
+    } else if !policy::owns_replicas(&deployment) {
+        // Take the field over (same value), so the reconciler stops
+        // applying it; see the module docs.
+        apply_replicas(&deployments, &dep_name, decision.replicas).await?;
     }
+    write_status(cx, cluster, &decision).await
+}
 
-    /// The reports of the cluster's gateways, and the broker's clock.
-    async fn read_reports(
-        &self,
-        cluster: &ChatCluster,
-        ns: &str,
-        name: &str,
-        entry: &mut Entry,
-    ) -> Result<(Vec<Report>, u64), Error> {
-        let url = self.redis_url(cluster, ns).await?;
-        if entry.broker.as_ref().is_some_and(|(u, _)| *u != url)
-            && let Some((_, old)) = entry.broker.take()
-        {
-            old.quit().await;
-        }
-        let broker = match &entry.broker {
-            Some((_, b)) => b.clone(),
-            None => {
-                let b = tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    RedisBroker::connect(&url, BrokerConfig::default()),
-                )
-                .await
-                .map_err(|_| Error::ConnectTimeout)??;
-                entry.broker = Some((url, b.clone()));
-                b
+/// The reports of the cluster's gateways, and the Redis clock.
+async fn read_reports(
+    cx: &Context,
+    cluster: &ChatCluster,
+    ns: &str,
+    name: &str,
+    state: &mut ClusterState,
+) -> Result<(Vec<Report>, u64), Error> {
+    let url = redis_url(cx, cluster, ns).await?;
+    let reader = match &mut state.reader {
+        Some(r) if r.url == url => r,
+        slot => {
+            if let Some(old) = slot.take() {
+                old.reader.quit().await;
             }
-        };
-        let got = broker
-            .connection_reports(&ClusterRef::new(ns, name)?)
-            .await?;
-        let reports = got
-            .reports
-            .into_iter()
-            .map(|r| Report {
-                pod: r.pod,
-                connections: r.connections,
-                reported_at: r.reported_at,
+            // Kept in the state before connecting: a sync cut short (a lost
+            // Lease) leaves it where closing the state quits it.
+            slot.insert(Reader {
+                reader: ReportsReader::new(&url)?,
+                url,
+                connected: false,
             })
-            .collect();
-        Ok((reports, got.now))
+        }
+    };
+    if !reader.connected {
+        let connected = match tokio::time::timeout(CONNECT_TIMEOUT, reader.reader.connect()).await {
+            Ok(result) => result.map_err(Error::from),
+            Err(_) => Err(Error::ConnectTimeout),
+        };
+        if let Err(e) = connected {
+            // A client whose first connection failed would keep retrying in
+            // the background; the next sync starts over instead.
+            if let Some(r) = state.reader.take() {
+                r.reader.quit().await;
+            }
+            return Err(e);
+        }
+        reader.connected = true;
     }
+    let got = reader.reader.read(&ClusterRef::new(ns, name)?).await?;
+    let reports = got
+        .reports
+        .into_iter()
+        .map(|r| Report {
+            pod: r.pod,
+            connections: r.connections,
+            reported_at: r.reported_at,
+        })
+        .collect();
+    Ok((reports, got.now))
+}
 
-    /// The Redis URL the gateways use: the external Secret's key, or the
-    /// managed Redis the reconciler builds.
-    async fn redis_url(&self, cluster: &ChatCluster, ns: &str) -> Result<String, Error> {
-        let redis = &cluster.spec.redis;
-        match (&redis.managed, &redis.external) {
-            (_, Some(ext)) => {
-                let r = &ext.url_secret_ref;
-                let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-                let secret = secrets.get_opt(&r.name).await?.ok_or_else(|| {
-                    Error::RedisUrl(format!("Secret {:?} does not exist", r.name))
+/// The Redis URL the gateways use: the external Secret's key, or the
+/// managed Redis the reconciler builds.
+async fn redis_url(cx: &Context, cluster: &ChatCluster, ns: &str) -> Result<String, Error> {
+    let redis = &cluster.spec.redis;
+    match (&redis.managed, &redis.external) {
+        (_, Some(ext)) => {
+            let r = &ext.url_secret_ref;
+            let secrets: Api<Secret> = Api::namespaced(cx.client.clone(), ns);
+            let secret = secrets
+                .get_opt(&r.name)
+                .await?
+                .ok_or_else(|| Error::RedisUrl(format!("Secret {:?} does not exist", r.name)))?;
+            let bytes = secret
+                .data
+                .and_then(|mut d| d.remove(&r.key))
+                .ok_or_else(|| {
+                    Error::RedisUrl(format!("Secret {:?} has no key {:?}", r.name, r.key))
                 })?;
-                let bytes = secret
-                    .data
-                    .and_then(|mut d| d.remove(&r.key))
-                    .ok_or_else(|| {
-                        Error::RedisUrl(format!("Secret {:?} has no key {:?}", r.name, r.key))
-                    })?;
-                let url = String::from_utf8(bytes.0).map_err(|_| {
-                    Error::RedisUrl(format!("Secret {:?} key {:?} is not UTF-8", r.name, r.key))
-                })?;
-                Ok(url.trim().to_string())
-            }
-            (Some(managed), None) => Ok(build::redis::managed_url(&Ctx::new(cluster)?, managed)),
-            (None, None) => Err(Error::RedisUrl("the spec names no Redis".into())),
+            let url = String::from_utf8(bytes.0).map_err(|_| {
+                Error::RedisUrl(format!("Secret {:?} key {:?} is not UTF-8", r.name, r.key))
+            })?;
+            Ok(url.trim().to_string())
+        }
+        (Some(managed), None) => Ok(build::redis::managed_url(&Ctx::new(cluster)?, managed)),
+        (None, None) => Err(Error::RedisUrl("the spec names no Redis".into())),
+    }
+}
+
+/// Sets the deletion cost of each pod whose annotation differs. A pod that
+/// went away meanwhile is skipped; any other failure stops the scale-in (the
+/// ReplicaSet would pick pods blindly).
+async fn set_deletion_costs(
+    pods: &Api<Pod>,
+    live: &[&Pod],
+    costs: &BTreeMap<String, i32>,
+) -> Result<(), Error> {
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    for pod in live {
+        let name = pod.name_any();
+        let Some(cost) = costs.get(&name) else {
+            continue;
+        };
+        let value = cost.to_string();
+        if pod.annotations().get(POD_DELETION_COST) == Some(&value) {
+            continue;
+        }
+        let patch = json!({"metadata": {"annotations": {POD_DELETION_COST: value}}});
+        match pods.patch(&name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
+}
 
-    /// Sets the deletion cost of each pod whose annotation differs. A pod
-    /// that went away meanwhile is skipped; any other failure stops the
-    /// scale-in (the ReplicaSet would pick pods blindly).
-    async fn set_deletion_costs(
-        &self,
-        pods: &Api<Pod>,
-        live: &[&Pod],
-        costs: &BTreeMap<String, i32>,
-    ) -> Result<(), Error> {
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        for pod in live {
-            let name = pod.name_any();
-            let Some(cost) = costs.get(&name) else {
-                continue;
-            };
-            let value = cost.to_string();
-            if pod.annotations().get(POD_DELETION_COST) == Some(&value) {
-                continue;
-            }
-            let patch = json!({"metadata": {"annotations": {POD_DELETION_COST: value}}});
-            match pods.patch(&name, &params, &Patch::Merge(&patch)).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Server-side apply of `spec.replicas` alone, with our field manager.
-    /// `force`: the reconciler co-owned the field before the take-over, and
-    /// an HPA left over from `external` mode may own it.
-    async fn apply_replicas(
-        &self,
-        deployments: &Api<Deployment>,
-        name: &str,
-        replicas: i32,
-    ) -> Result<(), Error> {
-        let body = json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {"replicas": replicas},
-        });
-        deployments
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Applies the autoscaler's four status fields, when they changed.
-    async fn write_status(
-        &self,
-        cluster: &ChatCluster,
-        ns: &str,
-        decision: &Decision,
-    ) -> Result<(), Error> {
-        let prev = cluster
-            .status
-            .as_ref()
-            .and_then(|s| s.gateway.clone())
-            .unwrap_or_default();
-        let (last_scale_time, last_scale_reason) = if decision.changes() {
-            (
-                Some(Time(k8s_openapi::jiff::Timestamp::now())),
-                Some(decision.to_string()),
-            )
-        } else {
-            (prev.last_scale_time.clone(), prev.last_scale_reason.clone())
-        };
-        let mine = GatewayStatus {
-            connections: Some(i64::try_from(decision.load.connections).unwrap_or(i64::MAX)),
-            desired_replicas: Some(decision.replicas),
-            last_scale_time,
-            last_scale_reason,
-            ..GatewayStatus::default()
-        };
-        if prev.connections == mine.connections
-            && prev.desired_replicas == mine.desired_replicas
-            && prev.last_scale_time == mine.last_scale_time
-            && prev.last_scale_reason == mine.last_scale_reason
-        {
-            return Ok(());
-        }
-        let api: Api<ChatCluster> = Api::namespaced(self.client.clone(), ns);
-        let body = json!({
-            "apiVersion": ChatCluster::api_version(&()),
-            "kind": ChatCluster::kind(&()),
-            "status": {"gateway": mine},
-        });
-        api.patch_status(
-            &cluster.name_any(),
+/// Server-side apply of `spec.replicas` alone, with our field manager.
+/// `force`: the reconciler co-owned the field before the take-over, and an
+/// HPA left over from `external` mode may own it.
+async fn apply_replicas(
+    deployments: &Api<Deployment>,
+    name: &str,
+    replicas: i32,
+) -> Result<(), Error> {
+    let body = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas},
+    });
+    deployments
+        .patch(
+            name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&body),
         )
         .await?;
-        Ok(())
-    }
+    Ok(())
+}
 
-    async fn event(
-        &self,
-        cluster: &ChatCluster,
-        type_: EventType,
-        reason: &str,
-        note: &str,
-        secondary: Option<k8s_openapi::api::core::v1::ObjectReference>,
-    ) {
-        sweep::publish_event(
-            &self.recorder,
-            cluster,
-            type_,
-            reason,
-            note,
-            "Scale",
-            secondary,
+/// Applies the autoscaler's four status fields, when they changed.
+async fn write_status(
+    cx: &Context,
+    cluster: &ChatCluster,
+    decision: &Decision,
+) -> Result<(), Error> {
+    let prev = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.gateway.clone())
+        .unwrap_or_default();
+    let (last_scale_time, last_scale_reason) = if decision.changes() {
+        (
+            Some(Time(k8s_openapi::jiff::Timestamp::now())),
+            Some(decision.to_string()),
         )
-        .await
+    } else {
+        (prev.last_scale_time.clone(), prev.last_scale_reason.clone())
+    };
+    let mine = GatewayStatus {
+        connections: Some(i64::try_from(decision.load.connections).unwrap_or(i64::MAX)),
+        desired_replicas: Some(decision.replicas),
+        last_scale_time,
+        last_scale_reason,
+        ..GatewayStatus::default()
+    };
+    if prev.connections == mine.connections
+        && prev.desired_replicas == mine.desired_replicas
+        && prev.last_scale_time == mine.last_scale_time
+        && prev.last_scale_reason == mine.last_scale_reason
+    {
+        return Ok(());
     }
-}
-
-/// Clusters the autoscaler acts on: operator mode, not being deleted, not
-/// paused, with a spec the reconciler accepts.
-fn in_scope(cluster: &ChatCluster) -> bool {
-    cluster.spec.gateway.autoscaling.mode == AutoscalingMode::Operator && sweep::active(cluster)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn deployment(managed: serde_json::Value) -> Deployment {
-        serde_json::from_value(json!({
-            "metadata": {"name": "chat-gateway", "managedFields": managed},
-        }))
-        .unwrap_or_default()
-    }
-
-    #[test]
-    fn replicas_ownership_is_read_from_managed_fields() {
-        let entry = |manager: &str, operation: &str, fields: serde_json::Value| {
-            json!({"manager": manager, "operation": operation,
-                   "fieldsType": "FieldsV1", "fieldsV1": fields})
-        };
-        let replicas = json!({"f:spec": {"f:replicas": {}}});
-        let template = json!({"f:spec": {"f:template": {}}});
-        assert!(owns_replicas(&deployment(json!([
-            entry("switchboard-operator", "Apply", template.clone()),
-            entry(FIELD_MANAGER, "Apply", replicas.clone()),
-        ]))));
-        // Someone else's, an Update by us (never made), or no replicas field.
-        assert!(!owns_replicas(&deployment(json!([entry(
-            "switchboard-operator",
-            "Apply",
-            replicas.clone()
-        )]))));
-        assert!(!owns_replicas(&deployment(json!([entry(
-            FIELD_MANAGER,
-            "Update",
-            replicas
-        )]))));
-        assert!(!owns_replicas(&deployment(json!([entry(
-            FIELD_MANAGER,
-            "Apply",
-            template
-        )]))));
-        assert!(!owns_replicas(&deployment(json!([]))));
-    }
+    cx.status.apply(cluster, &json!({"gateway": mine})).await?;
+    Ok(())
 }

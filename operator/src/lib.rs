@@ -7,31 +7,41 @@
 //! - [`build`]: pure functions from a spec to the desired child objects, one
 //!   module per component, golden-tested;
 //! - [`conditions`]: status conditions with stable transition times;
+//! - [`policy`]: who acts on a cluster (paused, active) and who owns the
+//!   gateway replicas;
+//! - [`status`], [`events`]: the one status writer (server-side apply under
+//!   a field manager) and the one Event helper every writer uses;
 //! - [`reconcile`]: the kube-runtime `Controller` that applies, prunes and
 //!   reports;
-//! - [`autoscaler`]: the loop that applies [`autoscale`]'s decisions to the
-//!   gateway Deployments;
-//! - [`partitions`]: the loop that runs migrations and partition maintenance
-//!   against each cluster's PostgreSQL;
+//! - [`manager`]: the runner of the leader's three managers, which share one
+//!   loop shape: [`autoscaler`] (applies [`autoscale`]'s decisions to the
+//!   gateway Deployments), [`partitions`] (migrations and partition
+//!   maintenance against each cluster's PostgreSQL) and [`redis_manager`]
+//!   (forms and heals managed Redis Clusters with [`redis_cluster`]);
 //! - [`leader`], [`metrics`], [`server`], [`run`]: what the binary needs to run
 //!   two replicas safely and be observed.
 //!
-//! The binary only parses flags and calls [`run::run`] or prints [`crd_yaml`].
+//! The binary only parses flags ([`cli`]) and calls [`run::run`] or prints
+//! [`crd_yaml`].
 
 pub mod autoscale;
 pub mod autoscaler;
 pub mod build;
+pub mod cli;
 pub mod conditions;
 pub mod crd;
+pub mod events;
 pub mod leader;
+pub mod manager;
 pub mod metrics;
 pub mod partitions;
+pub mod policy;
 pub mod reconcile;
 pub mod redis_cluster;
 pub mod redis_manager;
 pub mod run;
 pub mod server;
-pub mod sweep;
+pub mod status;
 pub mod validate;
 
 use kube::CustomResourceExt;

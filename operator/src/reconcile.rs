@@ -20,24 +20,24 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::FIELD_MANAGER;
-use crate::build::{self, Desired, Generated, Observed};
+use crate::build::{self, Desired, Generated, Observed, names};
 use crate::conditions::{self, ClusterView, Component, Fresh, Observation, Pods};
 use crate::crd::{
     ChatCluster, ChatClusterStatus, ComponentStatus, GatewayStatus, PostgresStatus,
     RedisClusterState, RedisMode, RedisStatus,
 };
+use crate::events::Events;
 use crate::metrics::Metrics;
+use crate::policy;
+use crate::status::{self, StatusWriter};
 use crate::validate::validate;
 
-/// Annotation that stops the operator from changing a cluster's children.
-pub const PAUSED_ANNOTATION: &str = "switchboard.dev/paused";
 /// Re-check a converged cluster this often even without events.
 const RESYNC: Duration = Duration::from_secs(300);
 /// Re-check a cluster whose pods are still starting.
@@ -57,6 +57,15 @@ pub enum Error {
     NoNamespace,
 }
 
+impl From<status::Error> for Error {
+    fn from(e: status::Error) -> Self {
+        match e {
+            status::Error::NoNamespace => Error::NoNamespace,
+            status::Error::Kube(e) => Error::Kube(e),
+        }
+    }
+}
+
 impl Error {
     /// Short label for metrics and the Degraded condition's reason.
     pub fn reason(&self) -> &'static str {
@@ -73,9 +82,11 @@ impl Error {
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
-    /// One recorder for the whole operator: it caches and aggregates repeated
-    /// events into series instead of creating one Event object per failure.
-    pub recorder: Recorder,
+    /// The reconciler's Events (one recorder for every reconcile, so
+    /// repeats aggregate into series).
+    pub events: Events,
+    /// The reconciler's status writes (field manager `switchboard-operator`).
+    pub status: StatusWriter,
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per cluster (`namespace/name`), for backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -83,12 +94,9 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, metrics: Arc<Metrics>, instance: Option<String>) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance,
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Events::new(client.clone(), FIELD_MANAGER, instance, "Reconcile"),
+            status: StatusWriter::new(client.clone(), FIELD_MANAGER),
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
@@ -181,7 +189,9 @@ pub async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<A
         Err(e) => {
             tracing::warn!(cluster = %key(&cluster), error = %e, "reconcile failed");
             ctx.metrics.failure(e.reason());
-            warn(&ctx, &cluster, e.reason(), &e.to_string()).await;
+            ctx.events
+                .warning(&cluster, e.reason(), &e.to_string())
+                .await;
             // Best effort: if the API is down this fails too, and the error
             // above is what counts.
             let previous = current_conditions(&cluster);
@@ -190,7 +200,7 @@ pub async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<A
                 conditions: stamp(&cluster, fresh),
                 ..owned_part(&cluster)
             };
-            if let Err(e) = write_status(&ctx.client, &cluster, &status).await {
+            if let Err(e) = ctx.status.apply(&cluster, &status).await {
                 tracing::debug!(error = %e, "could not record the failure in status");
             }
         }
@@ -223,12 +233,12 @@ async fn reconcile_inner(cluster: &ChatCluster, ctx: &Context) -> Result<Action,
     let name = cluster.name_any();
     let previous = current_conditions(cluster);
 
-    if is_paused(cluster) {
+    if policy::is_paused(cluster) {
         let status = ChatClusterStatus {
             conditions: stamp(cluster, conditions::paused(&previous)),
             ..owned_part(cluster)
         };
-        write_status(&ctx.client, cluster, &status).await?;
+        ctx.status.apply(cluster, &status).await?;
         // The annotation's removal is a change to the object, which wakes us.
         return Ok(Action::await_change());
     }
@@ -243,26 +253,22 @@ async fn reconcile_inner(cluster: &ChatCluster, ctx: &Context) -> Result<Action,
                 && c.observed_generation == cluster.metadata.generation
         });
         if !already {
-            warn(ctx, cluster, "InvalidSpec", &msg).await;
+            ctx.events.warning(cluster, "InvalidSpec", &msg).await;
         }
         let status = ChatClusterStatus {
             observed_generation: cluster.metadata.generation,
             conditions: stamp(cluster, conditions::invalid(&previous, &problems)),
             ..owned_part(cluster)
         };
-        write_status(&ctx.client, cluster, &status).await?;
+        ctx.status.apply(cluster, &status).await?;
         // Waiting is right: only a spec change can fix it.
         return Ok(Action::await_change());
     }
 
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let gateway = deployments
-        .get_opt(&format!("{name}-{}", build::gateway::COMPONENT))
-        .await?;
+    let gateway = deployments.get_opt(&names::gateway(cluster)).await?;
     let observed = Observed {
-        gateway_replicas_autoscaled: gateway
-            .as_ref()
-            .is_some_and(crate::autoscaler::owns_replicas),
+        gateway_replicas_autoscaled: gateway.as_ref().is_some_and(policy::owns_replicas),
         gateway_replicas: gateway.and_then(|d| d.spec.and_then(|s| s.replicas)),
     };
     let desired = build::desired(cluster, &observed, &Generated::random())?;
@@ -280,7 +286,7 @@ async fn reconcile_inner(cluster: &ChatCluster, ctx: &Context) -> Result<Action,
         conditions: stamp(cluster, fresh),
         ..status
     };
-    write_status(&ctx.client, cluster, &status).await?;
+    ctx.status.apply(cluster, &status).await?;
     Ok(Action::requeue(if ready { RESYNC } else { PROGRESS_POLL }))
 }
 
@@ -294,13 +300,6 @@ impl Generated {
             postgres_password: pw.iter().map(|b| format!("{b:02x}")).collect(),
         }
     }
-}
-
-pub fn is_paused(cluster: &ChatCluster) -> bool {
-    cluster
-        .annotations()
-        .get(PAUSED_ANNOTATION)
-        .is_some_and(|v| v == "true")
 }
 
 /// The status fields this reconciler owns, as last written. Re-applied
@@ -353,20 +352,6 @@ fn stamp(
         cluster.metadata.generation,
         &now,
     )
-}
-
-async fn warn(ctx: &Context, cluster: &ChatCluster, reason: &str, note: &str) {
-    let event = Event {
-        type_: EventType::Warning,
-        reason: reason.into(),
-        // Events cap the note at 1 kB.
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
-        tracing::debug!(error = %e, "could not publish an event");
-    }
 }
 
 /// Server-side apply with our field manager. `force` takes over fields
@@ -490,7 +475,6 @@ async fn observe(
     ns: &str,
     cluster: &ChatCluster,
 ) -> Result<(Observation, ChatClusterStatus), Error> {
-    let name = cluster.name_any();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
 
@@ -510,9 +494,8 @@ async fn observe(
 
     let spec = &cluster.spec;
     // A managed store's StatefulSet (`None`: the store is external).
-    let managed_set = |managed: bool, suffix: &str| {
+    let managed_set = |managed: bool, set_name: String| {
         let sets = sets.clone();
-        let set_name = format!("{name}-{suffix}");
         async move {
             if managed {
                 sets.get_opt(&set_name).await.map(Some)
@@ -522,12 +505,12 @@ async fn observe(
         }
     };
     // Independent reads, issued together.
-    let (gateway_name, worker_name) = (format!("{name}-gateway"), format!("{name}-worker"));
+    let (gateway_name, worker_name) = (names::gateway(cluster), names::worker(cluster));
     let (gateway, worker, redis, postgres) = try_join!(
         deployments.get_opt(&gateway_name),
         deployments.get_opt(&worker_name),
-        managed_set(spec.redis.managed.is_some(), "redis"),
-        managed_set(spec.postgres.managed.is_some(), "postgres"),
+        managed_set(spec.redis.managed.is_some(), names::redis(cluster)),
+        managed_set(spec.postgres.managed.is_some(), names::postgres(cluster)),
     )?;
     let gateway = deployment_pods(gateway);
     let worker = deployment_pods(worker);
@@ -588,27 +571,6 @@ fn cluster_view(cluster: &ChatCluster) -> ClusterView {
             .and_then(|r| r.cluster_message.clone())
             .unwrap_or_default(),
     }
-}
-
-/// Server-side apply of the status subresource. Only the fields in `status`
-/// are ours; fields other managers own (the autoscaler's `connections`, the
-/// partition manager's partitions) are left alone.
-async fn write_status(
-    client: &Client,
-    cluster: &ChatCluster,
-    status: &ChatClusterStatus,
-) -> Result<(), Error> {
-    let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
-    let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
-    let body = serde_json::json!({
-        "apiVersion": ChatCluster::api_version(&()),
-        "kind": ChatCluster::kind(&()),
-        "status": status,
-    });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(&cluster.name_any(), &params, &Patch::Apply(&body))
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

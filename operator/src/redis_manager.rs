@@ -1,9 +1,9 @@
-//! The Redis Cluster manager: for each ChatCluster whose managed Redis runs
-//! in cluster mode, form the cluster once its pods are ready and keep it
-//! whole, with [`redis_cluster::bootstrap`] (`CLUSTER MEET`, slot and
-//! replica assignment, healing a node that came back empty; over the Redis
-//! protocol, no `pods/exec`). Runs only on the leader, next to the
-//! controller, and stops with it.
+//! The Redis Cluster manager, a [`Manager`]: for each ChatCluster whose
+//! managed Redis runs in cluster mode, form the cluster once its pods are
+//! ready and keep it whole, with [`redis_cluster::bootstrap`] (`CLUSTER
+//! MEET`, slot and replica assignment, healing a node that came back empty;
+//! over the Redis protocol, no `pods/exec`). Runs only on the leader, next
+//! to the controller, and stops with it ([`crate::manager`]).
 //!
 //! # Schedule
 //!
@@ -18,7 +18,7 @@
 //!
 //! # Steps of one check
 //!
-//! 1. The StatefulSet `<name>-redis` must exist with
+//! 1. The StatefulSet [`names::redis`] must exist with
 //!    `shards × (1 + replicasPerShard)` replicas, all ready (`redis-cli ping`
 //!    answers); until then the state is `WaitingForPods` and nothing is sent
 //!    to Redis: a bootstrap needs every node to answer.
@@ -49,24 +49,22 @@
 //! `switchboard_operator_redis_bootstraps`, `…_redis_bootstrap_changes`,
 //! `…_redis_bootstrap_failures{reason}`.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{EventType, Recorder};
-use kube::{Client, Resource, ResourceExt};
+use kube::ResourceExt;
+use kube::api::Api;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde_json::json;
-use tokio::time::Instant;
-use tracing::Instrument;
 
-use crate::build::{self, Ctx};
+use crate::build::{self, Ctx, names};
 use crate::crd::{ChatCluster, ManagedRedis, RedisClusterState, RedisMode};
+use crate::manager::{Context, Manager};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::redis_cluster::{self, BootstrapError, BootstrapOptions, BootstrapReport, NodeAddr};
-use crate::sweep::{self, Pass, Sweep};
+use crate::status;
 
 /// Field manager of everything the Redis Cluster manager writes.
 pub const FIELD_MANAGER: &str = "switchboard-redis";
@@ -114,29 +112,12 @@ impl std::fmt::Debug for RedisConfig {
 }
 
 /// `<name>-redis-<ordinal>.<name>-redis.<namespace>.svc:6379`: the pod's
-/// stable name behind the headless Service, the same name the node
-/// announces to the cluster.
+/// stable name behind the headless Service ([`build::redis::pod_host`]),
+/// the same name the node announces to the cluster.
 pub fn pod_dns(cluster: &ChatCluster, ordinal: usize) -> Result<NodeAddr, build::BuildError> {
     let ctx = Ctx::new(cluster)?;
-    let c = build::redis::COMPONENT;
     let port = u16::try_from(build::redis::PORT).unwrap_or(6379);
-    Ok(NodeAddr::new(
-        format!("{}-{ordinal}.{}", ctx.child(c), ctx.service_host(c)),
-        port,
-    ))
-}
-
-/// What the manager keeps per cluster between checks.
-#[derive(Default)]
-struct Entry {
-    /// `None`: check at the next pass.
-    next_due: Option<Instant>,
-    /// The last error, so a persisting one is announced once.
-    last_error: Option<String>,
-}
-
-impl sweep::Entry for Entry {
-    async fn close(self) {}
+    Ok(NodeAddr::new(build::redis::pod_host(&ctx, ordinal), port))
 }
 
 /// The outcome of one check, as it goes to the status.
@@ -148,43 +129,20 @@ struct Verdict {
     slots_assigned: Option<u32>,
 }
 
-/// The manager's state.
+/// The Redis Cluster manager.
 pub struct RedisManager {
-    client: Client,
-    recorder: Recorder,
-    metrics: Arc<Metrics>,
-    namespace: Option<String>,
     cfg: RedisConfig,
-    clusters: Sweep<Entry>,
 }
 
-/// Runs the manager until `stop` resolves.
-pub async fn run_redis_manager(
-    client: Client,
-    metrics: Arc<Metrics>,
-    namespace: Option<String>,
-    instance: Option<String>,
-    cfg: RedisConfig,
-    stop: impl Future<Output = ()>,
-) {
-    let poll = cfg.retry.min(cfg.interval);
-    let manager = RedisManager::new(client, metrics, namespace, instance, cfg);
-    sweep::run_every(manager, poll, stop).await;
-    tracing::debug!("redis cluster manager stopped");
-}
-
-impl Pass for RedisManager {
-    async fn pass(&mut self) {
-        self.sync_all().await
-    }
-    async fn close(&mut self) {
-        self.clusters.close().await
+impl RedisManager {
+    pub fn new(cfg: RedisConfig) -> Self {
+        RedisManager { cfg }
     }
 }
 
-/// Clusters the manager acts on: active ones with managed Redis in cluster mode.
+/// Clusters the manager acts on: managed Redis in cluster mode.
 fn in_scope(cluster: &ChatCluster) -> bool {
-    managed_cluster(cluster).is_some() && sweep::active(cluster)
+    managed_cluster(cluster).is_some()
 }
 
 fn managed_cluster(cluster: &ChatCluster) -> Option<&ManagedRedis> {
@@ -196,148 +154,84 @@ fn managed_cluster(cluster: &ChatCluster) -> Option<&ManagedRedis> {
         .filter(|m| m.mode == RedisMode::Cluster)
 }
 
-impl RedisManager {
-    pub fn new(
-        client: Client,
-        metrics: Arc<Metrics>,
-        namespace: Option<String>,
-        instance: Option<String>,
-        cfg: RedisConfig,
-    ) -> Self {
-        RedisManager {
-            recorder: sweep::recorder(client.clone(), FIELD_MANAGER, instance),
-            client,
-            metrics,
-            namespace,
-            cfg,
-            clusters: Sweep::default(),
-        }
+impl Manager for RedisManager {
+    /// Nothing is kept between checks: each bootstrap connects afresh.
+    type State = ();
+    type Error = Error;
+    const NAME: &'static str = "redis";
+    const FIELD_MANAGER: &'static str = FIELD_MANAGER;
+    const ACTION: &'static str = "BootstrapRedisCluster";
+    const LIST_FAILED: &'static str = "RedisApiError";
+    /// One cluster may take the whole converge timeout.
+    const CONCURRENT: bool = true;
+
+    fn tick(&self) -> Duration {
+        self.cfg.retry.min(self.cfg.interval)
     }
 
-    fn fail_metric(&self, reason: &'static str) {
-        self.metrics
-            .redis_bootstrap_failures
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+    fn in_scope(&self, cluster: &ChatCluster) -> bool {
+        in_scope(cluster)
     }
 
-    /// One pass: every in-scope cluster that is due is checked, side by side.
-    pub async fn sync_all(&mut self) {
-        let listed = self
-            .clusters
-            .list(&self.client, self.namespace.as_deref(), in_scope)
-            .await;
-        let clusters = match listed {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "redis: cannot list ChatClusters");
-                self.fail_metric("RedisApiError");
-                return;
-            }
-        };
-        let now = Instant::now();
-        let this = &*self;
-        let done = join_all(
-            clusters
-                .into_iter()
-                .map(|(uid, cluster, mut entry)| async move {
-                    if entry.next_due.is_none_or(|t| now >= t) {
-                        this.check(&cluster, &mut entry).await;
-                    }
-                    (uid, entry)
-                }),
-        )
-        .await;
-        for (uid, entry) in done {
-            self.clusters.put(uid, entry);
-        }
+    fn failures(metrics: &Metrics) -> &Family<ReasonLabel, Counter> {
+        &metrics.redis_bootstrap_failures
     }
 
-    /// One check of one cluster: pods, bootstrap, status, events, schedule.
-    async fn check(&self, cluster: &ChatCluster, entry: &mut Entry) {
-        let key = format!(
-            "{}/{}",
-            cluster.namespace().unwrap_or_default(),
-            cluster.name_any()
-        );
-        // The bootstrap's own logs (each command, the summary) carry the cluster.
-        let span = tracing::info_span!("redis_cluster", cluster = %key);
-        let verdict = match self.bootstrap(cluster).instrument(span).await {
-            Ok(Checked::Ran(report)) => {
-                self.metrics.redis_bootstraps.inc();
+    fn reason(error: &Error) -> &'static str {
+        error.reason()
+    }
+
+    /// One check: pods, bootstrap, status, events.
+    async fn pass(
+        &self,
+        cx: &Context,
+        cluster: &ChatCluster,
+        _: &mut (),
+    ) -> Result<Duration, Error> {
+        let verdict = match self.bootstrap(cx, cluster).await? {
+            Checked::Ran(report) => {
+                cx.metrics.redis_bootstraps.inc();
                 if report.changed() {
-                    self.metrics.redis_bootstrap_changes.inc();
-                    let summary = report.summary();
-                    self.event(
-                        cluster,
-                        EventType::Normal,
-                        "RedisClusterBootstrapped",
-                        &summary,
-                    )
-                    .await;
+                    cx.metrics.redis_bootstrap_changes.inc();
+                    cx.events
+                        .normal(cluster, "RedisClusterBootstrapped", &report.summary())
+                        .await;
                 }
-                entry.last_error = None;
                 verdict_of(cluster, &report)
             }
-            Ok(Checked::Waiting { ready, replicas }) => {
-                entry.last_error = None;
-                waiting(cluster, ready, replicas)
-            }
-            Err(e) => {
-                self.metrics.redis_bootstraps.inc();
-                let msg = e.to_string();
-                self.fail_metric(e.reason());
-                if entry.last_error.as_deref() != Some(msg.as_str()) {
-                    tracing::warn!(cluster = %key, error = %msg, "redis cluster bootstrap failed");
-                    self.event(cluster, EventType::Warning, e.reason(), &msg)
-                        .await;
-                } else {
-                    tracing::debug!(cluster = %key, error = %msg, "redis cluster bootstrap still failing");
-                }
-                entry.last_error = Some(msg.clone());
-                Verdict {
-                    state: if e.is_transient() {
-                        RedisClusterState::Forming
-                    } else {
-                        RedisClusterState::Failed
-                    },
-                    message: msg,
-                    slots_assigned: None,
-                }
-            }
+            Checked::Waiting { ready, replicas } => waiting(cluster, ready, replicas),
         };
-        let was_ready = previous_state(cluster) == Some(RedisClusterState::Ready);
-        if verdict.state == RedisClusterState::Ready && !was_ready {
-            self.event(
-                cluster,
-                EventType::Normal,
-                "RedisClusterReady",
-                &verdict.message,
-            )
-            .await;
-        }
-        // Settling states are checked again soon; a Ready cluster, or one
-        // that needs a person (Failed), at the normal interval.
-        entry.next_due = Some(
-            Instant::now()
-                + match verdict.state {
-                    RedisClusterState::Ready | RedisClusterState::Failed => self.cfg.interval,
-                    RedisClusterState::WaitingForPods | RedisClusterState::Forming => {
-                        self.cfg.retry
-                    }
-                },
-        );
-        if let Err(e) = self.write_status(cluster, &verdict).await {
-            tracing::warn!(cluster = %key, error = %e, "redis: cannot write status");
-            self.fail_metric("RedisApiError");
-        }
+        Ok(self.record(cx, cluster, &verdict).await)
     }
 
+    /// `Forming` while the error may pass, `Failed` when it needs a person.
+    async fn failed(
+        &self,
+        cx: &Context,
+        cluster: &ChatCluster,
+        _: &mut (),
+        error: &Error,
+    ) -> Duration {
+        cx.metrics.redis_bootstraps.inc();
+        let verdict = Verdict {
+            state: if error.is_transient() {
+                RedisClusterState::Forming
+            } else {
+                RedisClusterState::Failed
+            },
+            message: error.to_string(),
+            slots_assigned: None,
+        };
+        self.record(cx, cluster, &verdict).await
+    }
+}
+
+impl RedisManager {
     /// The bootstrap, if every pod is ready.
-    async fn bootstrap(&self, cluster: &ChatCluster) -> Result<Checked, Error> {
+    async fn bootstrap(&self, cx: &Context, cluster: &ChatCluster) -> Result<Checked, Error> {
         let managed = managed_cluster(cluster).ok_or(Error::NotClusterMode)?;
         let want = build::redis::pod_count(managed);
-        let (ready, replicas) = self.pods_ready(cluster).await?;
+        let (ready, replicas) = pods_ready(cx, cluster).await?;
         if replicas != want || ready < want {
             return Ok(Checked::Waiting { ready, replicas });
         }
@@ -351,76 +245,81 @@ impl RedisManager {
         Ok(Checked::Ran(report))
     }
 
-    /// `(ready, spec.replicas)` of the Redis StatefulSet (`(0, 0)` if absent).
-    async fn pods_ready(&self, cluster: &ChatCluster) -> Result<(i32, i32), Error> {
-        let ns = cluster
-            .namespace()
-            .ok_or(build::BuildError::MissingMeta("metadata.namespace"))?;
-        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &ns);
-        let name = format!("{}-{}", cluster.name_any(), build::redis::COMPONENT);
-        Ok(sets.get_opt(&name).await?.map_or((0, 0), |s| {
+    /// Announces a cluster that became ready, writes the verdict to the
+    /// status and answers when to check again: settling states soon, a
+    /// Ready cluster or one that needs a person (Failed) at the interval.
+    async fn record(&self, cx: &Context, cluster: &ChatCluster, verdict: &Verdict) -> Duration {
+        let was_ready = previous_state(cluster) == Some(RedisClusterState::Ready);
+        if verdict.state == RedisClusterState::Ready && !was_ready {
+            cx.events
+                .normal(cluster, "RedisClusterReady", &verdict.message)
+                .await;
+        }
+        if let Err(e) = write_status(cx, cluster, verdict).await {
+            tracing::warn!(error = %e, "redis: cannot write status");
+            cx.metrics
+                .redis_bootstrap_failures
+                .get_or_create(&ReasonLabel {
+                    reason: "RedisApiError",
+                })
+                .inc();
+        }
+        match verdict.state {
+            RedisClusterState::Ready | RedisClusterState::Failed => self.cfg.interval,
+            RedisClusterState::WaitingForPods | RedisClusterState::Forming => self.cfg.retry,
+        }
+    }
+}
+
+/// `(ready, spec.replicas)` of the Redis StatefulSet (`(0, 0)` if absent).
+async fn pods_ready(cx: &Context, cluster: &ChatCluster) -> Result<(i32, i32), Error> {
+    let ns = cluster
+        .namespace()
+        .ok_or(build::BuildError::MissingMeta("metadata.namespace"))?;
+    let sets: Api<StatefulSet> = Api::namespaced(cx.client.clone(), &ns);
+    Ok(sets
+        .get_opt(&names::redis(cluster))
+        .await?
+        .map_or((0, 0), |s| {
             (
                 s.status.and_then(|s| s.ready_replicas).unwrap_or(0),
                 s.spec.and_then(|s| s.replicas).unwrap_or(1),
             )
         }))
-    }
+}
 
-    /// Applies `status.redis.{slotsAssigned, clusterState, clusterMessage}`
-    /// when one of them changed.
-    async fn write_status(&self, cluster: &ChatCluster, v: &Verdict) -> Result<(), kube::Error> {
-        let prev = cluster
-            .status
-            .as_ref()
-            .and_then(|s| s.redis.clone())
-            .unwrap_or_default();
-        // Carry the last count over when nothing was read: leaving the field
-        // out of the apply would delete it.
-        let slots = v
-            .slots_assigned
-            .map(|n| i32::try_from(n).unwrap_or(i32::MAX))
-            .or(prev.slots_assigned);
-        if prev.cluster_state == Some(v.state)
-            && prev.cluster_message.as_deref() == Some(v.message.as_str())
-            && prev.slots_assigned == slots
-        {
-            return Ok(());
-        }
-        let mut redis = json!({
-            "clusterState": v.state,
-            "clusterMessage": v.message,
-        });
-        if let Some(n) = slots {
-            redis["slotsAssigned"] = json!(n);
-        }
-        let body = json!({
-            "apiVersion": ChatCluster::api_version(&()),
-            "kind": ChatCluster::kind(&()),
-            "status": { "redis": redis },
-        });
-        let ns = cluster.namespace().unwrap_or_default();
-        let api: Api<ChatCluster> = Api::namespaced(self.client.clone(), &ns);
-        api.patch_status(
-            &cluster.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-        Ok(())
+/// Applies `status.redis.{slotsAssigned, clusterState, clusterMessage}` when
+/// one of them changed.
+async fn write_status(
+    cx: &Context,
+    cluster: &ChatCluster,
+    v: &Verdict,
+) -> Result<(), status::Error> {
+    let prev = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.redis.clone())
+        .unwrap_or_default();
+    // Carry the last count over when nothing was read: leaving the field
+    // out of the apply would delete it.
+    let slots = v
+        .slots_assigned
+        .map(|n| i32::try_from(n).unwrap_or(i32::MAX))
+        .or(prev.slots_assigned);
+    if prev.cluster_state == Some(v.state)
+        && prev.cluster_message.as_deref() == Some(v.message.as_str())
+        && prev.slots_assigned == slots
+    {
+        return Ok(());
     }
-
-    async fn event(&self, cluster: &ChatCluster, type_: EventType, reason: &str, note: &str) {
-        sweep::publish_event(
-            &self.recorder,
-            cluster,
-            type_,
-            reason,
-            note,
-            "BootstrapRedisCluster",
-            None,
-        )
-        .await
+    let mut redis = json!({
+        "clusterState": v.state,
+        "clusterMessage": v.message,
+    });
+    if let Some(n) = slots {
+        redis["slotsAssigned"] = json!(n);
     }
+    cx.status.apply(cluster, &json!({ "redis": redis })).await
 }
 
 /// What one check did.
@@ -433,7 +332,7 @@ enum Checked {
 
 /// Why one check failed.
 #[derive(Debug, thiserror::Error)]
-enum Error {
+pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error(transparent)]
@@ -445,7 +344,8 @@ enum Error {
 }
 
 impl Error {
-    fn reason(&self) -> &'static str {
+    /// Short label for metrics and the Warning Event's reason.
+    pub fn reason(&self) -> &'static str {
         match self {
             Error::Kube(_) => "RedisApiError",
             Error::Build(_) | Error::NotClusterMode => "RedisClusterConfig",
@@ -454,7 +354,8 @@ impl Error {
         }
     }
 
-    fn is_transient(&self) -> bool {
+    /// Whether retrying later may succeed without a spec change.
+    pub fn is_transient(&self) -> bool {
         match self {
             Error::Kube(_) => true,
             Error::Bootstrap(e) => e.is_transient(),

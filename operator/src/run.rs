@@ -13,12 +13,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::ChatCluster;
-use crate::autoscaler::run_autoscaler;
+use crate::autoscaler::Autoscaler;
 use crate::leader::Election;
+use crate::manager::{self, Shared};
 use crate::metrics::Metrics;
-use crate::partitions::{PartitionsConfig, run_partitions};
+use crate::partitions::{PartitionManager, PartitionsConfig};
 use crate::reconcile::{Context, run_controller};
-use crate::redis_manager::{RedisConfig, run_redis_manager};
+use crate::redis_manager::{RedisConfig, RedisManager};
 
 /// Everything `run` needs besides the client.
 #[derive(Debug, Clone)]
@@ -172,8 +173,8 @@ pub async fn run(
     Ok(())
 }
 
-/// What the leader does until `stop`: the controller, and next to it the
-/// autoscaler, the partition manager and the Redis Cluster manager, all
+/// What the leader does until `stop` (shutdown, or the Lease lost): the
+/// controller, and next to it the three managers ([`crate::manager`]), all
 /// stopping together.
 async fn leader_work(
     ctx: &Arc<Context>,
@@ -182,35 +183,28 @@ async fn leader_work(
     cfg: &RunConfig,
     stop: CancellationToken,
 ) {
+    let shared = Shared {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        namespace: cfg.namespace.clone(),
+        instance: Some(cfg.identity.clone()),
+    };
     tokio::join!(
         run_controller(
             ctx.clone(),
             cfg.namespace.clone(),
             stop.clone().cancelled_owned()
         ),
-        run_autoscaler(
-            client.clone(),
-            metrics.clone(),
-            cfg.namespace.clone(),
-            Some(cfg.identity.clone()),
-            cfg.autoscale_interval,
-            stop.clone().cancelled_owned(),
+        manager::run(
+            Autoscaler::new(cfg.autoscale_interval),
+            shared.clone(),
+            stop.clone()
         ),
-        run_partitions(
-            client.clone(),
-            metrics.clone(),
-            cfg.namespace.clone(),
-            Some(cfg.identity.clone()),
-            cfg.partitions.clone(),
-            stop.clone().cancelled_owned(),
+        manager::run(
+            PartitionManager::new(cfg.partitions.clone()),
+            shared.clone(),
+            stop.clone()
         ),
-        run_redis_manager(
-            client.clone(),
-            metrics.clone(),
-            cfg.namespace.clone(),
-            Some(cfg.identity.clone()),
-            cfg.redis.clone(),
-            stop.cancelled_owned(),
-        ),
+        manager::run(RedisManager::new(cfg.redis.clone()), shared, stop),
     );
 }

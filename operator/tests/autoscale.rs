@@ -312,7 +312,7 @@ async fn operator_mode_scales_with_connections() {
     // Idle: the autoscaler takes spec.replicas over at min and holds it.
     eventually_within("the autoscaler owns spec.replicas", WAIT, || async {
         let d = env.deployments().get(DEPLOYMENT).await.ok()?;
-        switchboard_operator::autoscaler::owns_replicas(&d).then_some(())
+        switchboard_operator::policy::owns_replicas(&d).then_some(())
     })
     .await;
     eventually_within("status: 0 connections", WAIT, || async {

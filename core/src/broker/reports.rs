@@ -14,6 +14,7 @@
 //! one round trip.
 
 use std::fmt;
+use std::time::Duration;
 
 /// Why a cluster or pod name cannot be used in a report key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -193,6 +194,114 @@ pub(crate) fn parse_value(v: &str) -> Option<(u64, u64, u64)> {
     Some((c, at, exp))
 }
 
+/// Reads the connection reports of clusters from one Redis (standalone or
+/// Redis Cluster), and nothing else: what the operator's autoscaler needs,
+/// without a broker's scripts and connection pool. It runs the same read
+/// script and value parser as the broker, so the wire format stays defined
+/// in this module.
+pub struct ReportsReader {
+    client: fred::clients::Client,
+    script: fred::types::scripts::Script,
+}
+
+impl ReportsReader {
+    /// A reader of the Redis at `url` (`redis://…` or
+    /// `redis-cluster://…?node=…`, as [`super::RedisBroker::connect`]
+    /// takes). Nothing connects until [`connect`](Self::connect), so the
+    /// caller can keep the reader (and [`quit`](Self::quit) it) even if
+    /// connecting is cut short.
+    pub fn new(url: &str) -> Result<Self, super::BrokerError> {
+        use fred::prelude::{Builder, Config, ReconnectPolicy};
+        let config = Config::from_url(url)
+            .map_err(|e| super::BrokerError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        let mut builder = Builder::from_config(config);
+        // Reconnect after a Redis restart (a reader lives as long as its
+        // cluster), but fail a read after the timeout instead of queueing:
+        // the caller reads periodically and treats a failure as "Redis
+        // unavailable" for that round.
+        builder.set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+        builder.with_performance_config(|p| p.default_command_timeout = Duration::from_secs(5));
+        builder.with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+            c.max_command_attempts = 2;
+        });
+        let client = builder.build().map_err(unavailable)?;
+        Ok(ReportsReader {
+            client,
+            script: fred::types::scripts::Script::from_lua(READ_LUA),
+        })
+    }
+
+    /// Connects; fails if the first connection fails.
+    pub async fn connect(&self) -> Result<(), super::BrokerError> {
+        use fred::prelude::ClientLike;
+        self.client.init().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Every unexpired report of `cluster`, sorted by pod, and the Redis
+    /// clock. A value this module cannot parse (a foreign writer) is
+    /// skipped rather than failing the whole cluster.
+    pub async fn read(
+        &self,
+        cluster: &ClusterRef,
+    ) -> Result<ConnectionReports, super::BrokerError> {
+        let reply: Vec<fred::types::Value> = self
+            .script
+            .evalsha_with_reload(
+                &self.client,
+                vec![cluster.redis_key()],
+                Vec::<String>::new(),
+            )
+            .await
+            .map_err(unavailable)?;
+        from_reply(cluster, &reply)
+    }
+
+    /// Closes the connection and stops reconnecting (a dropped client
+    /// would keep reconnecting in the background).
+    pub async fn quit(&self) {
+        use fred::prelude::ClientLike;
+        let _ = self.client.quit().await;
+    }
+}
+
+fn unavailable(e: fred::error::Error) -> super::BrokerError {
+    super::BrokerError::Unavailable(e.to_string())
+}
+
+/// The reports in a [`READ_LUA`] reply: `{now, pod, value, pod, value, ...}`.
+fn from_reply(
+    cluster: &ClusterRef,
+    reply: &[fred::types::Value],
+) -> Result<ConnectionReports, super::BrokerError> {
+    let corrupt = |what: String| super::BrokerError::Corrupt(what);
+    let now = reply
+        .first()
+        .and_then(fred::types::Value::as_u64)
+        .ok_or_else(|| corrupt(format!("expected the Redis time, got {:?}", reply.first())))?;
+    let mut reports = Vec::with_capacity(reply.len() / 2);
+    for pair in reply.get(1..).unwrap_or_default().chunks(2) {
+        let [pod, value] = pair else {
+            return Err(corrupt("odd connection report reply".into()));
+        };
+        let (Some(pod), Some(value)) = (pod.as_str(), value.as_str()) else {
+            return Err(corrupt("connection report is not text".into()));
+        };
+        let Some((connections, reported_at, _)) = parse_value(&value) else {
+            tracing::warn!(%cluster, %pod, %value, "unreadable connection report");
+            continue;
+        };
+        reports.push(ConnectionReport {
+            pod: pod.into_owned(),
+            connections,
+            reported_at,
+        });
+    }
+    reports.sort_by(|a, b| a.pod.cmp(&b.pod));
+    Ok(ConnectionReports { now, reports })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -229,5 +338,61 @@ mod tests {
         assert_eq!(parse_value("12:1000"), None);
         assert_eq!(parse_value("x:1:2"), None);
         assert_eq!(parse_value("1:2:3:4"), None);
+    }
+
+    #[test]
+    fn replies_parse() {
+        use fred::types::Value;
+        let c = ClusterRef::new("chat", "prod").unwrap();
+        let text = |s: &str| Value::String(s.into());
+        let got = from_reply(
+            &c,
+            &[
+                Value::Integer(5000),
+                text("gw-b"),
+                text("7:4000:9000"),
+                text("gw-x"),
+                text("garbage"),
+                text("gw-a"),
+                text("3:4500:9500"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(got.now, 5000);
+        let pods: Vec<_> = got.reports.iter().map(|r| r.pod.as_str()).collect();
+        assert_eq!(pods, ["gw-a", "gw-b"]);
+        assert_eq!(got.total(), 10);
+        assert!(from_reply(&c, &[]).is_err());
+        assert!(from_reply(&c, &[Value::Integer(1), text("gw-a")]).is_err());
+    }
+
+    /// The reader reads what the broker writes, on a real server.
+    #[tokio::test]
+    async fn reader_reads_what_the_broker_writes() {
+        use crate::broker::{Broker, BrokerConfig, RedisBroker};
+        let server = switchboard_testkit::RedisServer::start().unwrap();
+        let broker = RedisBroker::connect(&server.url(), BrokerConfig::default())
+            .await
+            .unwrap();
+        let chat = ClusterRef::new("apps", "chat").unwrap();
+        for (pod, n) in [("gw-b", 5), ("gw-a", 3)] {
+            let id = GatewayIdentity::new(chat.clone(), pod).unwrap();
+            broker
+                .report_connections(&id, n, Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        let reader = ReportsReader::new(&server.url()).unwrap();
+        reader.connect().await.unwrap();
+        let got = reader.read(&chat).await.unwrap();
+        assert_eq!(
+            got.reports,
+            broker.connection_reports(&chat).await.unwrap().reports
+        );
+        assert_eq!(got.total(), 8);
+        let none = ClusterRef::new("apps", "other").unwrap();
+        assert!(reader.read(&none).await.unwrap().reports.is_empty());
+        reader.quit().await;
+        broker.quit().await;
     }
 }

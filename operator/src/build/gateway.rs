@@ -23,15 +23,14 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     CONFIG_HASH_ANNOTATION, Ctx, Desired, Generated, Observed, config_map_hash, container_security,
-    env, env_secret, identity_env, pdb, pod_security, resources,
+    env, env_secret, identity_env, names, pdb, pod_security, resources,
 };
 use crate::crd::AutoscalingMode;
 
 pub const COMPONENT: &str = "gateway";
 /// Port the gateway serves HTTP, WebSocket and metrics on.
 pub const HTTP_PORT: i32 = 8080;
-/// Secret `<cluster>-session`, key [`SESSION_KEY`]: the token HMAC key.
-pub const SESSION_SUFFIX: &str = "session";
+/// Key of the token HMAC key in the Secret [`names::session_secret`].
 pub const SESSION_KEY: &str = "token-secret";
 const SESSION_DIR: &str = "/var/run/switchboard/session";
 /// uid of the `nonroot` user in the Switchboard image.
@@ -47,7 +46,8 @@ pub fn build(ctx: &Ctx, observed: &Observed, generated: &Generated, out: &mut De
     let hash = config_map_hash(&hashed);
     out.deployments.push(deployment(ctx, observed, &hash));
     out.services.push(service(ctx));
-    out.pdbs.push(pdb(ctx, COMPONENT, COMPONENT));
+    out.pdbs
+        .push(pdb(ctx, names::gateway(ctx.cluster), COMPONENT));
     out.config_maps.push(config);
     out.generated_secrets
         .push(session_secret(ctx, &generated.session_key));
@@ -82,7 +82,7 @@ pub fn config_map(ctx: &Ctx) -> ConfigMap {
         );
     }
     ConfigMap {
-        metadata: ctx.meta(COMPONENT, COMPONENT),
+        metadata: ctx.meta(names::gateway(ctx.cluster), COMPONENT),
         data: Some(data),
         ..ConfigMap::default()
     }
@@ -91,7 +91,7 @@ pub fn config_map(ctx: &Ctx) -> ConfigMap {
 /// The session-token key, 32 random bytes. Generated once per cluster.
 pub fn session_secret(ctx: &Ctx, key: &[u8]) -> Secret {
     Secret {
-        metadata: ctx.meta(SESSION_SUFFIX, COMPONENT),
+        metadata: ctx.meta(names::session_secret(ctx.cluster), COMPONENT),
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([(
             SESSION_KEY.to_string(),
@@ -179,7 +179,7 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
         Volume {
             name: "session".into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(ctx.child(SESSION_SUFFIX)),
+                secret_name: Some(names::session_secret(ctx.cluster)),
                 default_mode: Some(0o440),
                 ..SecretVolumeSource::default()
             }),
@@ -201,7 +201,7 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
         volumes.push(Volume {
             name: "relay".into(),
             config_map: Some(ConfigMapVolumeSource {
-                name: ctx.child(super::relay::SUFFIX),
+                name: names::relay(ctx.cluster),
                 ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()
@@ -222,7 +222,7 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
         env: Some(env_vars),
         env_from: Some(vec![EnvFromSource {
             config_map_ref: Some(ConfigMapEnvSource {
-                name: ctx.child(COMPONENT),
+                name: names::gateway(ctx.cluster),
                 ..ConfigMapEnvSource::default()
             }),
             ..EnvFromSource::default()
@@ -264,7 +264,7 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
     };
 
     Deployment {
-        metadata: ctx.meta(COMPONENT, COMPONENT),
+        metadata: ctx.meta(names::gateway(ctx.cluster), COMPONENT),
         spec: Some(DeploymentSpec {
             replicas: replicas(ctx, observed),
             selector: LabelSelector {
@@ -335,7 +335,7 @@ fn spread_by_host(ctx: &Ctx) -> Affinity {
 
 pub fn service(ctx: &Ctx) -> Service {
     let svc = &ctx.cluster.spec.gateway.service;
-    let mut metadata = ctx.meta(COMPONENT, COMPONENT);
+    let mut metadata = ctx.meta(names::gateway(ctx.cluster), COMPONENT);
     if !svc.annotations.is_empty() {
         metadata.annotations = Some(svc.annotations.clone());
     }

@@ -10,6 +10,7 @@
 //! owner references and the hardened pod/container defaults.
 
 pub mod gateway;
+pub mod names;
 pub mod postgres;
 pub mod redis;
 pub mod relay;
@@ -161,11 +162,6 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    /// `<cluster>-<suffix>`: every child's name.
-    pub fn child(&self, suffix: &str) -> String {
-        format!("{}-{}", self.name, suffix)
-    }
-
     /// Labels that select a component's pods. They never change, because a
     /// Deployment's selector is immutable.
     pub fn selector(&self, component: &str) -> BTreeMap<String, String> {
@@ -186,10 +182,11 @@ impl<'a> Ctx<'a> {
         l
     }
 
-    /// Metadata of a child: name, namespace, labels, controller owner reference.
-    pub fn meta(&self, suffix: &str, component: &str) -> ObjectMeta {
+    /// Metadata of a child: name (one of [`names`]), namespace, labels,
+    /// controller owner reference.
+    pub fn meta(&self, name: String, component: &str) -> ObjectMeta {
         ObjectMeta {
-            name: Some(self.child(suffix)),
+            name: Some(name),
             namespace: Some(self.namespace.clone()),
             labels: Some(self.labels(component)),
             owner_references: Some(vec![self.owner.clone()]),
@@ -197,9 +194,9 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// DNS name of a Service of this cluster.
-    pub fn service_host(&self, suffix: &str) -> String {
-        format!("{}.{}.svc", self.child(suffix), self.namespace)
+    /// DNS name of the Service `service` (one of [`names`]) of this cluster.
+    pub fn service_host(&self, service: &str) -> String {
+        format!("{service}.{}.svc", self.namespace)
     }
 }
 
@@ -214,9 +211,9 @@ pub fn children_selector(name: &str) -> String {
 
 /// A PDB that lets one pod go at a time. `maxUnavailable: 1` rather than
 /// `minAvailable`, so a one-replica component never blocks a node drain.
-fn pdb(ctx: &Ctx, suffix: &str, component: &str) -> PodDisruptionBudget {
+fn pdb(ctx: &Ctx, name: String, component: &str) -> PodDisruptionBudget {
     PodDisruptionBudget {
-        metadata: ctx.meta(suffix, component),
+        metadata: ctx.meta(name, component),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {

@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Ctx, Desired, Generated, container_security, env, env_secret, pod_security, resources,
+    Ctx, Desired, Generated, container_security, env, env_secret, names, pod_security, resources,
 };
 use crate::crd::{ManagedPostgres, SecretKeyRef};
 
@@ -44,7 +44,7 @@ pub fn url_ref(ctx: &Ctx) -> SecretKeyRef {
     match &ctx.cluster.spec.postgres.external {
         Some(ext) => ext.secret_ref.clone(),
         None => SecretKeyRef {
-            name: ctx.child(COMPONENT),
+            name: names::postgres(ctx.cluster),
             key: "url".into(),
         },
     }
@@ -59,10 +59,10 @@ pub fn url_env(ctx: &Ctx) -> EnvVar {
 pub fn secret(ctx: &Ctx, password: &str) -> Secret {
     let url = format!(
         "postgres://{USER}:{password}@{}:{PORT}/{USER}",
-        ctx.service_host(COMPONENT)
+        ctx.service_host(&names::postgres(ctx.cluster))
     );
     Secret {
-        metadata: ctx.meta(COMPONENT, COMPONENT),
+        metadata: ctx.meta(names::postgres(ctx.cluster), COMPONENT),
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([
             (
@@ -97,7 +97,7 @@ fn stateful_set(ctx: &Ctx, managed: &ManagedPostgres) -> StatefulSet {
             env_secret(
                 "POSTGRES_PASSWORD",
                 &SecretKeyRef {
-                    name: ctx.child(COMPONENT),
+                    name: names::postgres(ctx.cluster),
                     key: "password".into(),
                 },
             ),
@@ -146,10 +146,10 @@ fn stateful_set(ctx: &Ctx, managed: &ManagedPostgres) -> StatefulSet {
     };
 
     StatefulSet {
-        metadata: ctx.meta(COMPONENT, COMPONENT),
+        metadata: ctx.meta(names::postgres(ctx.cluster), COMPONENT),
         spec: Some(StatefulSetSpec {
             replicas: Some(1),
-            service_name: Some(ctx.child(COMPONENT)),
+            service_name: Some(names::postgres(ctx.cluster)),
             selector: LabelSelector {
                 match_labels: Some(ctx.selector(COMPONENT)),
                 ..LabelSelector::default()
@@ -178,7 +178,7 @@ fn stateful_set(ctx: &Ctx, managed: &ManagedPostgres) -> StatefulSet {
 
 fn headless_service(ctx: &Ctx) -> Service {
     Service {
-        metadata: ctx.meta(COMPONENT, COMPONENT),
+        metadata: ctx.meta(names::postgres(ctx.cluster), COMPONENT),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(ctx.selector(COMPONENT)),

@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     CONFIG_HASH_ANNOTATION, Ctx, Desired, config_map_hash, container_security, env, env_field,
-    env_secret, pdb, pod_security, resources,
+    env_secret, names, pdb, pod_security, resources,
 };
 use crate::crd::{ManagedRedis, RedisMode, StorageSpec};
 
@@ -36,7 +36,8 @@ pub fn build(ctx: &Ctx, out: &mut Desired) {
     let hash = config_map_hash(&[&config]);
     out.stateful_sets.push(stateful_set(ctx, managed, &hash));
     out.services.push(headless_service(ctx));
-    out.pdbs.push(pdb(ctx, COMPONENT, COMPONENT));
+    out.pdbs
+        .push(pdb(ctx, names::redis(ctx.cluster), COMPONENT));
     out.config_maps.push(config);
 }
 
@@ -63,17 +64,27 @@ pub fn url_env(ctx: &Ctx) -> EnvVar {
 /// URL of the managed Redis: the first pod for standalone, every pod as a
 /// seed node for cluster (the client discovers the topology from any of them).
 pub fn managed_url(ctx: &Ctx, managed: &ManagedRedis) -> String {
-    let svc = ctx.child(COMPONENT);
-    let host = |i: i32| format!("{svc}-{i}.{}:{PORT}", ctx.service_host(COMPONENT));
+    let host = |i: usize| format!("{}:{PORT}", pod_host(ctx, i));
     match managed.mode {
         RedisMode::Standalone => format!("redis://{}", host(0)),
         RedisMode::Cluster => {
-            let seeds: Vec<String> = (1..pod_count(managed))
+            let seeds: Vec<String> = (1..usize::try_from(pod_count(managed)).unwrap_or(0))
                 .map(|i| format!("node={}", host(i)))
                 .collect();
             format!("redis-cluster://{}?{}", host(0), seeds.join("&"))
         }
     }
+}
+
+/// `<name>-redis-<ordinal>.<name>-redis.<namespace>.svc`: pod `ordinal`'s
+/// stable DNS name under the headless Service, the name each cluster-mode
+/// node announces (`--cluster-announce-hostname`).
+pub fn pod_host(ctx: &Ctx, ordinal: usize) -> String {
+    format!(
+        "{}.{}",
+        names::redis_pod(ctx.cluster, ordinal),
+        ctx.service_host(&names::redis(ctx.cluster))
+    )
 }
 
 fn config_map(ctx: &Ctx, managed: &ManagedRedis) -> ConfigMap {
@@ -97,7 +108,7 @@ fn config_map(ctx: &Ctx, managed: &ManagedRedis) -> ConfigMap {
         );
     }
     ConfigMap {
-        metadata: ctx.meta(COMPONENT, COMPONENT),
+        metadata: ctx.meta(names::redis(ctx.cluster), COMPONENT),
         data: Some(BTreeMap::from([("redis.conf".to_string(), conf)])),
         ..ConfigMap::default()
     }
@@ -109,7 +120,10 @@ fn stateful_set(ctx: &Ctx, managed: &ManagedRedis, config_hash: &str) -> Statefu
         // Nodes announce stable DNS names, so a restarted pod with a new IP
         // keeps its place in the cluster.
         args.push("--cluster-announce-hostname".into());
-        args.push(format!("$(POD_NAME).{}", ctx.service_host(COMPONENT)));
+        args.push(format!(
+            "$(POD_NAME).{}",
+            ctx.service_host(&names::redis(ctx.cluster))
+        ));
     }
     let container = Container {
         name: COMPONENT.into(),
@@ -159,10 +173,10 @@ fn stateful_set(ctx: &Ctx, managed: &ManagedRedis, config_hash: &str) -> Statefu
     };
 
     StatefulSet {
-        metadata: ctx.meta(COMPONENT, COMPONENT),
+        metadata: ctx.meta(names::redis(ctx.cluster), COMPONENT),
         spec: Some(StatefulSetSpec {
             replicas: Some(pod_count(managed)),
-            service_name: Some(ctx.child(COMPONENT)),
+            service_name: Some(names::redis(ctx.cluster)),
             // Cluster nodes must all be up to be joined; nothing is gained
             // by starting them one by one.
             pod_management_policy: Some("Parallel".into()),
@@ -184,7 +198,7 @@ fn stateful_set(ctx: &Ctx, managed: &ManagedRedis, config_hash: &str) -> Statefu
                     volumes: Some(vec![Volume {
                         name: "config".into(),
                         config_map: Some(ConfigMapVolumeSource {
-                            name: ctx.child(COMPONENT),
+                            name: names::redis(ctx.cluster),
                             ..ConfigMapVolumeSource::default()
                         }),
                         ..Volume::default()
@@ -229,7 +243,7 @@ pub fn claim(name: &str, storage: &StorageSpec) -> PersistentVolumeClaim {
 /// because cluster bootstrap has to reach nodes before they are ready.
 fn headless_service(ctx: &Ctx) -> Service {
     Service {
-        metadata: ctx.meta(COMPONENT, COMPONENT),
+        metadata: ctx.meta(names::redis(ctx.cluster), COMPONENT),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),

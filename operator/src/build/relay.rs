@@ -12,7 +12,6 @@ use super::{Ctx, Desired};
 use crate::crd::RelayProvider;
 
 pub const COMPONENT: &str = "relay";
-pub const SUFFIX: &str = "relay";
 /// Where gateways find the relay configuration.
 pub const MOUNT_DIR: &str = "/etc/switchboard/relay";
 pub const FILE: &str = relay_file::FILE_NAME;
@@ -41,7 +40,7 @@ pub fn config_map(ctx: &Ctx) -> Option<ConfigMap> {
     // Serializing a plain struct of strings cannot fail.
     let text = serde_json::to_string(&doc).unwrap_or_default();
     Some(ConfigMap {
-        metadata: ctx.meta(SUFFIX, COMPONENT),
+        metadata: ctx.meta(super::names::relay(ctx.cluster), COMPONENT),
         data: Some(BTreeMap::from([(FILE.to_string(), text)])),
         ..ConfigMap::default()
     })

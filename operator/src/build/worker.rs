@@ -14,7 +14,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Ctx, Desired, container_security, env, identity_env, pdb, pod_security, resources};
+use super::{
+    Ctx, Desired, container_security, env, identity_env, names, pdb, pod_security, resources,
+};
 
 pub const COMPONENT: &str = "worker";
 /// Port of the worker's /metrics, /healthz and /readyz.
@@ -23,7 +25,8 @@ const UID: i64 = 65532;
 
 pub fn build(ctx: &Ctx, out: &mut Desired) {
     out.deployments.push(deployment(ctx));
-    out.pdbs.push(pdb(ctx, COMPONENT, COMPONENT));
+    out.pdbs
+        .push(pdb(ctx, names::worker(ctx.cluster), COMPONENT));
 }
 
 pub fn deployment(ctx: &Ctx) -> Deployment {
@@ -68,7 +71,7 @@ pub fn deployment(ctx: &Ctx) -> Deployment {
     };
 
     Deployment {
-        metadata: ctx.meta(COMPONENT, COMPONENT),
+        metadata: ctx.meta(names::worker(ctx.cluster), COMPONENT),
         spec: Some(DeploymentSpec {
             replicas: Some(spec.worker.replicas),
             selector: LabelSelector {
