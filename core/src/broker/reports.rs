@@ -149,40 +149,11 @@ impl ConnectionReports {
     }
 }
 
-/// Write one report: `KEYS[1]` the cluster hash, `ARGV` pod, connections,
-/// TTL in ms. Stamps with the Redis clock, drops expired fields of other
-/// pods (the hash stays O(live pods) even without a reader), and keeps the
-/// hash's own expiry at least the TTL. Returns the stamp.
-pub(crate) const REPORT_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[3])
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local exp = tonumber(string.match(all[i + 1], ':(%d+)$') or '0')
-  if all[i] ~= ARGV[1] and exp <= now then redis.call('HDEL', KEYS[1], all[i]) end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. now .. ':' .. (now + ttl))
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-return now
-"#;
+/// Write one report (see the script's header).
+pub(crate) const REPORT_LUA: &str = include_str!("lua/report.lua");
 
-/// Read every report of a cluster: `{now, pod, value, pod, value, ...}` with
-/// expired fields left out (not deleted: reading writes nothing).
-pub(crate) const READ_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {now}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local exp = tonumber(string.match(all[i + 1], ':(%d+)$') or '0')
-  if exp > now then
-    table.insert(out, all[i])
-    table.insert(out, all[i + 1])
-  end
-end
-return out
-"#;
+/// Read every report of a cluster (see the script's header).
+pub(crate) const READ_LUA: &str = include_str!("lua/read_reports.lua");
 
 /// Parse a stored value `<connections>:<reported_at>:<expires_at>` into
 /// `(connections, reported_at, expires_at)`.
