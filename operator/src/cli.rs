@@ -41,13 +41,13 @@ pub struct RunArgs {
     #[arg(long)]
     no_leader_election: bool,
     /// Namespace of the leader Lease (default: the pod's namespace)
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    #[arg(long, env = switchboard_core::env::POD_NAMESPACE, default_value = "default")]
     lease_namespace: String,
     /// Name of the leader Lease
     #[arg(long, default_value = "switchboard-operator")]
     lease_name: String,
     /// This replica's identity (default: the pod name, else a random one)
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = switchboard_core::env::POD_NAME)]
     identity: Option<String>,
     /// Seconds between two autoscaler syncs (`autoscaling.mode: operator`)
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]

@@ -6,6 +6,7 @@
 //! timeout, and rolling updates never take a pod away before its replacement
 //! is ready (maxUnavailable 0).
 
+use switchboard_core::env;
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
@@ -60,24 +61,24 @@ pub fn config_map(ctx: &Ctx) -> ConfigMap {
     let spec = &ctx.cluster.spec;
     let chain_ids: Vec<String> = spec.auth.chain_ids.iter().map(|c| c.to_string()).collect();
     let mut data = BTreeMap::from([
-        ("SWITCHBOARD_DOMAIN".to_string(), spec.auth.domain.clone()),
-        ("SWITCHBOARD_CHAIN_IDS".to_string(), chain_ids.join(",")),
+        (env::DOMAIN.to_string(), spec.auth.domain.clone()),
+        (env::CHAIN_IDS.to_string(), chain_ids.join(",")),
         (
-            "SWITCHBOARD_SESSION_TTL".to_string(),
+            env::SESSION_TTL.to_string(),
             spec.auth.session_ttl.to_string(),
         ),
         (
-            "SWITCHBOARD_DRAIN_TIMEOUT_SECONDS".to_string(),
+            env::DRAIN_TIMEOUT_SECONDS.to_string(),
             spec.gateway.drain.timeout_seconds.to_string(),
         ),
         (
-            "SWITCHBOARD_TOKEN_SECRET_FILE".to_string(),
+            env::TOKEN_SECRET_FILE.to_string(),
             format!("{SESSION_DIR}/{SESSION_KEY}"),
         ),
     ]);
     if spec.fallback_relay.is_some() {
         data.insert(
-            "SWITCHBOARD_RELAY_CONFIG".to_string(),
+            env::RELAY_CONFIG.to_string(),
             format!("{}/{}", super::relay::MOUNT_DIR, super::relay::FILE),
         );
     }
@@ -135,9 +136,9 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
         "--listen".to_string(),
         format!("0.0.0.0:{HTTP_PORT}"),
         "--domain".to_string(),
-        "$(SWITCHBOARD_DOMAIN)".to_string(),
+        format!("$({})", env::DOMAIN),
         "--token-secret-file".to_string(),
-        "$(SWITCHBOARD_TOKEN_SECRET_FILE)".to_string(),
+        format!("$({})", env::TOKEN_SECRET_FILE),
     ];
     for id in &spec.auth.chain_ids {
         args.push("--chain-id".into());
@@ -153,14 +154,14 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
         .and_then(|r| r.api_key_secret_ref.as_ref())
     {
         env_vars.push(env_secret(
-            switchboard_core::relay::API_KEY_ENV,
+            env::RELAY_API_KEY,
             &key.into(),
         ));
     }
     if let Some(keys) = &spec.gateway.api_keys_secret_ref {
-        env_vars.push(env_secret("SWITCHBOARD_API_KEYS", &keys.into()));
+        env_vars.push(env_secret(env::API_KEYS, &keys.into()));
     }
-    env_vars.push(env("RUST_LOG", "info"));
+    env_vars.push(env(env::LOG, "info"));
 
     let mut mounts = vec![
         VolumeMount {

@@ -315,13 +315,20 @@ fn env_secret(name: &str, secret: &SecretKeyRef) -> EnvVar {
     }
 }
 
-/// Environment every Switchboard container gets: who and where it is.
+/// A gateway's identity for its connection reports: which pod of which
+/// ChatCluster it is.
 fn identity_env(ctx: &Ctx) -> Vec<EnvVar> {
     vec![
-        env_field("POD_NAME", "metadata.name"),
-        env_field("POD_NAMESPACE", "metadata.namespace"),
-        env("SWITCHBOARD_CLUSTER", ctx.name.clone()),
+        pod_name_env(),
+        env_field(switchboard_core::env::POD_NAMESPACE, "metadata.namespace"),
+        env(switchboard_core::env::CLUSTER, ctx.name.clone()),
     ]
+}
+
+/// The pod's name (downward API): a gateway's report key, a worker's
+/// consumer name in the streams' group.
+fn pod_name_env() -> EnvVar {
+    env_field(switchboard_core::env::POD_NAME, "metadata.name")
 }
 
 /// FNV-1a, 64 bit. The config hash must not change between Rust releases

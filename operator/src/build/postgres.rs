@@ -52,7 +52,7 @@ pub fn url_ref(ctx: &Ctx) -> SecretKeyRef {
 
 /// `SWITCHBOARD_DATABASE_URL` for gateways and workers.
 pub fn url_env(ctx: &Ctx) -> EnvVar {
-    env_secret("SWITCHBOARD_DATABASE_URL", &url_ref(ctx))
+    env_secret(switchboard_core::env::DATABASE_URL, &url_ref(ctx))
 }
 
 /// The generated credentials: `password` for the server, `url` for clients.

@@ -53,11 +53,11 @@ pub fn pod_count(managed: &ManagedRedis) -> i32 {
 pub fn url_env(ctx: &Ctx) -> EnvVar {
     let redis = &ctx.cluster.spec.redis;
     match (&redis.managed, &redis.external) {
-        (_, Some(ext)) => env_secret("SWITCHBOARD_REDIS_URL", &ext.url_secret_ref),
-        (Some(managed), None) => env("SWITCHBOARD_REDIS_URL", managed_url(ctx, managed)),
+        (_, Some(ext)) => env_secret(switchboard_core::env::REDIS_URL, &ext.url_secret_ref),
+        (Some(managed), None) => env(switchboard_core::env::REDIS_URL, managed_url(ctx, managed)),
         // Validation refuses a spec without either; an empty URL makes the
         // pods fail loudly rather than guess.
-        (None, None) => env("SWITCHBOARD_REDIS_URL", ""),
+        (None, None) => env(switchboard_core::env::REDIS_URL, ""),
     }
 }
 
@@ -130,7 +130,7 @@ fn stateful_set(ctx: &Ctx, managed: &ManagedRedis, config_hash: &str) -> Statefu
         image: Some(managed.image.clone()),
         command: Some(vec!["redis-server".into()]),
         args: Some(args),
-        env: Some(vec![env_field("POD_NAME", "metadata.name")]),
+        env: Some(vec![env_field(switchboard_core::env::POD_NAME, "metadata.name")]),
         ports: Some(vec![ContainerPort {
             name: Some("redis".into()),
             container_port: PORT,

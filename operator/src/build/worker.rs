@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Ctx, Desired, container_security, env, identity_env, names, pdb, pod_security, resources,
+    Ctx, Desired, container_security, env, names, pdb, pod_name_env, pod_security, resources,
 };
 
 pub const COMPONENT: &str = "worker";
@@ -41,10 +41,12 @@ pub fn deployment(ctx: &Ctx) -> Deployment {
         "--partition-maintenance-secs".to_string(),
         "0".to_string(),
     ];
-    let mut env_vars = identity_env(ctx);
+    // The worker names its stream consumer after its pod; it reads nothing
+    // else of the pod identity (the contract test checks what it reads).
+    let mut env_vars = vec![pod_name_env()];
     env_vars.push(super::redis::url_env(ctx));
     env_vars.push(super::postgres::url_env(ctx));
-    env_vars.push(env("RUST_LOG", "info"));
+    env_vars.push(env(switchboard_core::env::LOG, "info"));
 
     let container = Container {
         name: COMPONENT.into(),
