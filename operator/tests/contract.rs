@@ -154,7 +154,14 @@ fn container<'a>(d: &'a Desired, name: &str) -> &'a Container {
         .iter()
         .find(|x| x.metadata.name.as_deref() == Some(name))
         .unwrap_or_else(|| panic!("no Deployment {name}"));
-    &dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+    &dep.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
 }
 
 #[test]
@@ -271,7 +278,9 @@ fn an_unknown_variable_or_flag_fails_the_contract() {
     let caught = std::panic::catch_unwind(|| argv(&GatewayCli::command(), None, &c, &vars, &at));
     assert!(caught.is_err(), "an unread variable passed the contract");
 
-    c.args.get_or_insert_with(Vec::new).push("--no-such-flag".into());
+    c.args
+        .get_or_insert_with(Vec::new)
+        .push("--no-such-flag".into());
     let vars = variables(&c, &d, &at);
     let argv = argv(&GatewayCli::command(), None, &c, &vars, &at);
     assert!(GatewayCli::try_parse_from(&argv).is_err());

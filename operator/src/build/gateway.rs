@@ -6,8 +6,8 @@
 //! timeout, and rolling updates never take a pod away before its replacement
 //! is ready (maxUnavailable 0).
 
-use switchboard_core::env;
 use std::collections::BTreeMap;
+use switchboard_core::env;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
@@ -153,10 +153,7 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
         .as_ref()
         .and_then(|r| r.api_key_secret_ref.as_ref())
     {
-        env_vars.push(env_secret(
-            env::RELAY_API_KEY,
-            &key.into(),
-        ));
+        env_vars.push(env_secret(env::RELAY_API_KEY, &key.into()));
     }
     if let Some(keys) = &spec.gateway.api_keys_secret_ref {
         env_vars.push(env_secret(env::API_KEYS, &keys.into()));

@@ -130,7 +130,10 @@ fn stateful_set(ctx: &Ctx, managed: &ManagedRedis, config_hash: &str) -> Statefu
         image: Some(managed.image.clone()),
         command: Some(vec!["redis-server".into()]),
         args: Some(args),
-        env: Some(vec![env_field(switchboard_core::env::POD_NAME, "metadata.name")]),
+        env: Some(vec![env_field(
+            switchboard_core::env::POD_NAME,
+            "metadata.name",
+        )]),
         ports: Some(vec![ContainerPort {
             name: Some("redis".into()),
             container_port: PORT,
