@@ -37,7 +37,7 @@ impl SeqCursor {
     pub fn step(&self, seq: u64) -> Step {
         if seq <= self.last {
             Step::Skip
-        } else if seq == self.last + 1 {
+        } else if Some(seq) == self.last.checked_add(1) {
             Step::Write
         } else {
             Step::Gap

@@ -81,10 +81,22 @@ impl ApiKey {
     }
 
     pub fn secret_matches(&self, secret: &str) -> bool {
-        // Length and content compared without an early exit.
-        let (a, b) = (self.secret.as_bytes(), secret.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        digests_match(&self.secret, secret)
     }
+}
+
+/// Whether two secrets are equal, in time that depends on neither their
+/// content nor their length: both are hashed to 32 bytes first, and the
+/// digests are compared without an early exit.
+pub fn digests_match(a: &str, b: &str) -> bool {
+    let (a, b) = (
+        Keccak256::digest(a.as_bytes()),
+        Keccak256::digest(b.as_bytes()),
+    );
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]

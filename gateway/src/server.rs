@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use switchboard_core::broker::{BrokerError, DynBroker};
 use switchboard_core::store::DynStore;
@@ -13,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
 use crate::http::problem::ApiError;
-use crate::http::{auth, channels, conversations, events, ops, presence};
+use crate::http::{auth, channels, conversations, events, ops, params, presence};
 use crate::relay::{RelayConfig, join_hosts};
 use crate::state::{AppRef, AppState};
 use crate::{ably, report, ws};
@@ -58,12 +59,17 @@ pub fn router(state: AppRef) -> Router {
         // The Ably-compatible subset (see `ably`).
         .route(
             "/channels/{name}/messages",
-            post(ably::publish).get(ably::history),
+            post(ably::publish)
+                .layer(DefaultBodyLimit::max(ably::MAX_PUBLISH_BYTES))
+                .get(ably::history),
         )
         .route("/sse", get(ably::sse))
         .route("/event-stream", get(ably::sse))
         .route("/v1/ws", get(ws::upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        // Every body is bounded before it is read (413 past it); the Ably
+        // publish route sets its own, larger limit above.
+        .layer(DefaultBodyLimit::max(params::MAX_BODY_BYTES))
         .with_state(state)
 }
 

@@ -251,7 +251,7 @@ async fn publish_history_and_errors() {
             "news",
             json!({"data": 1}),
             401,
-            40400,
+            40101,
         ),
         (
             Some("Bearer abc".to_string()),
@@ -409,7 +409,7 @@ async fn sse_subscribe_rewind_and_resume() {
     // Errors before the stream: Ably ErrorInfo.
     for (query, status, code) in [
         ("channels=news&key=app.key1:nope".to_string(), 401, 40101),
-        ("channels=news&key=other:x".to_string(), 401, 40400),
+        ("channels=news&key=other:x".to_string(), 401, 40101),
         ("channels=news&accessToken=abc".to_string(), 401, 40101),
         (format!("key={KEY}"), 400, 40000),
         (format!("channels=bad%20name&key={KEY}"), 400, 40010),

@@ -232,6 +232,8 @@ pub enum ErrorCode {
     BadFrame,
     /// An HTTP request whose body, path or query is malformed or invalid.
     BadRequest,
+    /// The request body is larger than the endpoint takes (HTTP 413).
+    TooLarge,
     /// Missing, invalid or expired credentials.
     Unauthorized,
     /// Authenticated, but not allowed (e.g. not a member of the conversation).
@@ -253,6 +255,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",

@@ -108,16 +108,17 @@ pub(super) fn key_of(state: &AppState, given: &str) -> Result<ApiKey, AblyError>
     let (name, secret) = given
         .split_once(':')
         .ok_or_else(|| AblyError::unauthorized("an API key is keyName:keySecret"))?;
-    let key = state
-        .cfg
-        .api_keys
-        .iter()
-        .find(|k| k.name == name)
-        .ok_or_else(|| AblyError::new(40400, StatusCode::UNAUTHORIZED, "no such API key"))?;
-    if !key.secret_matches(secret) {
-        return Err(AblyError::unauthorized("invalid API key secret"));
+    // An unknown name and a wrong secret get the same answer (which key
+    // names exist is not for a guesser to learn), after the same work.
+    let refused = || AblyError::unauthorized("invalid API key");
+    match state.cfg.api_keys.iter().find(|k| k.name == name) {
+        Some(key) if key.secret_matches(secret) => Ok(key.clone()),
+        Some(_) => Err(refused()),
+        None => {
+            let _ = crate::keys::digests_match(secret, name);
+            Err(refused())
+        }
     }
-    Ok(key.clone())
 }
 
 /// The channel an Ably name stands for (`ch:<name>`).

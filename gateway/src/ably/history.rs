@@ -69,7 +69,7 @@ pub async fn history(
     } else {
         let before = match q.before_seq {
             Some(b) => b,
-            None => state.chat.last_seq(&id).await? + 1,
+            None => state.chat.last_seq(&id).await?.saturating_add(1),
         };
         (before.saturating_sub(limit as u64 + 1), Some(before))
     };

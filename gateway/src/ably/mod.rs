@@ -28,7 +28,7 @@
 //! `from`). Errors are Ably `ErrorInfo` bodies (`{"error": {"code",
 //! "statusCode", "message", "href"}}`, content type exactly
 //! `application/json`, plus `x-ably-errorcode` / `x-ably-errormessage`
-//! headers): 40101 bad or missing credentials, 40400 unknown key, 40160 the
+//! headers): 40101 bad or missing credentials (an unknown key name too), 40160 the
 //! key may not publish to that channel, 40000 bad request, 50000 / 50003
 //! server trouble.
 //!
@@ -52,5 +52,5 @@ mod sse;
 
 pub use self::error::AblyError;
 pub use self::history::history;
-pub use self::publish::publish;
+pub use self::publish::{MAX_BATCH, MAX_PUBLISH_BYTES, publish};
 pub use self::sse::sse;

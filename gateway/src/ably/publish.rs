@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +19,13 @@ use super::auth::{Caller, authenticate, channel_id};
 use super::message::{InMessage, msg_id_of};
 use crate::state::AppRef;
 
+/// Largest publish body: a full batch of small messages, or a few large
+/// ones (each message is at most 32 KiB of JSON).
+pub const MAX_PUBLISH_BYTES: usize = 1024 * 1024;
+
+/// Messages one publish may carry.
+pub const MAX_BATCH: usize = 100;
+
 #[derive(Serialize)]
 struct Published {
     channel: String,
@@ -31,9 +39,20 @@ pub async fn publish(
     State(state): State<AppRef>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AblyError> {
     let caller = authenticate(&state, &headers)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AblyError::new(
+                40009,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_PUBLISH_BYTES} bytes"),
+            )
+        } else {
+            AblyError::bad_request(format!("cannot read the body: {}", e.body_text()))
+        }
+    })?;
     let id = channel_id(&name)?;
     let parsed: Value = serde_json::from_slice(&body)
         .map_err(|e| AblyError::bad_request(format!("the body is not JSON: {e}")))?;
@@ -52,6 +71,12 @@ pub async fn publish(
     .map_err(|e| AblyError::bad_request(format!("invalid message: {e}")))?;
     if list.is_empty() {
         return Err(AblyError::bad_request("no messages to publish"));
+    }
+    if list.len() > MAX_BATCH {
+        return Err(AblyError::bad_request(format!(
+            "at most {MAX_BATCH} messages per publish (got {})",
+            list.len()
+        )));
     }
     if let Caller::Key(k) = &caller
         && !k.allows(&name)

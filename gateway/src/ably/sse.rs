@@ -39,6 +39,9 @@ pub struct SseQuery {
 /// Channels one Ably SSE stream may follow.
 pub const MAX_SSE_CHANNELS: usize = 100;
 
+/// Channels one SSE request may create (the rest must exist).
+pub const MAX_SSE_CREATES: usize = 10;
+
 /// `GET /sse` and `GET /event-stream`: Ably's SSE subscribe. `channels`
 /// (comma list, or `channel`), `key` (or Basic auth), `lastEvent` (or the
 /// `Last-Event-ID` header) to resume, `rewind=N` to start N messages back
@@ -89,6 +92,7 @@ pub async fn sse(
         })
         .unwrap_or_default();
     let mut feeds = Vec::with_capacity(names.len());
+    let mut created = 0;
     for name in &names {
         let id = channel_id(name)?;
         if let Caller::Key(k) = &caller
@@ -99,7 +103,20 @@ pub async fn sse(
                 caller.describe()
             )));
         }
-        let channel = state.chat.channel_or_create(&id, caller.address()).await?;
+        let channel = match state.chat.channel(&id).await? {
+            Some(c) => c,
+            None => {
+                // Creating is the expensive part (a store row, a broker
+                // copy): a stream names at most a few channels that are new.
+                created += 1;
+                if created > MAX_SSE_CREATES {
+                    return Err(AblyError::bad_request(format!(
+                        "at most {MAX_SSE_CREATES} new channels per stream request"
+                    )));
+                }
+                state.chat.channel_or_create(&id, caller.address()).await?
+            }
+        };
         if !caller.may_read(name, &channel) {
             return Err(AblyError::refused(format!(
                 "{} may not subscribe to channel {name}",

@@ -11,7 +11,7 @@ use switchboard_proto::rest::CreateChannel;
 use super::auth::Authed;
 use super::params::{addresses, body};
 use super::problem::ApiError;
-use crate::service::NewChannel;
+use crate::service::{MAX_PUBLISHERS, NewChannel};
 use crate::state::AppRef;
 
 pub async fn create(
@@ -21,8 +21,8 @@ pub async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     let b = body(b)?;
     let new = NewChannel {
-        publishers: addresses("publishers", &b.publishers)?,
-        members: addresses("members", &b.members)?,
+        publishers: addresses("publishers", &b.publishers, MAX_PUBLISHERS)?,
+        members: addresses("members", &b.members, state.cfg.max_group_members)?,
         name: b.name,
         title: b.title,
         visibility: b.visibility,

@@ -31,7 +31,7 @@ pub async fn create(
             "only kind \"group\" is created here; direct conversations need no creation (id dm:<addrA>:<addrB>)",
         ));
     }
-    let members = addresses("members", &b.members)?;
+    let members = addresses("members", &b.members, state.cfg.max_group_members)?;
     let conv = state.chat.create_group(user, members, b.title).await?;
     Ok((StatusCode::CREATED, Json(conv)))
 }
@@ -112,10 +112,8 @@ pub async fn add_members(
     b: Result<Json<AddMembers>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let conv = params::conv(&id)?;
-    let b = b
-        .map(|Json(b)| b)
-        .map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let users = addresses("members", &b.members)?;
+    let b = body(b)?;
+    let users = addresses("members", &b.members, state.cfg.max_group_members)?;
     if users.is_empty() {
         return Err(ApiError::bad_request(
             "members must name at least one address",

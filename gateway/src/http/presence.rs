@@ -10,6 +10,7 @@ use switchboard_proto::rest::{PresenceEntry, PresenceMap};
 use super::auth::Authed;
 use super::params::{addresses, query};
 use super::problem::ApiError;
+use crate::service::MAX_PRESENCE_USERS;
 use crate::state::AppRef;
 
 #[derive(Deserialize)]
@@ -25,7 +26,7 @@ pub async fn presence(
 ) -> Result<Json<PresenceMap>, ApiError> {
     let q = query(q)?;
     let listed: Vec<&str> = q.users.split(',').filter(|s| !s.is_empty()).collect();
-    let users = addresses("users", &listed)?;
+    let users = addresses("users", &listed, MAX_PRESENCE_USERS)?;
     let answer = state.chat.presence(users).await?;
     Ok(Json(
         answer

@@ -4,6 +4,8 @@
 //! one (the embedded default) the broker answers the same requests from what
 //! it holds.
 
+use std::collections::HashSet;
+
 use switchboard_proto::ids::{Address, ConvId, ConvKind};
 use switchboard_proto::model::{
     Conversation, ConversationSummary, ListCursor, Member, Role, UNREAD_CAP,
@@ -40,12 +42,12 @@ impl ChatService {
         members: Vec<Address>,
         title: Option<String>,
     ) -> Result<Conversation> {
-        let mut all = vec![creator];
-        for m in members {
-            if !all.contains(&m) {
-                all.push(m);
-            }
-        }
+        // Sorted and deduplicated in O(n log n): a hostile list must not
+        // cost a quadratic scan.
+        let mut all = members;
+        all.push(creator);
+        all.sort();
+        all.dedup();
         if all.len() > self.cfg.max_group_members {
             return Err(ChatError::invalid(format!(
                 "a group has at most {} members (got {})",
@@ -54,7 +56,6 @@ impl ChatService {
             )));
         }
         check_title(title.as_deref())?;
-        all.sort();
         let conv = Conversation {
             id: ConvId::new_group(),
             kind: ConvKind::Group,
@@ -241,13 +242,13 @@ impl ChatService {
             (None, b) => {
                 let before = match b {
                     Some(b) => b,
-                    None => self.last_seq(conv).await? + 1,
+                    None => self.last_seq(conv).await?.saturating_add(1),
                 };
                 (before.saturating_sub(limit as u64 + 1), Some(before))
             }
         };
         let want = match before {
-            Some(b) => limit.min(b.saturating_sub(after + 1) as usize),
+            Some(b) => limit.min(b.saturating_sub(after.saturating_add(1)) as usize),
             None => limit,
         };
         let page = if want == 0 {
@@ -298,12 +299,12 @@ impl ChatService {
         users: Vec<Address>,
     ) -> Result<Vec<Address>> {
         let members = self.require_group_admin(conv, user).await?;
-        let mut new: Vec<Address> = Vec::with_capacity(users.len());
-        for u in users {
-            if !new.contains(&u) && !members.iter().any(|m| m.user == u) {
-                new.push(u);
-            }
-        }
+        let current: HashSet<Address> = members.iter().map(|m| m.user).collect();
+        let mut seen = HashSet::with_capacity(users.len());
+        let new: Vec<Address> = users
+            .into_iter()
+            .filter(|u| !current.contains(u) && seen.insert(*u))
+            .collect();
         if members.len() + new.len() > self.cfg.max_group_members {
             return Err(ChatError::invalid(format!(
                 "a group has at most {} members ({} now, {} to add)",

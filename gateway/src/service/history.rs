@@ -30,10 +30,25 @@ impl ChatService {
     /// Messages of `conv` with seq > `after`, at most `limit`. The caller
     /// has checked the right to read.
     pub async fn replay(&self, conv: &ConvId, after: u64, limit: usize) -> Result<Replay> {
+        if after == u64::MAX {
+            // Nothing can follow the largest seq; answer where the
+            // conversation stands (and never compute `after + 1`).
+            let page = self.broker.read_log(conv, u64::MAX - 1, 1).await?;
+            return Ok(Replay {
+                messages: Vec::new(),
+                last_seq: page.last_seq,
+                recovered: true,
+                epoch: page.epoch,
+                epoch_base: page.epoch_base,
+            });
+        }
         let page = self.broker.read_log(conv, after, limit).await?;
         let last_seq = page.last_seq;
         let (epoch, epoch_base) = (page.epoch, page.epoch_base);
-        let log_start = page.messages.first().map_or(last_seq + 1, |m| m.seq);
+        let log_start = page
+            .messages
+            .first()
+            .map_or(last_seq.saturating_add(1), |m| m.seq);
         let mut messages = page.messages;
         if log_start > after + 1
             && let Some(store) = &self.store

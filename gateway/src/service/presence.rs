@@ -105,12 +105,8 @@ impl ChatService {
         &self,
         users: Vec<Address>,
     ) -> Result<Vec<(Address, PresenceStatus, u64)>> {
-        let mut unique: Vec<Address> = Vec::with_capacity(users.len());
-        for u in users {
-            if !unique.contains(&u) {
-                unique.push(u);
-            }
-        }
+        let mut seen = std::collections::HashSet::with_capacity(users.len());
+        let unique: Vec<Address> = users.into_iter().filter(|u| seen.insert(*u)).collect();
         if unique.is_empty() || unique.len() > MAX_PRESENCE_USERS {
             return Err(ChatError::invalid(format!(
                 "users must list 1 to {MAX_PRESENCE_USERS} comma-separated addresses"

@@ -211,6 +211,14 @@ impl Conn {
         self.write(socket, &frame).await?;
         self.state.metrics.messages_out.inc();
         let key = (conv, seq);
+        if !self.pending.contains_key(&key) && self.pending.len() >= self.max_pending() {
+            // A client that reads but never acks would grow this map (and
+            // the retry timers) without end: it is a slow consumer. The close
+            // signal wins the loop's next select; it reconnects and syncs.
+            tracing::debug!(user = %self.user, "too many unacked messages");
+            self.handle.close.close(close::SLOW_CONSUMER);
+            return Ok(());
+        }
         if !self.pending.contains_key(&key) {
             self.timers.push_back((
                 Instant::now() + self.state.cfg.ack_timeout,
@@ -220,6 +228,13 @@ impl Conn {
             self.pending.insert(key, Pending { frame, retries: 0 });
         }
         Ok(())
+    }
+
+    /// Unacked messages one socket may have: a full `sync` page plus four
+    /// outbox queues' worth of live traffic.
+    fn max_pending(&self) -> usize {
+        let cfg = &self.state.cfg;
+        cfg.sync_limit.max(1) + cfg.send_queue.saturating_mul(4)
     }
 
     async fn write_outbound(

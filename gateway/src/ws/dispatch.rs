@@ -167,10 +167,18 @@ impl Conn {
             Err(e) => return self.chat_error(socket, e, conv.to_string()).await,
         };
         let recovered = page.recovered;
+        // Channel messages take no acks: a channel's replay is written once,
+        // never tracked for resending (its acks are ignored).
+        let acked = conv.kind() != ConvKind::Channel;
         for m in page.messages {
             let seq = m.seq;
             let frame: Arc<str> = ServerFrame::Msg(m).to_json().into();
-            self.write_msg(socket, conv.clone(), seq, frame).await?;
+            if acked {
+                self.write_msg(socket, conv.clone(), seq, frame).await?;
+            } else {
+                self.write(socket, &frame).await?;
+                self.state.metrics.messages_out.inc();
+            }
         }
         let synced = ServerFrame::Synced {
             conv,

@@ -71,7 +71,7 @@ async function main() {
 
   for (const [badKey, code] of [
     [key.split(':')[0] + ':wrong-secret', 40101],
-    ['app.unknown:secret', 40400],
+    ['app.unknown:secret', 40101],
   ]) {
     await assert.rejects(client(badKey).channels.get('sdk-test').publish('x', 'y'), (e) => {
       assert.equal(e.code, code, `error code for ${badKey}: ${e.message}`);
