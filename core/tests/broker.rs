@@ -554,6 +554,46 @@ async fn logs(e: &Engine) {
     assert_eq!(p.last_seq, 0);
 }
 
+/// A log page is a snapshot: every seq up to its `last_seq` (after `after`,
+/// within `limit`) is in it, also while sends land concurrently. Reading the
+/// log before the counter let a send fall between the two reads: an empty
+/// page with a larger `last_seq`, which a replay must call unrecoverable,
+/// and a client then skipped a message that existed.
+async fn snapshot_reads(e: &Engine) {
+    let b = e.broker(BrokerConfig::default()).await;
+    let (x, y) = (addr(), addr());
+    let dm = ConvId::direct(&x, &y).unwrap();
+    let sender = {
+        let b = b.clone();
+        let dm = dm.clone();
+        tokio::spawn(async move {
+            for i in 1..=400u64 {
+                b.send(req(&dm, &format!("s{i}"), x, "1")).await.unwrap();
+            }
+        })
+    };
+    let mut after = 0;
+    let mut reads = 0;
+    while after < 400 {
+        let p = b.read_log(&dm, after, 5).await.unwrap();
+        let want = (p.last_seq.saturating_sub(after)).min(5);
+        assert_eq!(
+            p.messages.len() as u64,
+            want,
+            "read after {after}: last_seq {} but {:?}",
+            p.last_seq,
+            seqs(&p.messages)
+        );
+        if let Some(m) = p.messages.first() {
+            assert_eq!(m.seq, after + 1);
+            after = p.messages.last().unwrap().seq;
+        }
+        reads += 1;
+        assert!(reads < 100_000, "the sender stalled");
+    }
+    sender.await.unwrap();
+}
+
 /// Messages older than `log_max_age` leave the log on the next send.
 async fn age_trimming(e: &Engine) {
     let b = e
@@ -1188,7 +1228,7 @@ macro_rules! suite {
 }
 
 suite!(
-    common: [nonces, conversations, sends, dedupe, bodies, logs, trimming, age_trimming, marks, routing, channels, presence, connection_reports],
+    common: [nonces, conversations, sends, dedupe, bodies, logs, snapshot_reads, trimming, age_trimming, marks, routing, channels, presence, connection_reports],
     redis_only: [persist_stream, direct_list_repair, connection_report_keys],
 );
 

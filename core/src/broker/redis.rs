@@ -730,19 +730,30 @@ impl Broker for RedisBroker {
     async fn read_log(&self, conv: &ConvId, after: u64, limit: usize) -> Result<LogPage> {
         let keys = self.conv_keys(conv);
         let client = self.pool.next();
-        let entries: Vec<XReadValue<String, String, String>> = client
-            .xrange_values(
-                keys.key(suffix::LOG),
-                format!("{}-0", after.saturating_add(1)),
-                "+",
-                Some(limit as u64),
-            )
-            .await
-            .map_err(unavailable)?;
+        // The counter first, then the log up to it: the page is a snapshot
+        // as of that read. The send script raises the counter and appends in
+        // one step, so every seq up to `last` is in the log (unless trimmed).
+        // Read the other way round, a send landing between the two reads made
+        // an empty page with a larger `last_seq`, which the replay had to
+        // call unrecoverable: a client then skipped a message that existed.
         let (last, epoch): (Option<u64>, Option<String>) = client
             .mget(vec![keys.key(suffix::SEQ), keys.key(suffix::EPOCH)])
             .await
             .map_err(unavailable)?;
+        let last_seq = last.unwrap_or(0);
+        let entries: Vec<XReadValue<String, String, String>> = if after >= last_seq {
+            Vec::new()
+        } else {
+            client
+                .xrange_values(
+                    keys.key(suffix::LOG),
+                    format!("{}-0", after.saturating_add(1)),
+                    format!("{last_seq}-0"),
+                    Some(limit as u64),
+                )
+                .await
+                .map_err(unavailable)?
+        };
         let (epoch, epoch_base) = match epoch.as_deref().and_then(|e| e.split_once(':')) {
             Some((at, base)) => (
                 at.parse().map_err(|_| corrupt("epoch"))?,
@@ -776,7 +787,7 @@ impl Broker for RedisBroker {
         }
         Ok(LogPage {
             messages,
-            last_seq: last.unwrap_or(0),
+            last_seq,
             epoch,
             epoch_base,
         })
