@@ -26,6 +26,11 @@ pub async fn presence(
 ) -> Result<Json<PresenceMap>, ApiError> {
     let q = query(q)?;
     let listed: Vec<&str> = q.users.split(',').filter(|s| !s.is_empty()).collect();
+    if listed.len() > MAX_PRESENCE_USERS {
+        return Err(ApiError::bad_request(format!(
+            "users must list 1 to {MAX_PRESENCE_USERS} comma-separated addresses"
+        )));
+    }
     let users = addresses("users", &listed, MAX_PRESENCE_USERS)?;
     let answer = state.chat.presence(users).await?;
     Ok(Json(
