@@ -14,15 +14,17 @@
 //! the mounted token secret and relay file, the pod identity).
 #![allow(clippy::unwrap_used)]
 
+mod clusters;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
+use clusters::clusters;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Container;
 use switchboard_core::env;
 use switchboard_gateway::args::GatewayArgs;
-use switchboard_operator::ChatCluster;
 use switchboard_operator::build::{self, Desired, Generated, Observed};
 
 #[derive(Parser, Debug)]
@@ -33,27 +35,6 @@ struct GatewayCli {
 
 /// Variables read by something other than the argument parser.
 const READ_ELSEWHERE: &[&str] = &[env::LOG];
-
-fn clusters() -> Vec<(PathBuf, ChatCluster)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut out = Vec::new();
-    for dir in [root.join("tests/fixtures"), root.join("../examples")] {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if !path.to_string_lossy().ends_with(".yaml") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            let mut c: ChatCluster = serde_norway::from_str(&text).unwrap();
-            c.metadata.namespace.get_or_insert_with(|| "default".into());
-            c.metadata
-                .uid
-                .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
-            out.push((path, c));
-        }
-    }
-    out
-}
 
 /// A stand-in for a value the kubelet fills at run time (a Secret's key, a
 /// pod field), shaped as the binaries expect it.

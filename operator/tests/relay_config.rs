@@ -7,32 +7,11 @@
 //! path, the validation rules vs. what the CRD lets through).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod clusters;
 
+use clusters::clusters;
 use switchboard_gateway::relay::{API_KEY_ENV, RelayConfig, RelayProvider};
-use switchboard_operator::ChatCluster;
 use switchboard_operator::build::{self, Generated, Observed};
-
-fn clusters() -> Vec<(PathBuf, ChatCluster)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut out = Vec::new();
-    for dir in [root.join("tests/fixtures"), root.join("../examples")] {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if !path.to_string_lossy().ends_with(".yaml") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            let mut c: ChatCluster = serde_norway::from_str(&text).unwrap();
-            c.metadata.namespace.get_or_insert_with(|| "default".into());
-            c.metadata
-                .uid
-                .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
-            out.push((path, c));
-        }
-    }
-    out
-}
 
 #[test]
 fn the_gateway_accepts_the_relay_config_the_operator_writes() {

@@ -24,7 +24,7 @@ use futures_util::future::try_join_all;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::reports::{self, ClusterRef, ConnectionReport, ConnectionReports, GatewayIdentity};
+use super::reports::{self, ClusterRef, ConnectionReports, GatewayIdentity};
 use super::{
     Broker, BrokerConfig, BrokerError, LogPage, Mark, Result, Routed, SendOutcome, SendRequest,
     Watermarks, shard_of,
@@ -1086,29 +1086,7 @@ impl Broker for RedisBroker {
             )
             .await
             .map_err(unavailable)?;
-        let now = value_u64(out.first().unwrap_or(&Value::Null))?;
-        let mut reports = Vec::with_capacity(out.len() / 2);
-        for pair in out.get(1..).unwrap_or_default().chunks(2) {
-            let [pod, value] = pair else {
-                return Err(corrupt("odd connection report reply"));
-            };
-            let (Some(pod), Some(value)) = (pod.as_str(), value.as_str()) else {
-                return Err(corrupt("connection report is not text"));
-            };
-            // A value we cannot read (a foreign writer) is skipped rather
-            // than failing every report of the cluster.
-            let Some((connections, reported_at, _)) = reports::parse_value(&value) else {
-                tracing::warn!(%cluster, %pod, %value, "unreadable connection report");
-                continue;
-            };
-            reports.push(ConnectionReport {
-                pod: pod.into_owned(),
-                connections,
-                reported_at,
-            });
-        }
-        reports.sort_by(|a, b| a.pod.cmp(&b.pod));
-        Ok(ConnectionReports { now, reports })
+        reports::from_reply(cluster, &out)
     }
 }
 

@@ -241,8 +241,9 @@ fn unavailable(e: fred::error::Error) -> super::BrokerError {
     super::BrokerError::Unavailable(e.to_string())
 }
 
-/// The reports in a [`READ_LUA`] reply: `{now, pod, value, pod, value, ...}`.
-fn from_reply(
+/// The reports in a [`READ_LUA`] reply: `{now, pod, value, pod, value, ...}`
+/// (the reader's and the broker's; a value a foreign writer left is skipped).
+pub(crate) fn from_reply(
     cluster: &ClusterRef,
     reply: &[fred::types::Value],
 ) -> Result<ConnectionReports, super::BrokerError> {
