@@ -443,9 +443,21 @@ async fn dedupe(e: &Engine) {
     let other = b.send(req(&dm, "m1", x, "1")).await.unwrap();
     assert!(!other.duplicate);
     assert_eq!(other.message.seq, 1);
-    let dup = b.send(req(&dm, "m1", y, "1")).await.unwrap();
+    let dup = b.send(req(&dm, "m1", x, "1")).await.unwrap();
     assert!(dup.duplicate);
     assert_eq!(sorted(&dup.members), sorted(&[x, y]));
+    // Ids are per sender: the other member reusing `m1` sends a message of
+    // its own (it must not get x's `sent` back, nor swallow its own text),
+    // and x's retry still answers x's message.
+    let theirs = b.send(req(&dm, "m1", y, "2")).await.unwrap();
+    assert!(!theirs.duplicate);
+    assert_eq!((theirs.message.seq, theirs.message.from), (2, y));
+    let retry = b.send(req(&dm, "m1", x, "1")).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!((retry.message.seq, retry.message.from), (1, x));
+    let retry = b.send(req(&dm, "m1", y, "2")).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.message.seq, 2);
     // 20 concurrent sends of one id: one message.
     let tasks = (0..20).map(|_| {
         let (b, r) = (b.clone(), req(&g.id, "race", y, "3"));
@@ -737,6 +749,11 @@ async fn routing(e: &Engine) {
         format!("gw-c-{t}"),
     );
     let (x, y, z, nobody) = (addr(), addr(), addr(), addr());
+    // The first refresh of a gateway the broker never listed says so (a
+    // gateway re-registers its users then); the next ones do not.
+    let gd = format!("gw-d-{t}");
+    assert!(b.gateway_alive(&gd).await.unwrap(), "gd was not listed");
+    assert!(!b.gateway_alive(&gd).await.unwrap(), "gd is listed");
     let mut ra = b.attach(&ga).await.unwrap();
     let alive_a = keep_alive(&b, &[&ga]);
     b.register(&x, &ga).await.unwrap();
@@ -1172,6 +1189,40 @@ async fn direct_list_repair(e: &Engine) {
     assert_eq!(b.user_conversations(&x).await.unwrap(), vec![dm]);
 }
 
+/// Records written before idempotency was per sender (`…:d:<msgid>`) still
+/// answer their sender's retries after an upgrade, and only theirs.
+async fn legacy_dedupe_records(e: &Engine) {
+    use fred::prelude::*;
+    let b = e.broker(BrokerConfig::default()).await;
+    let (x, y) = (addr(), addr());
+    let dm = ConvId::direct(&x, &y).unwrap();
+    let first = b.send(req(&dm, "old", x, "1")).await.unwrap();
+    // Turn the record into the pre-upgrade form: per-message, not per-sender.
+    let shard = shard_of(&dm, BrokerConfig::default().shards);
+    let prefix = format!("sb:{{{shard}}}:c:{dm}:d");
+    let client = plain_client(&e.url()).await;
+    let record: Option<String> = client
+        .getdel(format!("{prefix}:{}:old", x.lower()))
+        .await
+        .unwrap();
+    let record = record.expect("key layout changed? no per-sender record");
+    let _: () = client
+        .set(format!("{prefix}:old"), record, None, None, false)
+        .await
+        .unwrap();
+    let _ = client.quit().await;
+    // The sender's retry is still a duplicate of its message...
+    let retry = b.send(req(&dm, "old", x, "1")).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.message.seq, first.message.seq);
+    // ...and the other member's reuse of the id is a new message.
+    let other = b.send(req(&dm, "old", y, "2")).await.unwrap();
+    assert!(!other.duplicate);
+    assert_eq!(other.message.seq, 2);
+    let page = b.read_log(&dm, 0, 10).await.unwrap();
+    assert_eq!(seqs(&page.messages), [1, 2]);
+}
+
 // ---------------------------------------------------------------------------
 // Instantiation
 
@@ -1229,7 +1280,7 @@ macro_rules! suite {
 
 suite!(
     common: [nonces, conversations, sends, dedupe, bodies, logs, snapshot_reads, trimming, age_trimming, marks, routing, channels, presence, connection_reports],
-    redis_only: [persist_stream, direct_list_repair, connection_report_keys],
+    redis_only: [persist_stream, direct_list_repair, connection_report_keys, legacy_dedupe_records],
 );
 
 /// kill -9 and restart of Redis (AOF, fsync always): the seq continues

@@ -425,3 +425,26 @@ async fn sse_subscribe_rewind_and_resume() {
         assert_eq!(v["error"]["code"], code, "{query}: {v}");
     }
 }
+
+/// Two API keys publishing the same message id are two publishers: each
+/// gets its own serial, and a retry by either is still idempotent.
+#[tokio::test]
+async fn the_same_id_from_two_keys_is_two_messages() {
+    let cfg = GatewayConfig {
+        api_keys: vec![KEY.parse().unwrap(), LIMITED.parse().unwrap()],
+        ..fast_config()
+    };
+    let gw = start_gateway(&Backend::memory(), cfg).await;
+    let base = http(&gw);
+    let msg = json!({"id": "shared:0", "data": "x"});
+    let (s1, v1, _) = post(&base, "live-ids", Some(&basic(KEY)), msg.clone()).await;
+    let (s2, v2, _) = post(&base, "live-ids", Some(&basic(LIMITED_AUTH)), msg.clone()).await;
+    assert_eq!((s1, s2), (201, 201), "{v1} {v2}");
+    assert_eq!(
+        (&v1["serials"], &v2["serials"]),
+        (&json!(["1"]), &json!(["2"]))
+    );
+    let (_, again, _) = post(&base, "live-ids", Some(&basic(LIMITED_AUTH)), msg).await;
+    assert_eq!(again["serials"], json!(["2"]), "idempotent per key");
+    gw.shutdown().await;
+}

@@ -5,7 +5,9 @@
 //!   not an overflow;
 //! - request bodies have explicit limits (`413`), lists are bounded before
 //!   any per-element work, Ably batches and the channels one SSE request
-//!   may create are capped.
+//!   may create are capped;
+//! - a member reusing another member's message id sends its own message and
+//!   swallows nobody's (idempotency is per sender).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -249,4 +251,54 @@ async fn ably_batches_and_stream_creations_are_capped() {
         "{v}"
     );
     gw.shutdown().await;
+}
+
+/// The victim sends, then another member of the group sends with the same
+/// id: both messages are stored and delivered, and each sender's `sent`
+/// names its own message.
+async fn reused_ids_are_per_sender(backend: Backend) {
+    let gw = start_gateway(&backend, fast_config()).await;
+    let base = http(&gw);
+    let (victim, thief, reader) = (Wallet::random(), Wallet::random(), Wallet::random());
+    let tv = login(&base, &victim).await;
+    let tt = login(&base, &thief).await;
+    let tr = login(&base, &reader).await;
+    let conv = create_group(&base, &tv, &[thief.addr, reader.addr]).await;
+    let mut read = Ws::connect(&gw, &tr).await;
+    let mut v = Ws::connect(&gw, &tv).await;
+    let mut t = Ws::connect(&gw, &tt).await;
+    v.send(json!({"type":"send","conv":conv,"id":"shared","body":"from the victim"}))
+        .await;
+    let sent_v = v.recv_type("sent").await;
+    t.send(json!({"type":"send","conv":conv,"id":"shared","body":"from the thief"}))
+        .await;
+    let sent_t = t.recv_type("sent").await;
+    assert_eq!(sent_v["seq"], 1);
+    assert_eq!(
+        sent_t["seq"], 2,
+        "the thief got the victim's sent: {sent_t}"
+    );
+    // The victim's retry is still its own message.
+    v.send(json!({"type":"send","conv":conv,"id":"shared","body":"from the victim"}))
+        .await;
+    assert_eq!(v.recv_type("sent").await["seq"], 1);
+    let first = read.recv_type("msg").await;
+    read.ack(&first).await;
+    let second = read.recv_type("msg").await;
+    read.ack(&second).await;
+    assert_eq!(
+        (first["body"].clone(), second["body"].clone()),
+        (json!("from the victim"), json!("from the thief"))
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn reused_ids_are_per_sender_memory() {
+    reused_ids_are_per_sender(Backend::memory()).await;
+}
+
+#[tokio::test]
+async fn reused_ids_are_per_sender_redis() {
+    reused_ids_are_per_sender(Backend::redis()).await;
 }

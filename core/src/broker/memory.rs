@@ -29,8 +29,9 @@ const GATEWAY_QUEUE: usize = 65_536;
 struct ConvState {
     last_seq: u64,
     log: VecDeque<Message>,
-    /// Client id → (seq, ts, inserted at) for idempotent retries.
-    dedupe: HashMap<MsgId, (u64, u64, Instant)>,
+    /// (Sender, client id) → (seq, ts, inserted at) for idempotent retries:
+    /// per sender, so reusing another member's id is a new message.
+    dedupe: HashMap<(Address, MsgId), (u64, u64, Instant)>,
     marks: HashMap<Address, Watermarks>,
 }
 
@@ -80,12 +81,13 @@ impl MemoryBroker {
             .is_some_and(|at| now.duration_since(*at) < self.cfg.gateway_ttl)
     }
 
-    fn mark_alive(&self, st: &mut State, gateway: &str, now: Instant) {
+    /// Returns whether `gateway` was not listed before.
+    fn mark_alive(&self, st: &mut State, gateway: &str, now: Instant) -> bool {
         // Forget gateways dead for a long while (as the Redis engine does).
         let ttl = self.cfg.gateway_ttl;
         st.alive
             .retain(|_, at| now.duration_since(*at) < ttl.saturating_mul(10));
-        st.alive.insert(gateway.to_owned(), now);
+        st.alive.insert(gateway.to_owned(), now).is_none()
     }
 
     /// Registry look-up, then one event per live gateway; the share for
@@ -293,7 +295,8 @@ impl Broker for MemoryBroker {
         let max_len = self.cfg.log_max_len;
         let ttl = self.cfg.dedupe_ttl;
         let cs = st.convs.entry(req.conv.clone()).or_default();
-        if let Some(&(seq, ts, at)) = cs.dedupe.get(&req.id)
+        let dedupe_key = (req.from, req.id.clone());
+        if let Some(&(seq, ts, at)) = cs.dedupe.get(&dedupe_key)
             && now.duration_since(at) < ttl
         {
             let message = Message {
@@ -325,7 +328,7 @@ impl Broker for MemoryBroker {
             cs.dedupe
                 .retain(|_, (_, _, at)| now.duration_since(*at) < ttl);
         }
-        cs.dedupe.insert(req.id, (message.seq, message.ts, now));
+        cs.dedupe.insert(dedupe_key, (message.seq, message.ts, now));
         cs.log.push_back(message.clone());
         while cs.log.len() > max_len {
             cs.log.pop_front();
@@ -420,10 +423,9 @@ impl Broker for MemoryBroker {
         Ok(rx)
     }
 
-    async fn gateway_alive(&self, gateway: &str) -> Result<()> {
+    async fn gateway_alive(&self, gateway: &str) -> Result<bool> {
         let mut st = self.lock();
-        self.mark_alive(&mut st, gateway, Instant::now());
-        Ok(())
+        Ok(self.mark_alive(&mut st, gateway, Instant::now()))
     }
 
     async fn register(&self, user: &Address, gateway: &str) -> Result<()> {

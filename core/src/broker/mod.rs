@@ -210,7 +210,7 @@ pub trait Broker: Send + Sync + 'static {
     async fn user_conversations(&self, user: &Address) -> Result<Vec<ConvId>>;
 
     /// Atomically: check membership (for a channel: that the sender is a
-    /// publisher, else `NotPublisher`), dedupe by `(conv, id)`, assign the
+    /// publisher, else `NotPublisher`), dedupe by `(conv, from, id)`, assign the
     /// next seq, append to the conversation log (and the persistence
     /// stream). For a channel `members` comes back empty: its messages fan
     /// out through [`Broker::publish_channel`], not to users.
@@ -239,8 +239,13 @@ pub trait Broker: Send + Sync + 'static {
     /// Call once per gateway instance.
     async fn attach(&self, gateway: &str) -> Result<mpsc::Receiver<Routed>>;
     /// Refresh `gateway`'s liveness; a gateway that stops refreshing is
-    /// considered dead after `gateway_ttl` and no longer routed to.
-    async fn gateway_alive(&self, gateway: &str) -> Result<()>;
+    /// considered dead after `gateway_ttl` and no longer routed to. Returns
+    /// `true` when the broker did not list `gateway` before this refresh:
+    /// the first one, or the broker lost its state (Redis restarted empty,
+    /// a failover to a replica that had not seen it, a flush). The gateway
+    /// then registers its users again, or they would silently stop
+    /// receiving.
+    async fn gateway_alive(&self, gateway: &str) -> Result<bool>;
     /// Record that `user` has at least one connection on `gateway`.
     async fn register(&self, user: &Address, gateway: &str) -> Result<()>;
     /// Record that `user`'s last connection on `gateway` closed.

@@ -96,7 +96,9 @@ mod suffix {
     pub const PUBLISHERS: &str = "p";
     pub const META: &str = "meta";
     pub const WATERMARKS: &str = "wm";
-    /// Followed by `:<msgid>`: a sent id's idempotency record.
+    /// Followed by `:<sender>:<msgid>`: a sent id's idempotency record.
+    /// Before per-sender records, `:<msgid>` alone (still read, see
+    /// `ConvKeys::legacy_dedupe`).
     pub const DEDUPE: &str = "d";
     #[cfg(test)]
     pub const ALL: [&str; 7] = [SEQ, EPOCH, LOG, MEMBERS, PUBLISHERS, META, WATERMARKS];
@@ -119,8 +121,17 @@ impl ConvKeys {
     fn key(&self, suffix: &str) -> String {
         format!("{}:{suffix}", self.prefix)
     }
-    /// The idempotency record of message `id`.
-    fn dedupe(&self, id: &MsgId) -> String {
+    /// The idempotency record of message `id` from `sender` (lowercase):
+    /// per sender, so a member who reuses another member's id sends a
+    /// message of its own instead of getting the other's `sent` back.
+    fn dedupe(&self, sender: &str, id: &MsgId) -> String {
+        format!("{}:{}:{sender}:{id}", self.prefix, suffix::DEDUPE)
+    }
+    /// The record gateways wrote before records were per sender. It is read
+    /// (for the record TTL after an upgrade) so a retry of a message sent
+    /// before the upgrade stays a duplicate; the send script trusts it only
+    /// when the logged message at its seq has the same sender.
+    fn legacy_dedupe(&self, id: &MsgId) -> String {
         format!("{}:{}:{id}", self.prefix, suffix::DEDUPE)
     }
 }
@@ -606,8 +617,9 @@ impl Broker for RedisBroker {
             } else {
                 suffix::MEMBERS
             }),
-            keys.dedupe(&req.id),
+            keys.dedupe(&from, &req.id),
             keys.persist.clone(),
+            keys.legacy_dedupe(&req.id),
         ];
         let args: Vec<String> = vec![
             from,
@@ -906,10 +918,11 @@ impl Broker for RedisBroker {
         Ok(out)
     }
 
-    async fn gateway_alive(&self, gateway: &str) -> Result<()> {
+    async fn gateway_alive(&self, gateway: &str) -> Result<bool> {
         let now = now_ms();
         let deadline = now + self.cfg.gateway_ttl.as_millis() as u64;
-        let _: () = self
+        // ZADD answers how many members it added: 1 when the entry was gone.
+        let added: i64 = self
             .pool
             .zadd(
                 GATEWAYS_KEY,
@@ -928,7 +941,7 @@ impl Broker for RedisBroker {
             .zremrangebyscore(GATEWAYS_KEY, "-inf", stale as f64)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        Ok(added > 0)
     }
 
     async fn register(&self, user: &Address, gateway: &str) -> Result<()> {
@@ -1128,7 +1141,8 @@ mod tests {
         let id: MsgId = "sample-msg".parse().unwrap();
         let keys = ConvKeys::new(&conv, shards);
         let mut built: Vec<String> = suffix::ALL.iter().map(|s| keys.key(s)).collect();
-        built.push(keys.dedupe(&id));
+        built.push(keys.dedupe(&user.lower(), &id));
+        built.push(keys.legacy_dedupe(&id));
         built.push(keys.persist.clone());
         built.push(persist::dead_letter_key(shard));
         built.push(nonce_key("sample-nonce"));

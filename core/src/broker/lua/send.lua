@@ -3,8 +3,11 @@
 --
 -- KEYS[1] the seq counter          KEYS[2] the conversation log (stream)
 -- KEYS[3] who may send: a group's members, a channel's publishers (set)
--- KEYS[4] the idempotency record of this message id
+-- KEYS[4] the idempotency record of this (sender, message id)
 -- KEYS[5] the shard's persistence stream
+-- KEYS[6] the record of this message id written before records were per
+--         sender; trusted only when the log still shows the same sender at
+--         its seq (an older record could be another member's)
 --
 -- ARGV[1] sender (lowercase address)  ARGV[2] message id  ARGV[3] body (JSON)
 -- ARGV[4] unused (the timestamp comes from the Redis clock, so every
@@ -37,6 +40,23 @@ if ARGV[8] == 'ch' and redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
 end
 local out
 local prev = redis.call('GET', KEYS[4])
+if not prev then
+  local legacy = redis.call('GET', KEYS[6])
+  if legacy then
+    local sep = string.find(legacy, ':', 1, true)
+    local lseq = string.sub(legacy, 1, sep - 1)
+    local entry = redis.call('XRANGE', KEYS[2], lseq .. '-0', lseq .. '-0')
+    if #entry == 1 then
+      local f = entry[1][2]
+      local lfrom, lid
+      for i = 1, #f, 2 do
+        if f[i] == '{{L_FROM}}' then lfrom = f[i + 1] end
+        if f[i] == '{{L_ID}}' then lid = f[i + 1] end
+      end
+      if lfrom == ARGV[1] and lid == ARGV[2] then prev = legacy end
+    end
+  end
+end
 if prev then
   local sep = string.find(prev, ':', 1, true)
   out = {0, tonumber(string.sub(prev, 1, sep - 1)), tonumber(string.sub(prev, sep + 1))}
