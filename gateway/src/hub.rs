@@ -207,6 +207,24 @@ impl Hub {
             .collect()
     }
 
+    /// Channels with at least one subscriber here.
+    pub fn channels(&self) -> Vec<ConvId> {
+        self.channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Whether `channel` has a subscriber here.
+    pub fn has_channel(&self, channel: &ConvId) -> bool {
+        self.channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(channel)
+    }
+
     /// Subscribe `handle` to `channel`. Returns whether it is the channel's
     /// first local subscriber (then the caller subscribes the gateway).
     pub fn subscribe(&self, channel: &ConvId, handle: &Arc<ConnHandle>) -> bool {

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub retries: Counter,
     /// Deliveries abandoned after the last retry (the client catches up by sync).
     pub retries_exhausted: Counter,
+    /// Times the broker had lost this gateway and its registrations were
+    /// asserted again.
+    pub reasserts: Counter,
     /// Seconds from seq assignment to the first write to the recipient's socket.
     pub delivery_latency: Histogram,
     /// Errors answered to clients, by code.
@@ -48,6 +51,7 @@ impl Metrics {
         let messages_out = Counter::default();
         let retries = Counter::default();
         let retries_exhausted = Counter::default();
+        let reasserts = Counter::default();
         // 0.5 ms … ~4 s: loopback deliveries sit at the low end, retries at the top.
         let delivery_latency = Histogram::new([
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -85,6 +89,11 @@ impl Metrics {
             retries_exhausted.clone(),
         );
         registry.register(
+            "registrations_reasserted",
+            "Times the broker had lost this gateway (Redis restarted empty, a failover, a flush) and its connections were registered again",
+            reasserts.clone(),
+        );
+        registry.register(
             "delivery_latency_seconds",
             "Seq assignment to socket write",
             delivery_latency.clone(),
@@ -107,6 +116,7 @@ impl Metrics {
             messages_out,
             retries,
             retries_exhausted,
+            reasserts,
             delivery_latency,
             errors,
             slow_consumers,

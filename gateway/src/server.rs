@@ -142,12 +142,7 @@ impl Gateway {
                         _ = tick.tick() => {}
                         _ = state.shutdown.cancelled() => return,
                     }
-                    if let Err(e) = state
-                        .chat
-                        .broker()
-                        .gateway_alive(&state.cfg.gateway_id)
-                        .await
-                    {
+                    if let Err(e) = state.chat.refresh_liveness().await {
                         tracing::warn!(error = %e, "liveness refresh failed");
                     }
                 }

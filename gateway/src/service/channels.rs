@@ -153,13 +153,26 @@ impl ChatService {
     /// Stop delivering `channel` to `handle`; the gateway unsubscribes when
     /// it was the last local one.
     pub async fn leave_channel(&self, channel: &ConvId, handle: &Arc<ConnHandle>) {
-        if self.hub.unsubscribe(channel, handle)
-            && let Err(e) = self
-                .broker
-                .unsubscribe_channel(&self.cfg.gateway_id, channel)
-                .await
+        if !self.hub.unsubscribe(channel, handle) {
+            return;
+        }
+        if let Err(e) = self
+            .broker
+            .unsubscribe_channel(&self.cfg.gateway_id, channel)
+            .await
         {
             tracing::warn!(error = %e, %channel, "channel unsubscribe failed");
+        }
+        // A first subscriber may have come while the unsubscribe was on its
+        // way and subscribed before it landed: subscribe again so the order
+        // of the two broker calls cannot leave a subscriber without a feed.
+        if self.hub.has_channel(channel)
+            && let Err(e) = self
+                .broker
+                .subscribe_channel(&self.cfg.gateway_id, channel)
+                .await
+        {
+            tracing::warn!(error = %e, %channel, "channel re-subscribe failed");
         }
     }
 }

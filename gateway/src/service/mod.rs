@@ -29,6 +29,7 @@ mod receipts;
 mod send;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -73,6 +74,9 @@ pub struct ChatService {
     pub tokens: TokenSigner,
     siwe: SiweVerifier,
     members: Mutex<MembersCache>,
+    /// A re-registration after the broker lost this gateway is due (set
+    /// until one completes, so a failure half way is retried).
+    reassert_due: AtomicBool,
 }
 
 impl ChatService {
@@ -97,6 +101,7 @@ impl ChatService {
             metrics,
             shutdown,
             members: Mutex::default(),
+            reassert_due: AtomicBool::new(false),
         }
     }
 

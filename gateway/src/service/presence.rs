@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use switchboard_core::broker::Routed;
@@ -87,11 +88,56 @@ impl ChatService {
             if let Err(e) = chat.broker.unregister(&user, &chat.cfg.gateway_id).await {
                 tracing::warn!(error = %e, "registry update failed");
             }
+            // The user may have connected again here while the unregister
+            // was on its way, and that connect's register may have landed
+            // first: register again, so the order of the two broker calls
+            // cannot leave a connected user unrouted.
+            if chat.hub.has_user(&user)
+                && let Err(e) = chat.broker.register(&user, &chat.cfg.gateway_id).await
+            {
+                tracing::warn!(error = %e, "registry update failed");
+            }
             if liveness == Liveness::Heartbeat {
                 chat.touch(&user, now_ms()).await;
             }
             chat.after_disconnect(user);
         })
+    }
+
+    /// Refresh this gateway's liveness in the broker. When the broker had
+    /// lost it (Redis restarted empty, a failover to a replica that had not
+    /// seen it, a flush), the registrations and channel subscriptions of
+    /// the sockets here may be gone too: they are asserted again, so
+    /// sockets that stayed open keep receiving. Returns whether it did.
+    pub async fn refresh_liveness(&self) -> Result<bool> {
+        if self.broker.gateway_alive(&self.cfg.gateway_id).await? {
+            self.reassert_due.store(true, Ordering::SeqCst);
+        }
+        if !self.reassert_due.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let (users, channels) = (self.hub.users(), self.hub.channels());
+        if users.is_empty() && channels.is_empty() {
+            // Nothing here to lose (a first refresh, or an idle gateway).
+            self.reassert_due.store(false, Ordering::SeqCst);
+            return Ok(false);
+        }
+        tracing::warn!(
+            users = users.len(),
+            channels = channels.len(),
+            "the broker did not know this gateway: registering its connections again"
+        );
+        self.metrics.reasserts.inc();
+        for user in &users {
+            self.broker.register(user, &self.cfg.gateway_id).await?;
+        }
+        for channel in &channels {
+            self.broker
+                .subscribe_channel(&self.cfg.gateway_id, channel)
+                .await?;
+        }
+        self.reassert_due.store(false, Ordering::SeqCst);
+        Ok(true)
     }
 
     /// Record that `user` was seen now. Best effort: presence is advisory.
