@@ -776,6 +776,7 @@ async fn routing(e: &Engine) {
         ack: Some((conv.clone(), 9)),
         skip_conn: Some(format!("{ga}/1")),
         channel: None,
+        revoke: None,
     };
     let check = |got: &Routed, users: &[Address]| {
         assert_eq!(user_set(got), users.iter().copied().collect());
@@ -931,6 +932,7 @@ async fn channels(e: &Engine) {
         ack: None,
         skip_conn: None,
         channel: Some((public.id.clone(), 2)),
+        revoke: None,
     };
     b.publish_channel(ev.clone()).await.unwrap();
     let got = recv(&mut ra).await;
@@ -980,6 +982,24 @@ async fn presence(e: &Engine) {
 
 /// Connection reports: one per pod, replaced on each write, scoped to one
 /// cluster, gone after the TTL or when withdrawn.
+async fn revocations(e: &Engine) {
+    let b = e.broker(BrokerConfig::default()).await;
+    let (x, y) = (addr(), addr());
+    assert_eq!(b.sessions_revoked_before(&x).await.unwrap(), None);
+    b.revoke_sessions(&x, 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(b.sessions_revoked_before(&x).await.unwrap(), Some(100));
+    assert_eq!(b.sessions_revoked_before(&y).await.unwrap(), None);
+    // A later revocation replaces the cut; it lapses after its TTL.
+    b.revoke_sessions(&x, 200, Duration::from_millis(600))
+        .await
+        .unwrap();
+    assert_eq!(b.sessions_revoked_before(&x).await.unwrap(), Some(200));
+    sleep(Duration::from_millis(900)).await;
+    assert_eq!(b.sessions_revoked_before(&x).await.unwrap(), None);
+}
+
 async fn connection_reports(e: &Engine) {
     let b = e.broker(BrokerConfig::default()).await;
     let ns = format!("ns-{}", tag());
@@ -1279,7 +1299,7 @@ macro_rules! suite {
 }
 
 suite!(
-    common: [nonces, conversations, sends, dedupe, bodies, logs, snapshot_reads, trimming, age_trimming, marks, routing, channels, presence, connection_reports],
+    common: [nonces, conversations, sends, dedupe, bodies, logs, snapshot_reads, trimming, age_trimming, marks, routing, channels, presence, revocations, connection_reports],
     redis_only: [persist_stream, direct_list_repair, connection_report_keys, legacy_dedupe_records],
 );
 
@@ -1338,6 +1358,7 @@ async fn redis_kill9_restart() {
         ack: None,
         skip_conn: None,
         channel: None,
+        revoke: None,
     };
     let mut delivered = false;
     for _ in 0..50 {

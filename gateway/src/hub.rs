@@ -131,6 +131,16 @@ pub struct ConnHandle {
     pub name: String,
     pub outbox: Outbox,
     pub close: CloseSignal,
+    /// The session it was opened with; `None` for an API key's (no expiry,
+    /// not revocable per user).
+    pub session: Option<SessionTimes>,
+}
+
+/// When a connection's session token was issued and expires (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimes {
+    pub issued_at: i64,
+    pub expires_at: i64,
 }
 
 /// See the module docs.
@@ -156,12 +166,18 @@ impl Hub {
 
     /// Add a socket for `user`. Returns its handle and whether it is the user's
     /// first socket on this gateway (then the caller registers the user).
-    pub fn add(&self, user: Address, queue: usize) -> (Arc<ConnHandle>, bool) {
+    pub fn add(
+        &self,
+        user: Address,
+        queue: usize,
+        session: Option<SessionTimes>,
+    ) -> (Arc<ConnHandle>, bool) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(ConnHandle {
             name: format!("{}/{n}", self.gateway_id),
             outbox: Outbox::new(queue),
             close: CloseSignal::default(),
+            session,
         });
         let mut conns = self.conns.write().unwrap_or_else(|p| p.into_inner());
         let list = conns.entry(user).or_default();
@@ -270,6 +286,10 @@ impl Hub {
             }
             return;
         }
+        if let Some(before) = ev.revoke {
+            self.revoke(&ev.users, before);
+            return;
+        }
         let ack = ev.ack.clone().map(Arc::new);
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
         for user in &ev.users {
@@ -298,6 +318,31 @@ impl Hub {
             }
             h.close.close(close::SLOW_CONSUMER);
         }
+    }
+
+    /// Close with 4001 `users`' connections whose session was issued at or
+    /// before `before` (the close reason tells the client to sign in again).
+    fn revoke(&self, users: &[Address], before: i64) {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        for h in users.iter().filter_map(|u| conns.get(u)).flatten() {
+            if h.session.is_some_and(|s| s.issued_at <= before) {
+                h.close.close(close::UNAUTHORIZED);
+            }
+        }
+    }
+
+    /// Close with 4001 every connection whose session expired by `now`
+    /// (Unix seconds). Returns how many.
+    pub fn close_expired(&self, now: i64) -> usize {
+        let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
+        let mut closed = 0;
+        for h in conns.values().flatten() {
+            if h.session.is_some_and(|s| s.expires_at <= now) && h.close.code() == 0 {
+                h.close.close(close::UNAUTHORIZED);
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Ask every socket to close with `code` (drain on shutdown).

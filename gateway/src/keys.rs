@@ -83,6 +83,28 @@ impl ApiKey {
     pub fn secret_matches(&self, secret: &str) -> bool {
         digests_match(&self.secret, secret)
     }
+
+    /// Whether the key is limited to no channels: such a key also
+    /// administers users (revoking their sessions).
+    pub fn unrestricted(&self) -> bool {
+        self.channels.is_none()
+    }
+
+    /// The key among `keys` that `given` (`keyName:keySecret`) names, if the
+    /// secret matches. An unknown name and a wrong secret take the same
+    /// work and give the same answer: which key names exist is not for a
+    /// guesser to learn.
+    pub fn find<'a>(keys: &'a [ApiKey], given: &str) -> Option<&'a ApiKey> {
+        let (name, secret) = given.split_once(':')?;
+        match keys.iter().find(|k| k.name == name) {
+            Some(key) if key.secret_matches(secret) => Some(key),
+            Some(_) => None,
+            None => {
+                let _ = digests_match(secret, name);
+                None
+            }
+        }
+    }
 }
 
 /// Whether two secrets are equal, in time that depends on neither their

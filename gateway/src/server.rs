@@ -35,6 +35,8 @@ pub fn router(state: AppRef) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/v1/auth/nonce", get(auth::nonce))
         .route("/v1/auth/verify", post(auth::verify))
+        .route("/v1/auth/revoke", post(auth::revoke_own))
+        .route("/v1/users/{address}/revoke", post(auth::revoke_user))
         .route(
             "/v1/conversations",
             post(conversations::create).get(conversations::list),
@@ -148,6 +150,25 @@ impl Gateway {
                 }
             })
         };
+        // Sessions end on time: once a second, connections whose token
+        // expired are closed with 4001 (the client signs in again).
+        let expiry = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = state.shutdown.cancelled() => return,
+                    }
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    let closed = state.hub.close_expired(now);
+                    if closed > 0 {
+                        tracing::debug!(closed, "closed connections whose session expired");
+                    }
+                }
+            })
+        };
         let server = {
             let app = router(state.clone());
             let stop = state.shutdown.clone();
@@ -166,7 +187,7 @@ impl Gateway {
             state,
             addr,
             server,
-            background: vec![dispatcher, liveness],
+            background: vec![dispatcher, liveness, expiry],
             reporter,
         })
     }

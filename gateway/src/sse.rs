@@ -33,7 +33,7 @@ use switchboard_proto::frames::{ServerFrame, close};
 use switchboard_proto::ids::{Address, ConvId, ConvKind};
 
 use crate::cursor::{SeqCursor, Step};
-use crate::hub::{ConnHandle, Outbound};
+use crate::hub::{ConnHandle, Outbound, SessionTimes};
 use crate::metrics::Metrics;
 use crate::service::{ChatError, ChatService, Engine, Liveness};
 use crate::state::AppState;
@@ -85,10 +85,11 @@ impl<F: EventFormat> Reader<F> {
     pub async fn open(
         state: &AppState,
         user: Address,
+        session: Option<SessionTimes>,
         feeds: Vec<(ConvId, u64)>,
         format: F,
     ) -> Result<Self, ChatError> {
-        let handle = state.chat.connect(user, Liveness::Listener).await;
+        let handle = state.chat.connect(user, session, Liveness::Listener).await;
         state.metrics.sse_streams.inc();
         // From here on, Drop undoes the registration.
         let reader = Reader {
@@ -266,6 +267,9 @@ impl<F: EventFormat> Drop for Reader<F> {
 fn close_event(code: u16) -> Event {
     let reason = match code {
         close::GOING_AWAY => "the gateway is draining; reconnect (Last-Event-ID resumes)",
+        close::UNAUTHORIZED => {
+            "the session expired or was revoked; sign in again and reconnect (Last-Event-ID resumes)"
+        }
         close::SLOW_CONSUMER => "the reader fell too far behind; reconnect (Last-Event-ID resumes)",
         _ => "closed by the server; reconnect (Last-Event-ID resumes)",
     };

@@ -51,6 +51,8 @@ struct State {
     alive: HashMap<String, Instant>,
     registry: HashMap<Address, HashSet<String>>,
     seen: HashMap<Address, u64>,
+    /// User → (sessions issued at or before this are revoked, kept until).
+    revoked: HashMap<Address, (i64, Instant)>,
     /// Cluster → pod → (connections, reported at Unix ms, expires).
     reports: HashMap<ClusterRef, HashMap<String, (u64, u64, Instant)>>,
 }
@@ -514,6 +516,25 @@ impl Broker for MemoryBroker {
             .iter()
             .map(|u| st.seen.get(u).copied().unwrap_or(0))
             .collect())
+    }
+
+    async fn revoke_sessions(&self, user: &Address, before: i64, ttl: Duration) -> Result<()> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        // Expired cuts go on write, so the map holds recent revocations only.
+        st.revoked.retain(|_, (_, until)| *until > now);
+        st.revoked.insert(*user, (before, now + ttl));
+        Ok(())
+    }
+
+    async fn sessions_revoked_before(&self, user: &Address) -> Result<Option<i64>> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .revoked
+            .get(user)
+            .filter(|(_, until)| *until > now)
+            .map(|(before, _)| *before))
     }
 
     async fn report_connections(

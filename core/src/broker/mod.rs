@@ -281,6 +281,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Last-seen times (Unix ms, 0 = never) for `users`, in order.
     async fn last_seen(&self, users: &[Address]) -> Result<Vec<u64>>;
 
+    /// Revoke `user`'s sessions issued at or before `before` (Unix
+    /// seconds). Remembered for `ttl` (the longest a session lives: older
+    /// tokens expire by themselves); a later revocation replaces it.
+    async fn revoke_sessions(&self, user: &Address, before: i64, ttl: Duration) -> Result<()>;
+    /// The cut of `user`'s latest revocation (Unix seconds; sessions issued
+    /// at or before it are revoked), if one is in force.
+    async fn sessions_revoked_before(&self, user: &Address) -> Result<Option<i64>>;
+
     /// Report that the gateway pod `id` holds `connections` live connections
     /// now. The report replaces the pod's previous one and vanishes after
     /// `ttl` unless it is written again (see [`reports`]).

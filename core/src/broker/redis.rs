@@ -144,6 +144,12 @@ fn user_convs_key(user: &Address) -> String {
     format!("sb:uc:{{{}}}", user.lower())
 }
 
+/// A user's session revocation: sessions issued at or before the value
+/// (Unix seconds) are revoked.
+fn revoked_key(user: &Address) -> String {
+    format!("sb:rev:{{{}}}", user.lower())
+}
+
 fn registry_key(user: &Address) -> String {
     format!("sb:reg:{{{}}}", user.lower())
 }
@@ -1058,6 +1064,25 @@ impl Broker for RedisBroker {
         Ok(v.into_iter().map(|x| x.unwrap_or(0)).collect())
     }
 
+    async fn revoke_sessions(&self, user: &Address, before: i64, ttl: Duration) -> Result<()> {
+        let _: () = self
+            .pool
+            .set(
+                revoked_key(user),
+                before,
+                Some(Expiration::PX(millis(ttl))),
+                None,
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn sessions_revoked_before(&self, user: &Address) -> Result<Option<i64>> {
+        self.pool.get(revoked_key(user)).await.map_err(unavailable)
+    }
+
     async fn report_connections(
         &self,
         id: &GatewayIdentity,
@@ -1148,6 +1173,7 @@ mod tests {
         built.push(nonce_key("sample-nonce"));
         built.push(user_convs_key(&user));
         built.push(registry_key(&user));
+        built.push(revoked_key(&user));
         built.push(GATEWAYS_KEY.into());
         built.push(PRESENCE_KEY.into());
         built.push(

@@ -25,6 +25,10 @@ pub struct Routed {
     /// Set for a channel's `msg` frames: every local subscriber of the
     /// channel gets it (no acks); `users` is empty.
     pub channel: Option<(ConvId, u64)>,
+    /// Set for a session revocation: the users' connections whose session
+    /// was issued at or before this time (Unix seconds) get the frame and
+    /// are closed (4001); others get nothing.
+    pub revoke: Option<i64>,
 }
 
 /// Wire form on Redis pub/sub. Short keys: this is sent once per gateway per event.
@@ -39,6 +43,8 @@ struct Wire<'a> {
     s: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     c: Option<(ConvId, u64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<i64>,
 }
 
 impl Routed {
@@ -51,6 +57,7 @@ impl Routed {
             a: self.ack.clone(),
             s: self.skip_conn.clone(),
             c: self.channel.clone(),
+            r: self.revoke,
         })
     }
 
@@ -62,6 +69,7 @@ impl Routed {
             ack: w.a,
             skip_conn: w.s,
             channel: w.c,
+            revoke: w.r,
         })
     }
 }
@@ -83,8 +91,10 @@ mod tests {
             ack: Some((conv.clone(), 7)),
             skip_conn: Some("gw/1".into()),
             channel: None,
+            revoke: Some(1_800_000_000),
         };
         let back = Routed::decode(&r.encode(&r.users).unwrap()).unwrap();
+        assert_eq!(back.revoke, Some(1_800_000_000));
         assert_eq!(back.users, vec![a]);
         assert_eq!(&*back.frame, r#"{"type":"pong"}"#);
         assert_eq!(back.ack, Some((conv, 7)));

@@ -9,7 +9,9 @@ use switchboard_proto::ids::{Address, ConvId};
 use switchboard_proto::model::Conversation;
 
 use super::AblyError;
+use crate::hub::SessionTimes;
 use crate::keys::ApiKey;
+use crate::service::Principal;
 use crate::state::AppState;
 
 /// Who calls an Ably endpoint: a configured API key, or a signed-in wallet
@@ -17,7 +19,7 @@ use crate::state::AppState;
 #[derive(Debug, Clone)]
 pub(super) enum Caller {
     Key(ApiKey),
-    User(Address),
+    User(Principal),
 }
 
 impl Caller {
@@ -25,14 +27,22 @@ impl Caller {
     pub(super) fn address(&self) -> Address {
         match self {
             Caller::Key(k) => k.address(),
-            Caller::User(a) => *a,
+            Caller::User(p) => p.user,
         }
     }
 
     pub(super) fn describe(&self) -> String {
         match self {
             Caller::Key(k) => format!("API key {}", k.name),
-            Caller::User(a) => format!("wallet {a}"),
+            Caller::User(p) => format!("wallet {}", p.user),
+        }
+    }
+
+    /// The session a wallet's connection lives by (`None` for a key).
+    pub(super) fn session(&self) -> Option<SessionTimes> {
+        match self {
+            Caller::Key(_) => None,
+            Caller::User(p) => Some(p.session),
         }
     }
 
@@ -41,7 +51,7 @@ impl Caller {
     pub(super) fn may_publish(&self, name: &str, channel: &Conversation) -> bool {
         match self {
             Caller::Key(k) => k.allows(name),
-            Caller::User(a) => channel.can_publish(a),
+            Caller::User(p) => channel.can_publish(&p.user),
         }
     }
 
@@ -49,7 +59,7 @@ impl Caller {
     pub(super) fn may_read(&self, name: &str, channel: &Conversation) -> bool {
         match self {
             Caller::Key(k) => k.allows(name),
-            Caller::User(a) => channel.can_read(a),
+            Caller::User(p) => channel.can_read(&p.user),
         }
     }
 }
@@ -57,7 +67,10 @@ impl Caller {
 /// The caller of a request: `Authorization: Basic` with an API key, or
 /// `Bearer` with a session token (as issued by `/v1/auth/verify`; Ably SDKs
 /// send a token base64-encoded, which is accepted too).
-pub(super) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, AblyError> {
+pub(super) async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Caller, AblyError> {
     let value = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -67,7 +80,7 @@ pub(super) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Call
             )
         })?;
     if let Some(token) = value.strip_prefix("Bearer ") {
-        return session(state, token.trim());
+        return session(state, token.trim()).await;
     }
     let encoded = value.strip_prefix("Basic ").ok_or_else(|| {
         AblyError::unauthorized("use HTTP Basic with an API key, or Bearer with a session token")
@@ -81,8 +94,8 @@ pub(super) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Call
 }
 
 /// A session token, as given or base64-encoded.
-pub(super) fn session(state: &AppState, token: &str) -> Result<Caller, AblyError> {
-    let err = match state.chat.verify_token(token) {
+pub(super) async fn session(state: &AppState, token: &str) -> Result<Caller, AblyError> {
+    let err = match state.chat.authenticate(token).await {
         Ok(user) => return Ok(Caller::User(user)),
         Err(e) => e,
     };
@@ -90,7 +103,9 @@ pub(super) fn session(state: &AppState, token: &str) -> Result<Caller, AblyError
         .decode(token)
         .ok()
         .and_then(|b| String::from_utf8(b).ok());
-    if let Some(user) = decoded.and_then(|t| state.chat.verify_token(&t).ok()) {
+    if let Some(t) = decoded
+        && let Ok(user) = state.chat.authenticate(&t).await
+    {
         return Ok(Caller::User(user));
     }
     let msg = format!("invalid session token: {err}");
@@ -105,20 +120,12 @@ pub(super) fn session(state: &AppState, token: &str) -> Result<Caller, AblyError
 
 /// The configured key `keyName:keySecret` names.
 pub(super) fn key_of(state: &AppState, given: &str) -> Result<ApiKey, AblyError> {
-    let (name, secret) = given
-        .split_once(':')
-        .ok_or_else(|| AblyError::unauthorized("an API key is keyName:keySecret"))?;
-    // An unknown name and a wrong secret get the same answer (which key
-    // names exist is not for a guesser to learn), after the same work.
-    let refused = || AblyError::unauthorized("invalid API key");
-    match state.cfg.api_keys.iter().find(|k| k.name == name) {
-        Some(key) if key.secret_matches(secret) => Ok(key.clone()),
-        Some(_) => Err(refused()),
-        None => {
-            let _ = crate::keys::digests_match(secret, name);
-            Err(refused())
-        }
+    if !given.contains(':') {
+        return Err(AblyError::unauthorized("an API key is keyName:keySecret"));
     }
+    ApiKey::find(&state.cfg.api_keys, given)
+        .cloned()
+        .ok_or_else(|| AblyError::unauthorized("invalid API key"))
 }
 
 /// The channel an Ably name stands for (`ch:<name>`).

@@ -35,7 +35,7 @@ pub async fn history(
     Query(q): Query<HistoryQuery>,
     headers: HeaderMap,
 ) -> Result<Response, AblyError> {
-    let caller = authenticate(&state, &headers)?;
+    let caller = authenticate(&state, &headers).await?;
     let id = channel_id(&name)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {

@@ -54,8 +54,8 @@ pub async fn sse(
 ) -> Result<Response, AblyError> {
     let caller = match (&q.key, &q.access_token) {
         (Some(k), _) => Caller::Key(key_of(&state, k)?),
-        (None, Some(t)) => session(&state, t)?,
-        (None, None) => authenticate(&state, &headers)?,
+        (None, Some(t)) => session(&state, t).await?,
+        (None, None) => authenticate(&state, &headers).await?,
     };
     let list = q
         .channels
@@ -139,7 +139,7 @@ pub async fn sse(
     let format = AblyFormat {
         enveloped: q.enveloped.unwrap_or(true),
     };
-    let reader = Reader::open(&state, caller.address(), feeds, format).await?;
+    let reader = Reader::open(&state, caller.address(), caller.session(), feeds, format).await?;
     Ok(reader.into_response().into_response())
 }
 

@@ -1,11 +1,15 @@
-//! Sign-in over HTTP (`GET /v1/auth/nonce`, `POST /v1/auth/verify`) and the
-//! caller of every other endpoint: `Authorization: Bearer <session token>`.
+//! Sign-in over HTTP (`GET /v1/auth/nonce`, `POST /v1/auth/verify`),
+//! sign-out everywhere (`POST /v1/auth/revoke`, and an operator's
+//! `POST /v1/users/{address}/revoke`) and the caller of every other
+//! endpoint: `Authorization: Bearer <session token>`.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
 use switchboard_proto::frames::ErrorCode;
 use switchboard_proto::ids::Address;
 use switchboard_proto::rest::{NonceResponse, VerifyRequest, VerifyResponse};
@@ -13,6 +17,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::params::body;
 use super::problem::ApiError;
+use crate::keys::ApiKey;
 use crate::service::SignInError;
 use crate::state::AppRef;
 
@@ -38,10 +43,58 @@ impl FromRequestParts<AppRef> for Authed {
             .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
         state
             .chat
-            .verify_token(token)
-            .map(Authed)
+            .authenticate(token)
+            .await
+            .map(|p| Authed(p.user))
             .map_err(|e| ApiError::unauthorized(format!("invalid session token: {e}")))
     }
+}
+
+/// `POST /v1/auth/revoke`: sign out everywhere. Every session of the
+/// caller issued until now is refused from now on (this one included), and
+/// its open sockets and streams on every gateway close with 4001.
+pub async fn revoke_own(
+    State(state): State<AppRef>,
+    Authed(user): Authed,
+) -> Result<StatusCode, ApiError> {
+    state.chat.revoke_sessions(user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/users/{address}/revoke`: an operator signs a user out
+/// everywhere (a stolen device, a banned wallet), without rotating the
+/// token secret for everyone. Needs HTTP Basic with an API key that is not
+/// limited to some channels.
+pub async fn revoke_user(
+    State(state): State<AppRef>,
+    Path(address): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let given = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::unauthorized("use HTTP Basic with an API key"))?;
+    let key = ApiKey::find(&state.cfg.api_keys, &given)
+        .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+    if !key.unrestricted() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "this API key is limited to some channels; revoking sessions needs an unrestricted key",
+        ));
+    }
+    let user: Address = address
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("address: {e}")))?;
+    state.chat.revoke_sessions(user).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /v1/auth/nonce`.

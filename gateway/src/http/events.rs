@@ -80,10 +80,12 @@ async fn stream(
             "missing session token: send Authorization: Bearer <token> or ?access_token=<token>",
         )
     })?;
-    let user = state
+    let caller = state
         .chat
-        .verify_token(token)
+        .authenticate(token)
+        .await
         .map_err(|e| ApiError::unauthorized(format!("invalid session token: {e}")))?;
+    let user = caller.user;
     let after = match headers.get("last-event-id") {
         Some(v) => v
             .to_str()
@@ -98,7 +100,14 @@ async fn stream(
     if !state.chat.can_read(&conv, &user).await? {
         return Err(ChatError::NotFound.into());
     }
-    let reader = Reader::open(&state, user, vec![(conv, after)], Native).await?;
+    let reader = Reader::open(
+        &state,
+        user,
+        Some(caller.session),
+        vec![(conv, after)],
+        Native,
+    )
+    .await?;
     Ok(reader.into_response())
 }
 

@@ -4,7 +4,7 @@
 //!
 //! | file | endpoints |
 //! |---|---|
-//! | `auth` | `GET /v1/auth/nonce`, `POST /v1/auth/verify`; the `Authed` caller of the others |
+//! | `auth` | `GET /v1/auth/nonce`, `POST /v1/auth/verify`, `POST /v1/auth/revoke`, `POST /v1/users/{address}/revoke`; the `Authed` caller of the others |
 //! | `conversations` | `/v1/conversations` (create, list), `/{id}`, `/{id}/messages`, `/{id}/members` |
 //! | `channels` | `POST /v1/channels` |
 //! | `presence` | `GET /v1/presence` |

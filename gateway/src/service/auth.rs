@@ -2,13 +2,23 @@
 //! message signed with the wallet, then a stateless session token that every
 //! gateway sharing the secret verifies.
 
+use switchboard_core::broker::Routed;
 use switchboard_proto::auth::AuthError;
 use switchboard_proto::auth::nonce::generate_nonce;
+use switchboard_proto::frames::{ErrorCode, ServerFrame};
 use switchboard_proto::ids::Address;
 use switchboard_proto::time::now_ms;
 use time::OffsetDateTime;
 
 use super::{ChatError, ChatService, Result};
+use crate::hub::SessionTimes;
+
+/// A caller authenticated by a session token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    pub user: Address,
+    pub session: SessionTimes,
+}
 
 /// A signed-in session.
 #[derive(Debug, Clone)]
@@ -71,8 +81,53 @@ impl ChatService {
         })
     }
 
-    /// The user a session token names, if it is valid now.
-    pub fn verify_token(&self, token: &str) -> Result<Address, AuthError> {
-        self.tokens.verify(token, OffsetDateTime::now_utc())
+    /// The caller a session token names, if it is valid now: the MAC
+    /// checks, it has not expired, and its user has not revoked the
+    /// sessions it belongs to. When the broker cannot answer the
+    /// revocation check the token is accepted (logged): revocation is
+    /// enforced whenever the broker answers, and a Redis outage must not
+    /// sign everyone out.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let claims = self
+            .tokens
+            .verify_claims(token, OffsetDateTime::now_utc())?;
+        match self.broker.sessions_revoked_before(&claims.address).await {
+            Ok(Some(before)) if claims.issued_at <= before => return Err(AuthError::TokenRevoked),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "revocation check skipped: broker unavailable"),
+        }
+        Ok(Principal {
+            user: claims.address,
+            session: SessionTimes {
+                issued_at: claims.issued_at,
+                expires_at: claims.expires_at,
+            },
+        })
+    }
+
+    /// Revoke every session of `user` issued until now, on every gateway:
+    /// tokens are refused from now on and open sockets and streams close
+    /// with 4001. A sign-in after this starts a valid session (tokens carry
+    /// whole seconds, so the cut is the previous second: a sign-in in the
+    /// same second as the revocation is not caught by it).
+    pub async fn revoke_sessions(&self, user: Address) -> Result<()> {
+        let before = OffsetDateTime::now_utc().unix_timestamp();
+        self.broker
+            .revoke_sessions(&user, before, self.cfg.session_ttl)
+            .await?;
+        let frame = ServerFrame::error(ErrorCode::Unauthorized, "session revoked", None);
+        let ev = Routed {
+            users: vec![user],
+            frame: frame.to_json().into(),
+            ack: None,
+            skip_conn: None,
+            channel: None,
+            revoke: Some(before),
+        };
+        if let Some(mine) = self.broker.route_local(ev, &self.cfg.gateway_id).await? {
+            self.hub.deliver(&mine);
+        }
+        tracing::info!(%user, "sessions revoked");
+        Ok(())
     }
 }

@@ -44,7 +44,7 @@ use crate::config::GatewayConfig;
 use crate::hub::{ConnHandle, Hub};
 use crate::metrics::Metrics;
 
-pub use self::auth::{Session, SignInError};
+pub use self::auth::{Principal, Session, SignInError};
 pub use self::channels::{MAX_PUBLISHERS, NewChannel};
 pub use self::conversations::{ListPage, MemberView};
 pub use self::error::{ChatError, Engine};
@@ -197,6 +197,7 @@ impl ChatService {
             ack,
             skip_conn: skip_conn.map(|h| h.name.clone()),
             channel: None,
+            revoke: None,
         };
         match self.broker.route_local(ev, &self.cfg.gateway_id).await {
             Ok(Some(mine)) => self.hub.deliver(&mine),

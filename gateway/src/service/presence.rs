@@ -18,7 +18,7 @@ use switchboard_proto::time::now_ms;
 
 use super::{ChatError, ChatService, Result};
 use crate::config::GatewayConfig;
-use crate::hub::ConnHandle;
+use crate::hub::{ConnHandle, SessionTimes};
 
 /// Users one presence query may ask about.
 pub const MAX_PRESENCE_USERS: usize = 100;
@@ -53,10 +53,28 @@ impl ChatService {
     /// Register a new connection of `user` on this gateway: in the hub (its
     /// bounded queue), in the broker's registry when it is the user's first
     /// here, and for a [`Liveness::Heartbeat`] connection in presence.
-    pub async fn connect(&self, user: Address, liveness: Liveness) -> Arc<ConnHandle> {
+    /// `session` is `None` for an API key's connection (no expiry); a
+    /// session's connection is closed with 4001 when it expires or its
+    /// user revokes it.
+    pub async fn connect(
+        &self,
+        user: Address,
+        session: Option<SessionTimes>,
+        liveness: Liveness,
+    ) -> Arc<ConnHandle> {
         let heartbeat = liveness == Liveness::Heartbeat;
         let was_connected = heartbeat && self.broker.is_connected(&user).await.unwrap_or(true);
-        let (handle, first_here) = self.hub.add(user, self.cfg.send_queue);
+        let (handle, first_here) = self.hub.add(user, self.cfg.send_queue, session);
+        // A revocation that landed between the token check and this socket
+        // joining the hub was not delivered to it: check once more.
+        if let Some(s) = session
+            && let Ok(Some(before)) = self.broker.sessions_revoked_before(&user).await
+            && s.issued_at <= before
+        {
+            handle
+                .close
+                .close(switchboard_proto::frames::close::UNAUTHORIZED);
+        }
         if first_here && let Err(e) = self.broker.register(&user, &self.cfg.gateway_id).await {
             tracing::warn!(error = %e, "registry update failed");
         }
@@ -196,6 +214,7 @@ impl ChatService {
             ack: None,
             skip_conn: None,
             channel: None,
+            revoke: None,
         };
         if let Some(mine) = self.broker.route_local(ev, &self.cfg.gateway_id).await? {
             self.hub.deliver(&mine);

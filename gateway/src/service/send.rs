@@ -105,6 +105,7 @@ impl ChatService {
             ack: None,
             skip_conn: None,
             channel,
+            revoke: None,
         };
         if let Err(e) = self.broker.publish_channel(ev).await {
             tracing::warn!(error = %e, "channel fan-out failed; subscribers will catch up");

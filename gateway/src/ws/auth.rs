@@ -2,21 +2,23 @@
 //! first, within `auth_timeout`.
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use switchboard_proto::auth::AuthError;
 use switchboard_proto::frames::{ClientFrame, ErrorCode, ServerFrame, close};
-use switchboard_proto::ids::Address;
 
+use crate::service::Principal;
 use crate::state::AppState;
 
 /// Wait for the `auth` frame. Returns the user, or `None` after telling the
 /// client why and closing with 4001.
-pub async fn authenticate(state: &AppState, socket: &mut WebSocket) -> Option<Address> {
+pub async fn authenticate(state: &AppState, socket: &mut WebSocket) -> Option<Principal> {
     let first = tokio::time::timeout(state.cfg.auth_timeout, socket.recv()).await;
     let reason = match first {
         Err(_) => "no auth frame within the time limit",
         Ok(None) | Ok(Some(Err(_))) => return None,
         Ok(Some(Ok(WsMessage::Text(t)))) => match ClientFrame::from_json(&t) {
-            Ok(ClientFrame::Auth { token }) => match state.chat.verify_token(&token) {
-                Ok(user) => return Some(user),
+            Ok(ClientFrame::Auth { token }) => match state.chat.authenticate(&token).await {
+                Ok(caller) => return Some(caller),
+                Err(AuthError::TokenRevoked) => "session revoked: sign in again",
                 Err(_) => "invalid or expired token",
             },
             _ => "the first frame must be auth {token}",

@@ -19,7 +19,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::cursor::SeqCursor;
 use crate::hub::{ConnHandle, Outbound};
-use crate::service::Liveness;
+use crate::service::{Liveness, Principal};
 use crate::state::AppState;
 
 /// Why the loop ended, and what to tell the client.
@@ -44,8 +44,12 @@ fn limiter(rate: u32, burst: u32) -> DefaultDirectRateLimiter {
 }
 
 /// Serve an authenticated socket until it closes.
-pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, user: Address) {
-    let handle = state.chat.connect(user, Liveness::Heartbeat).await;
+pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, caller: Principal) {
+    let user = caller.user;
+    let handle = state
+        .chat
+        .connect(user, Some(caller.session), Liveness::Heartbeat)
+        .await;
     let mut conn = Conn {
         state: state.clone(),
         user,
@@ -129,6 +133,7 @@ impl Conn {
                     let reason = match code {
                         close::SLOW_CONSUMER => "slow consumer: reconnect with backoff and resync",
                         close::GOING_AWAY => "gateway draining: reconnect",
+                        close::UNAUTHORIZED => "session expired or revoked: sign in again",
                         _ => "closed by server",
                     };
                     return Exit::Close(code, reason);

@@ -31,7 +31,7 @@ pub async fn upgrade(State(state): State<AppRef>, parts: Parts, ws: WebSocketUpg
     // A bearer header authenticates the upgrade itself; without one the
     // client must send `auth` as its first frame.
     let pre_auth = match bearer(&parts) {
-        Some(token) => match state.chat.verify_token(token) {
+        Some(token) => match state.chat.authenticate(token).await {
             Ok(user) => Some(user),
             Err(e) => {
                 state.metrics.error(ErrorCode::Unauthorized.as_str());

@@ -30,6 +30,8 @@ pub enum AuthError {
     BadToken,
     #[error("session token expired")]
     TokenExpired,
+    #[error("session revoked: sign in again")]
+    TokenRevoked,
 }
 
 impl AuthError {
@@ -45,6 +47,7 @@ impl AuthError {
             AuthError::AddressMismatch { .. } => "address_mismatch",
             AuthError::BadToken => "bad_token",
             AuthError::TokenExpired => "token_expired",
+            AuthError::TokenRevoked => "token_revoked",
         }
     }
 }

@@ -23,6 +23,16 @@ struct Claims {
     exp: i64,
 }
 
+/// What a valid session token says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenClaims {
+    pub address: Address,
+    /// Unix seconds: when it was issued (revocation cuts by this).
+    pub issued_at: i64,
+    /// Unix seconds: when it stops being valid.
+    pub expires_at: i64,
+}
+
 /// Issues and verifies session tokens with one HMAC key.
 #[derive(Clone)]
 pub struct TokenSigner {
@@ -73,6 +83,15 @@ impl TokenSigner {
 
     /// The address a token was issued to, if the MAC checks and it has not expired.
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Address, AuthError> {
+        self.verify_claims(token, now).map(|c| c.address)
+    }
+
+    /// What a token says, if the MAC checks and it has not expired.
+    pub fn verify_claims(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<TokenClaims, AuthError> {
         let (signed, tag) = token.rsplit_once('.').ok_or(AuthError::BadToken)?;
         let payload = signed.strip_prefix("v1.").ok_or(AuthError::BadToken)?;
         let tag = URL_SAFE_NO_PAD
@@ -88,7 +107,11 @@ impl TokenSigner {
         if claims.exp <= now.unix_timestamp() {
             return Err(AuthError::TokenExpired);
         }
-        claims.sub.parse().map_err(|_| AuthError::BadToken)
+        Ok(TokenClaims {
+            address: claims.sub.parse().map_err(|_| AuthError::BadToken)?,
+            issued_at: claims.iat,
+            expires_at: claims.exp,
+        })
     }
 }
 
