@@ -80,6 +80,58 @@ async fn batches_are_idempotent_and_history_is_byte_exact() {
     assert!(s.history(&other, 0, None, 10).await.unwrap().is_empty());
 }
 
+/// Another message under a stored seq (the broker's counter went back) is
+/// not stored: it comes back as a conflict with the highest stored seq,
+/// whether the seq was taken in an earlier batch or earlier in this one.
+#[tokio::test]
+async fn a_taken_seq_is_a_conflict_not_a_second_row() {
+    let s = store("conflicts").await;
+    let (a, b) = (addr(), addr());
+    let dm = ConvId::direct(&a, &b).unwrap();
+    let t0 = 1_763_800_000_000;
+    let first = Batch {
+        messages: (1..=3).map(|i| msg(&dm, i, a, "1", t0 + i)).collect(),
+        watermarks: vec![],
+    };
+    s.write_batch(&first).await.unwrap();
+    let taken = msg(&dm, 2, b, "2", t0 + 10);
+    let fresh = msg(&dm, 4, b, "3", t0 + 11);
+    let twin = msg(&dm, 4, a, "4", t0 + 12);
+    let out = s
+        .write_batch(&Batch {
+            messages: vec![
+                first.messages[0].clone(),
+                taken.clone(),
+                fresh.clone(),
+                twin.clone(),
+            ],
+            watermarks: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!((out.inserted, out.duplicates), (1, 1));
+    let mut conflicts: Vec<(MsgId, u64)> = out
+        .conflicts
+        .iter()
+        .map(|c| (c.message.id.clone(), c.stored_max))
+        .collect();
+    conflicts.sort_by_key(|(id, _)| id.to_string());
+    let mut want = vec![(taken.id.clone(), 4), (twin.id.clone(), 4)];
+    want.sort_by_key(|(id, _)| id.to_string());
+    assert_eq!(conflicts, want);
+    let h = s.history(&dm, 0, None, 10).await.unwrap();
+    let ids: Vec<(u64, MsgId)> = h.iter().map(|m| (m.seq, m.id.clone())).collect();
+    assert_eq!(
+        ids,
+        vec![
+            (1, first.messages[0].id.clone()),
+            (2, first.messages[1].id.clone()),
+            (3, first.messages[2].id.clone()),
+            (4, fresh.id.clone()),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn watermarks_only_rise_and_never_re_add_a_member() {
     let s = store("watermarks").await;

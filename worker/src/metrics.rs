@@ -27,6 +27,9 @@ pub struct Metrics {
     /// Failed batch writes by kind (`transient`: database unavailable, retried
     /// with backoff; `rejected`: the data was refused, entries retried alone).
     pub failures: Family<KindLabel, Counter>,
+    /// Messages whose seq the store already held for another message (the
+    /// broker's counter went back), given a new seq.
+    pub resequenced: Counter,
     /// Entries moved to a dead-letter stream.
     pub dead_letters: Counter,
     /// Stale entries of other (or this) consumers taken over.
@@ -49,6 +52,7 @@ impl Metrics {
             batches: Counter::default(),
             failures: Family::default(),
             dead_letters: Counter::default(),
+            resequenced: Counter::default(),
             claimed: Counter::default(),
             batch_seconds: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -73,6 +77,11 @@ impl Metrics {
             "batch_failures",
             "Failed batch writes by kind",
             m.failures.clone(),
+        );
+        registry.register(
+            "resequenced",
+            "Messages given a new seq because the store held another message under theirs (Redis lost writes)",
+            m.resequenced.clone(),
         );
         registry.register(
             "dead_letters",

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard_core::broker::persist::{PersistEntry, parse_entry};
+use switchboard_core::broker::{BrokerConfig, BrokerError, RedisBroker};
 use switchboard_core::store::partitions::{self, PartitionPolicy};
 use switchboard_core::store::{Batch, BatchOutcome, PgStore, Store, StoreError};
+use switchboard_proto::ids::ConvId;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{KindLabel, Metrics};
@@ -20,6 +22,8 @@ pub enum WorkerError {
     Redis(#[from] fred::error::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
 }
 
 /// Tunables; the defaults suit production, tests shorten the intervals.
@@ -98,6 +102,8 @@ pub fn consumer_name(pod_name: Option<&str>) -> String {
 pub struct Worker {
     cfg: WorkerConfig,
     streams: Arc<Streams>,
+    /// For the repairs only the broker can make (a seq conflict).
+    broker: RedisBroker,
     store: PgStore,
     metrics: Arc<Metrics>,
     /// Last failure of entries that failed here, for the dead-letter reason.
@@ -119,9 +125,20 @@ impl Worker {
     ) -> Result<Self, WorkerError> {
         let streams = Streams::connect(redis_url, cfg.shards, cfg.consumer.clone()).await?;
         streams.ensure_groups().await?;
+        let broker = RedisBroker::connect(
+            redis_url,
+            BrokerConfig {
+                shards: cfg.shards,
+                // A resequenced message goes through the stream like any.
+                persist: true,
+                ..BrokerConfig::default()
+            },
+        )
+        .await?;
         Ok(Worker {
             cfg,
             streams: Arc::new(streams),
+            broker,
             store,
             metrics: Arc::new(Metrics::new()),
             failures: Default::default(),
@@ -271,8 +288,10 @@ impl Worker {
         match self.write_retrying(&batch, cancel).await {
             Retry::Cancelled => {}
             Retry::Done(Ok(outcome)) => {
+                let unrepaired = self.resequence(&outcome).await;
                 self.record(&batch, outcome);
-                self.ack_retrying(good.iter().map(|(e, _)| e), cancel).await;
+                let done = good.iter().filter(|(_, p)| !is_in(p, &unrepaired));
+                self.ack_retrying(done.map(|(e, _)| e), cancel).await;
             }
             Retry::Done(Err(e)) => {
                 // Some entry is refused by the database. Write them one by
@@ -287,8 +306,11 @@ impl Worker {
                     match self.write_retrying(&single, cancel).await {
                         Retry::Cancelled => return,
                         Retry::Done(Ok(outcome)) => {
+                            let unrepaired = self.resequence(&outcome).await;
                             self.record(&single, outcome);
-                            self.ack_retrying(std::iter::once(entry), cancel).await;
+                            if !is_in(p, &unrepaired) {
+                                self.ack_retrying(std::iter::once(entry), cancel).await;
+                            }
                         }
                         Retry::Done(Err(e)) => {
                             tracing::warn!(shard = entry.shard, id = %entry.id, error = %e, "entry rejected by the database");
@@ -298,6 +320,31 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Give every conflicting message of `outcome` a new seq (see
+    /// [`RedisBroker::resequence`]). Returns the ones that could not be
+    /// repaired now: their entries stay pending and come back, and the
+    /// conflict is found again.
+    async fn resequence(&self, outcome: &BatchOutcome) -> Vec<(ConvId, u64)> {
+        let mut failed = Vec::new();
+        for c in &outcome.conflicts {
+            let m = &c.message;
+            match self.broker.resequence(m, c.stored_max).await {
+                Ok(seq) => {
+                    self.metrics.resequenced.inc();
+                    tracing::warn!(
+                        conv = %m.conv, taken = m.seq, seq, stored_max = c.stored_max,
+                        "the broker's seq counter went back below stored seqs: message given a new seq"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(conv = %m.conv, seq = m.seq, error = %e, "resequencing failed; retried later");
+                    failed.push((m.conv.clone(), m.seq));
+                }
+            }
+        }
+        failed
     }
 
     fn record(&self, batch: &Batch, outcome: BatchOutcome) {
@@ -446,6 +493,11 @@ impl Worker {
             Err(e) => tracing::warn!(error = %e, "partition maintenance failed"),
         }
     }
+}
+
+/// Whether `p` is a message among `keys` (conversation, seq).
+fn is_in(p: &PersistEntry, keys: &[(ConvId, u64)]) -> bool {
+    matches!(p, PersistEntry::Message(m) if keys.iter().any(|(c, s)| *c == m.conv && *s == m.seq))
 }
 
 fn to_batch<'a>(entries: impl Iterator<Item = &'a PersistEntry>) -> Batch {

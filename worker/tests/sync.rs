@@ -282,3 +282,181 @@ async fn redis_data_loss_starts_a_new_epoch_above_the_stored_seqs() {
     stop.cancel();
     w.await.unwrap();
 }
+
+/// Send `{"type":"send"}` as `from` through `gw`; the `sent` seq, or 0 for
+/// an error answer (Redis coming back).
+async fn send_as(gw: &Gateway, from: Address, conv: &ConvId, id: &str) -> u64 {
+    let (token, _) = gw.state().chat.tokens.issue(
+        &from,
+        Duration::from_secs(60),
+        time::OffsetDateTime::now_utc(),
+    );
+    let url = format!("ws://{}/v1/ws", gw.local_addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(WsMsg::text(
+        json!({"type": "auth", "token": token}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let frame = json!({"type": "send", "conv": conv, "id": id, "body": {"id": id}});
+    ws.send(WsMsg::text(frame.to_string())).await.unwrap();
+    loop {
+        let Some(Ok(WsMsg::Text(t))) = ws.next().await else {
+            panic!("closed")
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        match v["type"].as_str().unwrap() {
+            "sent" => return v["seq"].as_u64().unwrap(),
+            "error" => return 0,
+            _ => {}
+        }
+    }
+}
+
+/// Every `(seq, id)` a `sync` from 0 replays (in pages), and the last
+/// `synced` frame.
+async fn replay_ids(gw: &Gateway, user: Address, conv: &ConvId) -> (Vec<(u64, String)>, Value) {
+    let (token, _) = gw.state().chat.tokens.issue(
+        &user,
+        Duration::from_secs(60),
+        time::OffsetDateTime::now_utc(),
+    );
+    let url = format!("ws://{}/v1/ws", gw.local_addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(WsMsg::text(
+        json!({"type": "auth", "token": token}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let mut got: Vec<(u64, String)> = vec![];
+    loop {
+        let after = got.last().map_or(0, |(s, _)| *s);
+        ws.send(WsMsg::text(
+            json!({"type": "sync", "conv": conv, "after": after}).to_string(),
+        ))
+        .await
+        .unwrap();
+        let synced = loop {
+            let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .expect("no frame within 5 s")
+                .unwrap()
+                .unwrap();
+            let WsMsg::Text(t) = frame else { continue };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            match v["type"].as_str().unwrap() {
+                "msg" => got.push((
+                    v["seq"].as_u64().unwrap(),
+                    v["id"].as_str().unwrap().to_owned(),
+                )),
+                "synced" => break v,
+                _ => {}
+            }
+        };
+        let last = got.last().map_or(0, |(s, _)| *s);
+        if last >= synced["last_seq"].as_u64().unwrap() || last == after {
+            return (got, synced);
+        }
+    }
+}
+
+/// Redis restored to an older snapshot (as an AOF `everysec` crash or an
+/// async failover does on a smaller scale): its seq counter is below seqs
+/// the worker already stored. New messages are first given those seqs; the
+/// worker finds each conflict, and the message gets a new seq above every
+/// stored one. Every message is then in history exactly once, under one
+/// seq, the stored ones unchanged, and clients see a new epoch. (Before,
+/// PostgreSQL stored a second row under a taken seq, which clients dropped
+/// as seen and history replay cut at.)
+#[tokio::test]
+async fn a_counter_that_went_back_never_reuses_a_stored_seq() {
+    let mut redis =
+        switchboard_testkit::RedisServer::start_with(switchboard_testkit::RedisServerOptions {
+            persistence: false,
+            ..Default::default()
+        })
+        .unwrap();
+    let pg = Postgres::start().unwrap();
+    let (store, _) = store(&pg, "rollback").await;
+    let cfg = switchboard_core::broker::BrokerConfig {
+        seed_from_store: true,
+        ..broker_config()
+    };
+    let broker = Arc::new(RedisBroker::connect(&redis.url(), cfg).await.unwrap());
+    let worker = Worker::connect(&redis.url(), store.clone(), worker_config())
+        .await
+        .unwrap();
+    let streams = worker.streams();
+    let metrics = worker.metrics();
+    let stop = CancellationToken::new();
+    let w = {
+        let stop = stop.clone();
+        tokio::spawn(async move { worker.run(stop).await })
+    };
+    let gw = gateway(broker.clone(), Some(Arc::new(store.clone()))).await;
+    let (a, b) = (addr(), addr());
+    let dm = ConvId::direct(&a, &b).unwrap();
+
+    for i in 1..=5 {
+        assert_eq!(send_as(&gw, a, &dm, &format!("m{i}")).await, i);
+    }
+    drained(&streams, Duration::from_secs(20)).await;
+    redis.command(&["SAVE"]).unwrap();
+    for i in 6..=10 {
+        assert_eq!(send_as(&gw, a, &dm, &format!("m{i}")).await, i);
+    }
+    drained(&streams, Duration::from_secs(20)).await;
+    let (_, before) = replay_ids(&gw, b, &dm).await;
+
+    // Back to the snapshot: the counter says 5, the store has 1..=10.
+    redis.kill9();
+    redis.restart().unwrap();
+    let mut given = vec![];
+    for i in 11..=15 {
+        let id = format!("n{i}");
+        let mut seq = 0;
+        for _ in 0..100 {
+            seq = send_as(&gw, b, &dm, &id).await;
+            if seq > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        given.push(seq);
+    }
+    assert_eq!(given, [6, 7, 8, 9, 10], "the counter did go back");
+    drained(&streams, Duration::from_secs(20)).await;
+    // The conflicts were repaired, and their new entries stored too.
+    drained(&streams, Duration::from_secs(20)).await;
+
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, msg_id FROM messages WHERE conv_id = $1 ORDER BY seq")
+            .bind(dm.as_str())
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let want: Vec<(i64, String)> = (1..=10)
+        .map(|i| (i, format!("m{i}")))
+        .chain((11..=15).map(|i| (i, format!("n{i}"))))
+        .collect();
+    assert_eq!(rows, want, "every message stored once, stored seqs kept");
+    assert_eq!(metrics.resequenced.get(), 5);
+
+    // Clients replay the same, in a new epoch whose base is below the
+    // seqs that were given twice.
+    let (got, after) = replay_ids(&gw, b, &dm).await;
+    let want: Vec<(u64, String)> = want.into_iter().map(|(s, id)| (s as u64, id)).collect();
+    assert_eq!(got, want);
+    assert_eq!(after["recovered"], true, "{after}");
+    assert!(
+        after["epoch"].as_u64().unwrap() > before["epoch"].as_u64().unwrap(),
+        "{before} {after}"
+    );
+    assert!(after["epoch_base"].as_u64().unwrap() <= 5, "{after}");
+    // The sender's retry of a repaired message answers its new seq.
+    assert_eq!(send_as(&gw, b, &dm, "n11").await, 11);
+
+    gw.shutdown().await;
+    stop.cancel();
+    w.await.unwrap();
+}

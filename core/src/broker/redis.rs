@@ -46,6 +46,12 @@ static SEED_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/se
 static MEMBERS_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/members.lua")));
 static MARK_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/mark.lua")));
 static TOUCH_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/touch.lua")));
+static RESEQUENCE_LUA: LazyLock<String> =
+    LazyLock::new(|| script(include_str!("lua/resequence.lua")));
+
+/// Epochs started within this long of the previous one keep its base (see
+/// `lua/resequence.lua`).
+const REPAIR_EPISODE: Duration = Duration::from_secs(60);
 
 /// A script's text with the stream field placeholders filled in.
 fn script(template: &str) -> String {
@@ -180,6 +186,7 @@ pub struct RedisBroker {
     seed_script: Arc<Script>,
     mark_script: Arc<Script>,
     touch_script: Arc<Script>,
+    resequence_script: Arc<Script>,
     report_script: Arc<Script>,
     read_reports_script: Arc<Script>,
     live: Arc<Mutex<(Option<Instant>, HashSet<String>)>>,
@@ -189,6 +196,49 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
+    /// Give `message` a new seq: the store holds another message under its
+    /// seq, so Redis's counter went back (it lost writes the worker had
+    /// already stored). The counter is raised to `stored_max` so no stored
+    /// seq is given out again, the message's log entry at the taken seq goes,
+    /// a new epoch starts (clients drop what they hold above its base and
+    /// sync again), and the message is appended under the next seq — to the
+    /// log, the persistence stream and its idempotency record, so a retry
+    /// by its sender answers the new seq. Returns the new seq.
+    pub async fn resequence(&self, message: &Message, stored_max: u64) -> Result<u64> {
+        let keys = self.conv_keys(&message.conv);
+        let from = message.from.lower();
+        let out: Vec<i64> = self
+            .resequence_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![
+                    keys.key(suffix::SEQ),
+                    keys.key(suffix::LOG),
+                    keys.key(suffix::EPOCH),
+                    keys.dedupe(&from, &message.id),
+                    keys.persist.clone(),
+                ],
+                vec![
+                    stored_max.to_string(),
+                    message.seq.to_string(),
+                    from,
+                    message.id.to_string(),
+                    message.body.get().to_owned(),
+                    self.cfg.log_max_len.to_string(),
+                    millis(self.cfg.dedupe_ttl).to_string(),
+                    if self.cfg.persist { "1" } else { "0" }.into(),
+                    message.conv.to_string(),
+                    millis(REPAIR_EPISODE).to_string(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        match out.as_slice() {
+            [_, seq] if *seq > 0 => Ok(*seq as u64),
+            _ => Err(corrupt("resequence reply")),
+        }
+    }
+
     /// Connect to `url`: `redis://host:port[/db]` for a standalone server or
     /// `redis-cluster://host:port?node=host:port&...` for a cluster.
     pub async fn connect(url: &str, cfg: BrokerConfig) -> Result<Self> {
@@ -209,6 +259,7 @@ impl RedisBroker {
             seed_script: Arc::new(Script::from_lua(SEED_LUA.as_str())),
             mark_script: Arc::new(Script::from_lua(MARK_LUA.as_str())),
             touch_script: Arc::new(Script::from_lua(TOUCH_LUA.as_str())),
+            resequence_script: Arc::new(Script::from_lua(RESEQUENCE_LUA.as_str())),
             report_script: Arc::new(Script::from_lua(reports::REPORT_LUA)),
             read_reports_script: Arc::new(Script::from_lua(reports::READ_LUA)),
             live: Arc::default(),
@@ -1202,8 +1253,9 @@ mod tests {
         );
     }
 
-    fn scripts() -> [(&'static str, &'static str); 7] {
+    fn scripts() -> [(&'static str, &'static str); 8] {
         [
+            ("resequence", RESEQUENCE_LUA.as_str()),
             ("send", SEND_LUA.as_str()),
             ("create", CREATE_LUA.as_str()),
             ("create_channel", CREATE_CHANNEL_LUA.as_str()),
@@ -1241,7 +1293,7 @@ mod tests {
             let calls = lua::xadd_calls(text);
             let expected = match name {
                 // The log (KEYS[2]) and the persistence stream (KEYS[5]).
-                "send" => vec![
+                "send" | "resequence" => vec![
                     ("KEYS[2]", log.clone(), None),
                     (
                         "KEYS[5]",

@@ -70,12 +70,24 @@ impl Batch {
 }
 
 /// What a batch write changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct BatchOutcome {
     /// Messages newly stored.
     pub inserted: u64,
     /// Messages that were already stored (a redelivered stream entry).
     pub duplicates: u64,
+    /// Messages not stored because another message holds their seq: the
+    /// broker's seq counter went back (Redis lost writes the store already
+    /// has). Each must be given a new seq above `stored_max`.
+    pub conflicts: Vec<SeqConflict>,
+}
+
+/// A message whose seq the store already gave to another message.
+#[derive(Debug, Clone)]
+pub struct SeqConflict {
+    pub message: Message,
+    /// The conversation's highest stored seq.
+    pub stored_max: u64,
 }
 
 /// The durable engine interface, so the gateway and worker take any store

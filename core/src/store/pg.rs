@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Executor, Row};
 
-use super::{Batch, BatchOutcome, Result, Store, StoreError};
+use super::{Batch, BatchOutcome, Result, SeqConflict, Store, StoreError};
 use switchboard_proto::frames::Message;
 use switchboard_proto::ids::{Address, ConvId, ConvKind, MsgId};
 use switchboard_proto::model::{
@@ -137,10 +137,22 @@ impl Store for PgStore {
         }
 
         // Messages deduplicated within the batch (a stream entry delivered
-        // twice can land in one batch), sorted for a stable lock order.
+        // twice can land in one batch), sorted for a stable lock order. Two
+        // different messages with one seq (the broker's counter went back
+        // between them) are a conflict, not a duplicate.
         let mut msgs: BTreeMap<(&str, u64), &Message> = BTreeMap::new();
+        let mut conflicting: Vec<&Message> = Vec::new();
         for m in &batch.messages {
-            msgs.entry((m.conv.as_str(), m.seq)).or_insert(m);
+            match msgs.entry((m.conv.as_str(), m.seq)) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(m);
+                }
+                std::collections::btree_map::Entry::Occupied(o) => {
+                    if !same_message(o.get(), &m.id.to_string(), &m.from.lower()) {
+                        conflicting.push(m);
+                    }
+                }
+            }
         }
         // Watermarks folded to the highest per (conversation, user).
         let mut marks: BTreeMap<(&str, String), (u64, u64)> = BTreeMap::new();
@@ -219,6 +231,36 @@ impl Store for PgStore {
 
         let mut outcome = BatchOutcome::default();
         if !msgs.is_empty() {
+            // A stored row with one of these seqs and another message: the
+            // seq counter went back. Such a message is not stored under a
+            // seq that is taken; it is handed back as a conflict.
+            let (kc, ks): (Vec<String>, Vec<i64>) =
+                msgs.keys().map(|(c, s)| (c.to_string(), *s as i64)).unzip();
+            let taken: Vec<(String, i64, String, String)> = sqlx::query_as(
+                "SELECT m.conv_id, m.seq, m.msg_id, m.sender FROM messages m
+                 JOIN UNNEST($1::text[], $2::int8[]) AS k(c, s)
+                   ON m.conv_id = k.c AND m.seq = k.s",
+            )
+            .bind(&kc)
+            .bind(&ks)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
+            let taken: std::collections::HashMap<(String, u64), (String, String)> = taken
+                .into_iter()
+                .map(|(c, s, i, f)| ((c, s as u64), (i, f)))
+                .collect();
+            msgs.retain(
+                |(conv, seq), m| match taken.get(&(conv.to_string(), *seq)) {
+                    Some((id, sender)) if !same_message(m, id, sender) => {
+                        conflicting.push(m);
+                        false
+                    }
+                    _ => true,
+                },
+            );
+        }
+        if !msgs.is_empty() {
             let mut cols = (vec![], vec![], vec![], vec![], vec![], vec![]);
             for m in msgs.values() {
                 cols.0.push(m.conv.to_string());
@@ -246,6 +288,26 @@ impl Store for PgStore {
             .map_err(classify)?;
             outcome.inserted = done.rows_affected();
             outcome.duplicates = msgs.len() as u64 - outcome.inserted;
+        }
+        if !conflicting.is_empty() {
+            let ids: Vec<String> = conflicting.iter().map(|m| m.conv.to_string()).collect();
+            let highest: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT conv_id, max(seq) FROM messages WHERE conv_id = ANY($1) GROUP BY conv_id",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
+            outcome.conflicts = conflicting
+                .into_iter()
+                .map(|m| SeqConflict {
+                    message: m.clone(),
+                    stored_max: highest
+                        .iter()
+                        .find(|(c, _)| c == m.conv.as_str())
+                        .map_or(m.seq, |(_, s)| (*s as u64).max(m.seq)),
+                })
+                .collect();
         }
 
         if !marks.is_empty() {
@@ -608,4 +670,9 @@ fn message_from_row(conv: &ConvId, r: &sqlx::postgres::PgRow) -> Result<Message>
         body: RawValue::from_string(body).map_err(|e| bad("body", &e))?,
         ts: ts as u64,
     })
+}
+
+/// Whether `m` is the message with client id `id` from `sender` (lowercase).
+fn same_message(m: &Message, id: &str, sender: &str) -> bool {
+    m.id.as_str() == id && m.from.lower() == sender
 }
