@@ -1209,6 +1209,47 @@ async fn direct_list_repair(e: &Engine) {
     assert_eq!(b.user_conversations(&x).await.unwrap(), vec![dm]);
 }
 
+/// A full persistence stream (the worker down or far behind) refuses new
+/// messages with a clear error instead of growing until Redis runs out of
+/// memory; retries of stored messages still answer, and sends resume once
+/// the worker caught up. On a server of its own: it empties a shard's
+/// stream, which the checks sharing the cluster run would see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persist_backlog() {
+    use fred::prelude::*;
+    let e = &Engine::Redis(RedisServer::start().unwrap());
+    let b = e
+        .broker(BrokerConfig {
+            persist: true,
+            persist_backlog_max: 3,
+            ..BrokerConfig::default()
+        })
+        .await;
+    let (x, y) = (addr(), addr());
+    let dm = ConvId::direct(&x, &y).unwrap();
+    for i in 1..=3 {
+        b.send(req(&dm, &format!("b{i}"), x, "1")).await.unwrap();
+    }
+    assert!(matches!(
+        b.send(req(&dm, "b4", x, "1")).await,
+        Err(BrokerError::Backlogged(3))
+    ));
+    assert!(b.send(req(&dm, "b1", x, "1")).await.unwrap().duplicate);
+    assert_eq!(b.read_log(&dm, 0, 10).await.unwrap().last_seq, 3);
+    // The worker catches up (and trims what it stored).
+    let shard = shard_of(&dm, BrokerConfig::default().shards);
+    let client = plain_client(&e.url()).await;
+    let _: u64 = client
+        .xtrim(
+            switchboard_core::broker::persist::persist_stream_key(shard),
+            ("MAXLEN", 0),
+        )
+        .await
+        .unwrap();
+    let _ = client.quit().await;
+    assert_eq!(b.send(req(&dm, "b4", x, "1")).await.unwrap().message.seq, 4);
+}
+
 /// Records written before idempotency was per sender (`…:d:<msgid>`) still
 /// answer their sender's retries after an upgrade, and only theirs.
 async fn legacy_dedupe_records(e: &Engine) {

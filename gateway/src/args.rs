@@ -30,6 +30,11 @@ pub struct GatewayArgs {
     /// Days a message stays in the Redis log (0: no age limit)
     #[arg(long, default_value_t = 30)]
     pub log_max_age_days: u64,
+    /// With PostgreSQL: entries a shard's persistence stream may hold before
+    /// new messages are refused as `unavailable` (the worker is down or far
+    /// behind); 0: no cap
+    #[arg(long, default_value_t = 100_000)]
+    pub persist_backlog_max: usize,
     /// EIP-4361 domain sign-in messages must name
     #[arg(long, env = env::DOMAIN, default_value = "localhost")]
     pub domain: String,

@@ -62,6 +62,7 @@ pub async fn connect(args: &GatewayArgs, migrate: bool) -> anyhow::Result<Engine
         seed_from_store: store.is_some(),
         log_max_len: args.log_max_len.max(1),
         log_max_age: Duration::from_secs(args.log_max_age_days * 24 * 3600),
+        persist_backlog_max: args.persist_backlog_max,
         ..BrokerConfig::default()
     };
     let (broker, mut describe): (DynBroker, String) = match &args.redis_url {

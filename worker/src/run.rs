@@ -360,7 +360,7 @@ impl Worker {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         // Bounded: a flood of bad entries must not grow memory without limit.
         if f.len() < 10_000 {
-            f.insert(format!("{}/{}", e.shard, e.id), reason);
+            f.insert(failure_key(e.shard, &e.id), reason);
         }
     }
 
@@ -425,13 +425,22 @@ impl Worker {
     }
 
     /// Take over entries idle for `claim_idle`; dead-letter those delivered
-    /// `max_attempts` times already.
+    /// `max_attempts` times already that this worker saw refused (the
+    /// database rejected them, or they do not parse). An entry that was
+    /// only ever held up by an outage — claimed again and again by workers
+    /// restarting while PostgreSQL was down — is claimed and written, never
+    /// moved aside: its delivery count says nothing about its data.
     async fn claim_stale(&self) -> Result<Vec<Entry>, fred::error::Error> {
         let idle_ms = self.cfg.claim_idle.as_millis() as u64;
         let stale = self.streams.stale(idle_ms, 256).await?;
         let mut to_claim: HashMap<u16, Vec<String>> = HashMap::new();
         for p in stale {
-            if p.deliveries >= self.cfg.max_attempts {
+            let refused = self
+                .failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&failure_key(p.shard, &p.id));
+            if p.deliveries >= self.cfg.max_attempts && refused {
                 self.dead_letter(&p).await?;
             } else {
                 to_claim.entry(p.shard).or_default().push(p.id);
@@ -454,7 +463,7 @@ impl Worker {
             .failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&format!("{}/{}", p.shard, p.id))
+            .remove(&failure_key(p.shard, &p.id))
             .unwrap_or_else(|| format!("not persisted after {} deliveries", p.deliveries));
         if self.streams.dead_letter(p, &reason).await? {
             self.metrics.dead_letters.inc();
@@ -493,6 +502,11 @@ impl Worker {
             Err(e) => tracing::warn!(error = %e, "partition maintenance failed"),
         }
     }
+}
+
+/// The key of an entry's last refusal in `Worker::failures`.
+fn failure_key(shard: u16, id: &str) -> String {
+    format!("{shard}/{id}")
 }
 
 /// Whether `p` is a message among `keys` (conversation, seq).

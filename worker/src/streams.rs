@@ -224,6 +224,7 @@ impl Streams {
                     p.id.clone(),
                     reason.to_string(),
                     p.deliveries.to_string(),
+                    persist::DEAD_LETTER_MAX_LEN.to_string(),
                 ],
             )
             .await?;
@@ -312,7 +313,8 @@ mod tests {
             ]
         );
         assert!(
-            DEAD_LETTER_LUA.contains("redis.call('XADD', KEYS[2], '*', unpack(f))"),
+            DEAD_LETTER_LUA
+                .contains("redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(f))"),
             "the dead entry is written from the field list only"
         );
         assert!(!TRIM_LUA.contains("XADD"));

@@ -233,6 +233,98 @@ async fn postgres_outage_loses_nothing() {
     handle.await.unwrap();
 }
 
+/// Workers restart again and again while PostgreSQL is down (a crash loop,
+/// pods rescheduled): each takes over the pending entries, which counts a
+/// delivery each time, and none can write them. Once PostgreSQL is back,
+/// every message is stored and nothing was dead-lettered: an entry is moved
+/// aside only after the database itself refused it. (Before, entries were
+/// dead-lettered at claim time after `max_attempts` deliveries, whatever
+/// the reason.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_with_restarting_workers_dead_letters_nothing() {
+    let redis = RedisServer::start().unwrap();
+    let mut pg = Postgres::start().unwrap();
+    let (store, _) = store(&pg, "outage_restarts").await;
+    let broker = RedisBroker::connect(&redis.url(), broker_config())
+        .await
+        .unwrap();
+    let cfg = WorkerConfig {
+        max_attempts: 2,
+        claim_idle: Duration::from_millis(200),
+        claim_interval: Duration::from_millis(100),
+        ..worker_config()
+    };
+    // The consumer group exists before the outage.
+    drop(
+        Worker::connect(&redis.url(), store.clone(), cfg.clone())
+            .await
+            .unwrap(),
+    );
+    tokio::task::block_in_place(|| pg.stop());
+    let (a, b) = (addr(), addr());
+    let dm = ConvId::direct(&a, &b).unwrap();
+    let mut sent = Sent::new();
+    for i in 0..20 {
+        send(&broker, &mut sent, &dm, a, &MsgId::random(), &i.to_string())
+            .await
+            .unwrap();
+    }
+    // Five short-lived workers in a row, each cut off mid-outage.
+    let mut last_metrics = None;
+    for n in 0..5 {
+        let worker = Worker::connect(
+            &redis.url(),
+            store.clone(),
+            WorkerConfig {
+                consumer: format!("restarting-{n}"),
+                ..cfg.clone()
+            },
+        )
+        .await
+        .unwrap();
+        last_metrics = Some(worker.metrics());
+        let (cancel, handle) = spawn_worker(worker);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        cancel.cancel();
+        handle.await.unwrap();
+    }
+    let deliveries = redis
+        .command(&[
+            "XPENDING",
+            &persist_key_of(&dm),
+            switchboard_core::broker::persist::WORKER_GROUP,
+        ])
+        .unwrap();
+    assert!(!deliveries.is_empty());
+    tokio::task::block_in_place(|| pg.restart()).unwrap();
+    let worker = Worker::connect(&redis.url(), store.clone(), cfg)
+        .await
+        .unwrap();
+    let metrics = worker.metrics();
+    let streams = worker.streams();
+    let (cancel, handle) = spawn_worker(worker);
+    drained(&streams, Duration::from_secs(30)).await;
+    assert_stored_exactly(&store, &sent).await;
+    for m in [metrics, last_metrics.unwrap()] {
+        assert!(
+            !m.render()
+                .contains("switchboard_worker_dead_letters_total 1"),
+            "{}",
+            m.render()
+        );
+        assert_eq!(m.dead_letters.get(), 0);
+    }
+    cancel.cancel();
+    handle.await.unwrap();
+}
+
+/// The persistence stream of `conv`'s shard.
+fn persist_key_of(conv: &ConvId) -> String {
+    switchboard_core::broker::persist::persist_stream_key(switchboard_core::broker::shard_of(
+        conv, SHARDS,
+    ))
+}
+
 /// kill -9 a worker process while it works through a backlog, start another:
 /// the second claims what the first left pending; every message is stored
 /// exactly once.

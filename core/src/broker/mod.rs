@@ -60,6 +60,11 @@ pub enum BrokerError {
     /// request comes back so the caller need not clone every send.
     #[error("conversation not seeded in the broker")]
     Unseeded(Box<SendRequest>),
+    /// The shard's persistence stream holds `persist_backlog_max` entries:
+    /// the worker is down or far behind. Nothing was stored; the sender
+    /// retries later with the same id.
+    #[error("persistence backlog full ({0} entries): the worker is down or behind")]
+    Backlogged(usize),
 }
 
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
@@ -85,6 +90,11 @@ pub struct BrokerConfig {
     /// stored seqs, in a new epoch, instead of restarting at 1. On whenever a
     /// store is configured.
     pub seed_from_store: bool,
+    /// With `persist`: a shard's persistence stream holding this many
+    /// entries refuses new messages ([`BrokerError::Backlogged`]) instead of
+    /// growing until Redis runs out of memory while the worker is down.
+    /// Zero: no cap.
+    pub persist_backlog_max: usize,
     /// Number of logical shards (hash tags). Fixed for the life of a deployment.
     pub shards: u16,
     /// A gateway that has not refreshed its liveness for this long is dead and
@@ -100,6 +110,7 @@ impl Default for BrokerConfig {
             dedupe_ttl: Duration::from_secs(24 * 3600),
             persist: false,
             seed_from_store: false,
+            persist_backlog_max: 100_000,
             shards: 64,
             gateway_ttl: Duration::from_secs(15),
         }

@@ -83,6 +83,10 @@ pub const LUA_PLACEHOLDERS: &[(&str, &str)] = &[
 /// The worker's consumer group on every persistence stream.
 pub const WORKER_GROUP: &str = "sb-worker";
 
+/// Dead letters kept per shard (approximately): past it the oldest go, so a
+/// flood of refused entries cannot fill Redis. Watch `dead_letter_size`.
+pub const DEAD_LETTER_MAX_LEN: usize = 100_000;
+
 /// The persistence stream of logical shard `shard`.
 pub fn persist_stream_key(shard: u16) -> String {
     format!("sb:{{{shard}}}:persist")

@@ -699,6 +699,7 @@ impl Broker for RedisBroker {
             req.conv.to_string(),
             if self.cfg.seed_from_store { "1" } else { "0" }.into(),
             millis(self.cfg.log_max_age).to_string(),
+            self.cfg.persist_backlog_max.to_string(),
         ];
         let out: Vec<Value> = self
             .send_script
@@ -714,6 +715,9 @@ impl Broker for RedisBroker {
         }
         if status == -3 {
             return Err(BrokerError::NotPublisher);
+        }
+        if status == -4 {
+            return Err(BrokerError::Backlogged(self.cfg.persist_backlog_max));
         }
         if status < 0 {
             return Err(BrokerError::NotMember);

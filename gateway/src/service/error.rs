@@ -68,6 +68,11 @@ impl From<BrokerError> for ChatError {
                 detail,
             },
             BrokerError::Corrupt(m) => ChatError::Internal(format!("broker data corrupt: {m}")),
+            // Refused for the store's sake: the durable side is behind.
+            e @ BrokerError::Backlogged(_) => ChatError::Unavailable {
+                what: Engine::Store,
+                detail: e.to_string(),
+            },
             // The service seeds and resends; an unseeded answer that gets
             // here is a bug in the service, not the caller's problem.
             BrokerError::Unseeded(_) => {

@@ -19,8 +19,11 @@
 -- ARGV[9] conversation id             ARGV[10] '1' when a missing seq
 --         counter means the conversation must be seeded from the store
 -- ARGV[11] log max age (ms, 0: none)
+-- ARGV[12] with ARGV[7] '1': the persistence stream length at which new
+--          messages are refused (0: no cap)
 --
 -- Returns {-2} when seeding is required and the seq counter is missing,
+-- {-4} when the persistence stream is full (the worker is down or behind),
 -- {-1} for a non-member, {-3} for a channel non-publisher,
 -- {0, seq, ts, member...} for a duplicate and {1, seq, ts, member...} for a
 -- new message (members of groups only: a direct conversation's members are
@@ -60,6 +63,9 @@ end
 if prev then
   local sep = string.find(prev, ':', 1, true)
   out = {0, tonumber(string.sub(prev, 1, sep - 1)), tonumber(string.sub(prev, sep + 1))}
+elseif ARGV[7] == '1' and tonumber(ARGV[12]) > 0
+    and redis.call('XLEN', KEYS[5]) >= tonumber(ARGV[12]) then
+  return {-4}
 else
   local t = redis.call('TIME')
   local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
