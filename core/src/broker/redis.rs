@@ -464,6 +464,33 @@ pub fn redis_builder(config: &Config) -> Builder {
     b
 }
 
+/// Wait until Redis has applied the (un)subscribe just sent on `sub`. fred
+/// answers SUBSCRIBE and UNSUBSCRIBE once they are written, not once Redis
+/// confirms them, so a publish right after could still miss a new
+/// subscriber or reach an old one. A PING on the same connection is answered
+/// after everything sent before it: a barrier. On a cluster, the PING goes
+/// to the node of `topic`'s slot, where the sharded (un)subscribe went.
+async fn applied(sub: &SubscriberClient, topic: Option<&str>) -> Result<()> {
+    let ping = match topic {
+        Some(t) => {
+            let slot = fred::util::redis_keyslot(t.as_bytes());
+            let node = sub
+                .cached_cluster_state()
+                .and_then(|s| s.get_server(slot).cloned())
+                .ok_or_else(|| {
+                    BrokerError::Unavailable(format!("no cluster node known for {t}"))
+                })?;
+            let on_node = fred::types::config::Options {
+                cluster_node: Some(node),
+                ..Default::default()
+            };
+            sub.with_options(&on_node).ping::<Value>(None).await
+        }
+        None => sub.ping::<Value>(None).await,
+    };
+    ping.map(|_| ()).map_err(unavailable)
+}
+
 /// A TTL in whole milliseconds (at least 1: Redis refuses 0), the precision
 /// the memory engine keeps too.
 fn millis(d: Duration) -> i64 {
@@ -947,6 +974,9 @@ impl Broker for RedisBroker {
         } else {
             sub.subscribe(channel.clone()).await.map_err(unavailable)?;
         }
+        // Routed to only once subscribed: events routed to it before would
+        // be lost.
+        applied(&sub, self.cluster.then_some(channel.as_str())).await?;
         self.gateway_alive(gateway).await?;
         let (tx, out) = mpsc::channel(4096);
         tokio::spawn(async move {
@@ -1063,20 +1093,22 @@ impl Broker for RedisBroker {
         let sub = self.subscriber(gateway)?;
         let topic = channel_topic(conv);
         if self.cluster {
-            sub.ssubscribe(topic).await.map_err(unavailable)
+            sub.ssubscribe(topic.clone()).await.map_err(unavailable)?;
         } else {
-            sub.subscribe(topic).await.map_err(unavailable)
+            sub.subscribe(topic.clone()).await.map_err(unavailable)?;
         }
+        applied(&sub, self.cluster.then_some(topic.as_str())).await
     }
 
     async fn unsubscribe_channel(&self, gateway: &str, conv: &ConvId) -> Result<()> {
         let sub = self.subscriber(gateway)?;
         let topic = channel_topic(conv);
         if self.cluster {
-            sub.sunsubscribe(topic).await.map_err(unavailable)
+            sub.sunsubscribe(topic.clone()).await.map_err(unavailable)?;
         } else {
-            sub.unsubscribe(topic).await.map_err(unavailable)
+            sub.unsubscribe(topic.clone()).await.map_err(unavailable)?;
         }
+        applied(&sub, self.cluster.then_some(topic.as_str())).await
     }
 
     async fn publish_channel(&self, ev: Routed) -> Result<()> {
