@@ -20,7 +20,8 @@
 #      credentials and the session key) and waits for its Ready condition;
 #   6. smoke check: the gateway and worker Deployments run the local image,
 #      then through a port-forward to the gateway Service, GET /readyz answers
-#      "ready" and GET /metrics serves the switchboard_gateway_* metrics.
+#      "ready", GET /metrics is not served there, and the pods' metrics
+#      port (9090) serves the switchboard_gateway_* metrics.
 # On failure it prints `kubectl get all,chatclusters,events -A`, the
 # ChatCluster's description and the operator's and data plane's logs, and
 # saves them, plus `kind export logs`, under the artifacts directory. On exit the
@@ -348,10 +349,26 @@ ready=$(curl -fsS --max-time 5 --retry 10 --retry-delay 1 --retry-all-errors "$b
 [ "$ready" = ready ] || die "GET /readyz answered '$ready', expected 'ready'"
 echo "GET /readyz: $ready"
 
-curl -fsS --max-time 5 --retry 5 --retry-delay 1 --retry-all-errors "$base/metrics" >"$workdir/metrics.txt"
+# /metrics is not on the public port (the Service); it has a listener of
+# its own on the pods (port "metrics", 9090) for Prometheus.
+public_metrics=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$base/metrics")
+[ "$public_metrics" = 404 ] || die "GET /metrics on the gateway Service answered $public_metrics, expected 404"
+stop_port_forward
+kubectl -n "$CHAT_NS" port-forward --address 127.0.0.1 "deployment/$CHAT-gateway" :9090 \
+  >"$workdir/port-forward-metrics.log" 2>&1 &
+pf_pid=$!
+port=""
+for _ in $(seq 1 60); do
+  port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$workdir/port-forward-metrics.log" | head -1)
+  [ -n "$port" ] && break
+  kill -0 "$pf_pid" 2>/dev/null || break
+  sleep 0.5
+done
+[ -n "$port" ] || die "port-forward to the gateway's metrics port did not start: $(cat "$workdir/port-forward-metrics.log")"
+curl -fsS --max-time 5 --retry 5 --retry-delay 1 --retry-all-errors "http://127.0.0.1:$port/metrics" >"$workdir/metrics.txt"
 grep -q '^switchboard_gateway_' "$workdir/metrics.txt" ||
   die "GET /metrics has no switchboard_gateway_* sample: $(head -c 2000 "$workdir/metrics.txt")"
-echo "GET /metrics: $(grep -c '^switchboard_gateway_' "$workdir/metrics.txt") switchboard_gateway_* samples"
+echo "GET /metrics (pod port 9090): $(grep -c '^switchboard_gateway_' "$workdir/metrics.txt") switchboard_gateway_* samples"
 stop_port_forward
 
 printf '\nkind e2e passed in %ss\n' "$(($(date +%s) - start))"

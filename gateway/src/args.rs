@@ -17,6 +17,10 @@ pub struct GatewayArgs {
     /// Address to serve HTTP and WebSocket on
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Address to serve /metrics on: its own listener, never the public one
+    /// (default: a free local port, printed at start-up)
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub metrics_listen: String,
     /// Use Redis (redis://… or redis-cluster://…) instead of the in-memory broker
     #[arg(long, env = env::REDIS_URL, hide_env_values = true)]
     pub redis_url: Option<String>,

@@ -11,6 +11,10 @@ use crate::relay::RelayConfig;
 /// See the field docs; `Default` is what `switchboard dev` runs with.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
+    /// Where `/metrics` is served: its own listener, never the public one
+    /// (which an Ingress or load balancer exposes). Default `127.0.0.1:0`
+    /// (a free local port, see `Gateway::metrics_addr`).
+    pub metrics_listen: String,
     /// This instance's id in the connection registry. Must be unique among the
     /// gateways sharing a broker; defaults to a random `gw-<hex>`.
     pub gateway_id: String,
@@ -100,6 +104,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         let id: [u8; 6] = rand::random();
         GatewayConfig {
+            metrics_listen: "127.0.0.1:0".into(),
             gateway_id: format!("gw-{}", hex::encode(id)),
             domain: "localhost".into(),
             chain_ids: vec![1],

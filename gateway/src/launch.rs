@@ -108,6 +108,7 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<GatewayConfig> {
         session_ttl: args.session_ttl,
         relay: relay_config(args.relay_config.as_deref(), args.relay_api_key.clone())?,
         api_keys: args.api_keys.clone(),
+        metrics_listen: args.metrics_listen.clone(),
         ..GatewayConfig::default()
     })
 }
@@ -129,8 +130,11 @@ pub async fn serve(
         .context("cannot start the gateway")?;
     let addr = gateway.local_addr();
     println!(
-        "{banner}: http://{addr} (ws://{addr}/v1/ws), broker {}, domain {}, chain ids {:?}; Ctrl-C to stop",
-        engines.describe, args.domain, args.chain_ids
+        "{banner}: http://{addr} (ws://{addr}/v1/ws), metrics http://{}/metrics, broker {}, domain {}, chain ids {:?}; Ctrl-C to stop",
+        gateway.metrics_addr(),
+        engines.describe,
+        args.domain,
+        args.chain_ids
     );
     shutdown_signal().await;
     tracing::info!("shutting down: draining connections");

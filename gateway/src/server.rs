@@ -27,12 +27,20 @@ pub enum GatewayError {
     Io(#[from] std::io::Error),
 }
 
+/// The internal listener's router: `/metrics` (and `/healthz`), kept off
+/// the public port.
+pub fn metrics_router(state: AppRef) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .with_state(state)
+}
+
 /// The HTTP router, for embedding or for in-process tests.
 pub fn router(state: AppRef) -> Router {
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
         .route("/v1/auth/nonce", get(auth::nonce))
         .route("/v1/auth/verify", post(auth::verify))
         .route("/v1/auth/revoke", post(auth::revoke_own))
@@ -93,6 +101,7 @@ fn log_relay(relay: Option<&RelayConfig>) {
 pub struct Gateway {
     state: AppRef,
     addr: SocketAddr,
+    metrics_addr: SocketAddr,
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     /// Connection reports (with an identity only); ends by itself on drain.
@@ -123,6 +132,8 @@ impl Gateway {
         listener: TcpListener,
     ) -> Result<Gateway, GatewayError> {
         let addr = listener.local_addr()?;
+        let metrics_listener = TcpListener::bind(&cfg.metrics_listen).await?;
+        let metrics_addr = metrics_listener.local_addr()?;
         let mut events = broker.attach(&cfg.gateway_id).await?;
         let state = AppState::new(cfg, broker, store);
 
@@ -180,20 +191,35 @@ impl Gateway {
                 }
             })
         };
+        // Serves through the drain (scrapes see it), until the gateway stops.
+        let metrics = {
+            let app = metrics_router(state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(metrics_listener, app).await {
+                    tracing::error!(error = %e, "metrics server failed");
+                }
+            })
+        };
         let reporter = report::spawn(state.clone());
-        tracing::info!(%addr, gateway = %state.cfg.gateway_id, "gateway listening");
+        tracing::info!(%addr, %metrics_addr, gateway = %state.cfg.gateway_id, "gateway listening");
         log_relay(state.cfg.relay.as_ref());
         Ok(Gateway {
             state,
             addr,
+            metrics_addr,
             server,
-            background: vec![dispatcher, liveness, expiry],
+            background: vec![dispatcher, liveness, expiry, metrics],
             reporter,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served ([`GatewayConfig::metrics_listen`]).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     pub fn state(&self) -> &AppRef {

@@ -256,7 +256,7 @@ async fn a_reader_that_stops_reading_is_cut_off() {
     let ws_slow = Ws::connect(&g, &login(&http(&g), &slow).await).await; // never reads again
     let conv = ConvId::direct(&a.addr, &slow.addr).unwrap();
     let body = "y".repeat(60 * 1024);
-    let metrics = format!("{}/metrics", http(&g));
+    let metrics = format!("http://{}/metrics", g.metrics_addr());
     let mut cut = false;
     for i in 0..400 {
         wa.send(json!({"type":"send","conv":conv,"id":format!("s{i}"),"body":body}))

@@ -73,7 +73,7 @@ async fn delivery_resumes_on_the_same_sockets_after_redis_restarts_empty() {
     deliver(&mut wa, &mut wb, &conv, "after-1", Duration::from_secs(10)).await;
     deliver(&mut wb, &mut wa, &conv, "after-2", Duration::from_secs(10)).await;
     for gw in [&gw1, &gw2] {
-        let metrics = reqwest::get(format!("{}/metrics", http(gw)))
+        let metrics = reqwest::get(format!("http://{}/metrics", gw.metrics_addr()))
             .await
             .unwrap()
             .text()

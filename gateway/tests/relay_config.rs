@@ -152,8 +152,10 @@ async fn a_valid_relay_config_is_logged_and_exported() {
     let file = dir.path().join("relay.json");
     std::fs::write(&file, ABLY).unwrap();
     let port = switchboard_testkit::free_port().unwrap();
+    let metrics_port = switchboard_testkit::free_port().unwrap();
     // As the operator's Deployment passes it: both through the environment.
     let mut gw = gateway(dir.path(), port)
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .env("SWITCHBOARD_RELAY_CONFIG", &file)
         .env("SWITCHBOARD_RELAY_API_KEY", format!("app.key:{SECRET}"))
         .stdout(Stdio::null())
@@ -181,7 +183,12 @@ async fn a_valid_relay_config_is_logged_and_exported() {
     assert!(logged.contains("api_key=\"set\""), "{logged}");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    // Not on the public port: /metrics has a listener of its own.
+    let public = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(public.status().as_u16(), 404);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
         .await
         .unwrap()
         .text()

@@ -213,7 +213,7 @@ async fn sse_cuts_off_a_slow_reader_who_then_resumes() {
         .await;
         wa.recv_type("sent").await;
     }
-    let metrics = reqwest::get(format!("{base}/metrics"))
+    let metrics = reqwest::get(format!("http://{}/metrics", gw.metrics_addr()))
         .await
         .unwrap()
         .text()

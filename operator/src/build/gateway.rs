@@ -29,8 +29,11 @@ use super::{
 use crate::crd::AutoscalingMode;
 
 pub const COMPONENT: &str = "gateway";
-/// Port the gateway serves HTTP, WebSocket and metrics on.
+/// Port the gateway serves HTTP and WebSocket on (the Service's target).
 pub const HTTP_PORT: i32 = 8080;
+/// Port of the gateway's `/metrics`: its own listener, not behind the
+/// Service, for Prometheus to scrape the pods.
+pub const METRICS_PORT: i32 = 9090;
 /// Key of the token HMAC key in the Secret [`names::session_secret`].
 pub const SESSION_KEY: &str = "token-secret";
 const SESSION_DIR: &str = "/var/run/switchboard/session";
@@ -135,6 +138,8 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
     let mut args = vec![
         "--listen".to_string(),
         format!("0.0.0.0:{HTTP_PORT}"),
+        "--metrics-listen".to_string(),
+        format!("0.0.0.0:{METRICS_PORT}"),
         "--domain".to_string(),
         format!("$({})", env::DOMAIN),
         "--token-secret-file".to_string(),
@@ -211,12 +216,20 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
         image: Some(gw.image.clone()),
         command: Some(vec!["switchboard-gateway".into()]),
         args: Some(args),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: HTTP_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: HTTP_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: METRICS_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
         env: Some(env_vars),
         env_from: Some(vec![EnvFromSource {
             config_map_ref: Some(ConfigMapEnvSource {
