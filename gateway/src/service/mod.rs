@@ -34,7 +34,7 @@ use std::time::Instant;
 
 use switchboard_core::broker::{DynBroker, Routed};
 use switchboard_core::store::DynStore;
-use switchboard_proto::auth::siwe::SiweVerifier;
+use switchboard_proto::auth::siwe::{MAX_CLOCK_SKEW, SiweVerifier};
 use switchboard_proto::auth::token::TokenSigner;
 use switchboard_proto::ids::{Address, ConvId, ConvKind};
 use tokio_util::sync::CancellationToken;
@@ -89,6 +89,9 @@ impl ChatService {
             siwe: SiweVerifier {
                 domain: cfg.domain.clone(),
                 chain_ids: cfg.chain_ids.clone(),
+                // A message is signed after its nonce was issued, and the
+                // nonce lives `nonce_ttl`: older is never an honest sign-in.
+                max_age: cfg.nonce_ttl + MAX_CLOCK_SKEW,
             },
             cfg,
             broker,
