@@ -10,6 +10,7 @@ use switchboard_proto::model::Conversation;
 
 use super::AblyError;
 use crate::keys::ApiKey;
+use crate::service::Creator;
 use crate::state::AppState;
 
 /// Who calls an Ably endpoint: a configured API key, or a signed-in wallet
@@ -26,6 +27,14 @@ impl Caller {
         match self {
             Caller::Key(k) => k.address(),
             Caller::User(a) => *a,
+        }
+    }
+
+    /// As the creator of a channel it names that does not exist yet.
+    pub(super) fn creator(&self) -> Creator {
+        match self {
+            Caller::Key(k) => Creator::ApiKey(k.address()),
+            Caller::User(a) => Creator::Wallet(*a),
         }
     }
 

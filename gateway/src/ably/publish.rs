@@ -87,7 +87,7 @@ pub async fn publish(
             caller.describe()
         )));
     }
-    let channel = state.chat.channel_or_create(&id, caller.address()).await?;
+    let channel = state.chat.channel_or_create(&id, caller.creator()).await?;
     if !caller.may_publish(&name, &channel) {
         return Err(AblyError::refused(format!(
             "{} may not publish to channel {name}",

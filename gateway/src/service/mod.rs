@@ -10,7 +10,7 @@
 //! | `send` | a message's write path: the broker's atomic send, seeding from the store and epochs, fan-out |
 //! | `history` | replay: the broker's log, then the store behind it, cut at the first hole |
 //! | `conversations` | groups: create, read, list, members and their watermarks |
-//! | `channels` | channels: create, read (given back to the broker from the store), join and leave |
+//! | `channels` | channels: create (reserved names for API keys only), read (given back to the broker from the store), join and leave |
 //! | `receipts` | watermarks, receipts and typing |
 //! | `presence` | status from last-seen, announcements to peers, connection open and close |
 //! | `auth` | sign-in: nonces, SIWE verification, session tokens |
@@ -44,7 +44,7 @@ use crate::hub::{ConnHandle, Hub};
 use crate::metrics::Metrics;
 
 pub use self::auth::{Session, SignInError};
-pub use self::channels::{MAX_PUBLISHERS, NewChannel};
+pub use self::channels::{Creator, MAX_PUBLISHERS, NewChannel};
 pub use self::conversations::{ListPage, MemberView};
 pub use self::error::{ChatError, Engine};
 pub use self::history::Replay;
