@@ -68,6 +68,17 @@ impl SiweVerifier {
     ) -> Result<VerifiedSignIn, AuthError> {
         let m =
             siwe::Message::from_str(message).map_err(|e| AuthError::BadMessage(e.to_string()))?;
+        // The parser skips the line after the address and the one after the
+        // statement without looking at them, and reads `Chain ID: 01` as 1:
+        // text the wallet showed and signed but nothing here would check.
+        // Only the exact EIP-4361 layout of what was parsed is accepted.
+        if m.to_string() != message {
+            return Err(AuthError::BadMessage(
+                "not in the EIP-4361 layout: the lines after the address and after the \
+                 statement must be empty, numbers plain decimal, nothing added"
+                    .into(),
+            ));
+        }
         let domain = m.domain.to_string();
         if domain != self.domain {
             return Err(AuthError::WrongDomain {
@@ -365,6 +376,35 @@ mod tests {
         assert_eq!(
             at(now + MAX_CLOCK_SKEW + time::Duration::seconds(5)),
             "not_yet_valid"
+        );
+    }
+
+    /// Found by the `siwe` fuzz target: the parser ignored a line between
+    /// the statement and the URI, so a signed message could carry text the
+    /// server never looked at.
+    #[test]
+    fn text_outside_the_layout_is_refused() {
+        let k = key();
+        let good = build_message(&params(&k));
+        let now = OffsetDateTime::now_utc();
+        let variants = [
+            good.replacen("Switchboard\n\n", "Switchboard\n2\n", 1),
+            good.replacen("\n\nSign in", "\nhidden\nSign in", 1),
+            good.replacen("Chain ID: 1", "Chain ID: 01", 1),
+            good.replacen("Chain ID: 1", "Chain ID: +1", 1),
+        ];
+        for msg in variants {
+            assert_ne!(msg, good);
+            let err = verifier()
+                .verify(&msg, &sign_personal(&k, msg.as_bytes()), now)
+                .unwrap_err();
+            assert_eq!(err.code(), "bad_message", "{msg}");
+            assert!(err.to_string().contains("EIP-4361 layout"), "{err}");
+        }
+        assert!(
+            verifier()
+                .verify(&good, &sign_personal(&k, good.as_bytes()), now)
+                .is_ok()
         );
     }
 
