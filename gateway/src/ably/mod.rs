@@ -52,5 +52,6 @@ mod sse;
 
 pub use self::error::AblyError;
 pub use self::history::history;
-pub use self::publish::{MAX_BATCH, MAX_PUBLISH_BYTES, publish};
+pub use self::message::{InMessage, MAX_BATCH, msg_id_of, parse_publish};
+pub use self::publish::{MAX_PUBLISH_BYTES, publish};
 pub use self::sse::sse;
