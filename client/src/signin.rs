@@ -74,11 +74,18 @@ pub async fn sign_in(
     let now = OffsetDateTime::now_utc();
     let expires_in =
         time::Duration::try_from(opts.expires_in).unwrap_or(time::Duration::minutes(10));
+    // The gateway requires the URI to name the service signed in to: the
+    // domain as authority (the address dialled may differ: a proxy, an IP).
+    let scheme = if base.starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
     let message = build_message(&SignInParams {
         domain: opts.domain.clone(),
         address,
         statement: opts.statement.clone(),
-        uri: base.clone(),
+        uri: format!("{scheme}://{}", opts.domain),
         chain_id: opts.chain_id,
         nonce,
         issued_at: now,

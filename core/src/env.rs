@@ -29,6 +29,9 @@ pub const RELAY_CONFIG: &str = "SWITCHBOARD_RELAY_CONFIG";
 pub const RELAY_API_KEY: &str = crate::relay::API_KEY_ENV;
 /// API keys of the Ably-compatible endpoints, comma-separated: gateway.
 pub const API_KEYS: &str = "SWITCHBOARD_API_KEYS";
+/// Reserved channel patterns (only API keys create matching channels),
+/// comma-separated: gateway.
+pub const RESERVED_CHANNELS: &str = "SWITCHBOARD_RESERVED_CHANNELS";
 /// The ChatCluster a pod belongs to: gateway (connection reports).
 pub const CLUSTER: &str = "SWITCHBOARD_CLUSTER";
 /// The pod's name (downward API): gateway (connection reports), worker

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use switchboard_core::env;
+use switchboard_core::reserved::ReservedPattern;
 
 use crate::keys::ApiKey;
 
@@ -87,6 +88,16 @@ pub struct GatewayArgs {
     #[arg(long = "api-key", env = env::API_KEYS, value_delimiter = ',',
           hide_env_values = true, value_parser = parse_api_key)]
     pub api_keys: Vec<ApiKey>,
+    /// Reserved channel pattern (`*` matches any run of characters, e.g.
+    /// `announcements:*`): only API keys may create a matching channel, a
+    /// wallet is refused (repeatable; the variable takes a comma list)
+    #[arg(long = "reserved-channel", env = env::RESERVED_CHANNELS, value_delimiter = ',',
+          value_parser = parse_reserved)]
+    pub reserved_channels: Vec<ReservedPattern>,
+}
+
+fn parse_reserved(s: &str) -> Result<ReservedPattern, String> {
+    s.parse().map_err(|e| format!("{e}"))
 }
 
 fn parse_api_key(s: &str) -> Result<ApiKey, String> {
@@ -156,6 +167,35 @@ mod tests {
         let err = ttl("soon").unwrap_err().to_string();
         assert!(err.contains("expected e.g. 24h"), "{err}");
         assert!(ttl("30s").is_err());
+    }
+
+    #[test]
+    fn reserved_channels_repeat_and_are_checked() {
+        let parse = |argv: &[&str]| {
+            Cli::try_parse_from(argv).map(|c| {
+                c.args
+                    .reserved_channels
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert!(parse(&["x"]).unwrap().is_empty());
+        assert_eq!(
+            parse(&[
+                "x",
+                "--reserved-channel",
+                "announcements:*",
+                "--reserved-channel",
+                "ops,*-official"
+            ])
+            .unwrap(),
+            ["announcements:*", "ops", "*-official"]
+        );
+        let err = parse(&["x", "--reserved-channel", "bad name"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[A-Za-z0-9_.:-]"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use switchboard_core::broker::GatewayIdentity;
+use switchboard_core::reserved::ReservedPattern;
 
 use crate::keys::ApiKey;
 use crate::relay::RelayConfig;
@@ -92,6 +93,9 @@ pub struct GatewayConfig {
     pub relay: Option<RelayConfig>,
     /// API keys of the Ably-compatible endpoints (`keyName:keySecret`).
     pub api_keys: Vec<ApiKey>,
+    /// Channel names only API keys may create (`--reserved-channel`); a
+    /// wallet naming a matching channel that does not exist is refused.
+    pub reserved_channels: Vec<ReservedPattern>,
 }
 
 /// A connection report expires after this many report intervals.
@@ -136,6 +140,7 @@ impl Default for GatewayConfig {
             drain_window: Duration::from_secs(10),
             relay: None,
             api_keys: Vec::new(),
+            reserved_channels: Vec::new(),
         }
     }
 }

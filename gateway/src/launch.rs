@@ -109,6 +109,7 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<GatewayConfig> {
         relay: relay_config(args.relay_config.as_deref(), args.relay_api_key.clone())?,
         api_keys: args.api_keys.clone(),
         metrics_listen: args.metrics_listen.clone(),
+        reserved_channels: args.reserved_channels.clone(),
         ..GatewayConfig::default()
     })
 }

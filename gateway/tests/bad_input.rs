@@ -10,6 +10,7 @@ use common::*;
 use serde_json::{Value, json};
 use switchboard_gateway::GatewayConfig;
 use switchboard_proto::auth::eip191::sign_personal;
+use switchboard_proto::auth::siwe::{SignInParams, build_message};
 use switchboard_proto::ids::ConvId;
 
 async fn gateway() -> (Backend, switchboard_gateway::Gateway) {
@@ -340,6 +341,65 @@ async fn sign_in_failures_are_401_with_a_code() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "bad_request");
     assert_eq!(verify(&base, "hello", "0x1234").await.0, 401);
+    g.shutdown().await;
+}
+
+/// The message must be for this server (its URI's authority is the
+/// configured domain) and fresh (issued at most the nonce lifetime plus the
+/// clock skew ago); a refusal names the reason.
+#[tokio::test]
+async fn sign_in_refuses_a_foreign_uri_and_an_old_message() {
+    let (_b, g) = gateway().await;
+    let base = http(&g);
+    let w = Wallet::random();
+    let now = time::OffsetDateTime::now_utc();
+    let message = |nonce: &str, uri: &str, issued_at: time::OffsetDateTime| {
+        build_message(&SignInParams {
+            domain: "localhost".into(),
+            address: w.addr,
+            statement: None,
+            uri: uri.into(),
+            chain_id: 1,
+            nonce: nonce.into(),
+            issued_at,
+            expiration_time: None,
+        })
+    };
+    for (uri, issued_at, code) in [
+        ("https://evil.example/", now, "wrong_uri"),
+        ("https://localhost.evil.example/", now, "wrong_uri"),
+        ("http://localhost:8080/", now, "wrong_uri"),
+        (
+            "http://localhost/",
+            now - time::Duration::hours(1),
+            "too_old",
+        ),
+        (
+            "http://localhost/",
+            now + time::Duration::hours(1),
+            "not_yet_valid",
+        ),
+    ] {
+        let n = nonce(&base).await;
+        let msg = message(&n, uri, issued_at);
+        let (s, body) = verify(&base, &msg, &sign_personal(&w.key, msg.as_bytes())).await;
+        assert_eq!(s, 401, "{uri} {issued_at}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let text = body["error"]["message"].as_str().unwrap();
+        assert!(text.contains(code), "{uri} {issued_at}: {text}");
+    }
+    // The same nonce still works with a good message: refusals burn nothing.
+    let n = nonce(&base).await;
+    let msg = message(&n, "https://evil.example/", now);
+    assert_eq!(
+        verify(&base, &msg, &sign_personal(&w.key, msg.as_bytes()))
+            .await
+            .0,
+        401
+    );
+    let msg = message(&n, "https://localhost/app", now);
+    let (s, body) = verify(&base, &msg, &sign_personal(&w.key, msg.as_bytes())).await;
+    assert_eq!(s, 200, "{body}");
     g.shutdown().await;
 }
 

@@ -140,6 +140,13 @@ pub struct GatewaySpec {
     /// separated). Omit to accept no API key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys_secret_ref: Option<ApiKeySecretRef>,
+    /// Channel name patterns only API keys may create; `*` matches any run
+    /// of characters (`announcements:*`, `*-official`, `ops`). A wallet
+    /// naming a matching channel that does not exist yet is refused. Each
+    /// becomes a gateway `--reserved-channel`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(pattern(r"^[A-Za-z0-9_.:*-]{1,128}$")))]
+    pub reserved_channels: Vec<String>,
 }
 
 impl Default for GatewaySpec {
@@ -152,6 +159,7 @@ impl Default for GatewaySpec {
             resources: None,
             drain: DrainSpec::default(),
             api_keys_secret_ref: None,
+            reserved_channels: Vec::new(),
         }
     }
 }

@@ -8,6 +8,8 @@
 //! Degraded condition and waits for the next change; it is never retried in a
 //! loop.
 
+use switchboard_core::reserved::ReservedPattern;
+
 use crate::crd::{ChatClusterSpec, RedisMode};
 
 /// Longest ChatCluster name: children append `-postgres` and StatefulSet pods
@@ -50,6 +52,11 @@ pub fn validate(name: &str, spec: &ChatClusterSpec) -> Vec<String> {
     }
     if gw.drain.pre_stop_seconds < 0 || gw.drain.timeout_seconds < 1 {
         errs.push("gateway.drain: preStopSeconds ≥ 0 and timeoutSeconds ≥ 1".into());
+    }
+    for (i, p) in gw.reserved_channels.iter().enumerate() {
+        if let Err(e) = p.parse::<ReservedPattern>() {
+            errs.push(format!("gateway.reservedChannels[{i}]: {e}"));
+        }
     }
     if spec.worker.replicas < 1 {
         errs.push("worker.replicas: at least 1".into());
@@ -208,6 +215,20 @@ mod tests {
         });
         let errs = validate("chat", &s);
         assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+
+    #[test]
+    fn reserved_channel_patterns() {
+        let mut s = spec();
+        s.gateway.reserved_channels = vec!["announcements:*".into(), "ops".into()];
+        assert!(validate("chat", &s).is_empty());
+        s.gateway.reserved_channels.push("bad name".into());
+        let errs = validate("chat", &s);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("gateway.reservedChannels[2]: "),
+            "{errs:?}"
+        );
     }
 
     #[test]

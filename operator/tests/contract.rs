@@ -11,7 +11,8 @@
 //! a variable no argument reads (only `RUST_LOG`, read by the logger, is
 //! known to be read elsewhere), and when what the binary would run with
 //! differs from the spec (domain, chain ids, drain window, session lifetime,
-//! the mounted token secret and relay file, the pod identity).
+//! reserved channel patterns, the mounted token secret and relay file, the
+//! pod identity).
 #![allow(clippy::unwrap_used)]
 
 mod clusters;
@@ -147,7 +148,7 @@ fn container<'a>(d: &'a Desired, name: &str) -> &'a Container {
 
 #[test]
 fn the_gateway_runs_with_what_the_operator_writes() {
-    let mut checked = 0;
+    let (mut checked, mut with_reserved) = (0, 0);
     for (path, cluster) in clusters() {
         let at = path.display().to_string();
         let d = build::desired(&cluster, &Observed::default(), &Generated::random()).unwrap();
@@ -212,9 +213,19 @@ fn the_gateway_runs_with_what_the_operator_writes() {
             spec.gateway.api_keys_secret_ref.is_none(),
             "{at}"
         );
+        let reserved: Vec<String> = parsed
+            .reserved_channels
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(reserved, spec.gateway.reserved_channels, "{at}");
+        if !reserved.is_empty() {
+            with_reserved += 1;
+        }
         checked += 1;
     }
     assert!(checked >= 4, "only {checked} clusters checked");
+    assert!(with_reserved >= 1, "no cluster reserves channels");
 }
 
 #[test]

@@ -333,6 +333,10 @@ async fn invalid_manifests_are_rejected_with_the_cel_message() {
             json!({"auth": {"domain": "a"}, "redis": {"managed": {"mode": "cluster", "shards": 2}}}),
             "shards must be at least 3 in cluster mode",
         ),
+        (
+            json!({"auth": {"domain": "a"}, "gateway": {"reservedChannels": ["ok:*", "bad name"]}}),
+            "spec.gateway.reservedChannels[1]",
+        ),
     ];
     for (i, (spec, message)) in cases.into_iter().enumerate() {
         let obj: ChatCluster = serde_json::from_value(json!({

@@ -244,6 +244,8 @@ pub enum ErrorCode {
     NotFound,
     /// The request was well-formed but its content is unacceptable.
     Invalid,
+    /// The channel name is reserved by the operator: only API keys create it.
+    Reserved,
     /// The broker is unreachable or failed; retry with the same id.
     Unavailable,
     /// A bug on our side.
@@ -261,6 +263,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Invalid => "invalid",
+            ErrorCode::Reserved => "reserved",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }

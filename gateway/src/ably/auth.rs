@@ -11,7 +11,7 @@ use switchboard_proto::model::Conversation;
 use super::AblyError;
 use crate::hub::SessionTimes;
 use crate::keys::ApiKey;
-use crate::service::Principal;
+use crate::service::{Creator, Principal};
 use crate::state::AppState;
 
 /// Who calls an Ably endpoint: a configured API key, or a signed-in wallet
@@ -28,6 +28,14 @@ impl Caller {
         match self {
             Caller::Key(k) => k.address(),
             Caller::User(p) => p.user,
+        }
+    }
+
+    /// As the creator of a channel it names that does not exist yet.
+    pub(super) fn creator(&self) -> Creator {
+        match self {
+            Caller::Key(k) => Creator::ApiKey(k.address()),
+            Caller::User(p) => Creator::Wallet(p.user),
         }
     }
 

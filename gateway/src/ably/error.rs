@@ -50,6 +50,8 @@ impl From<ChatError> for AblyError {
                 AblyError::new(50003, StatusCode::SERVICE_UNAVAILABLE, message)
             }
             ChatError::Invalid(m) => AblyError::bad_request(m),
+            // Ably's "operation not permitted with provided capability".
+            e @ ChatError::Reserved { .. } => AblyError::refused(e.to_string()),
             other => {
                 tracing::error!(error = %other, "ably endpoint failed");
                 AblyError::new(50000, StatusCode::INTERNAL_SERVER_ERROR, "internal error")

@@ -8,27 +8,63 @@ use sha3::{Digest, Keccak256};
 use switchboard_proto::frames::Message;
 use switchboard_proto::ids::MsgId;
 
+use super::AblyError;
+
+/// Messages one publish may carry.
+pub const MAX_BATCH: usize = 100;
+
 /// One message as an Ably client publishes it.
-#[derive(Debug, Deserialize, Serialize)]
-pub(super) struct InMessage {
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct InMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) id: Option<String>,
+    pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) name: Option<String>,
+    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) data: Option<Value>,
+    pub data: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) encoding: Option<String>,
+    pub encoding: Option<String>,
     #[serde(default, rename = "clientId", skip_serializing_if = "Option::is_none")]
-    pub(super) client_id: Option<String>,
+    pub client_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) extras: Option<Value>,
+    pub extras: Option<Value>,
+}
+
+/// A publish body: one message object or an array of 1 to [`MAX_BATCH`]
+/// of them. Everything else is a 40000 naming the problem. Pure, so the
+/// fuzz target `ably_publish` drives it with arbitrary bytes.
+pub fn parse_publish(body: &[u8]) -> Result<Vec<InMessage>, AblyError> {
+    let parsed: Value = serde_json::from_slice(body)
+        .map_err(|e| AblyError::bad_request(format!("the body is not JSON: {e}")))?;
+    let list: Vec<InMessage> = match parsed {
+        Value::Array(items) => items
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>(),
+        one @ Value::Object(_) => serde_json::from_value(one).map(|m| vec![m]),
+        _ => {
+            return Err(AblyError::bad_request(
+                "the body must be a message or an array of messages",
+            ));
+        }
+    }
+    .map_err(|e| AblyError::bad_request(format!("invalid message: {e}")))?;
+    if list.is_empty() {
+        return Err(AblyError::bad_request("no messages to publish"));
+    }
+    if list.len() > MAX_BATCH {
+        return Err(AblyError::bad_request(format!(
+            "at most {MAX_BATCH} messages per publish (got {})",
+            list.len()
+        )));
+    }
+    Ok(list)
 }
 
 /// The idempotency key of an Ably message id: itself when it fits
 /// [`MsgId`]'s alphabet, else a hash of it (Ably ids are base64 and may hold
 /// `+` and `/`).
-pub(super) fn msg_id_of(ably_id: &str) -> MsgId {
+pub fn msg_id_of(ably_id: &str) -> MsgId {
     ably_id.parse::<MsgId>().unwrap_or_else(|_| {
         let h = Keccak256::digest(ably_id.as_bytes());
         let hex: String = h.iter().take(20).map(|b| format!("{b:02x}")).collect();

@@ -21,7 +21,8 @@
 //! configured as `keyName:keySecret:pattern|pattern…` (a channel name, or a
 //! prefix ending in `*`), which limits it to matching channels (else 40160).
 //! A channel named here that does not exist yet is created as a public
-//! channel owned by the caller. `Authorization: Bearer <session token>` (or
+//! channel owned by the caller, unless the caller is a wallet and the name
+//! is reserved (`--reserved-channel`): 40160, nothing created. `Authorization: Bearer <session token>` (or
 //! base64 of it, as Ably SDKs send tokens; `accessToken=` for SSE) calls as
 //! the signed-in wallet, with exactly its channel rights. A key acts as the address
 //! `keccak256("switchboard-api-key:" + keyName)[12..]` (its messages'
@@ -52,5 +53,6 @@ mod sse;
 
 pub use self::error::AblyError;
 pub use self::history::history;
-pub use self::publish::{MAX_BATCH, MAX_PUBLISH_BYTES, publish};
+pub use self::message::{InMessage, MAX_BATCH, msg_id_of, parse_publish};
+pub use self::publish::{MAX_PUBLISH_BYTES, publish};
 pub use self::sse::sse;

@@ -8,7 +8,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::Value;
 use serde_json::value::RawValue;
 use switchboard_core::broker::SendRequest;
 use switchboard_proto::frames::MAX_FRAME_BYTES;
@@ -16,15 +15,12 @@ use switchboard_proto::ids::MsgId;
 
 use super::AblyError;
 use super::auth::{Caller, authenticate, channel_id};
-use super::message::{InMessage, msg_id_of};
+use super::message::{msg_id_of, parse_publish};
 use crate::state::AppRef;
 
 /// Largest publish body: a full batch of small messages, or a few large
 /// ones (each message is at most 32 KiB of JSON).
 pub const MAX_PUBLISH_BYTES: usize = 1024 * 1024;
-
-/// Messages one publish may carry.
-pub const MAX_BATCH: usize = 100;
 
 #[derive(Serialize)]
 struct Published {
@@ -54,30 +50,7 @@ pub async fn publish(
         }
     })?;
     let id = channel_id(&name)?;
-    let parsed: Value = serde_json::from_slice(&body)
-        .map_err(|e| AblyError::bad_request(format!("the body is not JSON: {e}")))?;
-    let list: Vec<InMessage> = match parsed {
-        Value::Array(items) => items
-            .into_iter()
-            .map(serde_json::from_value)
-            .collect::<Result<_, _>>(),
-        one @ Value::Object(_) => serde_json::from_value(one).map(|m| vec![m]),
-        _ => {
-            return Err(AblyError::bad_request(
-                "the body must be a message or an array of messages",
-            ));
-        }
-    }
-    .map_err(|e| AblyError::bad_request(format!("invalid message: {e}")))?;
-    if list.is_empty() {
-        return Err(AblyError::bad_request("no messages to publish"));
-    }
-    if list.len() > MAX_BATCH {
-        return Err(AblyError::bad_request(format!(
-            "at most {MAX_BATCH} messages per publish (got {})",
-            list.len()
-        )));
-    }
+    let list = parse_publish(&body)?;
     if let Caller::Key(k) = &caller
         && !k.allows(&name)
     {
@@ -87,7 +60,7 @@ pub async fn publish(
             caller.describe()
         )));
     }
-    let channel = state.chat.channel_or_create(&id, caller.address()).await?;
+    let channel = state.chat.channel_or_create(&id, caller.creator()).await?;
     if !caller.may_publish(&name, &channel) {
         return Err(AblyError::refused(format!(
             "{} may not publish to channel {name}",

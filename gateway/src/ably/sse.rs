@@ -114,7 +114,7 @@ pub async fn sse(
                         "at most {MAX_SSE_CREATES} new channels per stream request"
                     )));
                 }
-                state.chat.channel_or_create(&id, caller.address()).await?
+                state.chat.channel_or_create(&id, caller.creator()).await?
             }
         };
         if !caller.may_read(name, &channel) {

@@ -11,7 +11,7 @@ use switchboard_proto::rest::CreateChannel;
 use super::auth::Authed;
 use super::params::{addresses, body};
 use super::problem::ApiError;
-use crate::service::{MAX_PUBLISHERS, NewChannel};
+use crate::service::{Creator, MAX_PUBLISHERS, NewChannel};
 use crate::state::AppRef;
 
 pub async fn create(
@@ -27,6 +27,9 @@ pub async fn create(
         title: b.title,
         visibility: b.visibility,
     };
-    let created = state.chat.create_channel(user, new).await?;
+    let created = state
+        .chat
+        .create_channel(Creator::Wallet(user), new)
+        .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }

@@ -61,6 +61,9 @@ impl From<ChatError> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, m)
             }
             ChatError::Invalid(m) => ApiError::bad_request(m),
+            e @ ChatError::Reserved { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Reserved, e.to_string())
+            }
             ChatError::AlreadyExists => ApiError::new(
                 StatusCode::CONFLICT,
                 ErrorCode::Invalid,

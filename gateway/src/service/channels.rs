@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use switchboard_core::broker::BrokerError;
+use switchboard_core::reserved::reserved_by;
 use switchboard_proto::ids::{Address, ConvId, ConvKind};
 use switchboard_proto::model::{Conversation, Visibility};
 use switchboard_proto::time::now_ms;
@@ -17,6 +18,25 @@ use crate::hub::ConnHandle;
 
 /// Publishers a channel may name besides its creator.
 pub const MAX_PUBLISHERS: usize = 100;
+
+/// Who creates a channel. Names matching a reserved pattern
+/// ([`crate::GatewayConfig::reserved_channels`]) are for API keys only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creator {
+    /// A signed-in wallet (REST, or the Ably endpoints with a session token).
+    Wallet(Address),
+    /// An API key of the Ably endpoints, acting as its address.
+    ApiKey(Address),
+}
+
+impl Creator {
+    /// The address that owns what it creates.
+    pub fn address(self) -> Address {
+        match self {
+            Creator::Wallet(a) | Creator::ApiKey(a) => a,
+        }
+    }
+}
 
 /// A channel to create, as a client asked for it (addresses parsed).
 #[derive(Debug, Clone)]
@@ -51,11 +71,29 @@ impl ChatService {
         }
     }
 
+    /// The reserved-channel rule, for every transport: a wallet may not
+    /// create a channel whose name matches a reserved pattern; an API key
+    /// may create any.
+    fn may_create(&self, id: &ConvId, creator: Creator) -> Result<()> {
+        let Creator::Wallet(_) = creator else {
+            return Ok(());
+        };
+        let name = id.channel_name().unwrap_or_default();
+        match reserved_by(&self.cfg.reserved_channels, name) {
+            Some(pattern) => Err(ChatError::Reserved {
+                name: name.to_string(),
+                pattern: pattern.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Create the channel `ch:<name>`, owned (and publishable) by `creator`;
     /// answers it as stored (the creator among the publishers).
-    pub async fn create_channel(&self, creator: Address, new: NewChannel) -> Result<Conversation> {
+    pub async fn create_channel(&self, creator: Creator, new: NewChannel) -> Result<Conversation> {
         let id =
             ConvId::channel(&new.name).map_err(|e| ChatError::invalid(format!("name: {e}")))?;
+        self.may_create(&id, creator)?;
         let (mut publishers, mut members) = (new.publishers, new.members);
         for list in [&mut publishers, &mut members] {
             list.sort();
@@ -86,7 +124,7 @@ impl ChatService {
             kind: ConvKind::Channel,
             title: new.title.filter(|t| !t.is_empty()),
             members,
-            created_by: Some(creator),
+            created_by: Some(creator.address()),
             created_at: now_ms(),
             publishers,
             visibility: Some(visibility),
@@ -98,17 +136,18 @@ impl ChatService {
 
     /// The channel `id`, created as a public channel owned by `creator` when
     /// it does not exist yet (the Ably-compatible endpoints create channels
-    /// on first use).
-    pub async fn channel_or_create(&self, id: &ConvId, creator: Address) -> Result<Conversation> {
+    /// on first use) and `creator` may create it.
+    pub async fn channel_or_create(&self, id: &ConvId, creator: Creator) -> Result<Conversation> {
         if let Some(c) = self.channel(id).await? {
             return Ok(c);
         }
+        self.may_create(id, creator)?;
         let conv = Conversation {
             id: id.clone(),
             kind: ConvKind::Channel,
             title: None,
             members: Vec::new(),
-            created_by: Some(creator),
+            created_by: Some(creator.address()),
             created_at: now_ms(),
             publishers: Vec::new(),
             visibility: Some(Visibility::Public),

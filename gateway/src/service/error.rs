@@ -40,6 +40,12 @@ pub enum ChatError {
     /// not take this operation); the message says which.
     #[error("{0}")]
     Invalid(String),
+    /// A wallet tried to create a channel whose name the operator reserved
+    /// (`--reserved-channel`): only API keys create those.
+    #[error(
+        "channel name {name:?} is reserved (pattern {pattern:?}): only the operator's API keys may create it"
+    )]
+    Reserved { name: String, pattern: String },
     /// A group or channel with this id or name exists already.
     #[error("conversation already exists")]
     AlreadyExists,

@@ -10,7 +10,7 @@
 //! | `send` | a message's write path: the broker's atomic send, seeding from the store and epochs, fan-out |
 //! | `history` | replay: the broker's log, then the store behind it, cut at the first hole |
 //! | `conversations` | groups: create, read, list, members and their watermarks |
-//! | `channels` | channels: create, read (given back to the broker from the store), join and leave |
+//! | `channels` | channels: create (reserved names for API keys only), read (given back to the broker from the store), join and leave |
 //! | `receipts` | watermarks, receipts and typing |
 //! | `presence` | status from last-seen, announcements to peers, connection open and close |
 //! | `auth` | sign-in: nonces, SIWE verification, session tokens |
@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use switchboard_core::broker::{DynBroker, Routed};
 use switchboard_core::store::DynStore;
-use switchboard_proto::auth::siwe::SiweVerifier;
+use switchboard_proto::auth::siwe::{MAX_CLOCK_SKEW, SiweVerifier};
 use switchboard_proto::auth::token::TokenSigner;
 use switchboard_proto::ids::{Address, ConvId, ConvKind};
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,7 @@ use crate::hub::{ConnHandle, Hub};
 use crate::metrics::Metrics;
 
 pub use self::auth::{Principal, Session, SignInError};
-pub use self::channels::{MAX_PUBLISHERS, NewChannel};
+pub use self::channels::{Creator, MAX_PUBLISHERS, NewChannel};
 pub use self::conversations::{ListPage, MemberView};
 pub use self::error::{ChatError, Engine};
 pub use self::history::Replay;
@@ -93,6 +93,9 @@ impl ChatService {
             siwe: SiweVerifier {
                 domain: cfg.domain.clone(),
                 chain_ids: cfg.chain_ids.clone(),
+                // A message is signed after its nonce was issued, and the
+                // nonce lives `nonce_ttl`: older is never an honest sign-in.
+                max_age: cfg.nonce_ttl + MAX_CLOCK_SKEW,
             },
             cfg,
             broker,

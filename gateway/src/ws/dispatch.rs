@@ -236,6 +236,11 @@ impl Conn {
                     .error(socket, ErrorCode::Invalid, m, Some(reference))
                     .await;
             }
+            ChatError::Reserved { .. } => {
+                return self
+                    .error(socket, ErrorCode::Reserved, &e.to_string(), Some(reference))
+                    .await;
+            }
             ChatError::Unavailable {
                 what: Engine::Store,
                 ..

@@ -102,7 +102,7 @@ pub fn siwe_message(domain: &str, addr: Address, nonce: &str, chain_id: u64) -> 
         domain: domain.into(),
         address: addr,
         statement: Some("Sign in to Switchboard".into()),
-        uri: "http://localhost/".into(),
+        uri: format!("http://{domain}/"),
         chain_id,
         nonce: nonce.into(),
         issued_at: OffsetDateTime::now_utc(),

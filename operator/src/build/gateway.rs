@@ -149,6 +149,10 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
         args.push("--chain-id".into());
         args.push(id.to_string());
     }
+    for pattern in &gw.reserved_channels {
+        args.push("--reserved-channel".into());
+        args.push(pattern.clone());
+    }
 
     let mut env_vars = identity_env(ctx);
     env_vars.push(super::redis::url_env(ctx));

@@ -16,10 +16,16 @@ pub enum AuthError {
     BadMessage(String),
     #[error("message is for domain {got:?}, this server is {want:?}")]
     WrongDomain { got: String, want: String },
+    #[error(
+        "message URI {got:?} is not this server: give http:// or https:// and the domain {want:?} as its authority"
+    )]
+    WrongUri { got: String, want: String },
     #[error("chain id {0} is not accepted")]
     WrongChain(u64),
     #[error("message expired")]
     Expired,
+    #[error("message was issued more than {max_age_secs} s ago: sign a new one with a fresh nonce")]
+    TooOld { max_age_secs: u64 },
     #[error("message is not valid yet (not-before or issued-at in the future)")]
     NotYetValid,
     #[error("bad signature: {0}")]
@@ -40,8 +46,10 @@ impl AuthError {
         match self {
             AuthError::BadMessage(_) => "bad_message",
             AuthError::WrongDomain { .. } => "wrong_domain",
+            AuthError::WrongUri { .. } => "wrong_uri",
             AuthError::WrongChain(_) => "wrong_chain",
             AuthError::Expired => "expired",
+            AuthError::TooOld { .. } => "too_old",
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::BadSignature(_) => "bad_signature",
             AuthError::AddressMismatch { .. } => "address_mismatch",

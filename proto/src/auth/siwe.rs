@@ -15,13 +15,36 @@ use crate::ids::Address;
 /// Tolerated clock skew for a message's `Issued At` lying in the future.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
+/// Default [`SiweVerifier::max_age`]: the gateway's nonce lifetime (5 min)
+/// plus [`MAX_CLOCK_SKEW`]. A message is signed after its nonce was issued,
+/// so an honest one is never older than that.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(600);
+
 /// What a server accepts.
 #[derive(Debug, Clone)]
 pub struct SiweVerifier {
     /// Compared with the message's whole authority: `localhost:8080` is not
-    /// `localhost`.
+    /// `localhost`. The message's `URI` must name the same authority, with
+    /// the scheme `http` or `https` (see [`uri_matches`]).
     pub domain: String,
     pub chain_ids: Vec<u64>,
+    /// Oldest `Issued At` accepted, counted back from now.
+    pub max_age: Duration,
+}
+
+/// Whether a message's `URI` names this server: its scheme is `http` or
+/// `https` (any case) and its authority is exactly `domain` — no user
+/// information, the same host, the same port or none. The path, query and
+/// fragment are the client's.
+pub fn uri_matches(uri: &str, domain: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return false;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    &rest[..end] == domain
 }
 
 /// A successfully verified sign-in.
@@ -45,10 +68,28 @@ impl SiweVerifier {
     ) -> Result<VerifiedSignIn, AuthError> {
         let m =
             siwe::Message::from_str(message).map_err(|e| AuthError::BadMessage(e.to_string()))?;
+        // The parser skips the line after the address and the one after the
+        // statement without looking at them, and reads `Chain ID: 01` as 1:
+        // text the wallet showed and signed but nothing here would check.
+        // Only the exact EIP-4361 layout of what was parsed is accepted.
+        if m.to_string() != message {
+            return Err(AuthError::BadMessage(
+                "not in the EIP-4361 layout: the lines after the address and after the \
+                 statement must be empty, numbers plain decimal, nothing added"
+                    .into(),
+            ));
+        }
         let domain = m.domain.to_string();
         if domain != self.domain {
             return Err(AuthError::WrongDomain {
                 got: domain,
+                want: self.domain.clone(),
+            });
+        }
+        let uri = m.uri.as_str();
+        if !uri_matches(uri, &self.domain) {
+            return Err(AuthError::WrongUri {
+                got: uri.to_string(),
                 want: self.domain.clone(),
             });
         }
@@ -58,6 +99,14 @@ impl SiweVerifier {
         let issued: &OffsetDateTime = m.issued_at.as_ref();
         if *issued > now + MAX_CLOCK_SKEW {
             return Err(AuthError::NotYetValid);
+        }
+        let oldest = time::Duration::try_from(self.max_age)
+            .ok()
+            .and_then(|age| now.checked_sub(age));
+        if oldest.is_some_and(|oldest| *issued < oldest) {
+            return Err(AuthError::TooOld {
+                max_age_secs: self.max_age.as_secs(),
+            });
         }
         if let Some(nbf) = &m.not_before
             && *nbf.as_ref() > now
@@ -145,6 +194,7 @@ mod tests {
         SiweVerifier {
             domain: "localhost".into(),
             chain_ids: vec![1],
+            max_age: DEFAULT_MAX_AGE,
         }
     }
 
@@ -154,7 +204,7 @@ mod tests {
             domain: "localhost".into(),
             address: address_of(k.verifying_key()),
             statement: Some("Sign in to Switchboard".into()),
-            uri: "http://localhost:8080".into(),
+            uri: "http://localhost".into(),
             chain_id: 1,
             nonce: "abcdefghijklmnop1234".into(),
             issued_at: now,
@@ -251,6 +301,110 @@ mod tests {
         assert_eq!(
             verifier().verify(&msg, "0x1234", now).unwrap_err().code(),
             "bad_signature"
+        );
+    }
+
+    #[test]
+    fn the_uri_must_be_this_server() {
+        let k = key();
+        let code = |uri: &str| {
+            check(
+                &SignInParams {
+                    uri: uri.into(),
+                    ..params(&k)
+                },
+                &k,
+            )
+            .map(|_| "ok")
+            .unwrap_or_else(|e| e.code())
+        };
+        // The configured domain is `localhost`: scheme http(s), that authority.
+        assert_eq!(code("http://localhost"), "ok");
+        assert_eq!(code("https://localhost/app?x=1#y"), "ok");
+        assert_eq!(code("HTTPS://localhost/"), "ok");
+        for other in [
+            "http://localhost:8080",
+            "https://evil.example/",
+            "https://localhost.evil.example/",
+            "https://user@localhost/",
+            "ftp://localhost/",
+            "urn:localhost",
+            "file:///localhost",
+        ] {
+            assert_eq!(code(other), "wrong_uri", "{other}");
+        }
+        let msg = build_message(&SignInParams {
+            uri: "https://evil.example/".into(),
+            ..params(&k)
+        });
+        let err = verifier()
+            .verify(
+                &msg,
+                &sign_personal(&k, msg.as_bytes()),
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("https://evil.example/") && err.contains("localhost"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn issued_at_must_be_recent() {
+        let k = key();
+        let now = OffsetDateTime::now_utc();
+        let at = |issued_at: OffsetDateTime| {
+            let p = SignInParams {
+                issued_at,
+                expiration_time: None,
+                ..params(&k)
+            };
+            let msg = build_message(&p);
+            verifier()
+                .verify(&msg, &sign_personal(&k, msg.as_bytes()), now)
+                .map(|_| "ok")
+                .unwrap_or_else(|e| e.code())
+        };
+        let age = verifier().max_age;
+        assert_eq!(at(now - age + time::Duration::seconds(5)), "ok");
+        assert_eq!(at(now - age - time::Duration::seconds(5)), "too_old");
+        assert_eq!(at(now - time::Duration::days(400)), "too_old");
+        // Up to the clock skew ahead is fine; beyond it is not.
+        assert_eq!(at(now + MAX_CLOCK_SKEW - time::Duration::seconds(5)), "ok");
+        assert_eq!(
+            at(now + MAX_CLOCK_SKEW + time::Duration::seconds(5)),
+            "not_yet_valid"
+        );
+    }
+
+    /// Found by the `siwe` fuzz target: the parser ignored a line between
+    /// the statement and the URI, so a signed message could carry text the
+    /// server never looked at.
+    #[test]
+    fn text_outside_the_layout_is_refused() {
+        let k = key();
+        let good = build_message(&params(&k));
+        let now = OffsetDateTime::now_utc();
+        let variants = [
+            good.replacen("Switchboard\n\n", "Switchboard\n2\n", 1),
+            good.replacen("\n\nSign in", "\nhidden\nSign in", 1),
+            good.replacen("Chain ID: 1", "Chain ID: 01", 1),
+            good.replacen("Chain ID: 1", "Chain ID: +1", 1),
+        ];
+        for msg in variants {
+            assert_ne!(msg, good);
+            let err = verifier()
+                .verify(&msg, &sign_personal(&k, msg.as_bytes()), now)
+                .unwrap_err();
+            assert_eq!(err.code(), "bad_message", "{msg}");
+            assert!(err.to_string().contains("EIP-4361 layout"), "{err}");
+        }
+        assert!(
+            verifier()
+                .verify(&good, &sign_personal(&k, good.as_bytes()), now)
+                .is_ok()
         );
     }
 
