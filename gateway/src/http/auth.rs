@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, State};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use switchboard_proto::frames::ErrorCode;
@@ -21,8 +22,12 @@ pub struct Authed(pub Address);
 
 /// The bearer token of a request, if it has one.
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
+    bearer_token(&parts.headers)
+}
+
+/// The bearer token in `headers`, if any.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(AUTHORIZATION)?
         .to_str()
         .ok()?
@@ -45,9 +50,10 @@ impl FromRequestParts<AppRef> for Authed {
 }
 
 /// `GET /v1/auth/nonce`.
-pub async fn nonce(State(state): State<AppRef>) -> Result<Json<NonceResponse>, ApiError> {
-    let nonce = state.chat.new_nonce().await?;
-    Ok(Json(NonceResponse { nonce }))
+pub async fn nonce(State(state): State<AppRef>) -> Json<NonceResponse> {
+    Json(NonceResponse {
+        nonce: state.chat.new_nonce(),
+    })
 }
 
 /// `POST /v1/auth/verify`.
