@@ -107,6 +107,7 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<GatewayConfig> {
         session_ttl: args.session_ttl,
         relay: relay_config(args.relay_config.as_deref(), args.relay_api_key.clone())?,
         api_keys: args.api_keys.clone(),
+        limits: args.limits(),
         ..GatewayConfig::default()
     })
 }

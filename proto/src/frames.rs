@@ -25,6 +25,11 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// The gateway is draining (shutdown, scale-in, rollout): reconnect elsewhere.
     pub const GOING_AWAY: u16 = 1012;
+    /// The user already holds the most connections a gateway takes per user
+    /// (counted once the socket authenticated with its first frame; an
+    /// upgrade with a bearer token is refused with HTTP 429 instead). Close
+    /// one, or retry later with backoff.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4029;
 }
 
 /// Frames a client sends. Parse with [`ClientFrame::from_json`]: serde's
