@@ -9,7 +9,9 @@
 //!   trusted proxy;
 //! - connections are capped per address, per user and per gateway (HTTP
 //!   429 before an upgrade, close 4029 after a first-frame `auth`);
-//! - a verify flood recovers only the signatures the limiter admitted.
+//! - a verify flood recovers only the signatures the limiter admitted;
+//! - a socket that keeps sending through a burst of `rate_limited` answers
+//!   is closed (4030) instead of being answered forever.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -17,6 +19,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_gateway::GatewayConfig;
 use switchboard_gateway::config::LimitsConfig;
@@ -505,6 +508,65 @@ async fn a_verify_flood_recovers_only_what_the_limiter_admits() {
         metric(&base, "switchboard_gateway_signature_recoveries_total").await,
         admitted,
         "recoveries beyond the requests the limiter admitted"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_socket_that_ignores_rate_limited_is_closed() {
+    let gw = start_gateway(
+        &Backend::memory(),
+        GatewayConfig {
+            frame_rate: 1,
+            frame_burst: 5,
+            ..fast_config()
+        },
+    )
+    .await;
+    let base = http(&gw);
+    let token = login(&base, &Wallet::random()).await;
+    let mut ws = Ws::connect(&gw, &token).await;
+    // One frame at a time, each after the previous answer: the client never
+    // ignores the server's pace, only its refusals (and nothing is left
+    // unread when the server closes, which would reset the connection).
+    let (mut pongs, mut refused) = (0, 0);
+    let code = 'frames: loop {
+        assert!(pongs + refused < 200, "still open after 200 frames");
+        ws.inner
+            .send(tungstenite::Message::text(r#"{"type":"ping"}"#))
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(WAIT, ws.inner.next()).await {
+                Ok(Some(Ok(tungstenite::Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    match v["type"].as_str() {
+                        Some("pong") => pongs += 1,
+                        Some("error") if v["code"] == "rate_limited" => refused += 1,
+                        _ => continue,
+                    }
+                    break;
+                }
+                Ok(Some(Ok(tungstenite::Message::Close(Some(f))))) => {
+                    break 'frames u16::from(f.code);
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    };
+    assert_eq!(code, 4030);
+    // The burst was served, and each refusal answered, until 100 of them
+    // (the burst, at least 100) came in a row; the last one closes.
+    assert!(pongs >= 5, "{pongs} pongs");
+    assert!(refused >= 99, "{refused} refusals");
+    assert_eq!(
+        metric(
+            &base,
+            "switchboard_gateway_refusals_total{limit=\"frames\"}"
+        )
+        .await,
+        1
     );
     gw.shutdown().await;
 }

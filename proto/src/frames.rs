@@ -30,6 +30,10 @@ pub mod close {
     /// upgrade with a bearer token is refused with HTTP 429 instead). Close
     /// one, or retry later with backoff.
     pub const TOO_MANY_CONNECTIONS: u16 = 4029;
+    /// Frames kept coming after `rate_limited` answers: a whole frame burst
+    /// of them (400 by default, at least 100) refused in a row. Reconnect
+    /// with backoff and pace the frames.
+    pub const FLOODING: u16 = 4030;
 }
 
 /// Frames a client sends. Parse with [`ClientFrame::from_json`]: serde's

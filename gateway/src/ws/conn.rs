@@ -54,6 +54,7 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, user: Address) {
         timers: VecDeque::new(),
         sends: limiter(state.cfg.send_rate, state.cfg.send_burst),
         frames: limiter(state.cfg.frame_rate, state.cfg.frame_burst),
+        refused_in_row: 0,
         typing: HashMap::new(),
         last_touch: Instant::now(),
         acked: HashMap::new(),
@@ -102,6 +103,8 @@ pub(super) struct Conn {
     timers: VecDeque<(Instant, ConvId, u64)>,
     pub(super) sends: DefaultDirectRateLimiter,
     pub(super) frames: DefaultDirectRateLimiter,
+    /// Frames refused by `frames` since the last one it admitted.
+    pub(super) refused_in_row: u32,
     /// When this socket last relayed typing, per conversation.
     pub(super) typing: HashMap<ConvId, Instant>,
     last_touch: Instant,
@@ -129,6 +132,7 @@ impl Conn {
                     let reason = match code {
                         close::SLOW_CONSUMER => "slow consumer: reconnect with backoff and resync",
                         close::GOING_AWAY => "gateway draining: reconnect",
+                        close::FLOODING => "frames kept coming past the frame limit",
                         _ => "closed by server",
                     };
                     return Exit::Close(code, reason);
