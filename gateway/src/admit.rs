@@ -45,8 +45,12 @@ fn admit(state: &AppRef, mut req: Request) -> Result<Request, Refusal> {
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
     let addr = state.limits.client_addr(peer, req.headers());
-    let user = session_user(state, &req);
-    state.limits.admit_request(addr, user.as_ref())?;
+    // The address first: a refused flood never gets as far as a token's
+    // HMAC and JSON.
+    state.limits.admit_address(addr)?;
+    if let Some(user) = session_user(state, &req) {
+        state.limits.admit_user(&user)?;
+    }
     req.extensions_mut().insert(addr);
     Ok(req)
 }

@@ -283,16 +283,17 @@ impl Limits {
         r
     }
 
-    /// Admit one REST request from `addr`, by `user` when it carries a
-    /// valid session token.
-    pub fn admit_request(&self, addr: ClientAddr, user: Option<&Address>) -> Result<(), Refusal> {
+    /// Admit one REST request from `addr` (then [`Limits::admit_user`]
+    /// when it carries a valid session token).
+    pub fn admit_address(&self, addr: ClientAddr) -> Result<(), Refusal> {
         self.rest_addr
             .check(&addr.key())
-            .map_err(|r| self.refused(r))?;
-        if let Some(u) = user {
-            self.rest_user.check(u).map_err(|r| self.refused(r))?;
-        }
-        Ok(())
+            .map_err(|r| self.refused(r))
+    }
+
+    /// Admit one REST request of `user`.
+    pub fn admit_user(&self, user: &Address) -> Result<(), Refusal> {
+        self.rest_user.check(user).map_err(|r| self.refused(r))
     }
 
     /// A connection from `addr` (its user not known yet): refused past the
@@ -513,18 +514,18 @@ mod tests {
             Arc::new(Metrics::new()),
         );
         for n in 0..10_000u32 {
-            let _ = limits.admit_request(ClientAddr(IpAddr::from(n.to_be_bytes())), None);
+            let _ = limits.admit_address(ClientAddr(IpAddr::from(n.to_be_bytes())));
         }
         assert_eq!(limits.tracked().0, 100);
         // A newcomer shares the overflow bucket, which the flood emptied.
         let late = ClientAddr(ip("203.0.113.9"));
         assert_eq!(
-            limits.admit_request(late, None).map_err(|r| r.limit),
+            limits.admit_address(late).map_err(|r| r.limit),
             Err(Limit::RestPerAddress)
         );
         // A tracked address keeps its own bucket.
         let known = ClientAddr(IpAddr::from(5u32.to_be_bytes()));
-        assert!(limits.admit_request(known, None).is_ok());
+        assert!(limits.admit_address(known).is_ok());
     }
 
     #[test]
