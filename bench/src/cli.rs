@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use crate::autoscale::AutoscaleArgs;
 use crate::drain::DrainArgs;
 use crate::fanout::FanoutArgs;
+use crate::flood::FloodArgs;
 use crate::idle::IdleArgs;
 use crate::latency::LatencyArgs;
 use crate::persist::PersistArgs;
@@ -43,6 +44,10 @@ pub enum Cmd {
     /// Channel fan-out: one publisher, subscribers split over two gateways
     /// (WebSocket, then SSE): deliveries, throughput, publish → receive.
     Fanout(FanoutArgs),
+    /// One client floods one gateway (the shipped binary, default limits):
+    /// nonces, verifies, REST, connections, frames; well-behaved sockets'
+    /// ping round trips, baseline vs flood.
+    Flood(FloodArgs),
 }
 
 impl Cmd {
@@ -58,6 +63,7 @@ impl Cmd {
             Cmd::Drain(a) => crate::drain::run(a).await,
             Cmd::Autoscale(a) => crate::autoscale::run(a).await,
             Cmd::Fanout(a) => crate::fanout::run(a).await,
+            Cmd::Flood(a) => crate::flood::run(a).await,
         }
     }
 }

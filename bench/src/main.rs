@@ -12,11 +12,12 @@
 //!   switchboard-bench drain --connections 10000 --window-seconds 10,1
 //!   switchboard-bench autoscale --runs 10
 //!   switchboard-bench fanout --subscribers 20000 --messages 200 --rate 20 --sse-subscribers 2000
+//!   switchboard-bench flood --seconds 10   # needs the release switchboard-gateway next to it
 
 //!
 //! Layout: [`cli`] the subcommands; one module per scenario with its flags
 //! ([`idle`], [`latency`], [`all`], [`persist`], [`reconcile`], [`drain`],
-//! [`autoscale`], [`fanout`]); [`serve`] the gateway child process;
+//! [`autoscale`], [`fanout`], [`flood`]); [`serve`] the gateway child process;
 //! [`target`] the processes under test; [`client`] WebSocket sessions.
 
 mod all;
@@ -25,6 +26,7 @@ mod cli;
 mod client;
 mod drain;
 mod fanout;
+mod flood;
 mod idle;
 mod latency;
 mod persist;

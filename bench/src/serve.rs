@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use switchboard_core::broker::{BrokerConfig, DynBroker, MemoryBroker, RedisBroker};
+use switchboard_gateway::config::LimitsConfig;
 use switchboard_gateway::{Gateway, GatewayConfig};
 
 // The `serve` subcommand's flags.
@@ -46,6 +47,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         send_burst: 100_000,
         frame_rate: 100_000,
         frame_burst: 100_000,
+        // Thousands of sockets and users from one address: the flood limits
+        // would refuse the load generator itself (the `flood` scenario runs
+        // the shipped binary with its defaults instead).
+        limits: LimitsConfig::off(),
         ..GatewayConfig::default()
     };
     let cfg = match ws_buffer {

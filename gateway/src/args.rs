@@ -4,13 +4,16 @@
 //! `switchboard_core::env`, the names the operator writes; the operator's
 //! contract test parses the Deployments it builds with this parser.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use ipnet::IpNet;
 use switchboard_core::env;
 use switchboard_core::reserved::ReservedPattern;
 
+use crate::config::LimitsConfig;
 use crate::keys::ApiKey;
 
 #[derive(Args, Debug, Clone)]
@@ -94,10 +97,73 @@ pub struct GatewayArgs {
     #[arg(long = "reserved-channel", env = env::RESERVED_CHANNELS, value_delimiter = ',',
           value_parser = parse_reserved)]
     pub reserved_channels: Vec<ReservedPattern>,
+    /// REST requests per second per client address (every route but /healthz,
+    /// /readyz and /metrics, sign-in and the requests opening WebSockets and SSE
+    /// streams included; fractions allowed; 0: no limit)
+    #[arg(long, default_value_t = 20.0, value_parser = parse_rate)]
+    pub rest_rate: f64,
+    /// Burst of REST requests per client address above --rest-rate
+    #[arg(long, default_value_t = 100)]
+    pub rest_burst: u32,
+    /// REST requests per second per signed-in user (requests carrying a valid
+    /// session token; fractions allowed; 0: no limit)
+    #[arg(long, default_value_t = 10.0, value_parser = parse_rate)]
+    pub user_rest_rate: f64,
+    /// Burst of REST requests per user above --user-rest-rate
+    #[arg(long, default_value_t = 50)]
+    pub user_rest_burst: u32,
+    /// Open connections (WebSockets and SSE streams) per client address (0: no limit)
+    #[arg(long, default_value_t = 100)]
+    pub max_connections_per_address: usize,
+    /// Open connections per user on this gateway (0: no limit)
+    #[arg(long, default_value_t = 16)]
+    pub max_connections_per_user: usize,
+    /// Open connections on this gateway in all (0: no limit)
+    #[arg(long, default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// A proxy (CIDR or address) whose X-Forwarded-For is believed: the client is
+    /// then the right-most forwarded address that is not a trusted proxy
+    /// (repeatable; without it the socket's peer address is the client)
+    #[arg(long = "trusted-proxy", value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 fn parse_reserved(s: &str) -> Result<ReservedPattern, String> {
     s.parse().map_err(|e| format!("{e}"))
+}
+
+/// Requests per second: a finite number, 0 or more.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!(
+            "{s} is not a rate (requests per second, e.g. 20 or 0.5)"
+        )),
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (`10.1.2.3`, a /32 or /128).
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s} is neither a CIDR (10.0.0.0/8) nor an IP address"))
+}
+
+impl GatewayArgs {
+    /// The flood limits these flags set.
+    pub fn limits(&self) -> LimitsConfig {
+        LimitsConfig {
+            rest_rate: self.rest_rate,
+            rest_burst: self.rest_burst,
+            user_rest_rate: self.user_rest_rate,
+            user_rest_burst: self.user_rest_burst,
+            conns_per_addr: self.max_connections_per_address,
+            conns_per_user: self.max_connections_per_user,
+            max_conns: self.max_connections,
+            trusted_proxies: self.trusted_proxies.clone(),
+            ..LimitsConfig::default()
+        }
+    }
 }
 
 fn parse_api_key(s: &str) -> Result<ApiKey, String> {
@@ -207,5 +273,50 @@ mod tests {
             vec![1, 137]
         );
         assert_eq!(ids(&["x", "--chain-id", "5,10"]), vec![5, 10]);
+    }
+
+    #[test]
+    fn limit_flags_default_to_the_config_and_proxies_repeat() {
+        let args = Cli::try_parse_from(["x"]).unwrap().args;
+        let (flags, config) = (args.limits(), LimitsConfig::default());
+        assert_eq!(
+            (flags.rest_rate, flags.rest_burst, flags.user_rest_rate),
+            (config.rest_rate, config.rest_burst, config.user_rest_rate)
+        );
+        assert_eq!(
+            (flags.user_rest_burst, flags.conns_per_addr),
+            (config.user_rest_burst, config.conns_per_addr)
+        );
+        assert_eq!(
+            (flags.conns_per_user, flags.max_conns),
+            (config.conns_per_user, config.max_conns)
+        );
+        assert!(flags.trusted_proxies.is_empty());
+        let args = Cli::try_parse_from([
+            "x",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "192.168.1.7",
+            "--max-connections-per-address",
+            "0",
+        ])
+        .unwrap()
+        .args;
+        let limits = args.limits();
+        assert_eq!(
+            limits.trusted_proxies,
+            vec![
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "192.168.1.7/32".parse().unwrap()
+            ]
+        );
+        assert_eq!(limits.conns_per_addr, 0);
+        assert!(Cli::try_parse_from(["x", "--trusted-proxy", "lb"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--rest-rate", "-1"]).is_err());
+        let half = Cli::try_parse_from(["x", "--rest-rate", "0.5"])
+            .unwrap()
+            .args;
+        assert_eq!(half.limits().rest_rate, 0.5);
     }
 }

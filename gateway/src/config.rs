@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ipnet::IpNet;
 use switchboard_core::broker::GatewayIdentity;
 use switchboard_core::reserved::ReservedPattern;
 
@@ -96,6 +97,68 @@ pub struct GatewayConfig {
     /// Channel names only API keys may create (`--reserved-channel`); a
     /// wallet naming a matching channel that does not exist is refused.
     pub reserved_channels: Vec<ReservedPattern>,
+    /// Flood limits: REST rates and connection caps (see [`crate::limits`]).
+    pub limits: LimitsConfig,
+}
+
+/// The flood limits (docs/operations.md, "Limits" and "Floods and rate
+/// limits"). A rate or a cap of 0 turns that limit off.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// REST requests (every route but `/healthz`, `/readyz`, `/metrics`,
+    /// including sign-in and the requests that open WebSockets and SSE
+    /// streams) per second per client address (fractions allowed: 0.5 is
+    /// one every two seconds), and the burst a fresh address may send at once.
+    pub rest_rate: f64,
+    pub rest_burst: u32,
+    /// The same per signed-in user (requests carrying a valid session token).
+    pub user_rest_rate: f64,
+    pub user_rest_burst: u32,
+    /// Open connections (WebSockets, from the upgrade on, and SSE streams)
+    /// per client address, per user, and in all on this gateway.
+    pub conns_per_addr: usize,
+    pub conns_per_user: usize,
+    pub max_conns: usize,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers, ingress
+    /// controllers). Without any, the client address is the socket's peer.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Keys (addresses, users) one rate limiter tracks at most; past it,
+    /// new keys share one overflow limit until pruning frees room.
+    pub max_tracked: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            rest_rate: 20.0,
+            rest_burst: 100,
+            user_rest_rate: 10.0,
+            user_rest_burst: 50,
+            conns_per_addr: 100,
+            conns_per_user: 16,
+            max_conns: 100_000,
+            trusted_proxies: Vec::new(),
+            max_tracked: 100_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Every limit off (load generators and tests that open thousands of
+    /// sockets from one address).
+    pub fn off() -> Self {
+        LimitsConfig {
+            rest_rate: 0.0,
+            rest_burst: 0,
+            user_rest_rate: 0.0,
+            user_rest_burst: 0,
+            conns_per_addr: 0,
+            conns_per_user: 0,
+            max_conns: 0,
+            trusted_proxies: Vec::new(),
+            max_tracked: 100_000,
+        }
+    }
 }
 
 /// A connection report expires after this many report intervals.
@@ -141,6 +204,7 @@ impl Default for GatewayConfig {
             relay: None,
             api_keys: Vec::new(),
             reserved_channels: Vec::new(),
+            limits: LimitsConfig::default(),
         }
     }
 }

@@ -110,6 +110,7 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<GatewayConfig> {
         api_keys: args.api_keys.clone(),
         metrics_listen: args.metrics_listen.clone(),
         reserved_channels: args.reserved_channels.clone(),
+        limits: args.limits(),
         ..GatewayConfig::default()
     })
 }

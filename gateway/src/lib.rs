@@ -13,6 +13,7 @@
 //! in-process the same way.
 
 pub mod ably;
+mod admit;
 pub mod args;
 pub mod config;
 pub mod cursor;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod hub;
 pub mod keys;
 pub mod launch;
+pub mod limits;
 pub mod metrics;
 pub mod relay;
 mod report;

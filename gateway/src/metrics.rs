@@ -16,6 +16,11 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: &'static str,
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -40,6 +45,12 @@ pub struct Metrics {
     pub errors: Family<CodeLabel, Counter>,
     /// Sockets closed for not reading fast enough.
     pub slow_consumers: Counter,
+    /// Requests and connections refused by a flood limit, by limit
+    /// (`crate::limits::Limit::as_str`).
+    pub refusals: Family<LimitLabel, Counter>,
+    /// Sign-in signatures recovered (secp256k1 public-key recovery, the
+    /// expensive step of `POST /v1/auth/verify`).
+    pub signature_recoveries: Counter,
 }
 
 impl Metrics {
@@ -58,6 +69,8 @@ impl Metrics {
         ]);
         let errors = Family::<CodeLabel, Counter>::default();
         let slow_consumers = Counter::default();
+        let refusals = Family::<LimitLabel, Counter>::default();
+        let signature_recoveries = Counter::default();
         registry.register(
             "connections",
             "Open authenticated connections (WebSockets and SSE streams)",
@@ -108,6 +121,16 @@ impl Metrics {
             "Sockets closed because their send queue filled",
             slow_consumers.clone(),
         );
+        registry.register(
+            "refusals",
+            "Requests and connections refused by a flood limit, by limit",
+            refusals.clone(),
+        );
+        registry.register(
+            "signature_recoveries",
+            "Sign-in signatures recovered (after the nonce and the rate limits admitted them)",
+            signature_recoveries.clone(),
+        );
         Metrics {
             registry,
             connections,
@@ -120,6 +143,8 @@ impl Metrics {
             delivery_latency,
             errors,
             slow_consumers,
+            refusals,
+            signature_recoveries,
         }
     }
 
@@ -148,6 +173,10 @@ impl Metrics {
 
     pub fn error(&self, code: &'static str) {
         self.errors.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    pub fn refusal(&self, limit: &'static str) {
+        self.refusals.get_or_create(&LimitLabel { limit }).inc();
     }
 
     /// The text exposition of every metric.

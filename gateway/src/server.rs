@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{delete, get, post};
 use switchboard_core::broker::{BrokerError, DynBroker};
 use switchboard_core::store::DynStore;
@@ -17,7 +18,7 @@ use crate::http::problem::ApiError;
 use crate::http::{auth, channels, conversations, events, ops, params, presence};
 use crate::relay::{RelayConfig, join_hosts};
 use crate::state::{AppRef, AppState};
-use crate::{ably, report, ws};
+use crate::{ably, admit, limits, report, ws};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -36,11 +37,15 @@ pub fn metrics_router(state: AppRef) -> Router {
         .with_state(state)
 }
 
-/// The HTTP router, for embedding or for in-process tests.
+/// The HTTP router, for embedding or for in-process tests. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`: the limits count
+/// the peer address (without it, every client counts as `0.0.0.0`).
 pub fn router(state: AppRef) -> Router {
-    Router::new()
+    // Probes stay outside the limits: kubelets and scrapers poll them.
+    let ops = Router::new()
         .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
+        .route("/readyz", get(ops::readyz));
+    let native = Router::new()
         .route("/v1/auth/nonce", get(auth::nonce))
         .route("/v1/auth/verify", post(auth::verify))
         .route("/v1/auth/revoke", post(auth::revoke_own))
@@ -66,7 +71,10 @@ pub fn router(state: AppRef) -> Router {
         .route("/v1/presence", get(presence::presence))
         .route("/v1/channels", post(channels::create))
         .route("/v1/channels/{id}/events", get(events::channel))
-        // The Ably-compatible subset (see `ably`).
+        .route("/v1/ws", get(ws::upgrade))
+        .route_layer(from_fn_with_state(state.clone(), admit::native));
+    // The Ably-compatible subset (see `ably`).
+    let ably = Router::new()
         .route(
             "/channels/{name}/messages",
             post(ably::publish)
@@ -75,7 +83,11 @@ pub fn router(state: AppRef) -> Router {
         )
         .route("/sse", get(ably::sse))
         .route("/event-stream", get(ably::sse))
-        .route("/v1/ws", get(ws::upgrade))
+        .route_layer(from_fn_with_state(state.clone(), admit::ably));
+    Router::new()
+        .merge(ops)
+        .merge(native)
+        .merge(ably)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         // Every body is bounded before it is read (413 past it); the Ably
         // publish route sets its own, larger limit above.
@@ -184,8 +196,11 @@ impl Gateway {
             let app = router(state.clone());
             let stop = state.shutdown.clone();
             tokio::spawn(async move {
-                let serve =
-                    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+                let serve = axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stop.cancelled_owned());
                 if let Err(e) = serve.await {
                     tracing::error!(error = %e, "HTTP server failed");
                 }
@@ -200,6 +215,18 @@ impl Gateway {
                 }
             })
         };
+        let pruner = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(limits::PRUNE_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => state.limits.prune(),
+                        _ = state.shutdown.cancelled() => return,
+                    }
+                }
+            })
+        };
         let reporter = report::spawn(state.clone());
         tracing::info!(%addr, %metrics_addr, gateway = %state.cfg.gateway_id, "gateway listening");
         log_relay(state.cfg.relay.as_ref());
@@ -208,7 +235,7 @@ impl Gateway {
             addr,
             metrics_addr,
             server,
-            background: vec![dispatcher, liveness, expiry, metrics],
+            background: vec![dispatcher, liveness, expiry, metrics, pruner],
             reporter,
         })
     }

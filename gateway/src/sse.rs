@@ -34,6 +34,7 @@ use switchboard_proto::ids::{Address, ConvId, ConvKind};
 
 use crate::cursor::{SeqCursor, Step};
 use crate::hub::{ConnHandle, Outbound, SessionTimes};
+use crate::limits::ConnSlot;
 use crate::metrics::Metrics;
 use crate::service::{ChatError, ChatService, Engine, Liveness};
 use crate::state::AppState;
@@ -77,13 +78,17 @@ pub struct Reader<F: EventFormat> {
     synced_owed: bool,
     /// The stream has ended (after `event: close` or `event: error`).
     ended: bool,
+    /// Its place in the connection caps, released with the stream.
+    _slot: ConnSlot,
 }
 
 impl<F: EventFormat> Reader<F> {
     /// Open a stream for `user` over `feeds` (conversation, last seq the
-    /// reader holds). The caller has checked the right to read each.
+    /// reader holds), holding `slot` (the connection caps) while it lasts.
+    /// The caller has checked the right to read each.
     pub async fn open(
         state: &AppState,
+        slot: ConnSlot,
         user: Address,
         session: Option<SessionTimes>,
         feeds: Vec<(ConvId, u64)>,
@@ -110,6 +115,7 @@ impl<F: EventFormat> Reader<F> {
             sync_limit: state.cfg.sync_limit.max(1),
             replay: VecDeque::new(),
             ended: false,
+            _slot: slot,
         };
         for f in &reader.feeds {
             if f.conv.kind() == ConvKind::Channel {

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::service::ChatService;
 
@@ -21,6 +22,8 @@ pub struct AppState {
     /// This gateway's open connections and their bounded queues.
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
+    /// Flood limits: REST rates and connection caps.
+    pub limits: Arc<Limits>,
     /// Cancelled when the gateway starts draining.
     pub shutdown: CancellationToken,
 }
@@ -30,6 +33,7 @@ impl AppState {
         let mut metrics = Metrics::new();
         metrics.describe_relay(cfg.relay.as_ref());
         let metrics = Arc::new(metrics);
+        let limits = Arc::new(Limits::new(cfg.limits.clone(), metrics.clone()));
         let cfg = Arc::new(cfg);
         let hub = Arc::new(Hub::new(cfg.gateway_id.clone(), metrics.clone()));
         let shutdown = CancellationToken::new();
@@ -46,6 +50,7 @@ impl AppState {
             chat,
             hub,
             metrics,
+            limits,
             shutdown,
         })
     }

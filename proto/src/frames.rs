@@ -25,6 +25,15 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// The gateway is draining (shutdown, scale-in, rollout): reconnect elsewhere.
     pub const GOING_AWAY: u16 = 1012;
+    /// The user already holds the most connections a gateway takes per user
+    /// (counted once the socket authenticated with its first frame; an
+    /// upgrade with a bearer token is refused with HTTP 429 instead). Close
+    /// one, or retry later with backoff.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4029;
+    /// Frames kept coming after `rate_limited` answers: a whole frame burst
+    /// of them (400 by default, at least 100) refused in a row. Reconnect
+    /// with backoff and pace the frames.
+    pub const FLOODING: u16 = 4030;
 }
 
 /// Frames a client sends. Parse with [`ClientFrame::from_json`]: serde's

@@ -37,6 +37,7 @@ struct ConvState {
 
 #[derive(Default)]
 struct State {
+    /// Used sign-in nonces and when their record expires.
     nonces: HashMap<String, Instant>,
     /// Groups and channels.
     groups: HashMap<ConvId, Conversation>,
@@ -172,23 +173,17 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn put_nonce(&self, nonce: &str, ttl: Duration) -> Result<()> {
+    async fn use_nonce(&self, nonce: &str, ttl: Duration) -> Result<bool> {
         let now = Instant::now();
         let mut st = self.lock();
-        // Expired nonces are swept on insert so the map stays bounded by the
-        // sign-in rate times the TTL.
+        if st.nonces.get(nonce).is_some_and(|exp| *exp > now) {
+            return Ok(false);
+        }
+        // Expired entries are swept on insert so the map stays bounded by
+        // the sign-in rate times the nonce lifetime.
         st.nonces.retain(|_, exp| *exp > now);
         st.nonces.insert(nonce.to_owned(), now + ttl);
-        Ok(())
-    }
-
-    async fn take_nonce(&self, nonce: &str) -> Result<bool> {
-        let now = Instant::now();
-        Ok(self
-            .lock()
-            .nonces
-            .remove(nonce)
-            .is_some_and(|exp| exp > now))
+        Ok(true)
     }
 
     async fn create_group(&self, conv: &Conversation) -> Result<()> {

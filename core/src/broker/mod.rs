@@ -182,11 +182,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Reachability check for `/readyz`.
     async fn ping(&self) -> Result<()>;
 
-    /// Store a sign-in nonce that expires after `ttl`.
-    async fn put_nonce(&self, nonce: &str, ttl: Duration) -> Result<()>;
-    /// Consume a nonce: `true` exactly once for a live nonce, `false` afterwards
-    /// or when unknown or expired.
-    async fn take_nonce(&self, nonce: &str) -> Result<bool>;
+    /// Record a sign-in nonce as used for `ttl` (the rest of its life):
+    /// `true` for exactly one caller, `false` while it is recorded. Nonces
+    /// are issued without storage (signed, see the gateway), so this is the
+    /// only nonce state: one entry per successful sign-in, gone after `ttl`.
+    async fn use_nonce(&self, nonce: &str, ttl: Duration) -> Result<bool>;
 
     /// Create a group conversation. Fails with `AlreadyExists` for a taken id.
     /// Members are kept as a set: [`Broker::conversation`] reads them back

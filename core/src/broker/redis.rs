@@ -509,25 +509,20 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
-    async fn put_nonce(&self, nonce: &str, ttl: Duration) -> Result<()> {
-        let _: () = self
+    async fn use_nonce(&self, nonce: &str, ttl: Duration) -> Result<bool> {
+        // SET NX answers OK to exactly one caller: single use even under races.
+        let set: Option<String> = self
             .pool
             .set(
                 nonce_key(nonce),
                 1,
                 Some(Expiration::PX(millis(ttl))),
-                None,
+                Some(SetOptions::NX),
                 false,
             )
             .await
             .map_err(unavailable)?;
-        Ok(())
-    }
-
-    async fn take_nonce(&self, nonce: &str) -> Result<bool> {
-        // DEL answers 1 for exactly one caller: single use even under races.
-        let n: u64 = self.pool.del(nonce_key(nonce)).await.map_err(unavailable)?;
-        Ok(n == 1)
+        Ok(set.is_some())
     }
 
     async fn create_group(&self, conv: &Conversation) -> Result<()> {

@@ -1,11 +1,12 @@
 //! Ably `ErrorInfo` answers: `{"error": {"code", "statusCode", "message",
 //! "href"}}` with the content type and headers Ably clients read.
 
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::limits::Refusal;
 use crate::service::{ChatError, Engine};
 
 /// An Ably `ErrorInfo` answer.
@@ -14,6 +15,8 @@ pub struct AblyError {
     code: u32,
     status: StatusCode,
     message: String,
+    /// Sent as `Retry-After`, in seconds.
+    retry_after: Option<u64>,
 }
 
 impl AblyError {
@@ -22,6 +25,7 @@ impl AblyError {
             code,
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
     pub(super) fn bad_request(message: impl Into<String>) -> Self {
@@ -60,6 +64,19 @@ impl From<ChatError> for AblyError {
     }
 }
 
+/// A flood limit's refusal: Ably's 42910 (rate limit exceeded), HTTP 429,
+/// with `Retry-After`.
+impl From<Refusal> for AblyError {
+    fn from(r: Refusal) -> Self {
+        AblyError {
+            code: 42910,
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!("{} ({})", r.message(), r.limit.as_str()),
+            retry_after: Some(r.retry_after_secs()),
+        }
+    }
+}
+
 impl IntoResponse for AblyError {
     fn into_response(self) -> Response {
         let body = json!({"error": {
@@ -73,6 +90,9 @@ impl IntoResponse for AblyError {
         // Ably clients read the body only for exactly this content type.
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert("x-ably-errorcode", HeaderValue::from(self.code));
+        if let Some(secs) = self.retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
         if let Ok(v) = HeaderValue::from_str(&self.message) {
             h.insert("x-ably-errormessage", v);
         }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +17,7 @@ use switchboard_proto::frames::ServerFrame;
 use super::AblyError;
 use super::auth::{Caller, authenticate, channel_id, key_of, session};
 use super::message::ably_message;
+use crate::limits::ClientAddr;
 use crate::sse::{EventFormat, Feed, Reader};
 use crate::state::AppRef;
 
@@ -49,6 +50,7 @@ pub const MAX_SSE_CREATES: usize = 10;
 /// only new messages come.
 pub async fn sse(
     State(state): State<AppRef>,
+    Extension(addr): Extension<ClientAddr>,
     Query(q): Query<SseQuery>,
     headers: HeaderMap,
 ) -> Result<Response, AblyError> {
@@ -56,6 +58,13 @@ pub async fn sse(
         (Some(k), _) => Caller::Key(key_of(&state, k)?),
         (None, Some(t)) => session(&state, t).await?,
         (None, None) => authenticate(&state, &headers).await?,
+    };
+    // The connection caps, before any channel is read or created. An API
+    // key is the operator's (trusted like the server): its streams count
+    // against the address and the gateway, not a per-user cap.
+    let slot = match &caller {
+        Caller::Key(_) => state.limits.open(addr)?,
+        Caller::User(p) => state.limits.connect(addr, p.user)?,
     };
     let list = q
         .channels
@@ -139,7 +148,15 @@ pub async fn sse(
     let format = AblyFormat {
         enveloped: q.enveloped.unwrap_or(true),
     };
-    let reader = Reader::open(&state, caller.address(), caller.session(), feeds, format).await?;
+    let reader = Reader::open(
+        &state,
+        slot,
+        caller.address(),
+        caller.session(),
+        feeds,
+        format,
+    )
+    .await?;
     Ok(reader.into_response().into_response())
 }
 

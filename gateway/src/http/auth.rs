@@ -26,8 +26,12 @@ pub struct Authed(pub Address);
 
 /// The bearer token of a request, if it has one.
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
+    bearer_token(&parts.headers)
+}
+
+/// The bearer token in `headers`, if any.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(AUTHORIZATION)?
         .to_str()
         .ok()?
@@ -98,9 +102,10 @@ pub async fn revoke_user(
 }
 
 /// `GET /v1/auth/nonce`.
-pub async fn nonce(State(state): State<AppRef>) -> Result<Json<NonceResponse>, ApiError> {
-    let nonce = state.chat.new_nonce().await?;
-    Ok(Json(NonceResponse { nonce }))
+pub async fn nonce(State(state): State<AppRef>) -> Json<NonceResponse> {
+    Json(NonceResponse {
+        nonce: state.chat.new_nonce(),
+    })
 }
 
 /// `POST /v1/auth/verify`.

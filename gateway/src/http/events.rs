@@ -17,7 +17,7 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::response::sse::{Event, Sse};
@@ -26,6 +26,7 @@ use serde::Deserialize;
 use switchboard_proto::ids::ConvId;
 
 use super::problem::ApiError;
+use crate::limits::ClientAddr;
 use crate::service::ChatError;
 use crate::sse::{EventFormat, Feed, Reader};
 use crate::state::AppRef;
@@ -41,6 +42,7 @@ pub struct EventsQuery {
 /// `GET /v1/conversations/{id}/events`.
 pub async fn conversation(
     State(state): State<AppRef>,
+    Extension(addr): Extension<ClientAddr>,
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
@@ -48,24 +50,26 @@ pub async fn conversation(
     let conv: ConvId = id
         .parse()
         .map_err(|e| ApiError::bad_request(format!("{e}")))?;
-    stream(state, conv, q, headers).await
+    stream(state, addr, conv, q, headers).await
 }
 
 /// `GET /v1/channels/{id}/events`: the same stream for a channel, named
 /// `ch:<name>` or just `<name>`.
 pub async fn channel(
     State(state): State<AppRef>,
+    Extension(addr): Extension<ClientAddr>,
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let name = id.strip_prefix("ch:").unwrap_or(&id);
     let conv = ConvId::channel(name).map_err(|e| ApiError::bad_request(format!("{e}")))?;
-    stream(state, conv, q, headers).await
+    stream(state, addr, conv, q, headers).await
 }
 
 async fn stream(
     state: AppRef,
+    addr: ClientAddr,
     conv: ConvId,
     q: EventsQuery,
     headers: HeaderMap,
@@ -97,11 +101,14 @@ async fn stream(
     if state.shutdown.is_cancelled() {
         return Err(ApiError::unavailable("draining; reconnect elsewhere"));
     }
+    // The connection caps, before the membership look-up.
+    let slot = state.limits.connect(addr, user)?;
     if !state.chat.can_read(&conv, &user).await? {
         return Err(ChatError::NotFound.into());
     }
     let reader = Reader::open(
         &state,
+        slot,
         user,
         Some(caller.session),
         vec![(conv, after)],

@@ -1,12 +1,16 @@
 //! HTTP errors: every failure is `{"error": {"code", "message"}}` with a status
 //! that matches the code, so clients branch on `code` and humans read `message`.
 
+use std::time::Duration;
+
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use switchboard_proto::frames::ErrorCode;
 use switchboard_proto::rest::{ErrorBody, ErrorDetail};
 
+use crate::limits::Refusal;
 use crate::service::{ChatError, Engine};
 
 #[derive(Debug)]
@@ -14,6 +18,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds).
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -22,6 +28,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -93,9 +100,21 @@ impl From<ChatError> for ApiError {
     }
 }
 
+/// A flood limit's refusal: `429 rate_limited` with `Retry-After`.
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: ErrorCode::RateLimited,
+            message: format!("{} ({})", r.message(), r.limit.as_str()),
+            retry_after: Some(Duration::from_secs(r.retry_after_secs())),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut r = (
             self.status,
             Json(ErrorBody {
                 error: ErrorDetail {
@@ -104,6 +123,11 @@ impl IntoResponse for ApiError {
                 },
             }),
         )
-            .into_response()
+            .into_response();
+        if let Some(d) = self.retry_after {
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
+        }
+        r
     }
 }

@@ -1,10 +1,16 @@
-//! Sign-in: a nonce from the broker (single use, short-lived), an EIP-4361
-//! message signed with the wallet, then a stateless session token that every
-//! gateway sharing the secret verifies.
+//! Sign-in: a signed nonce (short-lived, stored nowhere until used), an
+//! EIP-4361 message signed with the wallet, then a stateless session token
+//! that every gateway sharing the secret verifies.
+//!
+//! The order of `sign_in` is the flood defence: the cheap checks (message
+//! grammar, domain, chain, validity, the nonce's tag and expiry) come
+//! first; the secp256k1 recovery only for a nonce this cluster issued; the
+//! broker write (the nonce recorded as used, `SET NX`) only for a signature
+//! that checked out. The request got here through the REST rate limits.
 
 use switchboard_core::broker::Routed;
 use switchboard_proto::auth::AuthError;
-use switchboard_proto::auth::nonce::generate_nonce;
+use switchboard_proto::auth::nonce::NonceError;
 use switchboard_proto::frames::{ErrorCode, ServerFrame};
 use switchboard_proto::ids::Address;
 use switchboard_proto::time::now_ms;
@@ -34,38 +40,51 @@ pub enum SignInError {
     /// The message or its signature does not check out.
     #[error("sign-in rejected ({code}): {0}", code = .0.code())]
     Rejected(AuthError),
-    /// The nonce was never issued, expired, or was used already.
-    #[error("sign-in rejected (bad_nonce): nonce unknown, expired or already used")]
-    BadNonce,
+    /// The nonce was not issued here, or its lifetime is over.
+    #[error("sign-in rejected ({code}): {0}", code = .0.code())]
+    Nonce(NonceError),
+    /// The nonce was used by an earlier sign-in.
+    #[error("sign-in rejected (used_nonce): nonce already used; request a new one")]
+    NonceUsed,
     #[error(transparent)]
     Chat(#[from] ChatError),
 }
 
 impl ChatService {
     /// A fresh sign-in nonce, valid for `nonce_ttl` and for one sign-in.
-    pub async fn new_nonce(&self) -> Result<String> {
-        let nonce = generate_nonce();
-        self.broker.put_nonce(&nonce, self.cfg.nonce_ttl).await?;
-        Ok(nonce)
+    /// Nothing is stored.
+    pub fn new_nonce(&self) -> String {
+        self.nonces
+            .issue(self.cfg.nonce_ttl, OffsetDateTime::now_utc())
     }
 
     /// Verify a signed EIP-4361 `message` and issue a session token, which
     /// never outlives the expiration the user signed.
     pub async fn sign_in(&self, message: &str, signature: &str) -> Result<Session, SignInError> {
         let now = OffsetDateTime::now_utc();
+        let checked = self
+            .siwe
+            .check(message, now)
+            .map_err(SignInError::Rejected)?;
+        let nonce_left = self
+            .nonces
+            .check(&checked.nonce, now)
+            .map_err(SignInError::Nonce)?;
+        self.metrics.signature_recoveries.inc();
         let signed = self
             .siwe
-            .verify(message, signature, now)
+            .recover(message, checked, signature)
             .map_err(SignInError::Rejected)?;
         // The nonce is consumed only after the signature checks out, so
-        // forged requests cannot burn a real client's nonce.
+        // forged requests cannot burn a real client's nonce, and the record
+        // lives only as long as the nonce could still be presented.
         if !self
             .broker
-            .take_nonce(&signed.nonce)
+            .use_nonce(&signed.nonce, nonce_left)
             .await
             .map_err(ChatError::from)?
         {
-            return Err(SignInError::BadNonce);
+            return Err(SignInError::NonceUsed);
         }
         let mut ttl = self.cfg.session_ttl;
         if let Some(exp) = signed.expires_at {
@@ -79,6 +98,13 @@ impl ChatService {
             address: signed.address,
             expires_at,
         })
+    }
+
+    /// The user a session token names if its MAC checks and it has not
+    /// expired — no revocation check (no broker round trip). For keying
+    /// per-user limits only; access goes through [`ChatService::authenticate`].
+    pub fn verify_token(&self, token: &str) -> Result<Address, AuthError> {
+        self.tokens.verify(token, OffsetDateTime::now_utc())
     }
 
     /// The caller a session token names, if it is valid now: the MAC

@@ -35,6 +35,7 @@ use std::time::Instant;
 
 use switchboard_core::broker::{DynBroker, Routed};
 use switchboard_core::store::DynStore;
+use switchboard_proto::auth::nonce::NonceSigner;
 use switchboard_proto::auth::siwe::{MAX_CLOCK_SKEW, SiweVerifier};
 use switchboard_proto::auth::token::TokenSigner;
 use switchboard_proto::ids::{Address, ConvId, ConvKind};
@@ -72,6 +73,8 @@ pub struct ChatService {
     shutdown: CancellationToken,
     /// Session tokens: issued at sign-in, verified by every transport.
     pub tokens: TokenSigner,
+    /// Sign-in nonces: signed with a key derived from the token secret.
+    nonces: NonceSigner,
     siwe: SiweVerifier,
     members: Mutex<MembersCache>,
     /// A re-registration after the broker lost this gateway is due (set
@@ -90,6 +93,7 @@ impl ChatService {
     ) -> Self {
         ChatService {
             tokens: TokenSigner::new(&cfg.token_secret),
+            nonces: NonceSigner::new(&cfg.token_secret),
             siwe: SiweVerifier {
                 domain: cfg.domain.clone(),
                 chain_ids: cfg.chain_ids.clone(),

@@ -5,6 +5,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use switchboard_proto::auth::AuthError;
 use switchboard_proto::frames::{ClientFrame, ErrorCode, ServerFrame, close};
 
+use crate::limits::Refusal;
 use crate::service::Principal;
 use crate::state::AppState;
 
@@ -35,4 +36,18 @@ pub async fn authenticate(state: &AppState, socket: &mut WebSocket) -> Option<Pr
         })))
         .await;
     None
+}
+
+/// The user's connection cap refused this socket after its `auth` frame:
+/// an `error` frame (`rate_limited`), then close 4029.
+pub async fn refuse(state: &AppState, socket: &mut WebSocket, refused: Refusal) {
+    state.metrics.error(ErrorCode::RateLimited.as_str());
+    let frame = ServerFrame::error(ErrorCode::RateLimited, refused.message(), None);
+    let _ = socket.send(WsMessage::Text(frame.to_json().into())).await;
+    let _ = socket
+        .send(WsMessage::Close(Some(CloseFrame {
+            code: close::TOO_MANY_CONNECTIONS,
+            reason: "too many connections".into(),
+        })))
+        .await;
 }

@@ -58,6 +58,7 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, caller: Principa
         timers: VecDeque::new(),
         sends: limiter(state.cfg.send_rate, state.cfg.send_burst),
         frames: limiter(state.cfg.frame_rate, state.cfg.frame_burst),
+        refused_in_row: 0,
         typing: HashMap::new(),
         last_touch: Instant::now(),
         acked: HashMap::new(),
@@ -106,6 +107,8 @@ pub(super) struct Conn {
     timers: VecDeque<(Instant, ConvId, u64)>,
     pub(super) sends: DefaultDirectRateLimiter,
     pub(super) frames: DefaultDirectRateLimiter,
+    /// Frames refused by `frames` since the last one it admitted.
+    pub(super) refused_in_row: u32,
     /// When this socket last relayed typing, per conversation.
     pub(super) typing: HashMap<ConvId, Instant>,
     last_touch: Instant,
@@ -134,6 +137,7 @@ impl Conn {
                         close::SLOW_CONSUMER => "slow consumer: reconnect with backoff and resync",
                         close::GOING_AWAY => "gateway draining: reconnect",
                         close::UNAUTHORIZED => "session expired or revoked: sign in again",
+                        close::FLOODING => "frames kept coming past the frame limit",
                         _ => "closed by server",
                     };
                     return Exit::Close(code, reason);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::ws::WebSocket;
 use serde_json::value::RawValue;
 use switchboard_core::broker::{Mark, SendRequest};
-use switchboard_proto::frames::{ClientFrame, ErrorCode, ServerFrame};
+use switchboard_proto::frames::{ClientFrame, ErrorCode, ServerFrame, close};
 use switchboard_proto::ids::{ConvId, ConvKind, MsgId};
 use tokio::time::Instant;
 
@@ -16,6 +16,12 @@ use super::conn::Conn;
 use crate::service::{ChatError, Engine};
 
 type WsResult = Result<(), axum::Error>;
+
+/// The `limit` label of a socket closed for flooding frames.
+const FRAME_FLOOD: &str = "frames";
+
+/// Refusals in a row that close a socket: the frame burst, at least this.
+const MIN_FLOOD_RUN: u32 = 100;
 
 impl Conn {
     pub(super) async fn on_text(&mut self, socket: &mut WebSocket, t: &str) -> WsResult {
@@ -30,6 +36,15 @@ impl Conn {
         // Acks are exempt: each answers a frame we sent, so they are bounded
         // by our own output, and refusing them would only cause resends.
         if !matches!(frame, ClientFrame::Ack { .. }) && self.frames.check().is_err() {
+            // A client that keeps sending through a whole burst of refusals
+            // is not slowing down: each refusal costs an answer, so close it
+            // (the reconnect then passes the REST and connection limits).
+            self.refused_in_row += 1;
+            if self.refused_in_row >= self.state.cfg.frame_burst.max(MIN_FLOOD_RUN) {
+                self.state.metrics.refusal(FRAME_FLOOD);
+                self.handle.close.close(close::FLOODING);
+                return Ok(());
+            }
             let reference = match &frame {
                 ClientFrame::Send { id, .. } => Some(id.to_string()),
                 _ => None,
@@ -39,6 +54,7 @@ impl Conn {
                 .error(socket, ErrorCode::RateLimited, msg, reference)
                 .await;
         }
+        self.refused_in_row = 0;
         match frame {
             ClientFrame::Auth { .. } => {
                 self.error(socket, ErrorCode::BadFrame, "already authenticated", None)

@@ -13,6 +13,8 @@ mod channels;
 mod conn;
 mod dispatch;
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::http::request::Parts;
@@ -21,9 +23,14 @@ use switchboard_proto::frames::{ErrorCode, MAX_FRAME_BYTES};
 
 use crate::http::auth::bearer;
 use crate::http::problem::ApiError;
+use crate::limits::ClientAddr;
 use crate::state::AppRef;
 
-/// `GET /v1/ws`.
+/// `GET /v1/ws`. The connection caps apply before the upgrade (per
+/// address and per gateway, and per user when the upgrade carries a bearer
+/// token: `429` with `Retry-After`); a socket that authenticates with its
+/// first frame is counted for its user then, and refused with an `error`
+/// frame (`rate_limited`) and close 4029.
 pub async fn upgrade(State(state): State<AppRef>, parts: Parts, ws: WebSocketUpgrade) -> Response {
     if state.shutdown.is_cancelled() {
         return ApiError::unavailable("draining; reconnect elsewhere").into_response();
@@ -41,6 +48,15 @@ pub async fn upgrade(State(state): State<AppRef>, parts: Parts, ws: WebSocketUpg
         },
         None => None,
     };
+    let addr = client_addr(&parts);
+    let slot = match pre_auth {
+        Some(caller) => state.limits.connect(addr, caller.user),
+        None => state.limits.open(addr),
+    };
+    let mut slot = match slot {
+        Ok(s) => s,
+        Err(refused) => return ApiError::from(refused).into_response(),
+    };
     let cfg = &state.cfg;
     ws.read_buffer_size(cfg.ws_read_buffer)
         .write_buffer_size(cfg.ws_write_buffer)
@@ -51,13 +67,29 @@ pub async fn upgrade(State(state): State<AppRef>, parts: Parts, ws: WebSocketUpg
             // Both phases are boxed: the task axum spawns then holds two
             // pointers instead of the largest inline state of either, which
             // saves ~2 KiB per idle connection.
-            let user = match pre_auth {
-                Some(u) => u,
+            let caller = match pre_auth {
+                Some(c) => c,
                 None => match Box::pin(auth::authenticate(&state, &mut socket)).await {
-                    Some(u) => u,
+                    Some(c) => c,
                     None => return,
                 },
             };
-            Box::pin(conn::serve(state, socket, user)).await;
+            if let Err(refused) = slot.bind(caller.user) {
+                Box::pin(auth::refuse(&state, &mut socket, refused)).await;
+                return;
+            }
+            Box::pin(conn::serve(state, socket, caller)).await;
+            // The slot is released only now, with the connection.
+            drop(slot);
         })
+}
+
+/// The client address the `admit` middleware found (`0.0.0.0` for a router
+/// served without it).
+fn client_addr(parts: &Parts) -> ClientAddr {
+    parts
+        .extensions
+        .get::<ClientAddr>()
+        .copied()
+        .unwrap_or(ClientAddr(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
 }

@@ -56,16 +56,37 @@ pub struct VerifiedSignIn {
     pub expires_at: Option<OffsetDateTime>,
 }
 
+/// A sign-in message that parsed and passed every check but the signature:
+/// what [`SiweVerifier::check`] returns and [`SiweVerifier::recover`]
+/// finishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedMessage {
+    /// The address the message claims.
+    pub address: Address,
+    /// The caller checks it was issued here (and consumes it) — before the
+    /// recovery for the check, after it for the consumption.
+    pub nonce: String,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
 impl SiweVerifier {
-    /// Parse and check `message` and its `personal_sign` signature at `now`.
-    /// Nonce liveness is NOT checked here: the gateway consumes the nonce from
-    /// the broker after this succeeds, so forgeries cannot burn nonces.
+    /// Parse and check `message` and its `personal_sign` signature at `now`:
+    /// [`SiweVerifier::check`] then [`SiweVerifier::recover`]. Nonce
+    /// liveness is NOT checked here: the gateway checks the nonce between
+    /// the two and consumes it after, so forgeries cannot burn nonces.
     pub fn verify(
         &self,
         message: &str,
         signature_hex: &str,
         now: OffsetDateTime,
     ) -> Result<VerifiedSignIn, AuthError> {
+        let checked = self.check(message, now)?;
+        self.recover(message, checked, signature_hex)
+    }
+
+    /// Parse `message` and check everything but its signature (domain,
+    /// chain, validity window): cheap, no elliptic-curve work.
+    pub fn check(&self, message: &str, now: OffsetDateTime) -> Result<CheckedMessage, AuthError> {
         let m =
             siwe::Message::from_str(message).map_err(|e| AuthError::BadMessage(e.to_string()))?;
         // The parser skips the line after the address and the one after the
@@ -117,19 +138,34 @@ impl SiweVerifier {
         if expires_at.is_some_and(|exp| exp <= now) {
             return Err(AuthError::Expired);
         }
+        Ok(CheckedMessage {
+            address: Address(m.address),
+            nonce: m.nonce,
+            expires_at,
+        })
+    }
+
+    /// Recover the signer of `message` (which [`SiweVerifier::check`]
+    /// turned into `checked`) and compare it with the address it claims:
+    /// the expensive step (secp256k1 public-key recovery).
+    pub fn recover(
+        &self,
+        message: &str,
+        checked: CheckedMessage,
+        signature_hex: &str,
+    ) -> Result<VerifiedSignIn, AuthError> {
         let sig = parse_signature_hex(signature_hex)?;
         let recovered = recover_address(message.as_bytes(), &sig)?;
-        let claimed = Address(m.address);
-        if recovered != claimed {
+        if recovered != checked.address {
             return Err(AuthError::AddressMismatch {
-                claimed: claimed.to_string(),
+                claimed: checked.address.to_string(),
                 recovered: recovered.to_string(),
             });
         }
         Ok(VerifiedSignIn {
-            address: claimed,
-            nonce: m.nonce,
-            expires_at,
+            address: checked.address,
+            nonce: checked.nonce,
+            expires_at: checked.expires_at,
         })
     }
 }
