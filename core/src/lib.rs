@@ -6,5 +6,8 @@
 
 pub mod broker;
 pub mod env;
+pub mod redact;
 pub mod relay;
 pub mod store;
+
+pub use redact::redact_url;

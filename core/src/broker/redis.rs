@@ -172,11 +172,12 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// Connect to `url`: `redis://host:port[/db]` for a standalone server or
-    /// `redis-cluster://host:port?node=host:port&...` for a cluster.
-    pub async fn connect(url: &str, cfg: BrokerConfig) -> Result<Self> {
-        let config = Config::from_url(url)
-            .map_err(|e| BrokerError::Unavailable(format!("invalid Redis URL: {e}")))?;
+    /// Connect to `target`: a URL, `redis://host:port[/db]` for a standalone
+    /// server or `redis-cluster://host:port?node=host:port&...` for a
+    /// cluster, and the password if the server wants one (a
+    /// [`super::RedisTarget`]; a bare URL converts into one).
+    pub async fn connect(target: impl Into<super::RedisTarget>, cfg: BrokerConfig) -> Result<Self> {
+        let config = target.into().config()?;
         let cluster = config.server.is_clustered();
         let pool = redis_builder(&config).build_pool(2).map_err(unavailable)?;
         pool.init().await.map_err(unavailable)?;
