@@ -18,6 +18,10 @@ use crate::streams::{Entry, Pending, Streams};
 pub enum WorkerError {
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
+    /// The Redis URL or password cannot be used (the message never shows
+    /// the password).
+    #[error("redis: {0}")]
+    RedisConfig(#[from] switchboard_core::broker::BrokerError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -111,13 +115,15 @@ enum Retry<T> {
 }
 
 impl Worker {
-    /// Connect to Redis and create the consumer groups.
+    /// Connect to Redis (a URL, or a URL and a password:
+    /// [`RedisTarget`](switchboard_core::broker::RedisTarget)) and create the
+    /// consumer groups.
     pub async fn connect(
-        redis_url: &str,
+        redis: impl Into<switchboard_core::broker::RedisTarget>,
         store: PgStore,
         cfg: WorkerConfig,
     ) -> Result<Self, WorkerError> {
-        let streams = Streams::connect(redis_url, cfg.shards, cfg.consumer.clone()).await?;
+        let streams = Streams::connect(redis, cfg.shards, cfg.consumer.clone()).await?;
         streams.ensure_groups().await?;
         Ok(Worker {
             cfg,

@@ -52,8 +52,12 @@ pub struct Streams {
 }
 
 impl Streams {
-    pub async fn connect(url: &str, shards: u16, consumer: String) -> Result<Self, Error> {
-        let config = Config::from_url(url)?;
+    pub async fn connect(
+        redis: impl Into<switchboard_core::broker::RedisTarget>,
+        shards: u16,
+        consumer: String,
+    ) -> Result<Self, crate::run::WorkerError> {
+        let config = redis.into().config()?;
         let pool = switchboard_core::broker::redis_builder(&config).build_pool(2)?;
         pool.init().await?;
         Ok(Streams {
