@@ -36,7 +36,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             ..WorkerConfig::default()
         };
         let redis = RedisTarget::new(redis_url.as_str(), args.redis_password.clone());
-        let worker = Worker::connect(&redis, store.clone(), wcfg)
+        let worker = Worker::connect_to(&redis, store.clone(), wcfg)
             .await
             .context("cannot start the embedded worker")?;
         let stop = worker_stop.clone();

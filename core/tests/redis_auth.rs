@@ -33,7 +33,7 @@ fn url_with_password(url: &str) -> String {
 /// A group send and its routed fan-out over pub/sub: the command pool and
 /// the subscriber connection both authenticate.
 async fn works(target: RedisTarget) {
-    let b = RedisBroker::connect(target.clone(), BrokerConfig::default())
+    let b = RedisBroker::connect_to(&target, BrokerConfig::default())
         .await
         .unwrap_or_else(|e| panic!("connect to {target}: {e}"));
     let (x, y) = (Address(rand::random()), Address(rand::random()));
@@ -84,7 +84,7 @@ async fn works(target: RedisTarget) {
     b.report_connections(&id, 4, Duration::from_secs(30))
         .await
         .unwrap();
-    let reader = ReportsReader::new(target).unwrap();
+    let reader = ReportsReader::for_target(&target).unwrap();
     reader.connect().await.unwrap();
     let got = reader.read(id.cluster()).await.unwrap();
     assert_eq!(got.total(), 4);
@@ -96,7 +96,7 @@ async fn works(target: RedisTarget) {
 /// and the password given is nowhere in the message.
 async fn refused(target: RedisTarget, wrong: Option<&str>) {
     let shown = target.to_string();
-    let err = match RedisBroker::connect(target.clone(), BrokerConfig::default()).await {
+    let err = match RedisBroker::connect_to(&target, BrokerConfig::default()).await {
         Err(e) => e,
         Ok(b) => {
             // fred may connect lazily: then the first command fails.

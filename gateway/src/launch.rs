@@ -74,7 +74,7 @@ pub async fn connect(args: &GatewayArgs, migrate: bool) -> anyhow::Result<Engine
                 );
             }
             let target = RedisTarget::new(url.as_str(), args.redis_password.clone());
-            let b = RedisBroker::connect(&target, broker_config.clone())
+            let b = RedisBroker::connect_to(&target, broker_config.clone())
                 .await
                 .with_context(|| format!("cannot connect to Redis at {target}"))?;
             (Arc::new(b), format!("redis ({target})"))

@@ -52,7 +52,7 @@ async fn gateway_authenticates_with_the_password_variable() {
         .spawn()
         .unwrap();
     let target = RedisTarget::new(redis.url(), Some(PASSWORD.into()));
-    let broker = RedisBroker::connect(&target, BrokerConfig::default())
+    let broker = RedisBroker::connect_to(&target, BrokerConfig::default())
         .await
         .unwrap();
     let cluster = ClusterRef::new("team-a", "chat").unwrap();

@@ -319,7 +319,7 @@ async fn read_reports(
             // Kept in the state before connecting: a sync cut short (a lost
             // Lease) leaves it where closing the state quits it.
             slot.insert(Reader {
-                reader: ReportsReader::new(&target)?,
+                reader: ReportsReader::for_target(&target)?,
                 target,
                 connected: false,
             })

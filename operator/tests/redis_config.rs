@@ -184,7 +184,7 @@ async fn a_full_redis_refuses_sends_as_unavailable() {
     .unwrap();
 
     let target = RedisTarget::new(format!("redis://{}", server.addr), Some(password));
-    let b = RedisBroker::connect(&target, BrokerConfig::default())
+    let b = RedisBroker::connect_to(&target, BrokerConfig::default())
         .await
         .unwrap();
     let x = Address(rand::random());

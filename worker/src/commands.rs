@@ -106,7 +106,7 @@ pub async fn run(args: RunArgs) -> Result<(), CommandError> {
         ..WorkerConfig::default()
     };
     let redis = RedisTarget::new(args.redis_url.clone(), args.redis_password.clone());
-    let worker = Worker::connect(&redis, store.clone(), cfg)
+    let worker = Worker::connect_to(&redis, store.clone(), cfg)
         .await
         .map_err(|source| CommandError::Redis {
             redis: redis.to_string(),

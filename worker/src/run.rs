@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchboard_core::broker::RedisTarget;
 use switchboard_core::broker::persist::{PersistEntry, parse_entry};
 use switchboard_core::store::partitions::{self, PartitionPolicy};
 use switchboard_core::store::{Batch, BatchOutcome, PgStore, Store, StoreError};
@@ -18,10 +19,6 @@ use crate::streams::{Entry, Pending, Streams};
 pub enum WorkerError {
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
-    /// The Redis URL or password cannot be used (the message never shows
-    /// the password).
-    #[error("redis: {0}")]
-    RedisConfig(#[from] switchboard_core::broker::BrokerError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -115,15 +112,22 @@ enum Retry<T> {
 }
 
 impl Worker {
-    /// Connect to Redis (a URL, or a URL and a password:
-    /// [`RedisTarget`](switchboard_core::broker::RedisTarget)) and create the
-    /// consumer groups.
+    /// Connect to the Redis at `redis_url` and create the consumer groups.
     pub async fn connect(
-        redis: impl Into<switchboard_core::broker::RedisTarget>,
+        redis_url: &str,
         store: PgStore,
         cfg: WorkerConfig,
     ) -> Result<Self, WorkerError> {
-        let streams = Streams::connect(redis, cfg.shards, cfg.consumer.clone()).await?;
+        Self::connect_to(&RedisTarget::from(redis_url), store, cfg).await
+    }
+
+    /// [`connect`](Self::connect) with a password given apart from the URL.
+    pub async fn connect_to(
+        redis: &RedisTarget,
+        store: PgStore,
+        cfg: WorkerConfig,
+    ) -> Result<Self, WorkerError> {
+        let streams = Streams::connect_to(redis, cfg.shards, cfg.consumer.clone()).await?;
         streams.ensure_groups().await?;
         Ok(Worker {
             cfg,

@@ -176,14 +176,19 @@ pub struct ReportsReader {
 }
 
 impl ReportsReader {
-    /// A reader of the Redis at `target` (a `redis://…` or
-    /// `redis-cluster://…?node=…` URL and the password, as
-    /// [`super::RedisBroker::connect`] takes). Nothing connects until [`connect`](Self::connect), so the
+    /// A reader of the Redis at `url` (`redis://…` or
+    /// `redis-cluster://…?node=…`, as [`super::RedisBroker::connect`]
+    /// takes). Nothing connects until [`connect`](Self::connect), so the
     /// caller can keep the reader (and [`quit`](Self::quit) it) even if
     /// connecting is cut short.
-    pub fn new(target: impl Into<super::RedisTarget>) -> Result<Self, super::BrokerError> {
+    pub fn new(url: &str) -> Result<Self, super::BrokerError> {
+        Self::for_target(&super::RedisTarget::from(url))
+    }
+
+    /// [`new`](Self::new) for a URL and a password given apart.
+    pub fn for_target(target: &super::RedisTarget) -> Result<Self, super::BrokerError> {
         use fred::prelude::{Builder, ReconnectPolicy};
-        let config = target.into().config()?;
+        let config = target.config()?;
         let mut builder = Builder::from_config(config);
         // Reconnect after a Redis restart (a reader lives as long as its
         // cluster), but fail a read after the timeout instead of queueing:

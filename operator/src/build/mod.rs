@@ -377,7 +377,7 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
     };
     let bytes = (number * scale).floor();
     // `as` saturates; the range check keeps absurd values out.
-    (bytes >= 0.0 && bytes < 9.0e18).then_some(bytes as u64)
+    (0.0..9.0e18).contains(&bytes).then_some(bytes as u64)
 }
 
 /// FNV-1a, 64 bit. The config hash must not change between Rust releases
