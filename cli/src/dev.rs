@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use switchboard_core::broker::RedisTarget;
 use switchboard_core::store::partitions::PartitionPolicy;
 use switchboard_gateway::args::GatewayArgs;
 use switchboard_gateway::launch;
@@ -34,7 +35,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             partitions: Some((PartitionPolicy::default(), Duration::from_secs(3600))),
             ..WorkerConfig::default()
         };
-        let worker = Worker::connect(redis_url, store.clone(), wcfg)
+        let redis = RedisTarget::new(redis_url.as_str(), args.redis_password.clone());
+        let worker = Worker::connect_to(&redis, store.clone(), wcfg)
             .await
             .context("cannot start the embedded worker")?;
         let stop = worker_stop.clone();

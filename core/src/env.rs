@@ -8,6 +8,10 @@
 
 /// Redis URL (`redis://…` or `redis-cluster://…`): gateway and worker.
 pub const REDIS_URL: &str = "SWITCHBOARD_REDIS_URL";
+/// Redis password, apart from the URL (the operator fills it from the
+/// Secret it generates for a managed Redis): gateway and worker. The URL
+/// then names no password; see `switchboard_core::broker::RedisTarget`.
+pub const REDIS_PASSWORD: &str = "SWITCHBOARD_REDIS_PASSWORD";
 /// PostgreSQL URL: gateway and worker.
 pub const DATABASE_URL: &str = "SWITCHBOARD_DATABASE_URL";
 /// EIP-4361 domain sign-in messages must name: gateway.

@@ -6,6 +6,9 @@
 
 pub mod broker;
 pub mod env;
+pub mod redact;
 pub mod relay;
 pub mod reserved;
 pub mod store;
+
+pub use redact::redact_url;

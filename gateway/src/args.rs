@@ -28,6 +28,10 @@ pub struct GatewayArgs {
     /// Use Redis (redis://… or redis-cluster://…) instead of the in-memory broker
     #[arg(long, env = env::REDIS_URL, hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Redis password, if the URL names none (the operator sets it from the
+    /// managed Redis's Secret)
+    #[arg(long, env = env::REDIS_PASSWORD, hide_env_values = true, requires = "redis_url")]
+    pub redis_password: Option<String>,
     /// Store history in PostgreSQL (postgres://…; needs --redis-url). `switchboard dev`
     /// also applies migrations and runs a worker in-process
     #[arg(long, env = env::DATABASE_URL, hide_env_values = true)]

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use switchboard_core::broker::{
-    BrokerConfig, ClusterRef, DynBroker, GatewayIdentity, MemoryBroker, RedisBroker,
+    BrokerConfig, ClusterRef, DynBroker, GatewayIdentity, MemoryBroker, RedisBroker, RedisTarget,
 };
+use switchboard_core::redact_url as redact;
 use switchboard_core::store::{DynStore, PgStore};
 use tokio::net::TcpListener;
 
@@ -73,10 +74,11 @@ pub async fn connect(args: &GatewayArgs, migrate: bool) -> anyhow::Result<Engine
                     redact(url)
                 );
             }
-            let b = RedisBroker::connect(url, broker_config.clone())
+            let target = RedisTarget::new(url.as_str(), args.redis_password.clone());
+            let b = RedisBroker::connect_to(&target, broker_config.clone())
                 .await
-                .with_context(|| format!("cannot connect to Redis at {}", redact(url)))?;
-            (Arc::new(b), format!("redis ({})", redact(url)))
+                .with_context(|| format!("cannot connect to Redis at {target}"))?;
+            (Arc::new(b), format!("redis ({target})"))
         }
         None => (Arc::new(MemoryBroker::default()), "memory".into()),
     };
@@ -215,20 +217,6 @@ pub fn relay_config(
     Ok(Some(relay))
 }
 
-/// A URL without its password, for messages and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// Write `data` to `path` readable by the owner only (0600, its directory
 /// 0700 when created): token secrets, wallet keys.
 pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -332,15 +320,5 @@ mod tests {
         assert_eq!(id.to_string(), "chat/prod/gw-0");
         assert!(report_identity(Some("gw/0"), Some("chat"), Some("prod")).is_err());
         assert!(report_identity(Some("gw-0"), Some("chat"), Some("{prod}")).is_err());
-    }
-
-    #[test]
-    fn passwords_stay_out_of_messages() {
-        assert_eq!(
-            redact("postgres://u:secret@db:5432/x"),
-            "postgres://u:***@db:5432/x"
-        );
-        assert_eq!(redact("redis://:secret@r:6379"), "redis://:***@r:6379");
-        assert_eq!(redact("redis://r:6379"), "redis://r:6379");
     }
 }

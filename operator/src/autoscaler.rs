@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -43,10 +43,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::json;
 use switchboard_core::broker::reports::ReportsReader;
-use switchboard_core::broker::{BrokerError, ClusterRef};
+use switchboard_core::broker::{BrokerError, ClusterRef, RedisTarget};
 
 use crate::autoscale::{self, Decision, Inputs, POD_DELETION_COST, Policy, Report};
-use crate::build::{self, Ctx, names};
+use crate::build::{self, names};
 use crate::crd::{AutoscalingMode, ChatCluster, GatewayStatus};
 use crate::manager::{Context, Manager};
 use crate::metrics::{DirectionLabel, Metrics, ReasonLabel};
@@ -110,7 +110,7 @@ pub struct ClusterState {
 /// A [`ReportsReader`], the URL it was opened with, and whether it is
 /// connected.
 struct Reader {
-    url: String,
+    target: RedisTarget,
     reader: ReportsReader,
     connected: bool,
 }
@@ -302,9 +302,16 @@ async fn read_reports(
     name: &str,
     state: &mut ClusterState,
 ) -> Result<(Vec<Report>, u64), Error> {
-    let url = redis_url(cx, cluster, ns).await?;
+    let target = crate::secrets::redis_target(&cx.client, cluster)
+        .await
+        .map_err(|e| match e {
+            crate::secrets::SecretError::Kube(e) => Error::Kube(e),
+            crate::secrets::SecretError::Build(e) => Error::Build(e),
+            crate::secrets::SecretError::Missing(m) => Error::RedisUrl(m),
+        })?;
     let reader = match &mut state.reader {
-        Some(r) if r.url == url => r,
+        // A changed URL or password (a rotated Secret) connects anew.
+        Some(r) if r.target == target => r,
         slot => {
             if let Some(old) = slot.take() {
                 old.reader.quit().await;
@@ -312,8 +319,8 @@ async fn read_reports(
             // Kept in the state before connecting: a sync cut short (a lost
             // Lease) leaves it where closing the state quits it.
             slot.insert(Reader {
-                reader: ReportsReader::new(&url)?,
-                url,
+                reader: ReportsReader::for_target(&target)?,
+                target,
                 connected: false,
             })
         }
@@ -344,34 +351,6 @@ async fn read_reports(
         })
         .collect();
     Ok((reports, got.now))
-}
-
-/// The Redis URL the gateways use: the external Secret's key, or the
-/// managed Redis the reconciler builds.
-async fn redis_url(cx: &Context, cluster: &ChatCluster, ns: &str) -> Result<String, Error> {
-    let redis = &cluster.spec.redis;
-    match (&redis.managed, &redis.external) {
-        (_, Some(ext)) => {
-            let r = &ext.url_secret_ref;
-            let secrets: Api<Secret> = Api::namespaced(cx.client.clone(), ns);
-            let secret = secrets
-                .get_opt(&r.name)
-                .await?
-                .ok_or_else(|| Error::RedisUrl(format!("Secret {:?} does not exist", r.name)))?;
-            let bytes = secret
-                .data
-                .and_then(|mut d| d.remove(&r.key))
-                .ok_or_else(|| {
-                    Error::RedisUrl(format!("Secret {:?} has no key {:?}", r.name, r.key))
-                })?;
-            let url = String::from_utf8(bytes.0).map_err(|_| {
-                Error::RedisUrl(format!("Secret {:?} key {:?} is not UTF-8", r.name, r.key))
-            })?;
-            Ok(url.trim().to_string())
-        }
-        (Some(managed), None) => Ok(build::redis::managed_url(&Ctx::new(cluster)?, managed)),
-        (None, None) => Err(Error::RedisUrl("the spec names no Redis".into())),
-    }
 }
 
 /// Sets the deletion cost of each pod whose annotation differs. A pod that

@@ -46,6 +46,12 @@ pub struct RunArgs {
     /// Name of the leader Lease
     #[arg(long, default_value = "switchboard-operator")]
     lease_name: String,
+    /// The namespace this operator's pods run in (default: the pod's
+    /// namespace). The NetworkPolicies it builds let pods labelled
+    /// `app.kubernetes.io/name=switchboard-operator` from there reach the
+    /// managed Redis and PostgreSQL; unset, from any namespace.
+    #[arg(long, env = switchboard_core::env::POD_NAMESPACE)]
+    operator_namespace: Option<String>,
     /// This replica's identity (default: the pod name, else a random one)
     #[arg(long, env = switchboard_core::env::POD_NAME)]
     identity: Option<String>,
@@ -79,6 +85,7 @@ impl RunArgs {
             lease_namespace: self.lease_namespace,
             lease_name: self.lease_name,
             identity,
+            operator_namespace: self.operator_namespace.filter(|n| !n.is_empty()),
             autoscale_interval: Duration::from_secs(self.autoscale_interval_seconds),
             partitions: PartitionsConfig {
                 interval: Duration::from_secs(self.partition_interval_seconds),

@@ -81,6 +81,33 @@ pub struct ChatClusterSpec {
     /// Relay gateways use for live delivery while Redis is unreachable. Omit to run without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_relay: Option<FallbackRelaySpec>,
+    /// NetworkPolicies around the managed Redis and PostgreSQL.
+    #[serde(default)]
+    pub network_policies: NetworkPoliciesSpec,
+}
+
+/// NetworkPolicies the operator creates for the stores it runs: only this
+/// cluster's gateway, worker (and, for Redis, the other Redis) pods and the
+/// operator's own pods may connect to the managed Redis and PostgreSQL.
+/// They need a network plugin that enforces NetworkPolicies; a store you
+/// run (`external`) gets none.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPoliciesSpec {
+    /// `false` creates none (and deletes those created before), e.g. when
+    /// your own policies already cover the namespace.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for NetworkPoliciesSpec {
+    fn default() -> Self {
+        NetworkPoliciesSpec { enabled: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 // ---------------------------------------------------------------- auth
@@ -409,7 +436,12 @@ pub struct ManagedRedis {
     /// Persistent volume of each Redis pod (holds the AOF).
     #[serde(default)]
     pub storage: StorageSpec,
-    /// CPU and memory for each Redis container. Defaults to 100m / 256Mi requested.
+    /// CPU and memory for each Redis container. Defaults to 100m / 256Mi
+    /// requested and a 1Gi memory limit. A memory limit is required: Redis's
+    /// `maxmemory` is set to 70% of it (the rest is headroom for the AOF
+    /// rewrite's copy-on-write and for client and replication buffers), and
+    /// writes beyond it are refused (`noeviction`) instead of the pod being
+    /// OOM-killed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }

@@ -40,6 +40,7 @@ pub mod reconcile;
 pub mod redis_cluster;
 pub mod redis_manager;
 pub mod run;
+pub mod secrets;
 pub mod server;
 pub mod status;
 pub mod validate;

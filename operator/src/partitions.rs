@@ -34,9 +34,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::Api;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::json;
@@ -299,18 +297,13 @@ impl PartitionManager {
 async fn database_url(cx: &Context, cluster: &ChatCluster) -> Result<String, Error> {
     let ctx = Ctx::new(cluster)?;
     let r = build::postgres::url_ref(&ctx);
-    let secrets: Api<Secret> = Api::namespaced(cx.client.clone(), &ctx.namespace);
-    let secret = secrets
-        .get_opt(&r.name)
-        .await?
-        .ok_or_else(|| Error::Url(format!("Secret {:?} does not exist", r.name)))?;
-    let bytes = secret
-        .data
-        .and_then(|mut d| d.remove(&r.key))
-        .ok_or_else(|| Error::Url(format!("Secret {:?} has no key {:?}", r.name, r.key)))?;
-    let url = String::from_utf8(bytes.0)
-        .map_err(|_| Error::Url(format!("Secret {:?} key {:?} is not UTF-8", r.name, r.key)))?;
-    Ok(url.trim().to_string())
+    crate::secrets::read_key(&cx.client, &ctx.namespace, &r)
+        .await
+        .map_err(|e| match e {
+            crate::secrets::SecretError::Kube(e) => Error::Kube(e),
+            crate::secrets::SecretError::Build(e) => Error::Build(e),
+            crate::secrets::SecretError::Missing(m) => Error::Url(m),
+        })
 }
 
 /// Applies `status.postgres.{oldest,newest}Partition` and `PartitionsReady`,
@@ -390,12 +383,13 @@ fn range_message(report: &MaintenanceReport) -> String {
     }
 }
 
-/// Never repeat a URL (it may hold a password) in an error message.
+/// Never repeat a URL's password in an error message: the URL is shown
+/// redacted (core's one redaction function).
 fn strip_url(msg: &str, url: &str) -> String {
     if url.is_empty() {
         msg.to_string()
     } else {
-        msg.replace(url, "<database URL>")
+        msg.replace(url, &switchboard_core::redact_url(url))
     }
 }
 
@@ -417,11 +411,11 @@ mod tests {
     }
 
     #[test]
-    fn urls_are_not_repeated_in_errors() {
+    fn passwords_are_not_repeated_in_errors() {
         let url = "postgres://u:secret@h/db";
         assert_eq!(
             strip_url(&format!("bad {url} here"), url),
-            "bad <database URL> here"
+            "bad postgres://u:***@h/db here"
         );
     }
 }

@@ -16,6 +16,7 @@ use futures_util::{StreamExt, try_join};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -90,6 +91,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per cluster (`namespace/name`), for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The operator's own namespace, for the NetworkPolicies
+    /// ([`Observed::operator_namespace`]).
+    operator_namespace: Option<String>,
 }
 
 impl Context {
@@ -100,7 +104,15 @@ impl Context {
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            operator_namespace: None,
         }
+    }
+
+    /// The namespace the operator's pods run in; see
+    /// [`Observed::operator_namespace`].
+    pub fn with_operator_namespace(mut self, namespace: Option<String>) -> Self {
+        self.operator_namespace = namespace;
+        self
     }
 
     fn failure_count(&self, key: &str, bump: bool) -> u32 {
@@ -144,9 +156,12 @@ pub async fn run_controller(
             None => Api::all(client.clone()),
         }
     }
-    // Children are watched by label so the caches hold only our objects
-    // (Secrets especially: a cluster-wide Secret cache would be large and
-    // a needless privilege in memory).
+    // Children are watched by label so the caches hold only our objects.
+    // Secrets are not watched at all: the operator reads, creates and
+    // deletes them by name only, so its RBAC needs no `list`/`watch` on
+    // Secrets (which would let it read every Secret it may list). A deleted
+    // generated Secret comes back with the next reconcile (at the latest
+    // the periodic resync).
     let children = watcher::Config::default().labels(&format!(
         "{}={}",
         build::LABEL_MANAGED_BY,
@@ -164,7 +179,7 @@ pub async fn run_controller(
         api::<PodDisruptionBudget>(&client, &namespace),
         children.clone(),
     )
-    .owns(api::<Secret>(&client, &namespace), children)
+    .owns(api::<NetworkPolicy>(&client, &namespace), children)
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|res| async move {
@@ -270,6 +285,7 @@ async fn reconcile_inner(cluster: &ChatCluster, ctx: &Context) -> Result<Action,
     let observed = Observed {
         gateway_replicas_autoscaled: gateway.as_ref().is_some_and(policy::owns_replicas),
         gateway_replicas: gateway.and_then(|d| d.spec.and_then(|s| s.replicas)),
+        operator_namespace: ctx.operator_namespace.clone(),
     };
     let desired = build::desired(cluster, &observed, &Generated::random())?;
 
@@ -294,10 +310,13 @@ impl Generated {
     /// Fresh random material; used only for secrets that do not exist yet.
     pub fn random() -> Self {
         let key: [u8; 32] = rand::random();
+        let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
         let pw: [u8; 24] = rand::random();
+        let redis: [u8; 32] = rand::random();
         Generated {
             session_key: key.to_vec(),
-            postgres_password: pw.iter().map(|b| format!("{b:02x}")).collect(),
+            postgres_password: hex(&pw),
+            redis_password: hex(&redis),
         }
     }
 }
@@ -393,7 +412,11 @@ async fn apply_all(client: &Client, ns: &str, d: &Desired) -> Result<(), Error> 
         try_join_all(d.deployments.iter().map(|o| apply(client, ns, o))),
     )
     .await?;
-    try_join_all(d.pdbs.iter().map(|o| apply(client, ns, o))).await?;
+    try_join(
+        try_join_all(d.pdbs.iter().map(|o| apply(client, ns, o))),
+        try_join_all(d.network_policies.iter().map(|o| apply(client, ns, o))),
+    )
+    .await?;
     Ok(())
 }
 
@@ -427,8 +450,44 @@ async fn prune(client: &Client, ns: &str, cluster: &ChatCluster, d: &Desired) ->
         prune_kind::<Service>(client, ns, &uid, &selector, &keep),
         prune_kind::<ConfigMap>(client, ns, &uid, &selector, &keep),
         prune_kind::<PodDisruptionBudget>(client, ns, &uid, &selector, &keep),
-        prune_kind::<Secret>(client, ns, &uid, &selector, &keep),
+        prune_kind::<NetworkPolicy>(client, ns, &uid, &selector, &keep),
+        prune_secrets(client, ns, cluster, &uid, &keep),
     )?;
+    Ok(())
+}
+
+/// Generated Secrets the spec no longer asks for (the managed Redis's or
+/// PostgreSQL's, after a switch to external), by name: the names the
+/// builders can give them, so no `list` of Secrets is needed. Deleted only
+/// when this cluster is their controller.
+async fn prune_secrets(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    uid: &str,
+    keep: &BTreeSet<(&'static str, String)>,
+) -> Result<(), Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for name in names::generated_secrets(cluster) {
+        if keep.iter().any(|(k, n)| *k == "Secret" && *n == name) {
+            continue;
+        }
+        let Some(obj) = api.get_metadata_opt(&name).await? else {
+            continue;
+        };
+        let ours = obj
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.uid == uid);
+        if ours {
+            tracing::info!(kind = "Secret", %name, "deleting a child the spec no longer asks for");
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     Ok(())
 }
 

@@ -240,8 +240,24 @@ impl RedisManager {
             .collect::<Result<Vec<_>, _>>()?;
         let shards = usize::try_from(managed.shards).unwrap_or(0);
         let replicas = usize::try_from(managed.replicas_per_shard).unwrap_or(0);
-        let report =
-            redis_cluster::bootstrap(&nodes, shards, replicas, &self.cfg.bootstrap).await?;
+        // The nodes require the password the reconciler generated.
+        let ctx = Ctx::new(cluster)?;
+        let password = crate::secrets::read_key(
+            &cx.client,
+            &ctx.namespace,
+            &build::redis::password_ref(&ctx),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::secrets::SecretError::Kube(e) => Error::from(e),
+            crate::secrets::SecretError::Build(e) => Error::from(e),
+            crate::secrets::SecretError::Missing(m) => Error::Password(m),
+        })?;
+        let opts = BootstrapOptions {
+            password: Some(password),
+            ..self.cfg.bootstrap.clone()
+        };
+        let report = redis_cluster::bootstrap(&nodes, shards, replicas, &opts).await?;
         Ok(Checked::Ran(report))
     }
 
@@ -341,6 +357,10 @@ pub enum Error {
     Bootstrap(#[from] BootstrapError),
     #[error("redis.managed.mode is not cluster")]
     NotClusterMode,
+    /// The generated password Secret is missing or unusable (the reconciler
+    /// creates it; retried).
+    #[error("the Redis password: {0}")]
+    Password(String),
 }
 
 impl Error {
@@ -348,7 +368,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Kube(_) => "RedisApiError",
-            Error::Build(_) | Error::NotClusterMode => "RedisClusterConfig",
+            Error::Build(_) | Error::NotClusterMode | Error::Password(_) => "RedisClusterConfig",
             Error::Bootstrap(e) if e.is_transient() => "RedisClusterUnavailable",
             Error::Bootstrap(_) => "RedisClusterBootstrapFailed",
         }
@@ -357,7 +377,7 @@ impl Error {
     /// Whether retrying later may succeed without a spec change.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Kube(_) => true,
+            Error::Kube(_) | Error::Password(_) => true,
             Error::Bootstrap(e) => e.is_transient(),
             Error::Build(_) | Error::NotClusterMode => false,
         }

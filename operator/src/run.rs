@@ -35,6 +35,10 @@ pub struct RunConfig {
     pub lease_name: String,
     /// This replica's identity in the election and in Events (the pod name).
     pub identity: String,
+    /// The namespace the operator's pods run in: the NetworkPolicies it
+    /// builds let pods from there reach the managed stores (`None`: any
+    /// namespace, matched by the pods' label).
+    pub operator_namespace: Option<String>,
     /// Time between two autoscaler syncs ([`crate::autoscaler::DEFAULT_INTERVAL`]).
     pub autoscale_interval: Duration,
     /// Schedule and clock of the partition manager ([`crate::partitions`]).
@@ -55,6 +59,7 @@ impl RunConfig {
             lease_namespace: "default".into(),
             lease_name: "switchboard-operator".into(),
             identity: identity.into(),
+            operator_namespace: None,
             autoscale_interval: crate::autoscaler::DEFAULT_INTERVAL,
             partitions: PartitionsConfig::default(),
             redis: RedisConfig::default(),
@@ -116,11 +121,10 @@ pub async fn run(
             .with_graceful_shutdown(shutdown.clone().cancelled_owned()),
     ));
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        Some(cfg.identity.clone()),
-    ));
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics.clone(), Some(cfg.identity.clone()))
+            .with_operator_namespace(cfg.operator_namespace.clone()),
+    );
 
     if !cfg.leader_election {
         metrics.leader.set(1);

@@ -74,6 +74,9 @@ pub fn validate(name: &str, spec: &ChatClusterSpec) -> Vec<String> {
                 errs.push("redis.managed.replicasPerShard: 0 or more".into());
             }
             check_quantity(&m.storage.size, "redis.managed.storage.size", &mut errs);
+            if let Err(e) = crate::build::redis::maxmemory(m) {
+                errs.push(e);
+            }
         }
         (None, Some(e)) => {
             if e.url_secret_ref.name.is_empty() {
@@ -229,6 +232,39 @@ mod tests {
             errs[0].starts_with("gateway.reservedChannels[2]: "),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn managed_redis_needs_a_usable_memory_limit() {
+        use k8s_openapi::api::core::v1::ResourceRequirements;
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let with = |limits: Option<(&str, &str)>| {
+            let mut s = spec();
+            if let Some(m) = s.redis.managed.as_mut() {
+                m.resources = Some(ResourceRequirements {
+                    limits: limits.map(|(k, v)| {
+                        std::collections::BTreeMap::from([(k.to_string(), Quantity(v.into()))])
+                    }),
+                    ..ResourceRequirements::default()
+                });
+            }
+            validate("c", &s)
+        };
+        assert!(with(Some(("memory", "2Gi"))).is_empty());
+        let none = with(None);
+        assert!(
+            none.iter().any(|e| e.contains("limits.memory: required")),
+            "{none:?}"
+        );
+        let cpu_only = with(Some(("cpu", "1")));
+        assert!(
+            cpu_only.iter().any(|e| e.contains("limits.memory")),
+            "{cpu_only:?}"
+        );
+        let bad = with(Some(("memory", "lots")));
+        assert!(bad.iter().any(|e| e.contains("not a quantity")), "{bad:?}");
+        let tiny = with(Some(("memory", "16Mi")));
+        assert!(tiny.iter().any(|e| e.contains("too small")), "{tiny:?}");
     }
 
     #[test]

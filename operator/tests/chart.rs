@@ -4,7 +4,10 @@
 //! chart's ServiceAccount token. So this proves the chart installs, its
 //! least-privilege RBAC is enough for the operator to do all of its work (and
 //! no more), and the examples pass the API server's validation
-//! (`kubectl apply --dry-run=server -f examples/`).
+//! (`kubectl apply --dry-run=server -f examples/`). What the operator's
+//! ServiceAccount may not do is checked with `kubectl auth can-i --as`
+//! (SubjectAccessReviews): by default it reaches one namespace, and in no
+//! mode can it list or watch Secrets.
 //!
 //! Needs helm and kubectl: `scripts/check-chart` fetches both into
 //! `~/.cache/switchboard/helm` (or set `SWITCHBOARD_HELM` / `SWITCHBOARD_KUBECTL`).
@@ -75,6 +78,60 @@ fn run_tool(name: &str, kubeconfig: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// `kubectl auth can-i VERB RESOURCE` as the ServiceAccount `ns/sa`
+/// (impersonated by the admin; the API server's SubjectAccessReview).
+/// `ns` `None`: across all namespaces.
+fn can_i(
+    kubeconfig: &Path,
+    sa: (&str, &str),
+    verb: &str,
+    resource: &str,
+    ns: Option<&str>,
+) -> bool {
+    let mut args = vec![
+        "auth".to_string(),
+        "can-i".into(),
+        verb.into(),
+        resource.into(),
+        format!("--as=system:serviceaccount:{}:{}", sa.0, sa.1),
+    ];
+    match ns {
+        Some(ns) => args.extend(["-n".to_string(), ns.to_string()]),
+        None => args.push("--all-namespaces".into()),
+    }
+    let out = Command::new(tool("kubectl"))
+        .args(&args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match answer.as_str() {
+        "yes" => true,
+        "no" => false,
+        _ => panic!(
+            "kubectl {args:?}: {answer} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Asserts each `(verb, resource, namespace, allowed)` for the
+/// ServiceAccount, listing every mismatch at once.
+fn assert_reach(kubeconfig: &Path, sa: (&str, &str), table: &[(&str, &str, Option<&str>, bool)]) {
+    let wrong: Vec<String> = table
+        .iter()
+        .filter(|(verb, res, ns, want)| can_i(kubeconfig, sa, verb, res, *ns) != *want)
+        .map(|(verb, res, ns, want)| {
+            format!(
+                "{verb} {res} in {}: expected {}",
+                ns.unwrap_or("all namespaces"),
+                if *want { "allowed" } else { "refused" }
+            )
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}/{}:\n{}", sa.0, sa.1, wrong.join("\n"));
 }
 
 /// The operator process, killed on drop; its log is printed if the test fails.
@@ -237,7 +294,8 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
     let admin = work.path().join("admin.kubeconfig");
     cp.write_kubeconfig(&admin).unwrap();
 
-    // --- helm install (cluster-wide: ClusterRole), CRD from the chart's crds/
+    // --- helm install with the default values: the operator watches its
+    // release namespace only (a Role there), CRD from the chart's crds/
     run_tool(
         "helm",
         &admin,
@@ -292,7 +350,8 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
     );
     assert!(dry.contains("chat-prod created (server dry run)"), "{dry}");
 
-    // --- the operator, as the chart runs it, reconciles a ChatCluster
+    // --- the operator, as the chart runs it, reconciles a ChatCluster in
+    // its namespace
     {
         let _op = start_as_chart_pod(
             &cp,
@@ -302,9 +361,8 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
             work.path(),
         )
         .await;
-        namespace(&client, "apps").await;
-        apply_minimal(&client, "apps").await;
-        wait_for_children(&client, "apps", "chat").await;
+        apply_minimal(&client, "switchboard-system").await;
+        wait_for_children(&client, "switchboard-system", "chat").await;
         // Leader election through the Role in the release namespace.
         let lease: k8s_openapi::api::coordination::v1::Lease =
             Api::namespaced(client.clone(), "switchboard-system")
@@ -317,7 +375,57 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
         );
     }
 
-    // --- least privilege: the ServiceAccount can do nothing it does not need
+    // --- least privilege, by SubjectAccessReview: the default install reaches
+    // its namespace only, and no Secret it was not told the name of.
+    namespace(&client, "apps").await;
+    let sa = ("switchboard-system", "sb-switchboard-operator");
+    let home = Some("switchboard-system");
+    let apps = Some("apps");
+    assert_reach(
+        &admin,
+        sa,
+        &[
+            // Secrets: by name in its namespace; never listed or watched,
+            // never rewritten, nothing elsewhere.
+            ("get", "secrets", home, true),
+            ("create", "secrets", home, true),
+            ("list", "secrets", home, false),
+            ("watch", "secrets", home, false),
+            ("patch", "secrets", home, false),
+            ("update", "secrets", home, false),
+            ("get", "secrets", apps, false),
+            ("list", "secrets", None, false),
+            // Pods: the autoscaler's deletion costs, in its namespace only.
+            ("patch", "pods", home, true),
+            ("patch", "pods", apps, false),
+            ("delete", "pods", home, false),
+            ("create", "pods", home, false),
+            ("create", "pods/exec", home, false),
+            // Children: in its namespace only.
+            ("patch", "deployments.apps", home, true),
+            ("patch", "deployments.apps", apps, false),
+            ("create", "networkpolicies.networking.k8s.io", home, true),
+            ("create", "networkpolicies.networking.k8s.io", apps, false),
+            ("list", "chatclusters.switchboard.dev", apps, false),
+            ("list", "chatclusters.switchboard.dev", None, false),
+            // Nothing cluster-scoped.
+            ("list", "nodes", None, false),
+            ("list", "namespaces", None, false),
+            (
+                "list",
+                "customresourcedefinitions.apiextensions.k8s.io",
+                None,
+                false,
+            ),
+            (
+                "create",
+                "clusterroles.rbac.authorization.k8s.io",
+                None,
+                false,
+            ),
+        ],
+    );
+    // The same through the API with the ServiceAccount's own token.
     let sa_client = {
         let tr: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": []}})).unwrap();
         let token = Api::<ServiceAccount>::namespaced(client.clone(), "switchboard-system")
@@ -351,7 +459,13 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
             .map(|_| ())
     ));
     assert!(forbidden(
-        Api::<Secret>::namespaced(sa_client.clone(), "apps")
+        Api::<Secret>::namespaced(sa_client.clone(), "switchboard-system")
+            .list(&ListParams::default())
+            .await
+            .map(|_| ())
+    ));
+    assert!(forbidden(
+        Api::<Secret>::namespaced(sa_client.clone(), "switchboard-system")
             .patch(
                 "chat-session",
                 &PatchParams::default(),
@@ -361,7 +475,9 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
             .map(|_| ())
     ));
 
-    // --- a second release watching one namespace: a namespaced Role suffices
+    // --- a second release, opted in to every namespace (a ClusterRole):
+    // it reconciles a ChatCluster elsewhere, and still lists no Secret and
+    // deletes no pod anywhere.
     namespace(&client, "team").await;
     run_tool(
         "helm",
@@ -375,10 +491,44 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
             "--create-namespace",
             "--skip-crds",
             "--set",
-            "watchNamespace=team",
+            "clusterWide=true",
             "--set",
             "replicaCount=1",
         ],
+    );
+    assert_reach(
+        &admin,
+        ("team-ops", "team-sb-switchboard-operator"),
+        &[
+            ("get", "secrets", Some("team"), true),
+            ("list", "secrets", Some("team"), false),
+            ("list", "secrets", None, false),
+            ("watch", "secrets", None, false),
+            ("patch", "secrets", Some("team"), false),
+            ("patch", "pods", Some("team"), true),
+            ("delete", "pods", Some("team"), false),
+            ("list", "nodes", None, false),
+        ],
+    );
+    // watchNamespace and clusterWide together are refused at install.
+    let both = Command::new(tool("helm"))
+        .args([
+            "template",
+            "x",
+            CHART,
+            "--set",
+            "clusterWide=true",
+            "--set",
+            "watchNamespace=a",
+        ])
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert!(!both.status.success());
+    assert!(
+        String::from_utf8_lossy(&both.stderr).contains("not both"),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
     );
     {
         let _op = start_as_chart_pod(

@@ -42,6 +42,7 @@ const READ_ELSEWHERE: &[&str] = &[env::LOG];
 fn runtime_value(name: &str) -> String {
     match name {
         n if n == env::REDIS_URL => "redis://redis:6379".into(),
+        n if n == env::REDIS_PASSWORD => "generated-redis-password".into(),
         n if n == env::DATABASE_URL => "postgres://u:p@db:5432/switchboard".into(),
         n if n == env::API_KEYS => "app.key1:secret".into(),
         n if n == env::RELAY_API_KEY => "appid.keyid:secret".into(),
@@ -185,6 +186,13 @@ fn the_gateway_runs_with_what_the_operator_writes() {
             "{at}"
         );
         assert!(parsed.redis_url.is_some(), "{at}: no Redis URL");
+        // A managed Redis requires the password from its Secret; an
+        // external one's URL carries its own.
+        assert_eq!(
+            parsed.redis_password.is_some(),
+            spec.redis.managed.is_some(),
+            "{at}: Redis password"
+        );
         assert!(parsed.database_url.is_some(), "{at}: no PostgreSQL URL");
         assert_eq!(parsed.pod_name.as_deref(), Some("pod-0"), "{at}");
         assert_eq!(parsed.pod_namespace.as_deref(), Some("chat"), "{at}");
@@ -248,8 +256,16 @@ fn the_worker_runs_with_what_the_operator_writes() {
         let matches = cmd
             .try_get_matches_from(&argv)
             .unwrap_or_else(|e| panic!("{at}: switchboard-worker refuses {argv:?}: {e}"));
-        switchboard_worker::cli::Cli::from_arg_matches(&matches)
+        let cli = switchboard_worker::cli::Cli::from_arg_matches(&matches)
             .unwrap_or_else(|e| panic!("{at}: switchboard-worker refuses {argv:?}: {e}"));
+        let switchboard_worker::cli::Cmd::Run(run) = cli.cmd else {
+            panic!("{at}: the worker does not `run`");
+        };
+        assert_eq!(
+            run.redis_password.is_some(),
+            cluster.spec.redis.managed.is_some(),
+            "{at}: Redis password"
+        );
         checked += 1;
     }
     assert!(checked >= 4, "only {checked} clusters checked");

@@ -19,6 +19,7 @@ use common::*;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
@@ -143,6 +144,18 @@ async fn operator_reconciles_chatclusters() {
     let session: Secret = exists(&client, ns, "chat-session").await.expect("session");
     let key = session.data.clone().unwrap()["token-secret"].clone();
     assert_eq!(key.0.len(), 32);
+    // The managed Redis's password: generated, owned, 64 hex digits.
+    let redis_auth: Secret = exists(&client, ns, "chat-redis")
+        .await
+        .expect("redis Secret");
+    assert!(owned_by(&redis_auth, &cluster));
+    let redis_pw = redis_auth.data.clone().unwrap()["password"].clone();
+    assert_eq!(redis_pw.0.len(), 64);
+    assert!(redis_pw.0.iter().all(u8::is_ascii_hexdigit));
+    for name in ["chat-redis", "chat-postgres"] {
+        let p: NetworkPolicy = exists(&client, ns, name).await.expect(name);
+        assert!(owned_by(&p, &cluster), "{name}");
+    }
     // No kubelet: pods never get ready, so the cluster is progressing.
     assert_eq!(
         condition(&cluster, "Progressing").map(|c| c.0).as_deref(),
@@ -185,6 +198,31 @@ async fn operator_reconciles_chatclusters() {
         key,
         "session key rotated"
     );
+    let again: Secret = exists(&client, ns, "chat-redis").await.unwrap();
+    assert_eq!(
+        again.data.unwrap()["password"],
+        redis_pw,
+        "Redis password rotated"
+    );
+
+    // --- NetworkPolicies are opt-out: switched off, they are deleted
+    api.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"networkPolicies": {"enabled": false}}})),
+    )
+    .await
+    .unwrap();
+    eventually("NetworkPolicies pruned", || async {
+        let gone = exists::<NetworkPolicy>(&client, ns, "chat-redis")
+            .await
+            .is_none()
+            && exists::<NetworkPolicy>(&client, ns, "chat-postgres")
+                .await
+                .is_none();
+        gone.then_some(())
+    })
+    .await;
 
     // --- switching managed Redis off deletes its children
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -214,7 +252,8 @@ async fn operator_reconciles_chatclusters() {
                 .is_none()
             && exists::<PodDisruptionBudget>(&client, ns, "chat-redis")
                 .await
-                .is_none();
+                .is_none()
+            && exists::<Secret>(&client, ns, "chat-redis").await.is_none();
         gone.then_some(())
     })
     .await;

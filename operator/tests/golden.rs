@@ -21,6 +21,7 @@ fn generated() -> Generated {
     Generated {
         session_key: b"0123456789abcdef0123456789abcdef".to_vec(),
         postgres_password: "fixture-password".into(),
+        redis_password: "fixture-redis-password".into(),
     }
 }
 
@@ -39,6 +40,7 @@ fn render(d: &Desired) -> String {
     push(&mut out, &d.stateful_sets);
     push(&mut out, &d.deployments);
     push(&mut out, &d.pdbs);
+    push(&mut out, &d.network_policies);
     out
 }
 
@@ -61,7 +63,22 @@ fn builders_match_golden_files() {
             &cluster.spec,
         );
         assert!(problems.is_empty(), "{}: {problems:?}", fixture.display());
-        let desired = build::desired(&cluster, &Observed::default(), &generated()).expect("builds");
+        let observed = Observed {
+            operator_namespace: Some("switchboard-system".into()),
+            ..Observed::default()
+        };
+        let desired = build::desired(&cluster, &observed, &generated()).expect("builds");
+        // Pruning finds generated Secrets by name (the operator may not
+        // list Secrets): every one built must be among those names.
+        let known = build::names::generated_secrets(&cluster);
+        for s in &desired.generated_secrets {
+            let name = s.metadata.name.clone().unwrap_or_default();
+            assert!(
+                known.contains(&name),
+                "{}: Secret {name} is not in names::generated_secrets",
+                fixture.display()
+            );
+        }
         let got = render(&desired);
         let golden = dir("golden").join(fixture.file_name().expect("name"));
         if update {

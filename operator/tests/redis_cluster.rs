@@ -9,7 +9,7 @@ use switchboard_operator::redis_cluster::{
     BootstrapError, BootstrapOptions, BootstrapReport, Layout, NodeAddr, NodeRole, Role, SLOTS,
     SlotRange, bootstrap, inspect,
 };
-use switchboard_testkit::RedisServer;
+use switchboard_testkit::{RedisServer, RedisServerOptions};
 
 fn opts() -> BootstrapOptions {
     // `RUST_LOG=switchboard_operator=debug cargo test … -- --nocapture`
@@ -475,4 +475,65 @@ async fn a_server_without_cluster_mode_is_refused() {
     );
     assert!(!err.is_transient());
     assert!(err.to_string().contains("cluster-enabled yes"), "{err}");
+}
+
+/// The managed Redis requires a password (`requirepass`, `masterauth` for
+/// the replicas): the bootstrap authenticates every connection with it and
+/// forms the cluster, replicas included. Without it every node refuses, the
+/// error says so, and it never shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_a_password_protected_cluster() {
+    const PASSWORD: &str = "8e7d6c5b4a39281706f5e4d3c2b1a090";
+    let nodes: Vec<RedisServer> = (0..6)
+        .map(|_| {
+            let opts = RedisServerOptions::cluster_node()
+                .expect("options")
+                .with_password(PASSWORD);
+            RedisServer::start_with(opts).expect("start redis-server with a password")
+        })
+        .collect();
+    let addrs = addrs(&nodes);
+
+    let err = bootstrap(&addrs, 3, 1, &opts())
+        .await
+        .expect_err("no password");
+    let msg = err.to_string();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(msg.to_ascii_uppercase().contains("NOAUTH"), "{msg}");
+    let wrong = BootstrapOptions {
+        password: Some("wrong-password-0a1b2c".into()),
+        ..opts()
+    };
+    let err = bootstrap(&addrs, 3, 1, &wrong)
+        .await
+        .expect_err("a wrong password");
+    let msg = err.to_string();
+    assert!(msg.to_ascii_uppercase().contains("WRONGPASS"), "{msg}");
+    assert!(!msg.contains("wrong-password-0a1b2c"), "{msg}");
+    assert!(!format!("{wrong:?}").contains("wrong-password-0a1b2c"));
+    for n in &nodes {
+        assert_eq!(info_field(n, "cluster_known_nodes"), "1");
+    }
+
+    let with = BootstrapOptions {
+        password: Some(PASSWORD.into()),
+        ..opts()
+    };
+    let report = bootstrap(&addrs, 3, 1, &with).await.expect("bootstrap");
+    assert!(report.ready, "{report:?}");
+    assert_eq!(report.slots_served, SLOTS as u32);
+    // Replicas synced with their primaries: masterauth works.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &nodes {
+        loop {
+            let info = cmd(n, &["INFO", "replication"]);
+            if !info.contains("role:slave") || info.contains("master_link_status:up") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: {info}", n.addr());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let again = bootstrap(&addrs, 3, 1, &with).await.expect("again");
+    assert!(!again.changed(), "{again:?}");
 }

@@ -14,7 +14,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -30,7 +30,7 @@ use switchboard_operator::crd::{RedisClusterState, RedisStatus};
 use switchboard_operator::redis_cluster::{BootstrapOptions, NodeAddr};
 use switchboard_operator::redis_manager::RedisConfig;
 use switchboard_operator::run::{RunConfig, run};
-use switchboard_testkit::RedisServer;
+use switchboard_testkit::{RedisServer, RedisServerOptions};
 use tokio_util::sync::CancellationToken;
 
 /// Namespace of the cluster whose nodes are real cluster-mode servers.
@@ -64,17 +64,34 @@ async fn postgres_secret(client: &Client, ns: &str) {
     api.create(&PostParams::default(), &s).await.unwrap();
 }
 
-/// Pod `i` of a namespace's cluster is the i-th server's port there.
-fn addressing(ports: HashMap<String, Vec<u16>>) -> switchboard_operator::redis_manager::Addressing {
+type Ports = Arc<Mutex<HashMap<String, Vec<u16>>>>;
+
+/// Pod `i` of a namespace's cluster is the i-th server's port there (filled
+/// in once the servers run: they need the generated password first).
+fn addressing(ports: Ports) -> switchboard_operator::redis_manager::Addressing {
     Arc::new(move |cluster: &ChatCluster, i: usize| {
         let ns = cluster.namespace().unwrap_or_default();
         let port = ports
+            .lock()
+            .unwrap()
             .get(&ns)
             .and_then(|p| p.get(i))
             .copied()
             .ok_or(BuildError::MissingMeta("no test node for this ordinal"))?;
         Ok(NodeAddr::new("127.0.0.1", port))
     })
+}
+
+/// The password the reconciler generated for the namespace's managed Redis
+/// (Secret `chat-redis`, key `password`).
+async fn generated_password(client: &Client, ns: &str) -> String {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("{ns}: Secret chat-redis generated"), || async {
+        let s = api.get_opt("chat-redis").await.unwrap()?;
+        let bytes = s.data?.remove("password")?;
+        String::from_utf8(bytes.0).ok()
+    })
+    .await
 }
 
 async fn redis_status(client: &Client, ns: &str) -> Option<RedisStatus> {
@@ -165,15 +182,7 @@ async fn the_operator_forms_reports_and_heals_a_managed_redis_cluster() {
         namespace(&client, ns).await;
         postgres_secret(&client, ns).await;
     }
-    let mut nodes: Vec<RedisServer> = (0..6)
-        .map(|_| RedisServer::start_cluster_node().expect("redis-server in cluster mode"))
-        .collect();
-    // Plain servers: CLUSTER commands fail with "cluster support disabled".
-    let plain: Vec<RedisServer> = (0..3).map(|_| RedisServer::start().unwrap()).collect();
-    let ports = HashMap::from([
-        (GOOD.to_string(), nodes.iter().map(|n| n.port()).collect()),
-        (BAD.to_string(), plain.iter().map(|n| n.port()).collect()),
-    ]);
+    let ports = Ports::default();
 
     let stop = CancellationToken::new();
     let cfg = RunConfig {
@@ -186,7 +195,7 @@ async fn the_operator_forms_reports_and_heals_a_managed_redis_cluster() {
                 poll_interval: Duration::from_millis(50),
                 ..BootstrapOptions::default()
             },
-            address: addressing(ports),
+            address: addressing(ports.clone()),
         },
         ..RunConfig::new("op-redis", free_addr())
     };
@@ -205,6 +214,31 @@ async fn the_operator_forms_reports_and_heals_a_managed_redis_cluster() {
         .await
         .unwrap();
     }
+
+    // The servers require the password the reconciler generated, as the
+    // managed pods do (auth.conf from the Secret): the manager must read it
+    // and authenticate every connection.
+    let good_pw = generated_password(&client, GOOD).await;
+    let bad_pw = generated_password(&client, BAD).await;
+    assert_ne!(good_pw, bad_pw, "one password per ChatCluster");
+    let mut nodes: Vec<RedisServer> = (0..6)
+        .map(|_| {
+            let opts = RedisServerOptions::cluster_node()
+                .unwrap()
+                .with_password(&good_pw);
+            RedisServer::start_with(opts).expect("redis-server in cluster mode")
+        })
+        .collect();
+    // Plain servers: CLUSTER commands fail with "cluster support disabled".
+    let plain: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            RedisServer::start_with(RedisServerOptions::default().with_password(&bad_pw)).unwrap()
+        })
+        .collect();
+    ports.lock().unwrap().extend([
+        (GOOD.to_string(), nodes.iter().map(|n| n.port()).collect()),
+        (BAD.to_string(), plain.iter().map(|n| n.port()).collect()),
+    ]);
 
     // 1. Pods not ready (before that: no StatefulSet yet): the manager
     // waits and sends nothing to Redis.

@@ -20,7 +20,7 @@ pub use controlplane::{ControlPlane, ControlPlaneOptions};
 
 pub use postgres::{Postgres, PostgresOptions};
 pub use redis::{RedisCluster, RedisServer, RedisServerOptions};
-pub use resp::resp_command;
+pub use resp::{resp_command, resp_command_auth};
 
 use std::collections::HashSet;
 use std::net::TcpListener;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::resp::resp_command;
+use crate::resp::resp_command_auth;
 use crate::{TestkitError, find_binary, free_port, io};
 
 const INSTALL: &str = "apt-get install -y redis-server";
@@ -23,6 +23,9 @@ pub struct RedisServerOptions {
     pub persistence: bool,
     /// More `--name value` arguments.
     pub extra_args: Vec<String>,
+    /// `requirepass` and `masterauth` (replicas authenticate to their
+    /// primary with it); [`RedisServer::command`] authenticates with it.
+    pub password: Option<String>,
 }
 
 impl RedisServerOptions {
@@ -45,7 +48,14 @@ impl RedisServerOptions {
                 "--cluster-announce-ip".into(),
                 "127.0.0.1".into(),
             ],
+            password: None,
         })
+    }
+
+    /// The same options with a password (`requirepass` + `masterauth`).
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
     }
 }
 
@@ -54,6 +64,7 @@ impl Default for RedisServerOptions {
         RedisServerOptions {
             persistence: true,
             extra_args: vec![],
+            password: None,
         }
     }
 }
@@ -114,6 +125,12 @@ impl RedisServer {
             .arg("--logfile")
             .arg(dir.join("redis.log"))
             .args(&self.opts.extra_args)
+            .args(
+                self.opts
+                    .password
+                    .iter()
+                    .flat_map(|p| ["--requirepass", p.as_str(), "--masterauth", p.as_str()]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -127,7 +144,7 @@ impl RedisServer {
     fn wait_ready(&mut self) -> Result<(), TestkitError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if resp_command(&self.addr(), &["PING"]).is_ok_and(|r| r == "PONG") {
+            if self.command(&["PING"]).is_ok_and(|r| r == "PONG") {
                 return Ok(());
             }
             let exited = self
@@ -171,9 +188,17 @@ impl RedisServer {
         self.dir.path()
     }
 
-    /// Run one command and return the reply as text (see [`resp_command`]).
+    /// Run one command and return the reply as text (see
+    /// [`crate::resp_command`]).
+    /// Authenticates first when the server has a password.
     pub fn command(&self, args: &[&str]) -> Result<String, TestkitError> {
-        resp_command(&self.addr(), args).map_err(io(format!("redis command {args:?}")))
+        resp_command_auth(&self.addr(), self.opts.password.as_deref(), args)
+            .map_err(io(format!("redis command {args:?}")))
+    }
+
+    /// The password the server requires, if any.
+    pub fn password(&self) -> Option<&str> {
+        self.opts.password.as_deref()
     }
 
     /// Graceful stop (SIGTERM: Redis flushes and exits).
@@ -261,6 +286,16 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(primaries: usize, replicas: usize) -> Result<Self, TestkitError> {
+        Self::start_with_password(primaries, replicas, None)
+    }
+
+    /// A cluster whose every node requires `password` (`requirepass` and
+    /// `masterauth`), when given.
+    pub fn start_with_password(
+        primaries: usize,
+        replicas: usize,
+        password: Option<&str>,
+    ) -> Result<Self, TestkitError> {
         let cli = find_binary(
             "redis-cli",
             "REDIS_CLI_BIN",
@@ -268,10 +303,16 @@ impl RedisCluster {
         )?;
         let mut nodes = vec![];
         for _ in 0..primaries * (1 + replicas) {
-            nodes.push(RedisServer::start_cluster_node()?);
+            let mut opts = RedisServerOptions::cluster_node()?;
+            opts.password = password.map(str::to_string);
+            nodes.push(RedisServer::start_with(opts)?);
         }
         let addrs: Vec<String> = nodes.iter().map(RedisServer::addr).collect();
-        let out = Command::new(&cli)
+        let mut cmd = Command::new(&cli);
+        if let Some(p) = password {
+            cmd.args(["-a", p, "--no-auth-warning"]);
+        }
+        let out = cmd
             .arg("--cluster")
             .arg("create")
             .args(&addrs)

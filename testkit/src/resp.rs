@@ -9,15 +9,39 @@ use std::time::Duration;
 /// simple strings, errors (prefixed `-`), integers and bulk strings as they
 /// are; arrays as their elements joined by newlines.
 pub fn resp_command(addr: &str, args: &[&str]) -> std::io::Result<String> {
+    resp_command_auth(addr, None, args)
+}
+
+/// [`resp_command`] on a connection that first sends `AUTH password` (when
+/// given); a refused `AUTH` is an error.
+pub fn resp_command_auth(
+    addr: &str,
+    password: Option<&str>,
+    args: &[&str],
+) -> std::io::Result<String> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    if let Some(password) = password {
+        s.write_all(request(&["AUTH", password]).as_bytes())?;
+        let reply = read_reply(&mut r)?;
+        if reply.starts_with('-') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("AUTH refused: {reply}"),
+            ));
+        }
+    }
+    s.write_all(request(args).as_bytes())?;
+    read_reply(&mut r)
+}
+
+fn request(args: &[&str]) -> String {
     let mut req = format!("*{}\r\n", args.len());
     for a in args {
         req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
     }
-    s.write_all(req.as_bytes())?;
-    let mut r = BufReader::new(s);
-    read_reply(&mut r)
+    req
 }
 
 fn read_line(r: &mut impl BufRead) -> std::io::Result<String> {

@@ -84,8 +84,12 @@ pub struct RunArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Redis URL (redis://… or redis-cluster://…)
-    #[arg(long, env = env::REDIS_URL)]
+    #[arg(long, env = env::REDIS_URL, hide_env_values = true)]
     pub redis_url: String,
+    /// Redis password, if the URL names none (the operator sets it from the
+    /// managed Redis's Secret)
+    #[arg(long, env = env::REDIS_PASSWORD, hide_env_values = true)]
+    pub redis_password: Option<String>,
     /// Address for /metrics, /healthz and /readyz
     #[arg(long, default_value = "0.0.0.0:9091")]
     pub listen: SocketAddr,

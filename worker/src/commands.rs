@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cmd, DbArgs, PolicyError, RunArgs};
 use crate::http::{HttpState, router};
+use switchboard_core::broker::RedisTarget;
+
 use crate::run::{Worker, WorkerConfig, WorkerError, consumer_name};
 
 /// Why a command failed. The messages name what to check; the source says
@@ -26,9 +28,10 @@ pub enum CommandError {
     Partitions(#[source] StoreError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
-    #[error("cannot connect to Redis at {url}")]
+    /// `redis` is the target as shown: its password is never in it.
+    #[error("cannot connect to Redis at {redis}")]
     Redis {
-        url: String,
+        redis: String,
         #[source]
         source: WorkerError,
     },
@@ -102,10 +105,11 @@ pub async fn run(args: RunArgs) -> Result<(), CommandError> {
         partitions,
         ..WorkerConfig::default()
     };
-    let worker = Worker::connect(&args.redis_url, store.clone(), cfg)
+    let redis = RedisTarget::new(args.redis_url.clone(), args.redis_password.clone());
+    let worker = Worker::connect_to(&redis, store.clone(), cfg)
         .await
         .map_err(|source| CommandError::Redis {
-            url: args.redis_url.clone(),
+            redis: redis.to_string(),
             source,
         })?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchboard_core::broker::RedisTarget;
 use switchboard_core::broker::persist::{PersistEntry, parse_entry};
 use switchboard_core::broker::{BrokerConfig, BrokerError, RedisBroker};
 use switchboard_core::store::partitions::{self, PartitionPolicy};
@@ -117,16 +118,25 @@ enum Retry<T> {
 }
 
 impl Worker {
-    /// Connect to Redis and create the consumer groups.
+    /// Connect to the Redis at `redis_url` and create the consumer groups.
     pub async fn connect(
         redis_url: &str,
         store: PgStore,
         cfg: WorkerConfig,
     ) -> Result<Self, WorkerError> {
-        let streams = Streams::connect(redis_url, cfg.shards, cfg.consumer.clone()).await?;
+        Self::connect_to(&RedisTarget::from(redis_url), store, cfg).await
+    }
+
+    /// [`connect`](Self::connect) with a password given apart from the URL.
+    pub async fn connect_to(
+        redis: &RedisTarget,
+        store: PgStore,
+        cfg: WorkerConfig,
+    ) -> Result<Self, WorkerError> {
+        let streams = Streams::connect_to(redis, cfg.shards, cfg.consumer.clone()).await?;
         streams.ensure_groups().await?;
-        let broker = RedisBroker::connect(
-            redis_url,
+        let broker = RedisBroker::connect_to(
+            redis,
             BrokerConfig {
                 shards: cfg.shards,
                 // A resequenced message goes through the stream like any.

@@ -13,8 +13,8 @@ use std::sync::LazyLock;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::streams::{XPendingArgs, XReadResponse};
-use switchboard_core::broker::lua;
 use switchboard_core::broker::persist::{self, WORKER_GROUP, dead_letter_key, persist_stream_key};
+use switchboard_core::broker::{RedisTarget, lua};
 
 // The scripts, in `lua/*.lua` (each file says what it does, its KEYS, ARGV
 // and reply). The dead-letter fields are placeholders filled in from
@@ -53,7 +53,19 @@ pub struct Streams {
 
 impl Streams {
     pub async fn connect(url: &str, shards: u16, consumer: String) -> Result<Self, Error> {
-        let config = Config::from_url(url)?;
+        Self::connect_to(&RedisTarget::from(url), shards, consumer).await
+    }
+
+    /// [`connect`](Self::connect) with a password given apart from the URL.
+    pub async fn connect_to(
+        redis: &RedisTarget,
+        shards: u16,
+        consumer: String,
+    ) -> Result<Self, Error> {
+        // An unusable URL or password (the message never shows it).
+        let config = redis
+            .config()
+            .map_err(|e| Error::new(ErrorKind::Config, e.to_string()))?;
         let pool = switchboard_core::broker::redis_builder(&config).build_pool(2)?;
         pool.init().await?;
         Ok(Streams {

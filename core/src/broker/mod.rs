@@ -15,6 +15,7 @@ pub mod persist;
 mod redis;
 pub mod reports;
 pub mod routed;
+mod target;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub use self::reports::{
     ClusterRef, ConnectionReport, ConnectionReports, GatewayIdentity, IdentityError,
 };
 pub use self::routed::Routed;
+pub use self::target::RedisTarget;
 
 /// Why a broker call failed.
 #[derive(Debug, thiserror::Error)]

@@ -240,10 +240,16 @@ impl RedisBroker {
     }
 
     /// Connect to `url`: `redis://host:port[/db]` for a standalone server or
-    /// `redis-cluster://host:port?node=host:port&...` for a cluster.
+    /// `redis-cluster://host:port?node=host:port&...` for a cluster (a
+    /// password, if any, inside it).
     pub async fn connect(url: &str, cfg: BrokerConfig) -> Result<Self> {
-        let config = Config::from_url(url)
-            .map_err(|e| BrokerError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        Self::connect_to(&super::RedisTarget::from(url), cfg).await
+    }
+
+    /// Connect to `target`: a URL as for [`connect`](Self::connect) and the
+    /// password if the server wants one and the URL names none.
+    pub async fn connect_to(target: &super::RedisTarget, cfg: BrokerConfig) -> Result<Self> {
+        let config = target.config()?;
         let cluster = config.server.is_clustered();
         let pool = redis_builder(&config).build_pool(2).map_err(unavailable)?;
         pool.init().await.map_err(unavailable)?;

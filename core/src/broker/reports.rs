@@ -182,9 +182,13 @@ impl ReportsReader {
     /// caller can keep the reader (and [`quit`](Self::quit) it) even if
     /// connecting is cut short.
     pub fn new(url: &str) -> Result<Self, super::BrokerError> {
-        use fred::prelude::{Builder, Config, ReconnectPolicy};
-        let config = Config::from_url(url)
-            .map_err(|e| super::BrokerError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        Self::for_target(&super::RedisTarget::from(url))
+    }
+
+    /// [`new`](Self::new) for a URL and a password given apart.
+    pub fn for_target(target: &super::RedisTarget) -> Result<Self, super::BrokerError> {
+        use fred::prelude::{Builder, ReconnectPolicy};
+        let config = target.config()?;
         let mut builder = Builder::from_config(config);
         // Reconnect after a Redis restart (a reader lives as long as its
         // cluster), but fail a read after the timeout instead of queueing:

@@ -155,7 +155,7 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
     }
 
     let mut env_vars = identity_env(ctx);
-    env_vars.push(super::redis::url_env(ctx));
+    env_vars.extend(super::redis::client_env(ctx));
     env_vars.push(super::postgres::url_env(ctx));
     if let Some(key) = spec
         .fallback_relay
@@ -395,6 +395,7 @@ mod tests {
         let seen = |n: Option<i32>| Observed {
             gateway_replicas: n,
             gateway_replicas_autoscaled: false,
+            ..Observed::default()
         };
         assert_eq!(replicas(&ctx, &seen(None)), Some(2));
         assert_eq!(replicas(&ctx, &seen(Some(4))), Some(4));
@@ -404,6 +405,7 @@ mod tests {
         let owned = Observed {
             gateway_replicas: Some(4),
             gateway_replicas_autoscaled: true,
+            ..Observed::default()
         };
         assert_eq!(replicas(&ctx, &owned), None);
         let c = cluster("disabled");

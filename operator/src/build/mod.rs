@@ -11,6 +11,7 @@
 
 pub mod gateway;
 pub mod names;
+pub mod network;
 pub mod postgres;
 pub mod redis;
 pub mod relay;
@@ -23,6 +24,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
     ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -54,6 +56,11 @@ pub struct Observed {
     /// out of its apply, so the two never write it concurrently; see
     /// `gateway::replicas`.
     pub gateway_replicas_autoscaled: bool,
+    /// The namespace the operator's own pods run in (`POD_NAMESPACE`): the
+    /// NetworkPolicies let its pods reach the managed Redis and PostgreSQL
+    /// from there. `None` (an operator outside the cluster): its pods are
+    /// matched by label in any namespace.
+    pub operator_namespace: Option<String>,
 }
 
 /// Material for the secrets the operator generates once. The reconciler fills
@@ -64,6 +71,9 @@ pub struct Generated {
     pub session_key: Vec<u8>,
     /// Password of the managed PostgreSQL's `switchboard` role (URL-safe).
     pub postgres_password: String,
+    /// Password of the managed Redis (`requirepass`, and `masterauth` on a
+    /// Redis Cluster; hex, so it needs no quoting in a config file or URL).
+    pub redis_password: String,
 }
 
 /// The complete desired state of one ChatCluster.
@@ -74,6 +84,7 @@ pub struct Desired {
     pub services: Vec<Service>,
     pub config_maps: Vec<ConfigMap>,
     pub pdbs: Vec<PodDisruptionBudget>,
+    pub network_policies: Vec<NetworkPolicy>,
     /// Created when missing and never updated afterwards: their values are
     /// random and rotating them would log everyone out / lock the workers out.
     pub generated_secrets: Vec<Secret>,
@@ -99,6 +110,11 @@ impl Desired {
             self.pdbs
                 .iter()
                 .map(|o| ("PodDisruptionBudget", o.name_any())),
+        );
+        out.extend(
+            self.network_policies
+                .iter()
+                .map(|o| ("NetworkPolicy", o.name_any())),
         );
         out.extend(
             self.generated_secrets
@@ -128,9 +144,10 @@ pub fn desired(
     let mut out = Desired::default();
     gateway::build(&ctx, observed, generated, &mut out);
     worker::build(&ctx, &mut out);
-    redis::build(&ctx, &mut out);
+    redis::build(&ctx, generated, &mut out);
     postgres::build(&ctx, generated, &mut out);
     relay::build(&ctx, &mut out);
+    network::build(&ctx, observed, &mut out);
     Ok(out)
 }
 
@@ -331,6 +348,38 @@ fn pod_name_env() -> EnvVar {
     env_field(switchboard_core::env::POD_NAME, "metadata.name")
 }
 
+/// Bytes of a Kubernetes quantity (`1Gi`, `512Mi`, `1e9`, `1.5G`), rounded
+/// down; `None` if it is not one.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let end = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(end);
+    let number: f64 = number.parse().ok().filter(|n: &f64| n.is_finite())?;
+    let scale: f64 = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse::<i32>().ok()?),
+        _ => return None,
+    };
+    let bytes = (number * scale).floor();
+    // `as` saturates; the range check keeps absurd values out.
+    (0.0..9.0e18).contains(&bytes).then_some(bytes as u64)
+}
+
 /// FNV-1a, 64 bit. The config hash must not change between Rust releases
 /// (std's `DefaultHasher` may), or an operator upgrade would roll every pod.
 fn fnv1a(parts: &[&str]) -> String {
@@ -361,6 +410,19 @@ fn config_map_hash(cms: &[&ConfigMap]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantities_in_bytes() {
+        assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(quantity_bytes("256Mi"), Some(256 << 20));
+        assert_eq!(quantity_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(quantity_bytes("1e9"), Some(1_000_000_000));
+        assert_eq!(quantity_bytes("1000"), Some(1000));
+        for bad in ["", "Gi", "1GB", "-1Gi", "1.2.3", "1e"] {
+            assert_eq!(quantity_bytes(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn fnv_is_stable() {

@@ -28,10 +28,17 @@ pub fn worker(cluster: &ChatCluster) -> String {
     child(cluster, "worker")
 }
 
-/// The managed Redis: StatefulSet, headless Service, ConfigMap and
-/// PodDisruptionBudget.
+/// The managed Redis: StatefulSet, headless Service, ConfigMap,
+/// PodDisruptionBudget and NetworkPolicy (the generated Secret too:
+/// [`redis_secret`]).
 pub fn redis(cluster: &ChatCluster) -> String {
     child(cluster, "redis")
+}
+
+/// The generated Secret holding the managed Redis's password (`password`)
+/// and the configuration lines that set it (`auth.conf`).
+pub fn redis_secret(cluster: &ChatCluster) -> String {
+    redis(cluster)
 }
 
 /// Pod `ordinal` of the managed Redis StatefulSet.
@@ -39,10 +46,20 @@ pub fn redis_pod(cluster: &ChatCluster, ordinal: usize) -> String {
     format!("{}-{ordinal}", redis(cluster))
 }
 
-/// The managed PostgreSQL: StatefulSet, headless Service and the generated
-/// Secret with its password and URL.
+/// The managed PostgreSQL: StatefulSet, headless Service, NetworkPolicy and
+/// the generated Secret with its password and URL.
 pub fn postgres(cluster: &ChatCluster) -> String {
     child(cluster, "postgres")
+}
+
+/// Every Secret the operator may generate for `cluster` (which of them
+/// exist depends on the spec): what pruning looks up by name.
+pub fn generated_secrets(cluster: &ChatCluster) -> [String; 3] {
+    [
+        session_secret(cluster),
+        redis_secret(cluster),
+        postgres(cluster),
+    ]
 }
 
 /// The fallback relay's ConfigMap.

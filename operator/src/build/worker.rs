@@ -44,7 +44,7 @@ pub fn deployment(ctx: &Ctx) -> Deployment {
     // The worker names its stream consumer after its pod; it reads nothing
     // else of the pod identity (the contract test checks what it reads).
     let mut env_vars = vec![pod_name_env()];
-    env_vars.push(super::redis::url_env(ctx));
+    env_vars.extend(super::redis::client_env(ctx));
     env_vars.push(super::postgres::url_env(ctx));
     env_vars.push(env(switchboard_core::env::LOG, "info"));
 

@@ -201,6 +201,7 @@ async fn connect(
     let ip = resolve(addr).await?;
     let config = Config {
         server: ServerConfig::new_centralized(addr.host.clone(), addr.port),
+        password: opts.password.clone(),
         ..Config::default()
     };
     let mut builder = Builder::from_config(config);

@@ -193,9 +193,12 @@ impl BootstrapError {
     }
 }
 
-/// Timeouts of a bootstrap.
-#[derive(Debug, Clone)]
+/// Timeouts of a bootstrap, and the nodes' password.
+#[derive(Clone)]
 pub struct BootstrapOptions {
+    /// The password every node requires (`requirepass`), if any: each
+    /// connection authenticates with it. Never shown by `Debug`.
+    pub password: Option<String>,
     /// TCP connect timeout per node.
     pub connect_timeout: Duration,
     /// Timeout of each command.
@@ -210,9 +213,23 @@ pub struct BootstrapOptions {
     pub poll_interval: Duration,
 }
 
+impl std::fmt::Debug for BootstrapOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapOptions")
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("converge_timeout", &self.converge_timeout)
+            .field("failover_grace", &self.failover_grace)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
 impl Default for BootstrapOptions {
     fn default() -> Self {
         BootstrapOptions {
+            password: None,
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
             converge_timeout: Duration::from_secs(60),
