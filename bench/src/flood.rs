@@ -65,6 +65,8 @@ pub struct FloodArgs {
 struct GatewayBin {
     child: Child,
     addr: String,
+    /// Its `/metrics` (a listener of its own, not `addr`).
+    metrics_addr: String,
     _secret_dir: tempfile::TempDir,
 }
 
@@ -80,8 +82,10 @@ impl GatewayBin {
         std::fs::write(&secret_file, secret)?;
         let port = switchboard_testkit::free_port()?;
         let addr = format!("127.0.0.1:{port}");
+        let metrics_addr = format!("127.0.0.1:{}", switchboard_testkit::free_port()?);
         let mut cmd = Command::new(bin);
         cmd.args(["--listen", &addr])
+            .args(["--metrics-listen", &metrics_addr])
             .arg("--token-secret-file")
             .arg(&secret_file);
         if let Some(url) = redis_url {
@@ -97,6 +101,7 @@ impl GatewayBin {
         let g = GatewayBin {
             child,
             addr,
+            metrics_addr,
             _secret_dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -255,7 +260,7 @@ pub async fn run(args: FloodArgs) -> Result<()> {
     if let Ok(Err(e)) = flood.join() {
         eprintln!("flooder: {e:#}");
     }
-    let metrics = metrics_text(&addr).await.unwrap_or_default();
+    let metrics = metrics_text(&gw.metrics_addr).await.unwrap_or_default();
 
     let s = samples.lock().unwrap_or_else(|p| p.into_inner());
     println!(

@@ -35,9 +35,9 @@ fn with_limits(limits: LimitsConfig) -> GatewayConfig {
     }
 }
 
-/// The value of one sample on `/metrics` (0 when absent).
-async fn metric(base: &str, sample: &str) -> u64 {
-    let text = reqwest::get(format!("{base}/metrics"))
+/// The value of one sample on `gw`'s `/metrics` (0 when absent).
+async fn metric(gw: &switchboard_gateway::Gateway, sample: &str) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", gw.metrics_addr()))
         .await
         .unwrap()
         .text()
@@ -163,14 +163,14 @@ async fn forged_and_expired_nonces_are_refused_before_any_recovery() {
         assert!(text.contains(code), "{code}: {text}");
     }
     assert_eq!(
-        metric(&base, "switchboard_gateway_signature_recoveries_total").await,
+        metric(&gw, "switchboard_gateway_signature_recoveries_total").await,
         0,
         "a signature was recovered for a nonce this gateway did not issue"
     );
     // A real one goes through (and is the one recovery).
     login(&base, &w).await;
     assert_eq!(
-        metric(&base, "switchboard_gateway_signature_recoveries_total").await,
+        metric(&gw, "switchboard_gateway_signature_recoveries_total").await,
         1
     );
     gw.shutdown().await;
@@ -216,7 +216,7 @@ async fn rest_is_limited_per_address_with_429_and_retry_after() {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(
         metric(
-            &base,
+            &gw,
             "switchboard_gateway_refusals_total{limit=\"rest_per_address\"}"
         )
         .await,
@@ -255,7 +255,7 @@ async fn rest_is_limited_per_user() {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(
         metric(
-            &base,
+            &gw,
             "switchboard_gateway_refusals_total{limit=\"rest_per_user\"}"
         )
         .await,
@@ -380,7 +380,7 @@ async fn connections_are_capped_per_address() {
     );
     assert!(
         metric(
-            &base,
+            &gw,
             "switchboard_gateway_refusals_total{limit=\"connections_per_address\"}"
         )
         .await
@@ -429,7 +429,7 @@ async fn connections_are_capped_per_user() {
     let _d = Ws::connect(&gw, &other).await;
     assert_eq!(
         metric(
-            &base,
+            &gw,
             "switchboard_gateway_refusals_total{limit=\"connections_per_user\"}"
         )
         .await,
@@ -458,7 +458,7 @@ async fn connections_are_capped_per_gateway() {
     assert_eq!(upgrade(&gw, None).await.err(), Some((429, "5".into())));
     assert_eq!(
         metric(
-            &base,
+            &gw,
             "switchboard_gateway_refusals_total{limit=\"connections\"}"
         )
         .await,
@@ -505,7 +505,7 @@ async fn a_verify_flood_recovers_only_what_the_limiter_admits() {
         }
     }
     assert_eq!(
-        metric(&base, "switchboard_gateway_signature_recoveries_total").await,
+        metric(&gw, "switchboard_gateway_signature_recoveries_total").await,
         admitted,
         "recoveries beyond the requests the limiter admitted"
     );
@@ -561,11 +561,7 @@ async fn a_socket_that_ignores_rate_limited_is_closed() {
     assert!(pongs >= 5, "{pongs} pongs");
     assert!(refused >= 99, "{refused} refusals");
     assert_eq!(
-        metric(
-            &base,
-            "switchboard_gateway_refusals_total{limit=\"frames\"}"
-        )
-        .await,
+        metric(&gw, "switchboard_gateway_refusals_total{limit=\"frames\"}").await,
         1
     );
     gw.shutdown().await;
