@@ -166,12 +166,19 @@ pub async fn run(
             }
             tracing::warn!("lost the leader lease; standing by");
         }
-        election.leave().await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, election.leave())
+            .await
+            .is_err()
+        {
+            tracing::warn!("releasing the leader lease timed out; it expires by itself");
+        }
     }
 
     shutdown.cancel();
-    if let Ok(Err(e)) = server.await {
-        tracing::warn!(error = %e, "metrics server stopped with an error");
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "metrics server stopped with an error"),
+        Err(_) => tracing::warn!("metrics server did not stop in time"),
+        _ => {}
     }
     tracing::info!("operator stopped");
     Ok(())
@@ -193,22 +200,40 @@ async fn leader_work(
         namespace: cfg.namespace.clone(),
         instance: Some(cfg.identity.clone()),
     };
-    tokio::join!(
-        run_controller(
-            ctx.clone(),
-            cfg.namespace.clone(),
-            stop.clone().cancelled_owned()
-        ),
-        manager::run(
-            Autoscaler::new(cfg.autoscale_interval),
-            shared.clone(),
-            stop.clone()
-        ),
-        manager::run(
-            PartitionManager::new(cfg.partitions.clone()),
-            shared.clone(),
-            stop.clone()
-        ),
-        manager::run(RedisManager::new(cfg.redis.clone()), shared, stop),
-    );
+    let work = async {
+        tokio::join!(
+            run_controller(
+                ctx.clone(),
+                cfg.namespace.clone(),
+                stop.clone().cancelled_owned()
+            ),
+            manager::run(
+                Autoscaler::new(cfg.autoscale_interval),
+                shared.clone(),
+                stop.clone()
+            ),
+            manager::run(
+                PartitionManager::new(cfg.partitions.clone()),
+                shared.clone(),
+                stop.clone()
+            ),
+            manager::run(RedisManager::new(cfg.redis.clone()), shared, stop.clone()),
+        )
+    };
+    // Once told to stop, the work gets SHUTDOWN_GRACE to finish what it is
+    // in (a reconcile's API calls, a Redis bootstrap step); then it is
+    // dropped, so a call that never answers cannot keep a stopping (or
+    // demoted) operator from exiting or from standing by.
+    let deadline = async {
+        stop.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = work => {}
+        _ = deadline => tracing::warn!(grace = ?SHUTDOWN_GRACE, "leader work did not stop in time; abandoned"),
+    }
 }
+
+/// How long stopping leader work may take (see [`leader_work`]), and each
+/// of the other shutdown steps (releasing the Lease, the metrics server).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
