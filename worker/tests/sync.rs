@@ -206,38 +206,7 @@ async fn redis_data_loss_starts_a_new_epoch_above_the_stored_seqs() {
     let dm = ConvId::direct(&a, &b).unwrap();
 
     // Sends go through the gateway's seeding path (the first one seeds).
-    let send_ws = |i: u64| {
-        let gw = &gw;
-        let dm = dm.clone();
-        async move {
-            let (token, _) = gw.state().chat.tokens.issue(
-                &a,
-                Duration::from_secs(60),
-                time::OffsetDateTime::now_utc(),
-            );
-            let url = format!("ws://{}/v1/ws", gw.local_addr());
-            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-            ws.send(WsMsg::text(
-                json!({"type": "auth", "token": token}).to_string(),
-            ))
-            .await
-            .unwrap();
-            let frame =
-                json!({"type": "send", "conv": dm, "id": format!("m{i}"), "body": {"i": i}});
-            ws.send(WsMsg::text(frame.to_string())).await.unwrap();
-            loop {
-                let Some(Ok(WsMsg::Text(t))) = ws.next().await else {
-                    panic!("closed")
-                };
-                let v: Value = serde_json::from_str(&t).unwrap();
-                match v["type"].as_str().unwrap() {
-                    "sent" => return v["seq"].as_u64().unwrap(),
-                    "error" => return 0,
-                    _ => {}
-                }
-            }
-        }
-    };
+    let send_ws = |i: u64| send_as(&gw, a, &dm, format!("m{i}"), json!({"i": i}));
     for i in 1..=5 {
         assert_eq!(send_ws(i).await, i);
     }
@@ -285,7 +254,7 @@ async fn redis_data_loss_starts_a_new_epoch_above_the_stored_seqs() {
 
 /// Send `{"type":"send"}` as `from` through `gw`; the `sent` seq, or 0 for
 /// an error answer (Redis coming back).
-async fn send_as(gw: &Gateway, from: Address, conv: &ConvId, id: &str) -> u64 {
+async fn send_as(gw: &Gateway, from: Address, conv: &ConvId, id: String, body: Value) -> u64 {
     let (token, _) = gw.state().chat.tokens.issue(
         &from,
         Duration::from_secs(60),
@@ -298,7 +267,7 @@ async fn send_as(gw: &Gateway, from: Address, conv: &ConvId, id: &str) -> u64 {
     ))
     .await
     .unwrap();
-    let frame = json!({"type": "send", "conv": conv, "id": id, "body": {"id": id}});
+    let frame = json!({"type": "send", "conv": conv, "id": id, "body": body});
     ws.send(WsMsg::text(frame.to_string())).await.unwrap();
     loop {
         let Some(Ok(WsMsg::Text(t))) = ws.next().await else {
@@ -398,12 +367,18 @@ async fn a_counter_that_went_back_never_reuses_a_stored_seq() {
     let dm = ConvId::direct(&a, &b).unwrap();
 
     for i in 1..=5 {
-        assert_eq!(send_as(&gw, a, &dm, &format!("m{i}")).await, i);
+        assert_eq!(
+            send_as(&gw, a, &dm, format!("m{i}"), json!({"id": format!("m{i}")})).await,
+            i
+        );
     }
     drained(&streams, Duration::from_secs(20)).await;
     redis.command(&["SAVE"]).unwrap();
     for i in 6..=10 {
-        assert_eq!(send_as(&gw, a, &dm, &format!("m{i}")).await, i);
+        assert_eq!(
+            send_as(&gw, a, &dm, format!("m{i}"), json!({"id": format!("m{i}")})).await,
+            i
+        );
     }
     drained(&streams, Duration::from_secs(20)).await;
     let (_, before) = replay_ids(&gw, b, &dm).await;
@@ -416,7 +391,7 @@ async fn a_counter_that_went_back_never_reuses_a_stored_seq() {
         let id = format!("n{i}");
         let mut seq = 0;
         for _ in 0..100 {
-            seq = send_as(&gw, b, &dm, &id).await;
+            seq = send_as(&gw, b, &dm, id.clone(), json!({"id": id})).await;
             if seq > 0 {
                 break;
             }
@@ -473,7 +448,10 @@ async fn a_counter_that_went_back_never_reuses_a_stored_seq() {
     assert!(after["epoch_base"].as_u64().unwrap() <= 5, "{after}");
     // The sender's retry of a repaired message answers its new seq.
     let n11 = rows.iter().find(|(_, id)| id == "n11").unwrap().0 as u64;
-    assert_eq!(send_as(&gw, b, &dm, "n11").await, n11);
+    assert_eq!(
+        send_as(&gw, b, &dm, "n11".into(), json!({"id": "n11"})).await,
+        n11
+    );
 
     gw.shutdown().await;
     stop.cancel();
