@@ -19,6 +19,15 @@ pub const LEASE_SECONDS: u64 = 15;
 /// skew between nodes).
 pub const GRACE_SECONDS: u64 = 5;
 
+/// The server-side-apply field manager a replica takes the Lease with. It
+/// must differ per replica: the API server detects a conflicting take only
+/// between different field managers, so with one shared name two replicas
+/// starting together could both apply `holderIdentity` and both believe
+/// they lead until the next renewal.
+pub fn field_manager(identity: &str) -> String {
+    format!("{}-lease-{identity}", crate::FIELD_MANAGER)
+}
+
 /// A running election for one Lease.
 pub struct Election {
     state: watch::Receiver<bool>,
@@ -39,7 +48,7 @@ impl Election {
             .with_identity(identity)
             .with_duration(LEASE_SECONDS)
             .with_grace(GRACE_SECONDS)
-            .with_field_manager(format!("{}-lease", crate::FIELD_MANAGER))
+            .with_field_manager(field_manager(identity))
             .build()
             .await?;
         let (state, task) = manager.watch().await;
@@ -71,5 +80,16 @@ impl Election {
             Ok(Err(e)) => tracing::warn!(error = %e, "could not release the leader lease"),
             Err(e) => tracing::warn!(error = %e, "lease task ended abnormally"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_replica_takes_the_lease_as_its_own_field_manager() {
+        assert_ne!(field_manager("op-a"), field_manager("op-b"));
+        assert!(field_manager("op-a").ends_with("op-a"));
     }
 }

@@ -430,6 +430,27 @@ async fn only_the_leader_reconciles() {
     .await;
     assert!(holder == "op-a" || holder == "op-b", "{holder}");
 
+    // A replica that wrongly believes the Lease is free (both starting at
+    // once) cannot take it from the holder: its apply conflicts, because
+    // each replica applies as its own field manager.
+    let other_identity = if holder == "op-a" { "op-b" } else { "op-a" };
+    let stale_take = leases
+        .patch(
+            "switchboard-operator",
+            &PatchParams::apply(&switchboard_operator::leader::field_manager(other_identity)),
+            &Patch::Apply(json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "spec": {"holderIdentity": other_identity, "leaseDurationSeconds": 15},
+            })),
+        )
+        .await
+        .expect_err("a second replica's take conflicts");
+    assert!(
+        matches!(&stale_take, kube::Error::Api(e) if e.code == 409),
+        "{stale_take}"
+    );
+
     // Exactly one replica reports leadership.
     let leader_gauge = |addr: SocketAddr| async move {
         let body = reqwest_lite(addr).await;
