@@ -24,6 +24,7 @@ use crate::error::ClientError;
 use crate::event::Event;
 use crate::options::ClientOptions;
 use crate::outbox::{Entry, ErrorOutcome, Outbox, RetryPolicy, Sent};
+use crate::relayed::RelayedIds;
 use crate::tracker::{SyncTimers, Tracker};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -165,6 +166,10 @@ pub(crate) struct Task {
     events: mpsc::UnboundedSender<Event>,
     outbox: Outbox,
     tracker: Tracker,
+    /// Messages seen through the server's fallback relay (surfaced once).
+    relayed: RelayedIds,
+    /// The signed-in user (known once a connection is ready).
+    user: Option<Address>,
     /// Read marks waiting for a connection (highest per conversation).
     reads: HashMap<ConvId, u64>,
     backoff: Backoff,
@@ -191,6 +196,8 @@ impl Task {
             tracker.track(conv.clone(), *after);
         }
         Task {
+            relayed: RelayedIds::default(),
+            user: None,
             outbox: Outbox::new(
                 opts.max_in_flight,
                 RetryPolicy {
@@ -359,6 +366,7 @@ impl Task {
         };
         // Jittered within [3/4, 1] of the interval: spread out, never late.
         let next_beat = |now: Instant| now + heartbeat * 3 / 4 + jitter(heartbeat / 4);
+        self.user = Some(user);
         self.emit(Event::Connected { user });
         self.tracker.on_connect();
         let mut pings: VecDeque<PingWaiter> = VecDeque::new();
@@ -515,10 +523,36 @@ impl Task {
             // Answers to channel subscriptions, which this SDK does not make
             // yet (channels are followed with raw frames or SSE for now).
             ServerFrame::Subscribed { .. } | ServerFrame::Unsubscribed { .. } => {}
-            ServerFrame::Sent { id, conv, seq, ts } => {
-                let sent = Sent { id, conv, seq, ts };
+            ServerFrame::Sent {
+                id,
+                conv,
+                seq,
+                ts,
+                relayed,
+            } => {
+                let sent = Sent {
+                    id,
+                    conv,
+                    seq,
+                    ts,
+                    relayed,
+                };
                 self.outbox.on_sent(&sent);
-                for m in self.tracker.on_sent(&sent.conv, seq, now) {
+                if relayed {
+                    // No seq yet: the sequenced copy comes as a `msg` later
+                    // and is not surfaced again.
+                    if let Some(me) = self.user {
+                        self.relayed.first_copy(&sent.conv, me, &sent.id);
+                    }
+                } else {
+                    for m in self.tracker.on_sent(&sent.conv, seq, now) {
+                        self.emit(Event::Message(m));
+                    }
+                }
+            }
+            // Relayed (no seq): surfaced once, never acked.
+            ServerFrame::Msg(m) if m.relayed => {
+                if self.relayed.first_copy(&m.conv, m.from, &m.id) {
                     self.emit(Event::Message(m));
                 }
             }
@@ -529,7 +563,9 @@ impl Task {
                 };
                 self.write_frame(ws, &ack).await?;
                 for m in self.tracker.on_msg(m, now) {
-                    self.emit(Event::Message(m));
+                    if !self.relayed.sequenced(&m.conv, m.from, &m.id) {
+                        self.emit(Event::Message(m));
+                    }
                 }
             }
             ServerFrame::Receipt {

@@ -40,6 +40,7 @@ mod error;
 mod event;
 mod options;
 mod outbox;
+mod relayed;
 mod rest;
 mod signin;
 mod tracker;

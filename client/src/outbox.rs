@@ -28,6 +28,10 @@ pub struct Sent {
     pub seq: u64,
     /// Server time (Unix ms) at which the seq was assigned.
     pub ts: u64,
+    /// Accepted through the server's fallback relay while its Redis was
+    /// down: `seq` is 0; the message comes back sequenced as a `msg` later
+    /// (not surfaced again).
+    pub relayed: bool,
 }
 
 pub(crate) type Reply = oneshot::Sender<Result<Sent, ClientError>>;
@@ -292,6 +296,7 @@ mod tests {
             conv: conv.clone(),
             seq,
             ts: 0,
+            relayed: false,
         }
     }
 

@@ -315,6 +315,7 @@ mod tests {
             from: Address([7; 20]),
             body: RawValue::from_string(format!("{{\"n\":{seq}}}")).unwrap(),
             ts: 1,
+            relayed: false,
         }
     }
 

@@ -56,6 +56,19 @@ pub struct RelayFile {
     /// Primary relay hosts, `host` or `host:port`.
     pub hosts: Vec<String>,
     pub provider: RelayProvider,
+    /// Reach the relay over HTTPS (the default). `false` for a plain-HTTP
+    /// relay, such as another Switchboard on loopback or inside the
+    /// cluster network. Left out of the file when `true`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub tls: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[cfg(test)]
@@ -70,6 +83,7 @@ mod tests {
             fallback_hosts: vec![],
             hosts: vec!["relay.example.com:443".into()],
             provider: RelayProvider::Switchboard,
+            tls: true,
         };
         let text = serde_json::to_string(&f).unwrap();
         assert_eq!(
@@ -77,6 +91,13 @@ mod tests {
             r#"{"apiKeyEnv":null,"fallbackHosts":[],"hosts":["relay.example.com:443"],"provider":"switchboard"}"#
         );
         assert_eq!(serde_json::from_str::<RelayFile>(&text).unwrap(), f);
+        let plain = RelayFile { tls: false, ..f };
+        let text = serde_json::to_string(&plain).unwrap();
+        assert!(
+            text.ends_with(r#""provider":"switchboard","tls":false}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<RelayFile>(&text).unwrap(), plain);
     }
 
     #[test]

@@ -38,6 +38,7 @@ fn msg(conv: &ConvId, seq: u64, from: Address, body: &str, ts: u64) -> Message {
         from,
         body: RawValue::from_string(body.into()).unwrap(),
         ts,
+        relayed: false,
     }
 }
 

@@ -47,6 +47,10 @@ pub struct GatewayArgs {
     /// behind); 0: no cap
     #[arg(long, default_value_t = 100_000)]
     pub persist_backlog_max: usize,
+    /// With a fallback relay: messages this gateway may hold while Redis is
+    /// unreachable (relayed, waiting for their seq) before it refuses sends
+    #[arg(long, default_value_t = 10_000)]
+    pub relay_spool_max: usize,
     /// EIP-4361 domain sign-in messages must name
     #[arg(long, env = env::DOMAIN, default_value = "localhost")]
     pub domain: String,

@@ -89,9 +89,14 @@ pub struct GatewayConfig {
     /// margin).
     pub drain_window: Duration,
     /// The fallback relay (validated at start-up from the file the operator
-    /// mounts, see [`crate::relay`]). Today it is logged and exported on
-    /// `/metrics` only; `None` (the default): no relay.
+    /// mounts, see [`crate::relay`]): while Redis is unreachable, messages
+    /// are relayed through it and held until Redis is back. `None` (the
+    /// default): no relay, sends answer `unavailable` while Redis is down.
     pub relay: Option<RelayConfig>,
+    /// Most messages a gateway holds in relay mode (accepted while Redis was
+    /// unreachable, waiting for their seq); past it sends are refused as
+    /// `unavailable`.
+    pub relay_spool_max: usize,
     /// API keys of the Ably-compatible endpoints (`keyName:keySecret`).
     pub api_keys: Vec<ApiKey>,
     /// Channel names only API keys may create (`--reserved-channel`); a
@@ -202,6 +207,7 @@ impl Default for GatewayConfig {
             report_interval: DEFAULT_REPORT_INTERVAL,
             drain_window: Duration::from_secs(10),
             relay: None,
+            relay_spool_max: 10_000,
             api_keys: Vec::new(),
             reserved_channels: Vec::new(),
             limits: LimitsConfig::default(),

@@ -109,6 +109,7 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<GatewayConfig> {
         drain_window: Duration::from_secs(args.drain_seconds),
         session_ttl: args.session_ttl,
         relay: relay_config(args.relay_config.as_deref(), args.relay_api_key.clone())?,
+        relay_spool_max: args.relay_spool_max.max(1),
         api_keys: args.api_keys.clone(),
         metrics_listen: args.metrics_listen.clone(),
         reserved_channels: args.reserved_channels.clone(),

@@ -6,7 +6,9 @@
 //! stored message to the recipients' gateways, whose `hub` queues it on
 //! each recipient's connection; the transport writes it, following the seq
 //! `cursor`. `server` wires the router, start-up and drain; `report` feeds
-//! the operator's autoscaler.
+//! the operator's autoscaler. While Redis is unreachable, a configured
+//! fallback `relay` carries messages between gateways instead (the rules in
+//! `service::relay`, the background tasks in `degraded`).
 //!
 //! The binary (`switchboard dev`, `switchboard-gateway`) only parses
 //! configuration and calls [`Gateway::start`]; tests start gateways
@@ -17,6 +19,7 @@ mod admit;
 pub mod args;
 pub mod config;
 pub mod cursor;
+mod degraded;
 pub mod http;
 pub mod hub;
 pub mod keys;

@@ -51,6 +51,92 @@ pub struct Metrics {
     /// Sign-in signatures recovered (secp256k1 public-key recovery, the
     /// expensive step of `POST /v1/auth/verify`).
     pub signature_recoveries: Counter,
+    /// The fallback relay at work (all zero without one).
+    pub relay: RelayMetrics,
+}
+
+/// What relay mode does (`relay_*`).
+#[derive(Default)]
+pub struct RelayMetrics {
+    /// 1 while this gateway relays (Redis unreachable, or messages accepted
+    /// meanwhile still waiting for their seq).
+    pub mode: Gauge,
+    /// 1 while the subscription to the relay is open.
+    pub subscribed: Gauge,
+    /// Messages accepted in relay mode and published to the relay.
+    pub published: Counter,
+    /// Publishes the relay did not take (the send was refused as unavailable).
+    pub publish_failures: Counter,
+    /// Envelopes from other gateways delivered to local sockets.
+    pub received: Counter,
+    /// Envelopes read from the relay and dropped: not sealed by this
+    /// cluster, malformed or too large.
+    pub refused: Counter,
+    /// Messages held now, waiting for Redis.
+    pub spooled: Gauge,
+    /// Held messages given their seq once Redis answered again.
+    pub replayed: Counter,
+    /// Held messages Redis refused when they were replayed (the sender is
+    /// told with an error frame).
+    pub rejected: Counter,
+    /// Sends refused because the spool was full.
+    pub spool_full: Counter,
+}
+
+impl RelayMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry;
+        r.register(
+            "relay_mode",
+            "1 while the gateway relays: Redis unreachable, or relayed messages still waiting for their seq",
+            self.mode.clone(),
+        );
+        r.register(
+            "relay_subscribed",
+            "1 while the subscription to the fallback relay is open",
+            self.subscribed.clone(),
+        );
+        r.register(
+            "relay_published",
+            "Messages accepted in relay mode and published to the relay",
+            self.published.clone(),
+        );
+        r.register(
+            "relay_publish_failures",
+            "Relay publishes that failed (the send was answered unavailable)",
+            self.publish_failures.clone(),
+        );
+        r.register(
+            "relay_received",
+            "Relayed events from other gateways delivered to local sockets",
+            self.received.clone(),
+        );
+        r.register(
+            "relay_envelopes_refused",
+            "Relay events dropped: not sealed by this cluster, malformed or too large",
+            self.refused.clone(),
+        );
+        r.register(
+            "relay_spooled",
+            "Messages held by this gateway waiting for Redis to sequence them",
+            self.spooled.clone(),
+        );
+        r.register(
+            "relay_replayed",
+            "Held messages sequenced through Redis once it answered again",
+            self.replayed.clone(),
+        );
+        r.register(
+            "relay_rejected",
+            "Held messages Redis refused when replayed (senders get an error frame)",
+            self.rejected.clone(),
+        );
+        r.register(
+            "relay_spool_full",
+            "Sends refused in relay mode because the spool was full",
+            self.spool_full.clone(),
+        );
+    }
 }
 
 impl Metrics {
@@ -131,7 +217,10 @@ impl Metrics {
             "Sign-in signatures recovered (after the nonce and the rate limits admitted them)",
             signature_recoveries.clone(),
         );
+        let relay = RelayMetrics::default();
+        relay.register(&mut registry);
         Metrics {
+            relay,
             registry,
             connections,
             sse_streams,

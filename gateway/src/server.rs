@@ -26,6 +26,8 @@ pub enum GatewayError {
     Broker(#[from] BrokerError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("fallback relay: {0}")]
+    Relay(#[from] crate::relay::RelayError),
 }
 
 /// The internal listener's router: `/metrics` (and `/healthz`), kept off
@@ -103,7 +105,7 @@ fn log_relay(relay: Option<&RelayConfig>) {
             hosts = %join_hosts(r.hosts()),
             fallback_hosts = %join_hosts(r.fallback_hosts()),
             api_key = if r.api_key().is_some() { "set" } else { "none" },
-            "fallback relay configured (validated; relay delivery is not active yet)"
+            "fallback relay configured: messages go through it while Redis is unreachable"
         ),
         None => tracing::info!("no fallback relay configured"),
     }
@@ -147,7 +149,7 @@ impl Gateway {
         let metrics_listener = TcpListener::bind(&cfg.metrics_listen).await?;
         let metrics_addr = metrics_listener.local_addr()?;
         let mut events = broker.attach(&cfg.gateway_id).await?;
-        let state = AppState::new(cfg, broker, store);
+        let state = AppState::new(cfg, broker, store)?;
 
         let dispatcher = {
             let state = state.clone();
@@ -227,15 +229,19 @@ impl Gateway {
                 }
             })
         };
-        let reporter = report::spawn(state.clone());
         tracing::info!(%addr, %metrics_addr, gateway = %state.cfg.gateway_id, "gateway listening");
         log_relay(state.cfg.relay.as_ref());
+        let relay_tasks = crate::degraded::spawn(&state);
+        let reporter = report::spawn(state.clone());
         Ok(Gateway {
             state,
             addr,
             metrics_addr,
             server,
-            background: vec![dispatcher, liveness, expiry, metrics, pruner],
+            background: [dispatcher, liveness, expiry, metrics, pruner]
+                .into_iter()
+                .chain(relay_tasks)
+                .collect(),
             reporter,
         })
     }

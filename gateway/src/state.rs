@@ -10,6 +10,7 @@ use crate::config::GatewayConfig;
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::relay::RelayError;
 use crate::service::ChatService;
 
 /// What the transports share: axum handlers take it as `State<AppRef>`.
@@ -29,7 +30,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(cfg: GatewayConfig, broker: DynBroker, store: Option<DynStore>) -> AppRef {
+    pub fn new(
+        cfg: GatewayConfig,
+        broker: DynBroker,
+        store: Option<DynStore>,
+    ) -> Result<AppRef, RelayError> {
         let mut metrics = Metrics::new();
         metrics.describe_relay(cfg.relay.as_ref());
         let metrics = Arc::new(metrics);
@@ -44,14 +49,14 @@ impl AppState {
             hub.clone(),
             metrics.clone(),
             shutdown.clone(),
-        ));
-        Arc::new(AppState {
+        )?);
+        Ok(Arc::new(AppState {
             cfg,
             chat,
             hub,
             metrics,
             limits,
             shutdown,
-        })
+        }))
     }
 }

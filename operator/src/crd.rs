@@ -106,6 +106,10 @@ impl Default for NetworkPoliciesSpec {
     }
 }
 
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 fn default_true() -> bool {
     true
 }
@@ -685,6 +689,11 @@ pub struct FallbackRelaySpec {
     /// Secret key holding the relay API key (required for `ably`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<ApiKeySecretRef>,
+    /// Reach the relay over HTTPS (default). `false` only for a plain-HTTP
+    /// relay inside a trusted network (another Switchboard cluster's
+    /// gateway Service).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub tls: bool,
 }
 
 /// A key of a Secret holding an API key.

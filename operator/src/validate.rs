@@ -215,6 +215,7 @@ mod tests {
             hosts: vec!["https://rest.ably.io".into()],
             fallback_hosts: vec![],
             api_key_secret_ref: None,
+            tls: true,
         });
         let errs = validate("chat", &s);
         assert_eq!(errs.len(), 2, "{errs:?}");

@@ -121,8 +121,19 @@ pub struct Message {
     pub id: MsgId,
     pub from: Address,
     pub body: Box<RawValue>,
-    /// Server time (Unix ms) at which the seq was assigned.
+    /// Server time (Unix ms) at which the seq was assigned (for a relayed
+    /// message: at which the gateway accepted it).
     pub ts: u64,
+    /// Delivered through the fallback relay while Redis was unreachable:
+    /// `seq` is 0 (none assigned yet) and nothing is acked. The same
+    /// message comes again, sequenced, once Redis is back; clients keep
+    /// one copy per `(conv, from, id)`. Absent on the wire when `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub relayed: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Frames the server sends. Parse with [`ServerFrame::from_json`]: the
@@ -136,12 +147,18 @@ pub enum ServerFrame {
         user: Address,
         heartbeat_ms: u64,
     },
-    /// A `send` was accepted: `seq` is assigned and the message is durable in the broker.
+    /// A `send` was accepted: `seq` is assigned and the message is durable
+    /// in the broker (or, with `relayed`, held by the gateway and relayed).
     Sent {
         id: MsgId,
         conv: ConvId,
         seq: u64,
         ts: u64,
+        /// Accepted through the fallback relay while Redis was unreachable:
+        /// `seq` is 0 until the message is sequenced (the sender then gets
+        /// it as a `msg` with its seq). Absent when `false`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        relayed: bool,
     },
     /// A message for this user. Acknowledge with `ack {conv, seq}`.
     Msg(Message),

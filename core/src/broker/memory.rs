@@ -303,6 +303,7 @@ impl Broker for MemoryBroker {
                 from: req.from,
                 body: req.body,
                 ts,
+                relayed: false,
             };
             return Ok(SendOutcome {
                 message,
@@ -318,6 +319,7 @@ impl Broker for MemoryBroker {
             from: req.from,
             body: req.body,
             ts: now_ms(),
+            relayed: false,
         };
         // Keep the dedupe map bounded: forget ids older than the TTL whenever
         // it grows past the log length.

@@ -136,6 +136,7 @@ pub fn parse_entry(entry: &HashMap<String, String>) -> Result<PersistEntry, Stri
             body: RawValue::from_string(get(fields::BODY)?.to_string())
                 .map_err(|e| format!("field {:?}: {e}", fields::BODY))?,
             ts: num(fields::TS)?,
+            relayed: false,
         })),
         kind::WATERMARK => Ok(PersistEntry::Watermark(WatermarkUpdate {
             conv,

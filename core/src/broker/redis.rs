@@ -778,6 +778,7 @@ impl Broker for RedisBroker {
                 from: req.from,
                 body: req.body,
                 ts,
+                relayed: false,
             },
             duplicate: status == 0,
             members,
@@ -884,6 +885,7 @@ impl Broker for RedisBroker {
                 from,
                 body,
                 ts,
+                relayed: false,
             });
         }
         Ok(LogPage {

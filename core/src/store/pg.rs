@@ -669,6 +669,7 @@ fn message_from_row(conv: &ConvId, r: &sqlx::postgres::PgRow) -> Result<Message>
         from: from.parse::<Address>().map_err(|e| bad("sender", &e))?,
         body: RawValue::from_string(body).map_err(|e| bad("body", &e))?,
         ts: ts as u64,
+        relayed: false,
     })
 }
 

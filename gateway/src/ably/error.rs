@@ -48,8 +48,10 @@ impl From<ChatError> for AblyError {
             ChatError::Unavailable { what, detail } => {
                 tracing::warn!(error = %detail, engine = ?what, "engine unavailable");
                 let message = match what {
-                    Engine::Broker => "message broker unavailable; retry",
-                    Engine::Store => "message history unavailable; retry",
+                    Engine::Broker => "message broker unavailable; retry".to_string(),
+                    Engine::Store => "message history unavailable; retry".to_string(),
+                    // Written for the client by the service (relay mode).
+                    Engine::Relay => detail,
                 };
                 AblyError::new(50003, StatusCode::SERVICE_UNAVAILABLE, message)
             }

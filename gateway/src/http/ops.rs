@@ -17,6 +17,15 @@ pub async fn readyz(State(state): State<AppRef>) -> Result<&'static str, ApiErro
     if state.shutdown.is_cancelled() {
         return Err(ApiError::unavailable("draining"));
     }
+    // In relay mode the gateway still serves (messages go through the
+    // relay), so it stays ready and says why it is degraded.
+    if state.chat.relay_mode() {
+        return Ok(if state.chat.ping().await.is_ok() {
+            "ready (degraded: replaying messages relayed while Redis was unreachable)"
+        } else {
+            "ready (degraded: Redis unreachable, relay mode)"
+        });
+    }
     state.chat.ping().await?;
     Ok("ready")
 }

@@ -79,8 +79,10 @@ impl From<ChatError> for ApiError {
             ChatError::Unavailable { what, detail } => {
                 tracing::warn!(error = %detail, engine = ?what, "engine unavailable");
                 let message = match what {
-                    Engine::Broker => "message broker unavailable; retry",
-                    Engine::Store => "message store unavailable; retry",
+                    Engine::Broker => "message broker unavailable; retry".to_string(),
+                    Engine::Store => "message store unavailable; retry".to_string(),
+                    // Written for the client by the service (relay mode).
+                    Engine::Relay => detail,
                 };
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

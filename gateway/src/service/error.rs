@@ -13,6 +13,11 @@ pub enum Engine {
     Broker,
     /// The durable store (PostgreSQL).
     Store,
+    /// The fallback relay, in relay mode (Redis unreachable): the relay
+    /// itself failed, the gateway's spool is full, or what the message
+    /// needs is not known without Redis. The detail says which, for the
+    /// client.
+    Relay,
 }
 
 /// Why a chat operation was refused or failed.

@@ -13,6 +13,7 @@
 //! | `channels` | channels: create (reserved names for API keys only), read (given back to the broker from the store), join and leave |
 //! | `receipts` | watermarks, receipts and typing |
 //! | `presence` | status from last-seen, announcements to peers, connection open and close |
+//! | `relay` | relay mode while Redis is unreachable: relayed sends, the probes, replaying held messages |
 //! | `auth` | sign-in: nonces, SIWE verification, session tokens |
 //! | `error` | [`ChatError`], the one error of every operation |
 //!
@@ -26,6 +27,7 @@ mod error;
 mod history;
 mod presence;
 mod receipts;
+mod relay;
 mod send;
 
 use std::collections::HashMap;
@@ -51,6 +53,9 @@ pub use self::conversations::{ListPage, MemberView};
 pub use self::error::{ChatError, Engine};
 pub use self::history::Replay;
 pub use self::presence::{Liveness, MAX_PRESENCE_USERS, status_for};
+pub use self::relay::PROBE_TIMEOUT;
+use self::relay::Relaying;
+use crate::relay::RelayError;
 
 pub type Result<T, E = ChatError> = std::result::Result<T, E>;
 
@@ -80,6 +85,8 @@ pub struct ChatService {
     /// A re-registration after the broker lost this gateway is due (set
     /// until one completes, so a failure half way is retried).
     reassert_due: AtomicBool,
+    /// The fallback relay, when one is configured.
+    relay: Option<Relaying>,
 }
 
 impl ChatService {
@@ -90,8 +97,13 @@ impl ChatService {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-    ) -> Self {
-        ChatService {
+    ) -> Result<Self, RelayError> {
+        let relay = match &cfg.relay {
+            Some(r) => Some(Relaying::new(r, &cfg)?),
+            None => None,
+        };
+        Ok(ChatService {
+            relay,
             tokens: TokenSigner::new(&cfg.token_secret),
             nonces: NonceSigner::new(&cfg.token_secret),
             siwe: SiweVerifier {
@@ -109,7 +121,7 @@ impl ChatService {
             shutdown,
             members: Mutex::default(),
             reassert_due: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The broker, for the gateway's own plumbing (attaching its event feed,
@@ -131,6 +143,10 @@ impl ChatService {
         if conv.kind() == ConvKind::Direct {
             return Ok(conv.direct_members().map(|m| Arc::new(m.to_vec())));
         }
+        if self.broker_down() {
+            // Relay mode: what was right when Redis last answered.
+            return Ok(self.cached_members(conv));
+        }
         let ttl = self.cfg.members_cache_ttl;
         if let Some((m, at)) = self.lock_members().get(conv)
             && at.elapsed() < ttl
@@ -140,13 +156,24 @@ impl ChatService {
         let Some(c) = self.broker.conversation(conv).await? else {
             return Ok(None);
         };
-        let list = Arc::new(c.members);
+        Ok(Some(self.remember_members(conv, &c.members)))
+    }
+
+    /// The cached members of `conv`, however old.
+    fn cached_members(&self, conv: &ConvId) -> Option<Arc<Vec<Address>>> {
+        self.lock_members().get(conv).map(|(m, _)| m.clone())
+    }
+
+    /// Cache `members` as `conv`'s, fresh.
+    fn remember_members(&self, conv: &ConvId, members: &[Address]) -> Arc<Vec<Address>> {
+        let list = Arc::new(members.to_vec());
+        let ttl = self.cfg.members_cache_ttl;
         let mut cache = self.lock_members();
         if cache.len() >= MEMBERS_CACHE_MAX {
             cache.retain(|_, (_, at)| at.elapsed() < ttl);
         }
         cache.insert(conv.clone(), (list.clone(), Instant::now()));
-        Ok(Some(list))
+        list
     }
 
     /// Whether `user` may read `conv`: a member, through the members cache;
@@ -206,6 +233,9 @@ impl ChatService {
             channel: None,
             revoke: None,
         };
+        if self.broker_down() {
+            return self.relay_route(ev).await;
+        }
         match self.broker.route_local(ev, &self.cfg.gateway_id).await {
             Ok(Some(mine)) => self.hub.deliver(&mine),
             Ok(None) => {}

@@ -160,6 +160,10 @@ impl ChatService {
 
     /// Record that `user` was seen now. Best effort: presence is advisory.
     pub async fn touch(&self, user: &Address, now: u64) {
+        // In relay mode last-seen times stand still (nothing to write them to).
+        if self.broker_down() {
+            return;
+        }
         let _ = self.broker.touch(user, now).await;
     }
 

@@ -24,6 +24,9 @@ impl ChatService {
         seq: u64,
         skip: Option<&Arc<ConnHandle>>,
     ) -> Result<()> {
+        if self.broker_down() {
+            return Err(Self::broker_down_error());
+        }
         let Some(w) = self.broker.mark(conv, &user, mark, seq).await? else {
             return Ok(());
         };

@@ -22,7 +22,43 @@ impl ChatService {
     /// delivered yet: the caller answers its client first, then calls
     /// [`ChatService::fan_out`], so a sender sees `sent` before its other
     /// devices see the `msg`.
+    ///
+    /// With a fallback relay, a send in relay mode (or one that finds Redis
+    /// unreachable) is accepted through the relay instead: the outcome's
+    /// message is `relayed`, without a seq yet (see `service::relay`).
     pub async fn send(&self, req: SendRequest) -> Result<SendOutcome> {
+        if self.relay.is_none() {
+            return self.send_sequenced(req).await;
+        }
+        if self.relay_mode() {
+            return self.relay_send(req).await;
+        }
+        let copy = req.clone();
+        match self.send_sequenced(req).await {
+            Err(ChatError::Unavailable {
+                what: super::Engine::Broker,
+                detail,
+            }) => {
+                self.enter_relay_mode(&detail);
+                self.relay_send(copy).await
+            }
+            other => other,
+        }
+    }
+
+    /// The normal write path: the broker's atomic send, seeding the
+    /// conversation from the store when the broker lost it.
+    pub(super) async fn send_sequenced(&self, req: SendRequest) -> Result<SendOutcome> {
+        let out = self.send_to_broker(req).await?;
+        // Keep the group's members at hand for relay mode (a send gets them
+        // from the broker's atomic check anyway).
+        if self.relay.is_some() && out.message.conv.kind() == ConvKind::Group {
+            self.remember_members(&out.message.conv, &out.members);
+        }
+        Ok(out)
+    }
+
+    async fn send_to_broker(&self, req: SendRequest) -> Result<SendOutcome> {
         let req = match self.broker.send(req).await {
             Err(BrokerError::Unseeded(req)) => *req,
             other => return Ok(other?),
@@ -80,10 +116,32 @@ impl ChatService {
     /// `skip` (the sending socket, which got `sent`), or, for a channel, once
     /// to its topic for every gateway with a subscriber. A duplicate is not
     /// delivered again (its recipients had it, or catch up by `sync`).
+    ///
+    /// A relayed message (relay mode) goes to this gateway's sockets only:
+    /// the other gateways got it through the relay already.
     pub async fn fan_out(&self, out: SendOutcome, skip: Option<&Arc<ConnHandle>>) {
         if out.duplicate {
             return;
         }
+        if out.message.relayed {
+            let ev = Routed {
+                users: out.members,
+                frame: ServerFrame::Msg(out.message).to_json().into(),
+                ack: None,
+                skip_conn: skip.map(|h| h.name.clone()),
+                channel: None,
+                revoke: None,
+            };
+            self.hub.deliver(&ev);
+            return;
+        }
+        self.fan_out_sequenced(out, skip).await;
+    }
+
+    /// Deliver a sequenced message, even one the broker had already
+    /// (replaying relayed messages: their recipients had only the relayed
+    /// copy).
+    pub(super) async fn fan_out_sequenced(&self, out: SendOutcome, skip: Option<&Arc<ConnHandle>>) {
         self.metrics.messages_in.inc();
         let m = out.message;
         if m.conv.kind() == ConvKind::Channel {

@@ -103,6 +103,7 @@ impl Conn {
                     conv: m.conv.clone(),
                     seq: m.seq,
                     ts: m.ts,
+                    relayed: m.relayed,
                 };
                 self.write(socket, &sent.to_json()).await?;
                 let handle = Arc::clone(&self.handle);
@@ -271,6 +272,15 @@ impl Conn {
                 ErrorCode::Unavailable,
                 "broker unavailable; retry with the same id",
             ),
+            // The service wrote the detail for the client (relay mode).
+            ChatError::Unavailable {
+                what: Engine::Relay,
+                detail,
+            } => {
+                return self
+                    .error(socket, ErrorCode::Unavailable, detail, Some(reference))
+                    .await;
+            }
             ChatError::AlreadyExists | ChatError::Internal(_) => {
                 (ErrorCode::Internal, "internal error")
             }

@@ -36,6 +36,7 @@ pub fn config_map(ctx: &Ctx) -> Option<ConfigMap> {
             .api_key_secret_ref
             .as_ref()
             .map(|_| relay_file::API_KEY_ENV.to_string()),
+        tls: relay.tls,
     };
     // Serializing a plain struct of strings cannot fail.
     let text = serde_json::to_string(&doc).unwrap_or_default();

@@ -1,4 +1,4 @@
-//! Fallback relay configuration (DESIGN.md §2, "The fallback relay").
+//! Fallback relay configuration.
 //!
 //! The operator writes `relay.json` (a [`RelayFile`], the type both crates
 //! share) into the `<cluster>-relay` ConfigMap and mounts it into gateways;
@@ -6,10 +6,6 @@
 //! the environment variable the file names. [`RelayConfig::parse`] turns the
 //! file plus the key into a validated [`RelayConfig`], so a bad configuration
 //! stops the gateway at start-up with a message saying what is wrong.
-//!
-//! Today the gateway validates the relay, logs it at start-up and exports it
-//! on `/metrics`; publishing to and subscribing from the relay while Redis is
-//! unreachable is not built yet.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -195,6 +191,7 @@ pub struct RelayConfig {
     hosts: Vec<RelayHost>,
     fallback_hosts: Vec<RelayHost>,
     api_key: Option<ApiKey>,
+    tls: bool,
 }
 
 impl RelayConfig {
@@ -242,7 +239,13 @@ impl RelayConfig {
             hosts,
             fallback_hosts,
             api_key: api_key.map(ApiKey),
+            tls: file.tls,
         })
+    }
+
+    /// HTTPS (`true`, the default) or plain HTTP.
+    pub fn tls(&self) -> bool {
+        self.tls
     }
 
     pub fn provider(&self) -> RelayProvider {

@@ -1,0 +1,405 @@
+//! The fallback relay (issue 12): two gateways on one real Redis, a third
+//! Switchboard gateway as their relay (its Ably-compatible API, an API key).
+//! Redis is killed mid-conversation: messages keep flowing between the
+//! gateways through the relay (`relayed`, no seq), then Redis comes back
+//! (with its data, or empty) and every message accepted meanwhile is
+//! sequenced exactly once and delivered again with its seq.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use switchboard_gateway::config::LimitsConfig;
+use switchboard_gateway::{Gateway, GatewayConfig, RelayConfig};
+use switchboard_proto::ids::ConvId;
+
+const RELAY_KEY: &str = "relay.key:relay-secret";
+
+/// The relay: a memory-engine gateway with an API key (its own token
+/// secret: it is another cluster).
+async fn start_relay() -> Gateway {
+    let cfg = GatewayConfig {
+        token_secret: b"the relay cluster's own secret".to_vec(),
+        api_keys: vec![RELAY_KEY.parse().unwrap()],
+        limits: LimitsConfig::off(),
+        ..fast_config()
+    };
+    start_gateway(&Backend::memory(), cfg).await
+}
+
+fn relayed_config(relay_addr: &str) -> GatewayConfig {
+    let file = json!({"hosts": [relay_addr], "provider": "switchboard", "tls": false});
+    GatewayConfig {
+        relay: Some(RelayConfig::parse(&file.to_string(), Some(RELAY_KEY.into())).unwrap()),
+        ..fast_config()
+    }
+}
+
+async fn metric(gw: &Gateway, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", gw.metrics_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("switchboard_gateway_{name} ");
+    let total = format!("switchboard_gateway_{name}_total ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix).or_else(|| l.strip_prefix(&total)))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn readyz(gw: &Gateway) -> (u16, String) {
+    match reqwest::get(format!("{}/readyz", http(gw))).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Wait until `check` holds, polling; panics with `what` after `within`.
+async fn until<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next frame of type `ty` on `ws` within `d`, skipping others.
+async fn next_of(ws: &mut Ws, ty: &str, d: Duration) -> Value {
+    let deadline = Instant::now() + d;
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| panic!("no {ty} frame within {d:?}"));
+        let f = ws
+            .try_recv(left)
+            .await
+            .unwrap_or_else(|| panic!("no {ty} frame within {d:?}"));
+        if f["type"] == ty {
+            return f;
+        }
+        assert!(
+            f["type"] != "error",
+            "an error frame while waiting for {ty}: {f}"
+        );
+    }
+}
+
+/// `msg` frames on `ws` until every id in `ids` came in the wanted form
+/// (`relayed` or sequenced); acks the sequenced ones. Returns them by id.
+async fn msgs(ws: &mut Ws, ids: &[&str], relayed: bool) -> HashMap<String, Value> {
+    msgs_and_errors(ws, ids, relayed, &mut Vec::new()).await
+}
+
+/// Like [`msgs`], keeping the `error` frames seen on the way in `errors`.
+async fn msgs_and_errors(
+    ws: &mut Ws,
+    ids: &[&str],
+    relayed: bool,
+    errors: &mut Vec<Value>,
+) -> HashMap<String, Value> {
+    let mut got = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ids.iter().any(|id| !got.contains_key(*id)) {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| {
+                panic!("missing {ids:?} (relayed: {relayed}); got {:?}", got.keys())
+            });
+        let Some(f) = ws.try_recv(left).await else {
+            panic!("missing {ids:?} (relayed: {relayed}); got {:?}", got.keys());
+        };
+        if f["type"] == "error" {
+            errors.push(f.clone());
+        }
+        if f["type"] != "msg" {
+            continue;
+        }
+        let is_relayed = f["relayed"] == true;
+        if is_relayed {
+            assert_eq!(f["seq"], 0, "a relayed msg has no seq: {f}");
+        } else {
+            ws.ack(&f).await;
+        }
+        if is_relayed == relayed {
+            let id = f["id"].as_str().unwrap().to_string();
+            assert!(
+                got.insert(id.clone(), f.clone()).is_none(),
+                "{id} delivered twice in the same form"
+            );
+        }
+    }
+    got
+}
+
+/// History of `conv` as `token` sees it: (id, seq) oldest first.
+async fn history(gw: &Gateway, token: &str, conv: &str) -> Vec<(String, u64)> {
+    let r: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/conversations/{conv}/messages?limit=100",
+            http(gw)
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut out: Vec<(String, u64)> = r["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_string(),
+                m["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    out.sort_by_key(|(_, s)| *s);
+    out
+}
+
+async fn relay_mode(gw: &Gateway, on: bool) -> bool {
+    let (status, body) = readyz(gw).await;
+    status == 200 && body.contains("Redis unreachable") == on && (on || body == "ready")
+}
+
+async fn chat_through_an_outage(keep_data: bool) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let relay = start_relay().await;
+    let relay_addr = relay.local_addr().to_string();
+    let mut backend = Backend::redis();
+    let gw1 = start_gateway(&backend, relayed_config(&relay_addr)).await;
+    let gw2 = start_gateway(&backend, relayed_config(&relay_addr)).await;
+    for gw in [&gw1, &gw2] {
+        until(
+            "the relay subscription",
+            Duration::from_secs(10),
+            || async { metric(gw, "relay_subscribed").await == 1 },
+        )
+        .await;
+    }
+
+    let (a, b) = (Wallet::random(), Wallet::random());
+    let ta = login(&http(&gw1), &a).await;
+    let tb = login(&http(&gw2), &b).await;
+    let dm = ConvId::direct(&a.addr, &b.addr).unwrap().to_string();
+    let group = create_group(&http(&gw1), &ta, &[b.addr]).await;
+    let mut wa = Ws::connect(&gw1, &ta).await;
+    let mut wb = Ws::connect(&gw2, &tb).await;
+    // Created after the sockets opened (their presence announcements walk
+    // the members of every group they are in) and never used: gw1 has no
+    // member list for it when Redis goes.
+    let quiet_group = create_group(&http(&gw1), &ta, &[b.addr]).await;
+
+    // Before: normal, sequenced delivery (and gw1 learns the group's members).
+    for (conv, id) in [(&dm, "before"), (&group, "g-before")] {
+        wa.send(json!({"type":"send","conv":conv,"id":id,"body":id}))
+            .await;
+        assert!(
+            next_of(&mut wa, "sent", Duration::from_secs(5)).await["seq"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+    }
+    msgs(&mut wb, &["before", "g-before"], false).await;
+
+    let Backend::Redis(redis) = &mut backend else {
+        unreachable!()
+    };
+    if keep_data {
+        redis.command(&["SAVE"]).unwrap();
+    }
+    redis.kill9();
+    for gw in [&gw1, &gw2] {
+        until("relay mode", Duration::from_secs(10), || {
+            relay_mode(gw, true)
+        })
+        .await;
+    }
+
+    // During: both directions, a direct conversation and a group.
+    for (conv, id) in [(&dm, "r1"), (&dm, "r2"), (&group, "g1")] {
+        wa.send(json!({"type":"send","conv":conv,"id":id,"body":id}))
+            .await;
+        let sent = next_of(&mut wa, "sent", Duration::from_secs(5)).await;
+        assert_eq!(
+            (&sent["id"], &sent["relayed"], &sent["seq"]),
+            (&json!(id), &json!(true), &json!(0)),
+            "{sent}"
+        );
+    }
+    // A retry of a relayed id is answered the same and relayed once.
+    wa.send(json!({"type":"send","conv":&dm,"id":"r2","body":"r2"}))
+        .await;
+    assert_eq!(
+        next_of(&mut wa, "sent", Duration::from_secs(5)).await["relayed"],
+        true
+    );
+    let got = msgs(&mut wb, &["r1", "r2", "g1"], true).await;
+    assert_eq!(got["r1"]["from"], json!(a.addr.to_string()));
+    wb.send(json!({"type":"send","conv":&dm,"id":"r3","body":"r3"}))
+        .await;
+    assert_eq!(
+        next_of(&mut wb, "sent", Duration::from_secs(5)).await["relayed"],
+        true
+    );
+    msgs(&mut wa, &["r3"], true).await;
+    // A group this gateway never used is refused with a clear error.
+    wa.send(json!({"type":"send","conv":&quiet_group,"id":"g-unknown","body":"x"}))
+        .await;
+    let err = next_of(&mut wa, "error", Duration::from_secs(5)).await;
+    assert_eq!(err["code"], "unavailable", "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("group's members"),
+        "{err}"
+    );
+    assert!(metric(&gw1, "relay_published").await >= 3);
+    assert!(metric(&gw2, "relay_received").await >= 3);
+    assert_eq!(metric(&gw1, "relay_spooled").await, 3);
+
+    // After: Redis back; every relayed message gets its seq, once.
+    if keep_data {
+        redis.restart().unwrap();
+    } else {
+        redis.wipe_and_restart().unwrap();
+    }
+    for gw in [&gw1, &gw2] {
+        until("relay mode off", Duration::from_secs(20), || {
+            relay_mode(gw, false)
+        })
+        .await;
+    }
+    if keep_data {
+        let seq_b = msgs(&mut wb, &["r1", "r2", "g1"], false).await;
+        let seq_a = msgs(&mut wa, &["r3", "r1", "r2", "g1"], false).await;
+        assert_eq!(seq_a["r1"]["seq"], seq_b["r1"]["seq"]);
+        assert_eq!(metric(&gw1, "relay_replayed").await, 3);
+    } else {
+        // Redis came back empty and no PostgreSQL holds the group: it is
+        // gone, so its relayed message cannot be stored. The sender is told
+        // (an error frame naming it), nothing is dropped silently.
+        let seq_b = msgs(&mut wb, &["r1", "r2"], false).await;
+        let mut errors = Vec::new();
+        let seq_a = msgs_and_errors(&mut wa, &["r3", "r1", "r2"], false, &mut errors).await;
+        let err = match errors.pop() {
+            Some(e) => e,
+            None => next_of(&mut wa, "error", Duration::from_secs(10)).await,
+        };
+        assert_eq!(err["ref"], "g1", "{err}");
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap()
+                .contains("could not be stored"),
+            "{err}"
+        );
+        assert_eq!(seq_a["r1"]["seq"], seq_b["r1"]["seq"]);
+        assert_eq!(metric(&gw1, "relay_replayed").await, 2);
+        assert_eq!(metric(&gw1, "relay_rejected").await, 1);
+    }
+    assert_eq!(metric(&gw2, "relay_replayed").await, 1);
+    assert_eq!(metric(&gw1, "relay_spooled").await, 0);
+
+    let dm_history = history(&gw1, &ta, &dm).await;
+    let ids: Vec<&str> = dm_history.iter().map(|(i, _)| i.as_str()).collect();
+    let expected: &[&str] = if keep_data {
+        &["before", "r1", "r2", "r3"]
+    } else {
+        // Redis restarted empty and no store holds older history: the
+        // conversation starts again with what was relayed.
+        &["r1", "r2", "r3"]
+    };
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected, "{dm_history:?}");
+    let mut seqs: Vec<u64> = dm_history.iter().map(|(_, s)| *s).collect();
+    seqs.dedup();
+    assert_eq!(seqs.len(), dm_history.len(), "seqs unique: {dm_history:?}");
+    // Order within a gateway is kept: r1 before r2.
+    let pos = |id: &str| ids.iter().position(|i| *i == id).unwrap();
+    assert!(pos("r1") < pos("r2"), "{dm_history:?}");
+
+    // Normal delivery again, sequenced.
+    wa.send(json!({"type":"send","conv":&dm,"id":"after","body":"after"}))
+        .await;
+    assert!(
+        next_of(&mut wa, "sent", Duration::from_secs(5)).await["seq"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    msgs(&mut wb, &["after"], false).await;
+
+    gw1.shutdown().await;
+    gw2.shutdown().await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_flows_through_the_relay_while_redis_is_down() {
+    chat_through_an_outage(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_flows_through_the_relay_when_redis_comes_back_empty() {
+    chat_through_an_outage(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_relay_down_too_sends_are_refused_and_nothing_is_kept() {
+    // A relay address where nothing listens.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let mut backend = Backend::redis();
+    let gw = start_gateway(&backend, relayed_config(&dead_addr)).await;
+    let (a, b) = (Wallet::random(), Wallet::random());
+    let ta = login(&http(&gw), &a).await;
+    let dm = ConvId::direct(&a.addr, &b.addr).unwrap().to_string();
+    let mut wa = Ws::connect(&gw, &ta).await;
+
+    let Backend::Redis(server) = &mut backend else {
+        unreachable!()
+    };
+    server.kill9();
+    until("relay mode", Duration::from_secs(10), || {
+        relay_mode(&gw, true)
+    })
+    .await;
+    wa.send(json!({"type":"send","conv":&dm,"id":"lost-1","body":"x"}))
+        .await;
+    let err = next_of(&mut wa, "error", Duration::from_secs(15)).await;
+    assert_eq!(
+        (&err["code"], &err["ref"]),
+        (&json!("unavailable"), &json!("lost-1")),
+        "{err}"
+    );
+    assert!(err["message"].as_str().unwrap().contains("relay"), "{err}");
+    assert_eq!(metric(&gw, "relay_spooled").await, 0);
+    assert!(metric(&gw, "relay_publish_failures").await >= 1);
+
+    server.restart().unwrap();
+    until("relay mode off", Duration::from_secs(20), || {
+        relay_mode(&gw, false)
+    })
+    .await;
+    assert!(history(&gw, &ta, &dm).await.is_empty());
+    gw.shutdown().await;
+}
