@@ -16,6 +16,7 @@ pub mod ably;
 mod admit;
 pub mod args;
 pub mod config;
+pub mod cors;
 pub mod cursor;
 pub mod http;
 pub mod hub;
