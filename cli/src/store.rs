@@ -106,6 +106,10 @@ fn warn_if_readable_by_others(_: &Path) {}
 pub struct StoredSession {
     /// The gateway the session was issued by.
     pub server: String,
+    /// The private CA given at login (`--ca-file`), used again by later
+    /// commands unless they name another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     #[serde(flatten)]
     pub session: Session,
 }

@@ -1,12 +1,12 @@
 //! The client subcommands: `login`, `send`, `listen`, `group create`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use switchboard_client::{
-    Client, ClientError, ClientOptions, Event, Message, PresenceStatus, SignInOptions,
+    Client, ClientError, ClientOptions, Event, Message, PresenceStatus, SignInOptions, Tls,
     create_group, sign_in,
 };
 use switchboard_proto::ids::{Address, ConvId};
@@ -28,6 +28,18 @@ pub struct Common {
     /// Gateway URL [default: the one used at login; for login http://127.0.0.1:8080]
     #[arg(long, env = "SWITCHBOARD_SERVER")]
     server: Option<String>,
+    /// PEM file of a private CA to trust for an https:// gateway, besides the
+    /// system's [default: the one given at login]
+    #[arg(long, env = "SWITCHBOARD_CA_FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+/// The trust for https:// / wss://: the system's, plus the CA file.
+fn tls(ca_file: Option<&Path>) -> anyhow::Result<Tls> {
+    match ca_file {
+        None => Ok(Tls::default()),
+        Some(path) => Ok(Tls::default().with_ca_file(path)?),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -89,10 +101,12 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     if created {
         eprintln!("created a new wallet key in {}", key_file.display());
     }
+    let ca_file = a.common.ca_file;
     let opts = SignInOptions {
         domain: a.domain,
         chain_id: a.chain_id,
         expires_in: Duration::from_secs(a.valid_hours * 3600),
+        tls: tls(ca_file.as_deref())?,
         ..SignInOptions::default()
     };
     let session = sign_in(&server, &key, &opts)
@@ -101,6 +115,7 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
         .context("sign-in failed")?;
     let stored = StoredSession {
         server,
+        ca_file,
         session: session.clone(),
     };
     store::save_session(&key_file, &stored)?;
@@ -112,14 +127,18 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The stored session and the server to use.
-fn session(common: Common) -> anyhow::Result<StoredSession> {
+/// The stored session, the server to use and the trust for it.
+fn session(common: Common) -> anyhow::Result<(StoredSession, Tls)> {
     let key_file = store::key_file(common.key_file)?;
     let mut s = store::load_session(&key_file)?;
     if let Some(server) = common.server {
         s.server = server;
     }
-    Ok(s)
+    if let Some(ca) = common.ca_file {
+        s.ca_file = Some(ca);
+    }
+    let tls = tls(s.ca_file.as_deref())?;
+    Ok((s, tls))
 }
 
 /// `--to` / `--conv`: a wallet address means the direct conversation with it.
@@ -145,6 +164,9 @@ fn explain(e: ClientError, server: &str) -> anyhow::Error {
         ClientError::Unauthorized(_) => {
             anyhow!(e).context("the gateway refused the session: run `switchboard login` again")
         }
+        ClientError::Tls(_) => anyhow!(e).context(format!(
+            "cannot talk to the gateway at {server} over TLS (--ca-file PATH trusts a private CA)"
+        )),
         ClientError::Http(_) | ClientError::WebSocket(_) => anyhow!(e).context(format!(
             "cannot reach the gateway at {server} (is `switchboard dev` running?)"
         )),
@@ -152,18 +174,19 @@ fn explain(e: ClientError, server: &str) -> anyhow::Error {
     }
 }
 
-fn options() -> ClientOptions {
+fn options(tls: Tls) -> ClientOptions {
     ClientOptions {
         backoff_cap: Duration::from_secs(5),
+        tls,
         ..ClientOptions::default()
     }
 }
 
 pub async fn send(a: SendArgs) -> anyhow::Result<()> {
-    let s = session(a.common)?;
+    let (s, tls) = session(a.common)?;
     let conv = resolve_target(&s.session.address, &a.to)?;
     let text = a.text.join(" ");
-    let client = Client::connect(&s.server, &s.session, options())
+    let client = Client::connect(&s.server, &s.session, options(tls))
         .await
         .map_err(|e| explain(e, &s.server))?;
     let pending = client.send(&conv, serde_json::json!({ "text": text }));
@@ -196,13 +219,16 @@ fn status_name(s: PresenceStatus) -> &'static str {
 }
 
 pub async fn listen(a: ListenArgs) -> anyhow::Result<()> {
-    let s = session(a.common)?;
+    let (s, tls) = session(a.common)?;
     let me = s.session.address;
     let mut track = Vec::new();
     for c in &a.conv {
         track.push((resolve_target(&me, c)?, 0));
     }
-    let opts = ClientOptions { track, ..options() };
+    let opts = ClientOptions {
+        track,
+        ..options(tls)
+    };
     let mut client = Client::connect(&s.server, &s.session, opts)
         .await
         .map_err(|e| explain(e, &s.server))?;
@@ -270,7 +296,7 @@ pub async fn listen(a: ListenArgs) -> anyhow::Result<()> {
 }
 
 pub async fn group_create(a: GroupCreateArgs) -> anyhow::Result<()> {
-    let s = session(a.common)?;
+    let (s, tls) = session(a.common)?;
     let mut members = Vec::new();
     for m in &a.members {
         let addr: Address = m
@@ -281,9 +307,15 @@ pub async fn group_create(a: GroupCreateArgs) -> anyhow::Result<()> {
     if members.is_empty() {
         bail!("give at least one --member 0x… (you are added automatically)");
     }
-    let conv = create_group(&s.server, &s.session.token, &members, a.title.as_deref())
-        .await
-        .map_err(|e| explain(e, &s.server))?;
+    let conv = create_group(
+        &s.server,
+        &s.session.token,
+        &members,
+        a.title.as_deref(),
+        &tls,
+    )
+    .await
+    .map_err(|e| explain(e, &s.server))?;
     println!("{}", conv.id);
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Runs the built `switchboard` binary: `dev`, `login`, `send`, `listen` and
-//! `group create` end to end, and the errors a user sees on bad input.
+//! `group create` end to end (also over TLS with a private CA, through a
+//! TLS-terminating proxy), and the errors a user sees on bad input.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -19,6 +20,8 @@ fn cmd(home: &Path) -> Command {
     c.env("HOME", home)
         .env_remove("SWITCHBOARD_KEY_FILE")
         .env_remove("SWITCHBOARD_SERVER")
+        .env_remove("SWITCHBOARD_CA_FILE")
+        .env_remove("SWITCHBOARD_CORS_ORIGINS")
         .env_remove("SWITCHBOARD_TOKEN_SECRET")
         .env_remove("SWITCHBOARD_REDIS_URL")
         .env_remove("POD_NAME")
@@ -504,4 +507,155 @@ async fn dev_with_postgres_stores_messages() {
     );
     dev.start_kill().unwrap();
     dev.wait().await.unwrap();
+}
+
+/// `switchboard dev` (with `--cors-origin`) behind a TLS-terminating proxy
+/// with a test CA's certificate: `login --ca-file` over https://, then
+/// `listen`, `send` and `group create` with the CA remembered from login.
+/// Without the CA, or with a file that is no CA, the user is told why.
+#[tokio::test]
+async fn the_client_commands_work_over_tls_with_a_private_ca() {
+    use switchboard_testkit::tls::{TestCa, TlsProxy};
+
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let (mut dev, server, _) = start_dev(home, &["--cors-origin", "https://app.example"]).await;
+    // `dev` takes the gateway's CORS flag.
+    let r = reqwest::Client::new()
+        .get(format!("{server}/v1/auth/nonce"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some("https://app.example")
+    );
+
+    let ca = TestCa::generate().unwrap();
+    let upstream = server.trim_start_matches("http://").parse().unwrap();
+    let proxy = TlsProxy::start(&ca, upstream).await.unwrap();
+    let https = proxy.https_url();
+    let ca_file = ca.write_ca(home).unwrap();
+    let ca_file = ca_file.to_str().unwrap();
+
+    let (ka, kb) = (home.join("a").join("key"), home.join("b").join("key"));
+    let (ka, kb) = (ka.to_str().unwrap(), kb.to_str().unwrap());
+    let a = logged_in_address(
+        &ok(
+            home,
+            &[
+                "login",
+                "--server",
+                &https,
+                "--ca-file",
+                ca_file,
+                "--key-file",
+                ka,
+            ],
+        )
+        .await,
+    );
+    let b = logged_in_address(
+        &ok(
+            home,
+            &[
+                "login",
+                "--server",
+                &https,
+                "--ca-file",
+                ca_file,
+                "--key-file",
+                kb,
+            ],
+        )
+        .await,
+    );
+    // Later commands find the server and the CA in the session file.
+    let listener = start_listen(home, &["--key-file", kb, "--count", "1"]).await;
+    let sent = ok(
+        home,
+        &[
+            "send",
+            "--key-file",
+            ka,
+            "--to",
+            &b.to_string(),
+            "hello over tls",
+        ],
+    )
+    .await;
+    assert!(sent.starts_with("sent seq=1 "), "{sent}");
+    let heard = finish(listener).await;
+    assert!(heard.contains(&format!("1 {a}: hello over tls")), "{heard}");
+    let group = ok(
+        home,
+        &[
+            "group",
+            "create",
+            "--key-file",
+            ka,
+            "--member",
+            &b.to_string(),
+        ],
+    )
+    .await;
+    assert!(group.trim().starts_with("g:"), "{group}");
+
+    // Without the CA: a certificate error and the way out, at once.
+    let kc = home.join("c").join("key");
+    let kc = kc.to_str().unwrap();
+    let started = std::time::Instant::now();
+    fails(
+        home,
+        &["login", "--server", &https, "--key-file", kc],
+        "certificate is not trusted",
+    )
+    .await;
+    fails(
+        home,
+        &["login", "--server", &https, "--key-file", kc],
+        "--ca-file",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // A file that is no CA certificate, and one that is missing.
+    let not_ca = home.join("not-ca.pem");
+    std::fs::write(&not_ca, "hello").unwrap();
+    fails(
+        home,
+        &[
+            "login",
+            "--server",
+            &https,
+            "--ca-file",
+            not_ca.to_str().unwrap(),
+            "--key-file",
+            kc,
+        ],
+        "no -----BEGIN CERTIFICATE----- block",
+    )
+    .await;
+    fails(
+        home,
+        &[
+            "send",
+            "--key-file",
+            ka,
+            "--ca-file",
+            "/nonexistent/ca.pem",
+            "--to",
+            &b.to_string(),
+            "x",
+        ],
+        "CA file /nonexistent/ca.pem: cannot read it",
+    )
+    .await;
+    dev.kill().await.unwrap();
 }

@@ -53,7 +53,7 @@ impl Client {
         opts: ClientOptions,
     ) -> Result<Client, ClientError> {
         let url = ws_url(base_url)?;
-        let first = dial(&url, token, opts.connect_timeout).await?;
+        let first = dial(&url, token, &opts.tls, opts.connect_timeout).await?;
         let user = first.user;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();

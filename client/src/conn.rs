@@ -14,10 +14,14 @@ use switchboard_proto::ids::{Address, ConvId};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMsg;
+use tokio_tungstenite::tungstenite::error::TlsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
+use tokio_tungstenite::{
+    Connector, MaybeTlsStream, WebSocketStream, connect_async_tls_with_config,
+};
 
 use crate::backoff::{Backoff, jitter};
 use crate::error::ClientError;
@@ -25,6 +29,7 @@ use crate::event::Event;
 use crate::options::ClientOptions;
 use crate::outbox::{Entry, ErrorOutcome, Outbox, RetryPolicy, Sent};
 use crate::relayed::RelayedIds;
+use crate::tls::{Tls, describe, tls_failure};
 use crate::tracker::{SyncTimers, Tracker};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -56,6 +61,9 @@ pub(crate) struct Connected {
 
 pub(crate) enum DialError {
     Unauthorized(String),
+    /// TLS could not be set up, or the handshake failed (an untrusted
+    /// certificate): reported as [`ClientError::Tls`].
+    Tls(String),
     Failed(String),
 }
 
@@ -63,28 +71,51 @@ impl From<DialError> for ClientError {
     fn from(e: DialError) -> Self {
         match e {
             DialError::Unauthorized(m) => ClientError::Unauthorized(m),
+            DialError::Tls(m) => ClientError::Tls(m),
             DialError::Failed(m) => ClientError::WebSocket(m),
         }
     }
 }
 
 /// Open `url`, send `auth {token}`, wait for `ready`.
-pub(crate) async fn dial(url: &str, token: &str, limit: Duration) -> Result<Connected, DialError> {
-    match timeout(limit, dial_inner(url, token)).await {
+pub(crate) async fn dial(
+    url: &str,
+    token: &str,
+    tls: &Tls,
+    limit: Duration,
+) -> Result<Connected, DialError> {
+    match timeout(limit, dial_inner(url, token, tls)).await {
         Ok(r) => r,
         Err(_) => Err(DialError::Failed(format!("no ready within {limit:?}"))),
     }
 }
 
-async fn dial_inner(url: &str, token: &str) -> Result<Connected, DialError> {
+async fn dial_inner(url: &str, token: &str, tls: &Tls) -> Result<Connected, DialError> {
     let failed = |e: &dyn std::fmt::Display| DialError::Failed(e.to_string());
     let cfg = WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
         .max_message_size(Some(MAX_INBOUND))
         .max_frame_size(Some(MAX_INBOUND));
-    let (mut ws, _) = connect_async_with_config(url, Some(cfg), true)
+    // The TLS configuration is built for wss:// only (plain ws:// works
+    // on machines without a trust store).
+    let connector = if url.starts_with("wss://") {
+        let config = tls.client_config().map_err(|e| match e {
+            ClientError::Tls(m) => DialError::Tls(m),
+            other => DialError::Failed(other.to_string()),
+        })?;
+        Connector::Rustls(config)
+    } else {
+        Connector::Plain
+    };
+    let (mut ws, _) = connect_async_tls_with_config(url, Some(cfg), true, Some(connector))
         .await
-        .map_err(|e| failed(&e))?;
+        .map_err(|e| match &e {
+            WsError::Tls(TlsError::Rustls(r)) => DialError::Tls(describe(r)),
+            _ => match tls_failure(&e) {
+                Some(m) => DialError::Tls(m),
+                None => failed(&e),
+            },
+        })?;
     let auth = frame_text(&ClientFrame::Auth {
         token: token.to_owned(),
     })
@@ -328,8 +359,12 @@ impl Task {
                     }
                 }
             }
-            let (url, token) = (self.ws_url.clone(), self.token.clone());
-            let attempt = dial(&url, &token, self.opts.connect_timeout);
+            let (url, token, tls) = (
+                self.ws_url.clone(),
+                self.token.clone(),
+                self.opts.tls.clone(),
+            );
+            let attempt = dial(&url, &token, &tls, self.opts.connect_timeout);
             tokio::pin!(attempt);
             let result = loop {
                 tokio::select! {
@@ -344,7 +379,7 @@ impl Task {
             match result {
                 Ok(c) => return Ok(c),
                 Err(DialError::Unauthorized(m)) => return Err(End::Unauthorized(m)),
-                Err(DialError::Failed(reason)) => {
+                Err(DialError::Failed(reason) | DialError::Tls(reason)) => {
                     tracing::debug!(%reason, "reconnect attempt failed")
                 }
             }

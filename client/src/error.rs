@@ -12,7 +12,11 @@ pub enum ClientError {
     /// The HTTP request failed before an answer arrived (connection refused,
     /// timeout, unreadable body).
     #[error("HTTP request failed: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(String),
+    /// TLS could not be set up or the handshake failed: an untrusted or
+    /// invalid certificate, or an unreadable CA file. Not transient.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The server answered an HTTP request with an error status and its
     /// `{"error": {"code", "message"}}` body.
     #[error("server answered {status} {code}: {message}")]

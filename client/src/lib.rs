@@ -1,5 +1,8 @@
 //! `switchboard-client`: the Rust SDK for Switchboard gateways.
 //!
+//! - `http://` / `ws://` and `https://` / `wss://` gateways: TLS is rustls
+//!   with the platform's trust store; [`Tls::with_ca_file`] adds a private
+//!   CA ([`SignInOptions::tls`], [`ClientOptions::tls`]).
 //! - [`sign_in`]: Sign-In with Ethereum (EIP-4361, `personal_sign`) for a
 //!   session token; [`create_group`] and [`get_conversation`] over REST.
 //! - [`Client::connect`]: a background task owns the WebSocket. It
@@ -43,6 +46,7 @@ mod outbox;
 mod relayed;
 mod rest;
 mod signin;
+mod tls;
 mod tracker;
 
 pub use client::{Client, ClientHandle, PendingSend};
@@ -54,3 +58,4 @@ pub use rest::{create_group, get_conversation};
 pub use signin::{Session, SignInOptions, sign_in};
 pub use switchboard_proto::frames::{ErrorCode, Message, PresenceStatus};
 pub use switchboard_proto::model::Conversation;
+pub use tls::{MAX_CA_FILE_BYTES, Tls};

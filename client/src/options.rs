@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use switchboard_proto::ids::ConvId;
 
+use crate::tls::Tls;
+
 /// See the field docs; `Default` suits interactive apps.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -39,6 +41,8 @@ pub struct ClientOptions {
     /// A conversation first seen through a live message: replay its earlier
     /// history (`true`) or start at that message (`false`).
     pub backfill_new: bool,
+    /// How a `wss://` gateway's certificate is checked.
+    pub tls: Tls,
 }
 
 impl Default for ClientOptions {
@@ -56,6 +60,7 @@ impl Default for ClientOptions {
             pong_timeout: Duration::from_secs(10),
             track: Vec::new(),
             backfill_new: false,
+            tls: Tls::default(),
         }
     }
 }

@@ -12,7 +12,8 @@ use switchboard_proto::ids::Address;
 use time::OffsetDateTime;
 
 use crate::error::ClientError;
-use crate::rest::{call, http_base, http_client};
+use crate::rest::{http_base, http_client};
+use crate::tls::Tls;
 
 /// What the sign-in message says besides the nonce and the address.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct SignInOptions {
     /// The message's `Expiration Time`, from now. The gateway never issues a
     /// session that outlives it, so this also bounds the session's lifetime.
     pub expires_in: Duration,
+    /// How an `https://` gateway's certificate is checked.
+    pub tls: Tls,
 }
 
 impl Default for SignInOptions {
@@ -35,6 +38,7 @@ impl Default for SignInOptions {
             chain_id: 1,
             statement: Some("Sign in to Switchboard".into()),
             expires_in: Duration::from_secs(10 * 60),
+            tls: Tls::default(),
         }
     }
 }
@@ -68,8 +72,8 @@ pub async fn sign_in(
     opts: &SignInOptions,
 ) -> Result<Session, ClientError> {
     let base = http_base(base_url)?;
-    let http = http_client()?;
-    let NonceAnswer { nonce } = call(http.get(format!("{base}/v1/auth/nonce"))).await?;
+    let http = http_client(&base, &opts.tls)?;
+    let NonceAnswer { nonce } = http.get(&format!("{base}/v1/auth/nonce"), None).await?;
     let address = address_of(key.verifying_key());
     let now = OffsetDateTime::now_utc();
     let expires_in =
@@ -92,11 +96,13 @@ pub async fn sign_in(
         expiration_time: Some(now + expires_in),
     });
     let signature = sign_personal(key, message.as_bytes());
-    let session: Session = call(
-        http.post(format!("{base}/v1/auth/verify"))
-            .json(&json!({"message": message, "signature": signature})),
-    )
-    .await?;
+    let session: Session = http
+        .post(
+            &format!("{base}/v1/auth/verify"),
+            None,
+            &json!({"message": message, "signature": signature}),
+        )
+        .await?;
     if session.address != address {
         return Err(ClientError::Protocol(format!(
             "signed in as {address} but the session names {}",

@@ -36,6 +36,9 @@ pub const API_KEYS: &str = "SWITCHBOARD_API_KEYS";
 /// Reserved channel patterns (only API keys create matching channels),
 /// comma-separated: gateway.
 pub const RESERVED_CHANNELS: &str = "SWITCHBOARD_RESERVED_CHANNELS";
+/// Origins of the web pages allowed to call the API (CORS),
+/// comma-separated: gateway (see [`crate::cors`]).
+pub const CORS_ORIGINS: &str = "SWITCHBOARD_CORS_ORIGINS";
 /// The ChatCluster a pod belongs to: gateway (connection reports).
 pub const CLUSTER: &str = "SWITCHBOARD_CLUSTER";
 /// The pod's name (downward API): gateway (connection reports), worker

@@ -7,17 +7,22 @@
 //! extension for the connection caps of the WebSocket upgrade and the SSE
 //! streams. A refusal is answered in the route's own error format: problem JSON, or
 //! Ably's `ErrorInfo`; both `429` with `Retry-After`.
+//!
+//! With CORS on, [`preflight`] admits the preflights (`OPTIONS`) the CORS
+//! layer answers by itself (see [`crate::cors`] for the order).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::extract::{ConnectInfo, Query, Request, State};
-use axum::http::Uri;
+use axum::http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, VARY};
+use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use switchboard_proto::ids::Address;
 
 use crate::ably::AblyError;
+use crate::cors::Allowed;
 use crate::http::auth::bearer_token;
 use crate::http::problem::ApiError;
 use crate::limits::Refusal;
@@ -36,6 +41,33 @@ pub async fn ably(State(state): State<AppRef>, req: Request, next: Next) -> Resp
     match admit(&state, req) {
         Ok(req) => next.run(req).await,
         Err(r) => AblyError::from(r).into_response(),
+    }
+}
+
+/// In front of the CORS layer: a preflight (`OPTIONS`) counts against the
+/// client address's REST rate like any request; other requests pass on to
+/// [`native`] / [`ably`]. A refused preflight is `429` problem JSON, with
+/// `Access-Control-Allow-Origin` for an allowed origin.
+pub async fn preflight(
+    State((state, allowed)): State<(AppRef, Allowed)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.method() != Method::OPTIONS {
+        return next.run(req).await;
+    }
+    let origin = allowed.allow_origin(req.headers());
+    match admit(&state, req) {
+        Ok(req) => next.run(req).await,
+        Err(r) => {
+            let mut resp = ApiError::from(r).into_response();
+            if let Some(o) = origin {
+                resp.headers_mut().insert(ACCESS_CONTROL_ALLOW_ORIGIN, o);
+                resp.headers_mut()
+                    .insert(VARY, HeaderValue::from_static("origin"));
+            }
+            resp
+        }
     }
 }
 

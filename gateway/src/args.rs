@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Args;
 use ipnet::IpNet;
+use switchboard_core::cors::CorsOrigin;
 use switchboard_core::env;
 use switchboard_core::reserved::ReservedPattern;
 
@@ -105,6 +106,14 @@ pub struct GatewayArgs {
     #[arg(long = "reserved-channel", env = env::RESERVED_CHANNELS, value_delimiter = ',',
           value_parser = parse_reserved)]
     pub reserved_channels: Vec<ReservedPattern>,
+    /// Origin of a web page allowed to call the REST API, the SSE streams and
+    /// the Ably-compatible endpoints from a browser (CORS): `scheme://host[:port]`,
+    /// or `*` for any page (repeatable, at most 32; the variable takes a comma
+    /// list). Without it no CORS headers are sent, so browsers allow same-origin
+    /// pages only. Credentials (cookies) are never allowed: the API takes bearer tokens
+    #[arg(long = "cors-origin", env = env::CORS_ORIGINS, value_delimiter = ',',
+          value_parser = parse_cors_origin)]
+    pub cors_origins: Vec<CorsOrigin>,
     /// REST requests per second per client address (every route but /healthz,
     /// /readyz and /metrics, sign-in and the requests opening WebSockets and SSE
     /// streams included; fractions allowed; 0: no limit)
@@ -134,6 +143,10 @@ pub struct GatewayArgs {
     /// (repeatable; without it the socket's peer address is the client)
     #[arg(long = "trusted-proxy", value_parser = parse_cidr)]
     pub trusted_proxies: Vec<IpNet>,
+}
+
+fn parse_cors_origin(s: &str) -> Result<CorsOrigin, String> {
+    s.parse().map_err(|e| format!("{e}"))
 }
 
 fn parse_reserved(s: &str) -> Result<ReservedPattern, String> {
@@ -270,6 +283,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("[A-Za-z0-9_.:-]"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_repeat_and_are_checked() {
+        let parse = |argv: &[&str]| {
+            Cli::try_parse_from(argv).map(|c| {
+                c.args
+                    .cors_origins
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert!(parse(&["x"]).unwrap().is_empty());
+        assert_eq!(
+            parse(&[
+                "x",
+                "--cors-origin",
+                "https://App.example.com:443",
+                "--cors-origin",
+                "http://localhost:5173,*"
+            ])
+            .unwrap(),
+            ["https://app.example.com", "http://localhost:5173", "*"]
+        );
+        let err = parse(&["x", "--cors-origin", "https://example.com/"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trailing slash"), "{err}");
+        // The list is bounded where the configuration is built.
+        let many: Vec<String> = (0..33).map(|i| format!("https://a{i}.example")).collect();
+        let args = Cli::try_parse_from(["x", "--cors-origin", &many.join(",")])
+            .unwrap()
+            .args;
+        let err = format!("{:#}", crate::launch::config(&args).unwrap_err());
+        assert!(err.contains("33 CORS origins given; at most 32"), "{err}");
     }
 
     #[test]

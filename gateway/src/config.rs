@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use switchboard_core::broker::GatewayIdentity;
+use switchboard_core::cors::CorsOrigin;
 use switchboard_core::reserved::ReservedPattern;
 
 use crate::keys::ApiKey;
@@ -104,6 +105,10 @@ pub struct GatewayConfig {
     pub reserved_channels: Vec<ReservedPattern>,
     /// Flood limits: REST rates and connection caps (see [`crate::limits`]).
     pub limits: LimitsConfig,
+    /// Origins of the web pages allowed to call the API from a browser
+    /// (`--cors-origin`, see [`crate::cors`]); empty (the default): no CORS
+    /// headers at all.
+    pub cors_origins: Vec<CorsOrigin>,
 }
 
 /// The flood limits (docs/operations.md, "Limits" and "Floods and rate
@@ -211,6 +216,7 @@ impl Default for GatewayConfig {
             api_keys: Vec::new(),
             reserved_channels: Vec::new(),
             limits: LimitsConfig::default(),
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -96,6 +96,7 @@ pub async fn connect(args: &GatewayArgs, migrate: bool) -> anyhow::Result<Engine
 /// The gateway's configuration from its arguments: token secret, relay,
 /// pod identity and the knobs the flags set.
 pub fn config(args: &GatewayArgs) -> anyhow::Result<GatewayConfig> {
+    switchboard_core::cors::check_count(&args.cors_origins).context("--cors-origin")?;
     Ok(GatewayConfig {
         domain: args.domain.clone(),
         chain_ids: args.chain_ids.clone(),
@@ -114,6 +115,7 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<GatewayConfig> {
         metrics_listen: args.metrics_listen.clone(),
         reserved_channels: args.reserved_channels.clone(),
         limits: args.limits(),
+        cors_origins: args.cors_origins.clone(),
         ..GatewayConfig::default()
     })
 }

@@ -18,6 +18,7 @@ pub mod ably;
 mod admit;
 pub mod args;
 pub mod config;
+pub mod cors;
 pub mod cursor;
 mod degraded;
 pub mod http;

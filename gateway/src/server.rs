@@ -18,7 +18,7 @@ use crate::http::problem::ApiError;
 use crate::http::{auth, channels, conversations, events, ops, params, presence};
 use crate::relay::{RelayConfig, join_hosts};
 use crate::state::{AppRef, AppState};
-use crate::{ably, admit, limits, report, ws};
+use crate::{ably, admit, cors, limits, report, ws};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -86,15 +86,24 @@ pub fn router(state: AppRef) -> Router {
         .route("/sse", get(ably::sse))
         .route("/event-stream", get(ably::sse))
         .route_layer(from_fn_with_state(state.clone(), admit::ably));
-    Router::new()
+    let app = Router::new()
         .merge(ops)
         .merge(native)
         .merge(ably)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         // Every body is bounded before it is read (413 past it); the Ably
         // publish route sets its own, larger limit above.
-        .layer(DefaultBodyLimit::max(params::MAX_BODY_BYTES))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(params::MAX_BODY_BYTES));
+    // CORS outside the admission (a 429 carries its headers), preflights
+    // admitted in front of it (see `cors`).
+    let app = match cors::Allowed::new(&state.cfg.cors_origins) {
+        None => app,
+        Some(allowed) => app.layer(allowed.layer()).layer(from_fn_with_state(
+            (state.clone(), allowed),
+            admit::preflight,
+        )),
+    };
+    app.with_state(state)
 }
 
 /// What relay is configured, at start-up; never the key.

@@ -178,6 +178,32 @@ pub struct GatewaySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(pattern(r"^[A-Za-z0-9_.:*-]{1,128}$")))]
     pub reserved_channels: Vec<String>,
+    /// Which web pages on other origins may call the API from a browser.
+    #[serde(default, skip_serializing_if = "CorsSpec::is_empty")]
+    pub cors: CorsSpec,
+}
+
+/// Cross-origin access (CORS) to the REST API, the SSE streams and the
+/// Ably-compatible endpoints. Credentials (cookies) are never allowed: the
+/// API takes bearer tokens.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsSpec {
+    /// Origins of the pages allowed, as browsers send them:
+    /// `scheme://host[:port]` with no path or trailing slash
+    /// (`https://app.example.com`, `http://localhost:5173`), or `*` for any
+    /// page. Empty (the default): no CORS headers, same-origin pages only.
+    /// Each becomes a gateway `--cors-origin`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 300)))]
+    #[x_kube(validation = Rule::new(r"self.all(o, o == '*' || o.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://([a-zA-Z0-9_-]+([.][a-zA-Z0-9_-]+)*|\\[[0-9a-fA-F:.]+\\])(:[0-9]{1,5})?$'))").message("gateway.cors.allowedOrigins: each origin is scheme://host[:port] with no path or trailing slash (e.g. https://app.example.com), or *"))]
+    pub allowed_origins: Vec<String>,
+}
+
+impl CorsSpec {
+    pub fn is_empty(&self) -> bool {
+        self.allowed_origins.is_empty()
+    }
 }
 
 impl Default for GatewaySpec {
@@ -191,6 +217,7 @@ impl Default for GatewaySpec {
             drain: DrainSpec::default(),
             api_keys_secret_ref: None,
             reserved_channels: Vec::new(),
+            cors: CorsSpec::default(),
         }
     }
 }

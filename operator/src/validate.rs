@@ -8,6 +8,7 @@
 //! Degraded condition and waits for the next change; it is never retried in a
 //! loop.
 
+use switchboard_core::cors::{self, CorsOrigin};
 use switchboard_core::reserved::ReservedPattern;
 
 use crate::crd::{ChatClusterSpec, RedisMode};
@@ -56,6 +57,19 @@ pub fn validate(name: &str, spec: &ChatClusterSpec) -> Vec<String> {
     for (i, p) in gw.reserved_channels.iter().enumerate() {
         if let Err(e) = p.parse::<ReservedPattern>() {
             errs.push(format!("gateway.reservedChannels[{i}]: {e}"));
+        }
+    }
+    let origins = &gw.cors.allowed_origins;
+    if origins.len() > cors::MAX_ORIGINS {
+        errs.push(format!(
+            "gateway.cors.allowedOrigins: at most {} origins (got {})",
+            cors::MAX_ORIGINS,
+            origins.len()
+        ));
+    }
+    for (i, o) in origins.iter().enumerate() {
+        if let Err(e) = o.parse::<CorsOrigin>() {
+            errs.push(format!("gateway.cors.allowedOrigins[{i}]: {e}"));
         }
     }
     if spec.worker.replicas < 1 {
@@ -222,6 +236,34 @@ mod tests {
     }
 
     #[test]
+    fn cors_origins() {
+        let mut s = spec();
+        s.gateway.cors.allowed_origins = vec!["https://app.example.com".into(), "*".into()];
+        assert!(
+            validate("chat", &s).is_empty(),
+            "{:?}",
+            validate("chat", &s)
+        );
+        s.gateway
+            .cors
+            .allowed_origins
+            .push("https://app.example.com/".into());
+        let errs = validate("chat", &s);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("gateway.cors.allowedOrigins[2]: ")
+                && errs[0].contains("trailing slash"),
+            "{errs:?}"
+        );
+        s.gateway.cors.allowed_origins = (0..33).map(|i| format!("https://a{i}.example")).collect();
+        let errs = validate("chat", &s);
+        assert_eq!(
+            errs,
+            ["gateway.cors.allowedOrigins: at most 32 origins (got 33)"]
+        );
+    }
+
+    #[test]
     fn reserved_channel_patterns() {
         let mut s = spec();
         s.gateway.reserved_channels = vec!["announcements:*".into(), "ops".into()];
@@ -249,7 +291,7 @@ mod tests {
                     ..ResourceRequirements::default()
                 });
             }
-            validate("c", &s)
+            validate("chat", &s)
         };
         assert!(with(Some(("memory", "2Gi"))).is_empty());
         let none = with(None);

@@ -11,7 +11,7 @@
 //! a variable no argument reads (only `RUST_LOG`, read by the logger, is
 //! known to be read elsewhere), and when what the binary would run with
 //! differs from the spec (domain, chain ids, drain window, session lifetime,
-//! reserved channel patterns, the mounted token secret and relay file, the
+//! reserved channel patterns, CORS origins, the mounted token secret and relay file, the
 //! pod identity).
 #![allow(clippy::unwrap_used)]
 
@@ -24,6 +24,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use clusters::clusters;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Container;
+use switchboard_core::cors::CorsOrigin;
 use switchboard_core::env;
 use switchboard_gateway::args::GatewayArgs;
 use switchboard_operator::build::{self, Desired, Generated, Observed};
@@ -149,7 +150,7 @@ fn container<'a>(d: &'a Desired, name: &str) -> &'a Container {
 
 #[test]
 fn the_gateway_runs_with_what_the_operator_writes() {
-    let (mut checked, mut with_reserved) = (0, 0);
+    let (mut checked, mut with_reserved, mut with_cors) = (0, 0, 0);
     for (path, cluster) in clusters() {
         let at = path.display().to_string();
         let d = build::desired(&cluster, &Observed::default(), &Generated::random()).unwrap();
@@ -230,10 +231,29 @@ fn the_gateway_runs_with_what_the_operator_writes() {
         if !reserved.is_empty() {
             with_reserved += 1;
         }
+        // The origins as the gateway normalizes them: the spec's, parsed
+        // with the same rule.
+        let origins: Vec<String> = parsed
+            .cors_origins
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let want: Vec<String> = spec
+            .gateway
+            .cors
+            .allowed_origins
+            .iter()
+            .map(|o| o.parse::<CorsOrigin>().unwrap().to_string())
+            .collect();
+        assert_eq!(origins, want, "{at}");
+        if !origins.is_empty() {
+            with_cors += 1;
+        }
         checked += 1;
     }
     assert!(checked >= 4, "only {checked} clusters checked");
     assert!(with_reserved >= 1, "no cluster reserves channels");
+    assert!(with_cors >= 1, "no cluster allows CORS origins");
 }
 
 #[test]

@@ -376,6 +376,11 @@ async fn invalid_manifests_are_rejected_with_the_cel_message() {
             json!({"auth": {"domain": "a"}, "gateway": {"reservedChannels": ["ok:*", "bad name"]}}),
             "spec.gateway.reservedChannels[1]",
         ),
+        (
+            json!({"auth": {"domain": "a"}, "gateway": {"cors": {"allowedOrigins":
+                ["https://app.example.com", "https://app.example.com/"]}}}),
+            "each origin is scheme://host[:port] with no path or trailing slash",
+        ),
     ];
     for (i, (spec, message)) in cases.into_iter().enumerate() {
         let obj: ChatCluster = serde_json::from_value(json!({

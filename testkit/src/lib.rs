@@ -8,12 +8,16 @@
 //!
 //! Feature `kube`: `ControlPlane`, a local Kubernetes control plane (etcd,
 //! kube-apiserver, kube-controller-manager) for operator tests.
+//!
+//! Feature `tls`: a test CA and a TLS-terminating proxy ([`tls`]).
 
 #[cfg(feature = "kube")]
 pub mod controlplane;
 mod postgres;
 mod redis;
 mod resp;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 #[cfg(feature = "kube")]
 pub use controlplane::{ControlPlane, ControlPlaneOptions};

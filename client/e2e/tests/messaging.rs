@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use switchboard_client::{
-    Client, ClientError, ClientOptions, ErrorCode, Event, SignInOptions, create_group,
+    Client, ClientError, ClientOptions, ErrorCode, Event, SignInOptions, Tls, create_group,
     get_conversation, sign_in,
 };
 use switchboard_proto::auth::eip191::address_of;
@@ -93,18 +93,27 @@ async fn groups_over_rest_and_websocket() {
     let (gw, _broker) = gateway().await;
     let base = base(&gw);
     let (sa, sb, sc) = (login(&base).await, login(&base).await, login(&base).await);
-    let g = create_group(&base, &sa.token, &[sb.address, sc.address], Some("team"))
-        .await
-        .unwrap();
+    let g = create_group(
+        &base,
+        &sa.token,
+        &[sb.address, sc.address],
+        Some("team"),
+        &Tls::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(g.title.as_deref(), Some("team"));
     assert_eq!(g.members.len(), 3);
     assert_eq!(
-        get_conversation(&base, &sb.token, &g.id).await.unwrap().id,
+        get_conversation(&base, &sb.token, &g.id, &Tls::default())
+            .await
+            .unwrap()
+            .id,
         g.id
     );
 
     let outsider = login(&base).await;
-    match get_conversation(&base, &outsider.token, &g.id).await {
+    match get_conversation(&base, &outsider.token, &g.id, &Tls::default()).await {
         Err(ClientError::Api {
             status: 404, code, ..
         }) => assert_eq!(code, "not_found"),
@@ -187,7 +196,7 @@ async fn http_and_auth_errors_are_typed() {
         Err(e) => panic!("{e:?}"),
         Ok(_) => panic!("connected with a bogus token"),
     }
-    match create_group(&base, "v1.bogus", &[], None).await {
+    match create_group(&base, "v1.bogus", &[], None, &Tls::default()).await {
         Err(ClientError::Api {
             status: 401, code, ..
         }) => assert_eq!(code, "unauthorized"),

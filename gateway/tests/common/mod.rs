@@ -298,6 +298,11 @@ impl SseStream {
         })
     }
 
+    /// The answer's headers.
+    pub fn headers(&self) -> &reqwest::header::HeaderMap {
+        self.resp.headers()
+    }
+
     /// The next event (comments such as `:keepalive` are skipped).
     pub async fn next(&mut self) -> SseEvent {
         loop {

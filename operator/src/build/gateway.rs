@@ -153,6 +153,10 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
         args.push("--reserved-channel".into());
         args.push(pattern.clone());
     }
+    for origin in &gw.cors.allowed_origins {
+        args.push("--cors-origin".into());
+        args.push(origin.clone());
+    }
 
     let mut env_vars = identity_env(ctx);
     env_vars.extend(super::redis::client_env(ctx));
