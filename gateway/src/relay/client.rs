@@ -4,20 +4,35 @@
 //! Basic and the API key. Hosts are tried in turn: the primary ones in
 //! order, then the fallback ones; the host that last answered is tried
 //! first next time, so a dead primary costs one timeout, not one per call.
+//!
+//! HTTP is hyper's client with rustls (ring) and the platform's trust store,
+//! the same choices as the Rust SDK (docs/architecture.md says why not
+//! reqwest).
 
 use std::collections::VecDeque;
+use std::error::Error as StdError;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client as LegacyClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::config::{RelayConfig, RelayHost};
 use super::sse::{SseError, SseParser};
 use super::wire::{EVENT_NAME, MAX_ENVELOPE_BYTES};
+
+type Http = LegacyClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One publish attempt on one host gives up after this long.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -59,10 +74,7 @@ impl RelayError {
 
 /// A client of one relay channel.
 pub struct RelayClient {
-    /// For publishes: each attempt bounded by [`PUBLISH_TIMEOUT`].
-    publish: reqwest::Client,
-    /// For the long-lived subscription: connect timeout only.
-    stream: reqwest::Client,
+    http: Http,
     /// Primary hosts in order, then the fallback ones.
     hosts: Vec<RelayHost>,
     scheme: &'static str,
@@ -74,24 +86,41 @@ pub struct RelayClient {
 
 impl RelayClient {
     pub fn new(cfg: &RelayConfig, channel: String) -> Result<Self, RelayError> {
-        let build = |b: reqwest::ClientBuilder| {
-            b.connect_timeout(CONNECT_TIMEOUT)
-                .build()
-                .map_err(|e| RelayError::Unreachable {
-                    host: "-".into(),
-                    detail: format!("cannot build an HTTP client: {e}"),
-                })
+        let setup = |detail: String| RelayError::Unreachable {
+            host: "-".into(),
+            detail,
         };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let versions = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| setup(format!("TLS versions: {e}")))?;
+        let tls = if cfg.tls() {
+            let verifier = rustls_platform_verifier::Verifier::new(provider)
+                .map_err(|e| setup(format!("no trusted CA certificates for the relay: {e}")))?;
+            versions
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
+        } else {
+            // `tls: false`: URLs are http://, this is never used.
+            versions
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        };
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
         let auth = match cfg.api_key() {
             Some(key) => {
                 let encoded = base64::engine::general_purpose::STANDARD.encode(key.expose());
-                let mut v = HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|_| {
-                    RelayError::Refused {
-                        host: "-".into(),
-                        status: 0,
-                        message: "the relay API key cannot be sent in a header".into(),
-                    }
-                })?;
+                let mut v = HeaderValue::from_str(&format!("Basic {encoded}"))
+                    .map_err(|_| setup("the relay API key cannot be sent in a header".into()))?;
                 v.set_sensitive(true);
                 Some(v)
             }
@@ -103,8 +132,7 @@ impl RelayClient {
             fallback.shuffle(&mut rand::rng());
         }
         Ok(RelayClient {
-            publish: build(reqwest::Client::builder().timeout(PUBLISH_TIMEOUT))?,
-            stream: build(reqwest::Client::builder())?,
+            http: LegacyClient::builder(TokioExecutor::new()).build(connector),
             hosts: cfg.hosts().iter().cloned().chain(fallback).collect(),
             scheme: if cfg.tls() { "https" } else { "http" },
             auth,
@@ -130,30 +158,48 @@ impl RelayClient {
         format!("{}://{host}{path}", self.scheme)
     }
 
-    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.auth {
-            Some(v) => req.header(AUTHORIZATION, v.clone()),
-            None => req,
+    fn request(
+        &self,
+        method: Method,
+        host: &RelayHost,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Request<Full<Bytes>>, RelayError> {
+        let mut req = Request::builder().method(method).uri(self.url(host, path));
+        if let Some(v) = &self.auth {
+            req = req.header(AUTHORIZATION, v.clone());
         }
+        req = if body.is_some() {
+            req.header(CONTENT_TYPE, "application/json")
+        } else {
+            req.header(ACCEPT, "text/event-stream")
+        };
+        req.body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| RelayError::Unreachable {
+                host: host.to_string(),
+                detail: format!("bad request: {e}"),
+            })
     }
 
     /// Publish one envelope (`data`) as the relay message `id` (the relay
     /// keeps one per id, so a retry on another host is harmless).
     pub async fn publish(&self, id: &str, data: &str) -> Result<(), RelayError> {
-        let body = json!({"id": id, "name": EVENT_NAME, "data": data});
+        let body = json!({"id": id, "name": EVENT_NAME, "data": data}).to_string();
         let path = format!("/channels/{}/messages", self.channel);
         let mut last = None;
         for (at, host) in self.order() {
-            let req = self
-                .authorized(self.publish.post(self.url(host, &path)))
-                .json(&body);
-            let err = match req.send().await {
-                Ok(resp) if resp.status().is_success() => {
+            let req = self.request(Method::POST, host, &path, Some(body.clone().into_bytes()))?;
+            let err = match tokio::time::timeout(PUBLISH_TIMEOUT, self.http.request(req)).await {
+                Ok(Ok(resp)) if resp.status().is_success() => {
                     self.preferred.store(at, Ordering::Relaxed);
                     return Ok(());
                 }
-                Ok(resp) => refused(host, resp).await,
-                Err(e) => unreachable(host, &e),
+                Ok(Ok(resp)) => refused(host, resp).await,
+                Ok(Err(e)) => unreachable(host, &e),
+                Err(_) => RelayError::Unreachable {
+                    host: host.to_string(),
+                    detail: format!("no answer within {PUBLISH_TIMEOUT:?}"),
+                },
             };
             if !err.try_next() {
                 return Err(err);
@@ -172,22 +218,24 @@ impl RelayClient {
         let path = format!("/sse?channels={}&v=1.2&enveloped=true", self.channel);
         let mut last = None;
         for (at, host) in self.order() {
-            let req = self
-                .authorized(self.stream.get(self.url(host, &path)))
-                .header(ACCEPT, "text/event-stream");
-            let err = match req.send().await {
-                Ok(resp) if resp.status() == StatusCode::OK => {
+            let req = self.request(Method::GET, host, &path, None)?;
+            let err = match tokio::time::timeout(PUBLISH_TIMEOUT, self.http.request(req)).await {
+                Ok(Ok(resp)) if resp.status() == StatusCode::OK => {
                     self.preferred.store(at, Ordering::Relaxed);
                     return Ok(Subscription {
                         host: host.to_string(),
-                        resp,
+                        body: resp.into_body(),
                         parser: SseParser::new(MAX_ENVELOPE_BYTES + 64 * 1024),
                         ready: VecDeque::new(),
                         closed: None,
                     });
                 }
-                Ok(resp) => refused(host, resp).await,
-                Err(e) => unreachable(host, &e),
+                Ok(Ok(resp)) => refused(host, resp).await,
+                Ok(Err(e)) => unreachable(host, &e),
+                Err(_) => RelayError::Unreachable {
+                    host: host.to_string(),
+                    detail: format!("no answer within {PUBLISH_TIMEOUT:?}"),
+                },
             };
             if !err.try_next() {
                 return Err(err);
@@ -201,10 +249,11 @@ impl RelayClient {
     }
 }
 
-fn unreachable(host: &RelayHost, e: &reqwest::Error) -> RelayError {
-    // reqwest's Display leaves out the cause (connection refused, timeout).
+fn unreachable(host: &RelayHost, e: &(dyn StdError + 'static)) -> RelayError {
+    // The client's Display leaves out the cause (connection refused, a
+    // certificate the platform does not trust).
     let mut detail = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         detail.push_str(": ");
         detail.push_str(&s.to_string());
@@ -218,7 +267,7 @@ fn unreachable(host: &RelayHost, e: &reqwest::Error) -> RelayError {
 
 /// The relay's refusal, with its message when the body is an Ably
 /// `ErrorInfo` (read bounded).
-async fn refused(host: &RelayHost, resp: reqwest::Response) -> RelayError {
+async fn refused(host: &RelayHost, resp: Response<Incoming>) -> RelayError {
     #[derive(Deserialize)]
     struct Body {
         error: Info,
@@ -228,14 +277,11 @@ async fn refused(host: &RelayHost, resp: reqwest::Response) -> RelayError {
         message: String,
     }
     let status = resp.status().as_u16();
-    let mut text = Vec::new();
-    let mut resp = resp;
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        text.extend_from_slice(&chunk);
-        if text.len() > 4096 {
-            break;
-        }
-    }
+    let read = Limited::new(resp.into_body(), 4096).collect();
+    let text = match tokio::time::timeout(PUBLISH_TIMEOUT, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => Bytes::new(),
+    };
     let message = serde_json::from_slice::<Body>(&text)
         .map(|b| b.error.message)
         .unwrap_or_else(|_| String::from_utf8_lossy(&text[..text.len().min(200)]).into_owned());
@@ -250,7 +296,7 @@ async fn refused(host: &RelayHost, resp: reqwest::Response) -> RelayError {
 /// [`EVENT_NAME`].
 pub struct Subscription {
     host: String,
-    resp: reqwest::Response,
+    body: Incoming,
     parser: SseParser,
     /// Envelopes read but not yet handed out, oldest first.
     ready: VecDeque<String>,
@@ -280,11 +326,14 @@ impl Subscription {
             if let Some(e) = self.closed.take() {
                 return Err(e);
             }
-            let chunk = match tokio::time::timeout(IDLE_TIMEOUT, self.resp.chunk()).await {
+            let frame = match tokio::time::timeout(IDLE_TIMEOUT, self.body.frame()).await {
                 Err(_) => return Err(self.stream_error(format!("nothing for {IDLE_TIMEOUT:?}"))),
-                Ok(Err(e)) => return Err(self.stream_error(e.to_string())),
-                Ok(Ok(None)) => return Err(self.stream_error("ended".into())),
-                Ok(Ok(Some(c))) => c,
+                Ok(Some(Err(e))) => return Err(self.stream_error(e.to_string())),
+                Ok(None) => return Err(self.stream_error("ended".into())),
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(chunk) = frame.into_data() else {
+                continue; // trailers
             };
             let events = self
                 .parser

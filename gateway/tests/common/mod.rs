@@ -2,6 +2,8 @@
 //! speaks the documented JSON frames over a real WebSocket.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod relay;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,16 +165,26 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 impl Ws {
     pub async fn open(gw: &Gateway) -> Ws {
-        let (inner, _) =
-            tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", gw.local_addr()))
-                .await
-                .unwrap();
+        Ws::open_at(gw.local_addr()).await
+    }
+
+    /// Open a socket to the gateway listening on `addr` (one in another
+    /// process).
+    pub async fn open_at(addr: std::net::SocketAddr) -> Ws {
+        let (inner, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
+            .await
+            .unwrap();
         Ws { inner }
     }
 
     /// Open and authenticate; consumes the `ready` frame.
     pub async fn connect(gw: &Gateway, token: &str) -> Ws {
-        let mut ws = Ws::open(gw).await;
+        Ws::connect_at(gw.local_addr(), token).await
+    }
+
+    /// [`Ws::connect`] to the gateway listening on `addr`.
+    pub async fn connect_at(addr: std::net::SocketAddr, token: &str) -> Ws {
+        let mut ws = Ws::open_at(addr).await;
         ws.send(json!({"type": "auth", "token": token})).await;
         let ready = ws.recv().await;
         assert_eq!(ready["type"], "ready", "{ready}");
