@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::relay::*;
 use common::*;
 use serde_json::json;
+use switchboard_gateway::{GatewayConfig, RelayConfig};
 use switchboard_proto::ids::ConvId;
 
 async fn chat_through_an_outage(keep_data: bool) {
@@ -241,4 +242,131 @@ async fn with_the_relay_down_too_sends_are_refused_and_nothing_is_kept() {
     .await;
     assert!(history(&gw, &ta, &dm).await.is_empty());
     gw.shutdown().await;
+}
+
+/// Redis going down and up three times in a row: every message is relayed
+/// while it is down, sequenced once after each return, never twice, and
+/// neither gateway stays in relay mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_redis_loses_and_repeats_nothing() {
+    let relay = start_relay().await;
+    let relay_addr = relay.local_addr().to_string();
+    let mut backend = Backend::redis();
+    let gw1 = start_gateway(&backend, relayed_config(&relay_addr)).await;
+    let gw2 = start_gateway(&backend, relayed_config(&relay_addr)).await;
+    for gw in [&gw1, &gw2] {
+        until("the relay subscription", Duration::from_secs(10), || async {
+            metric(gw, "relay_subscribed").await == 1
+        })
+        .await;
+    }
+    let (a, b) = (Wallet::random(), Wallet::random());
+    let ta = login(&http(&gw1), &a).await;
+    let tb = login(&http(&gw2), &b).await;
+    let dm = ConvId::direct(&a.addr, &b.addr).unwrap().to_string();
+    let mut wa = Ws::connect(&gw1, &ta).await;
+    let mut wb = Ws::connect(&gw2, &tb).await;
+    let Backend::Redis(redis) = &mut backend else {
+        unreachable!()
+    };
+
+    let mut all = Vec::new();
+    let mut sequenced_seqs = Vec::new();
+    for round in 0..3 {
+        redis.command(&["SAVE"]).unwrap();
+        redis.kill9();
+        for gw in [&gw1, &gw2] {
+            until("relay mode", Duration::from_secs(10), || relay_mode(gw, true)).await;
+        }
+        let ids = [format!("f{round}-1"), format!("f{round}-2")];
+        for id in &ids {
+            wa.send(json!({"type":"send","conv":&dm,"id":id,"body":id}))
+                .await;
+            let sent = next_of(&mut wa, "sent", Duration::from_secs(5)).await;
+            assert_eq!(sent["relayed"], true, "{sent}");
+        }
+        let want: Vec<&str> = ids.iter().map(String::as_str).collect();
+        msgs(&mut wb, &want, true).await;
+        redis.restart().unwrap();
+        for gw in [&gw1, &gw2] {
+            until("relay mode off", Duration::from_secs(20), || relay_mode(gw, false)).await;
+        }
+        let got = msgs(&mut wb, &want, false).await;
+        sequenced_seqs.extend(got.values().map(|m| m["seq"].as_u64().unwrap()));
+        all.extend(ids);
+    }
+    for gw in [&gw1, &gw2] {
+        assert_eq!(metric(gw, "relay_mode").await, 0);
+        assert_eq!(metric(gw, "relay_spooled").await, 0);
+    }
+    assert_eq!(metric(&gw1, "relay_replayed").await, 6);
+    // No sequenced copy arrives twice (msgs() fails on a repeat within a
+    // round; across rounds the seqs are all different).
+    let mut seqs = sequenced_seqs.clone();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 6, "{sequenced_seqs:?}");
+    let history = history(&gw1, &ta, &dm).await;
+    let mut ids: Vec<String> = history.iter().map(|(i, _)| i.clone()).collect();
+    ids.sort();
+    all.sort();
+    assert_eq!(ids, all, "{history:?}");
+
+    gw1.shutdown().await;
+    gw2.shutdown().await;
+    relay.shutdown().await;
+}
+
+/// `provider: ably` speaks the same REST publish and SSE subscribe (the
+/// local Switchboard stands in for Ably, whose servers are unreachable
+/// here); a dead primary host is skipped for the fallback hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ably_relay_is_reached_through_its_fallback_hosts() {
+    let relay = start_relay().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let file = json!({
+        "provider": "ably",
+        "hosts": [dead_addr],
+        "fallbackHosts": [relay.local_addr().to_string()],
+        "tls": false,
+    });
+    let cfg = || GatewayConfig {
+        relay: Some(RelayConfig::parse(&file.to_string(), Some(RELAY_KEY.into())).unwrap()),
+        ..fast_config()
+    };
+    let mut backend = Backend::redis();
+    let gw1 = start_gateway(&backend, cfg()).await;
+    let gw2 = start_gateway(&backend, cfg()).await;
+    for gw in [&gw1, &gw2] {
+        until("the relay subscription", Duration::from_secs(10), || async {
+            metric(gw, "relay_subscribed").await == 1
+        })
+        .await;
+    }
+    let (a, b) = (Wallet::random(), Wallet::random());
+    let ta = login(&http(&gw1), &a).await;
+    let tb = login(&http(&gw2), &b).await;
+    let dm = ConvId::direct(&a.addr, &b.addr).unwrap().to_string();
+    let mut wa = Ws::connect(&gw1, &ta).await;
+    let mut wb = Ws::connect(&gw2, &tb).await;
+    let Backend::Redis(redis) = &mut backend else {
+        unreachable!()
+    };
+    redis.kill9();
+    until("relay mode", Duration::from_secs(10), || relay_mode(&gw1, true)).await;
+    for id in ["x1", "x2"] {
+        wa.send(json!({"type":"send","conv":&dm,"id":id,"body":id}))
+            .await;
+        assert_eq!(
+            next_of(&mut wa, "sent", Duration::from_secs(10)).await["relayed"],
+            true
+        );
+    }
+    msgs(&mut wb, &["x1", "x2"], true).await;
+    assert_eq!(metric(&gw1, "relay_publish_failures").await, 0);
+    gw1.shutdown().await;
+    gw2.shutdown().await;
+    relay.shutdown().await;
 }
