@@ -255,9 +255,11 @@ async fn a_flapping_redis_loses_and_repeats_nothing() {
     let gw1 = start_gateway(&backend, relayed_config(&relay_addr)).await;
     let gw2 = start_gateway(&backend, relayed_config(&relay_addr)).await;
     for gw in [&gw1, &gw2] {
-        until("the relay subscription", Duration::from_secs(10), || async {
-            metric(gw, "relay_subscribed").await == 1
-        })
+        until(
+            "the relay subscription",
+            Duration::from_secs(10),
+            || async { metric(gw, "relay_subscribed").await == 1 },
+        )
         .await;
     }
     let (a, b) = (Wallet::random(), Wallet::random());
@@ -276,7 +278,10 @@ async fn a_flapping_redis_loses_and_repeats_nothing() {
         redis.command(&["SAVE"]).unwrap();
         redis.kill9();
         for gw in [&gw1, &gw2] {
-            until("relay mode", Duration::from_secs(10), || relay_mode(gw, true)).await;
+            until("relay mode", Duration::from_secs(10), || {
+                relay_mode(gw, true)
+            })
+            .await;
         }
         let ids = [format!("f{round}-1"), format!("f{round}-2")];
         for id in &ids {
@@ -289,7 +294,10 @@ async fn a_flapping_redis_loses_and_repeats_nothing() {
         msgs(&mut wb, &want, true).await;
         redis.restart().unwrap();
         for gw in [&gw1, &gw2] {
-            until("relay mode off", Duration::from_secs(20), || relay_mode(gw, false)).await;
+            until("relay mode off", Duration::from_secs(20), || {
+                relay_mode(gw, false)
+            })
+            .await;
         }
         let got = msgs(&mut wb, &want, false).await;
         sequenced_seqs.extend(got.values().map(|m| m["seq"].as_u64().unwrap()));
@@ -340,9 +348,11 @@ async fn an_ably_relay_is_reached_through_its_fallback_hosts() {
     let gw1 = start_gateway(&backend, cfg()).await;
     let gw2 = start_gateway(&backend, cfg()).await;
     for gw in [&gw1, &gw2] {
-        until("the relay subscription", Duration::from_secs(10), || async {
-            metric(gw, "relay_subscribed").await == 1
-        })
+        until(
+            "the relay subscription",
+            Duration::from_secs(10),
+            || async { metric(gw, "relay_subscribed").await == 1 },
+        )
         .await;
     }
     let (a, b) = (Wallet::random(), Wallet::random());
@@ -355,7 +365,10 @@ async fn an_ably_relay_is_reached_through_its_fallback_hosts() {
         unreachable!()
     };
     redis.kill9();
-    until("relay mode", Duration::from_secs(10), || relay_mode(&gw1, true)).await;
+    until("relay mode", Duration::from_secs(10), || {
+        relay_mode(&gw1, true)
+    })
+    .await;
     for id in ["x1", "x2"] {
         wa.send(json!({"type":"send","conv":&dm,"id":id,"body":id}))
             .await;

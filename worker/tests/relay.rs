@@ -57,7 +57,9 @@ async fn surfaced(client: &mut Client, quiet: Duration) -> HashMap<String, Vec<u
     let mut out: HashMap<String, Vec<u64>> = HashMap::new();
     while let Ok(Some(ev)) = tokio::time::timeout(quiet, client.next_event()).await {
         if let Event::Message(m) = ev {
-            out.entry(m.id.as_str().to_string()).or_default().push(m.seq);
+            out.entry(m.id.as_str().to_string())
+                .or_default()
+                .push(m.seq);
         }
     }
     out
@@ -102,7 +104,8 @@ async fn relayed_messages_reach_postgres_exactly_once_and_are_surfaced_once() {
     )
     .await
     .unwrap();
-    let file = json!({"hosts": [relay.local_addr().to_string()], "provider": "switchboard", "tls": false});
+    let file =
+        json!({"hosts": [relay.local_addr().to_string()], "provider": "switchboard", "tls": false});
     let broker = Arc::new(
         RedisBroker::connect(
             &redis.url(),
@@ -154,13 +157,20 @@ async fn relayed_messages_reach_postgres_exactly_once_and_are_surfaced_once() {
         send_timeout: Duration::from_secs(3),
         ..ClientOptions::default()
     };
-    let mut ca = Client::connect_with_token(&base, &token(&a), opts()).await.unwrap();
-    let mut cb = Client::connect_with_token(&base, &token(&b), opts()).await.unwrap();
+    let mut ca = Client::connect_with_token(&base, &token(&a), opts())
+        .await
+        .unwrap();
+    let mut cb = Client::connect_with_token(&base, &token(&b), opts())
+        .await
+        .unwrap();
     let id = |s: &str| -> MsgId { s.parse().unwrap() };
 
     // Before the outage: sequenced (and the gateway learns the group).
     assert_eq!(ca.send_with_id(&dm, id("m0"), "m0").await.unwrap().seq, 1);
-    assert_eq!(ca.send_with_id(&group, id("g0"), "g0").await.unwrap().seq, 1);
+    assert_eq!(
+        ca.send_with_id(&group, id("g0"), "g0").await.unwrap().seq,
+        1
+    );
     drained(&streams, Duration::from_secs(20)).await;
 
     // Redis dies and comes back empty (no persistence).
@@ -182,7 +192,10 @@ async fn relayed_messages_reach_postgres_exactly_once_and_are_surfaced_once() {
     let mut later: Vec<&str> = dm_rows[1..].iter().map(|(_, i)| i.as_str()).collect();
     later.sort();
     assert_eq!(later, ["m1", "m2"], "{dm_rows:?}");
-    assert!(dm_rows[1].0 > 1 && dm_rows[2].0 > dm_rows[1].0, "{dm_rows:?}");
+    assert!(
+        dm_rows[1].0 > 1 && dm_rows[2].0 > dm_rows[1].0,
+        "{dm_rows:?}"
+    );
     let g_rows = rows(&store, &group).await;
     let g_ids: Vec<&str> = g_rows.iter().map(|(_, i)| i.as_str()).collect();
     assert_eq!(g_ids, ["g0", "g1"], "{g_rows:?}");
