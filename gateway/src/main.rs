@@ -16,6 +16,8 @@ use switchboard_gateway::launch;
 struct Cli {
     #[command(flatten)]
     args: GatewayArgs,
+    #[command(flatten)]
+    log: switchboard_core::telemetry::LogArgs,
 }
 
 async fn run(args: GatewayArgs) -> anyhow::Result<()> {
@@ -26,13 +28,10 @@ async fn run(args: GatewayArgs) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = cli.log.init("info") {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(run(cli.args)));
