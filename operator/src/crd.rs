@@ -33,6 +33,7 @@ pub const DEFAULT_IMAGE: &str = concat!(
     kind = "ChatCluster",
     plural = "chatclusters",
     shortname = "cc",
+    category = "switchboard",
     namespaced,
     status = "ChatClusterStatus",
     derive = "PartialEq",
@@ -43,6 +44,12 @@ pub const DEFAULT_IMAGE: &str = concat!(
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#,
         description = "Every component is ready"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
+        description = "Why the cluster is or is not ready (the Ready condition reason)"
     ),
     printcolumn(
         name = "Gateways",
