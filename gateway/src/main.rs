@@ -1,24 +1,11 @@
 //! `switchboard-gateway`: the gateway process of a deployment (the worker
-//! runs as its own process, `switchboard-worker run`). Flags: [`GatewayArgs`].
+//! runs as its own process, `switchboard-worker run`). Flags: [`GatewayCli`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchboard_gateway::args::GatewayArgs;
+use switchboard_gateway::args::{GatewayArgs, GatewayCli};
 use switchboard_gateway::launch;
-
-#[derive(Parser)]
-#[command(
-    name = "switchboard-gateway",
-    version,
-    about = "Switchboard WebSocket/REST gateway"
-)]
-struct Cli {
-    #[command(flatten)]
-    args: GatewayArgs,
-    #[command(flatten)]
-    log: switchboard_core::telemetry::LogArgs,
-}
 
 async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let cfg = launch::config(&args)?;
@@ -27,7 +14,7 @@ async fn run(args: GatewayArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = GatewayCli::parse();
     if let Err(e) = cli.log.init("info") {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
