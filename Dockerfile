@@ -4,8 +4,12 @@
 #
 #   docker build -t ghcr.io/switchboard-dev/switchboard:0.1.0 .
 #   docker build --target operator -t ghcr.io/switchboard-dev/switchboard-operator:0.1.0 .
+#
+# --build-arg SWITCHBOARD_GIT_SHA=$(git rev-parse --short=12 HEAD) puts the
+# commit into every binary's switchboard_build_info metric (else "unknown").
 
 FROM rust:1.95-bookworm AS build
+ARG SWITCHBOARD_GIT_SHA=""
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -17,7 +21,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/switchboard target/release/switchboard-gateway \
        target/release/switchboard-worker target/release/switchboard-operator /out/
 
-# Non-root (uid 65532, the uid the operator and the chart run pods as),
+# Non-root (uid 65532, numeric so `runAsNonRoot` can check it without a
+# `runAsUser`; the gateway and worker pods the operator builds set it, the
+# chart's operator pod runs as it by default),
 # read-only root filesystem friendly: nothing is
 # written outside mounted volumes.
 FROM debian:bookworm-slim AS runtime-base

@@ -50,3 +50,6 @@ pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
 /// The log filter (`tracing-subscriber`'s `EnvFilter`): every binary. Not a
 /// command-line argument; read by the logger.
 pub const LOG: &str = "RUST_LOG";
+/// The log line format, `text` or `json`: every binary's `--log-format`
+/// ([`crate::telemetry::LogArgs`]); the operator's chart sets the flag.
+pub const LOG_FORMAT: &str = "SWITCHBOARD_LOG_FORMAT";

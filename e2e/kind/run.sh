@@ -279,8 +279,11 @@ if [ "$build" = 1 ]; then
   # provenance attestation: with Docker's containerd image store, `docker
   # save` (which `kind load` uses) would reference its missing blobs and the
   # import into the nodes would fail ("content digest ... not found").
-  DOCKER_BUILDKIT=1 docker build --provenance=false --target switchboard -t "$DATA_IMAGE" "$ROOT"
-  DOCKER_BUILDKIT=1 docker build --provenance=false --target operator -t "$OPERATOR_IMAGE" "$ROOT"
+  sha=$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || true)
+  DOCKER_BUILDKIT=1 docker build --provenance=false --build-arg SWITCHBOARD_GIT_SHA="$sha" \
+    --target switchboard -t "$DATA_IMAGE" "$ROOT"
+  DOCKER_BUILDKIT=1 docker build --provenance=false --build-arg SWITCHBOARD_GIT_SHA="$sha" \
+    --target operator -t "$OPERATOR_IMAGE" "$ROOT"
 else
   docker image inspect "$DATA_IMAGE" "$OPERATOR_IMAGE" >/dev/null ||
     die "--no-build: $DATA_IMAGE and $OPERATOR_IMAGE must exist locally"

@@ -17,6 +17,22 @@ use switchboard_core::reserved::ReservedPattern;
 use crate::config::LimitsConfig;
 use crate::keys::ApiKey;
 
+/// The `switchboard-gateway` command line: the gateway's flags and the
+/// logging flags every binary takes. In the library so the operator's
+/// contract test parses what the operator writes with it.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "switchboard-gateway",
+    version,
+    about = "Switchboard WebSocket/REST gateway"
+)]
+pub struct GatewayCli {
+    #[command(flatten)]
+    pub args: GatewayArgs,
+    #[command(flatten)]
+    pub log: switchboard_core::telemetry::LogArgs,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct GatewayArgs {
     /// Address to serve HTTP and WebSocket on

@@ -1,22 +1,11 @@
 //! `switchboard-gateway`: the gateway process of a deployment (the worker
-//! runs as its own process, `switchboard-worker run`). Flags: [`GatewayArgs`].
+//! runs as its own process, `switchboard-worker run`). Flags: [`GatewayCli`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchboard_gateway::args::GatewayArgs;
+use switchboard_gateway::args::{GatewayArgs, GatewayCli};
 use switchboard_gateway::launch;
-
-#[derive(Parser)]
-#[command(
-    name = "switchboard-gateway",
-    version,
-    about = "Switchboard WebSocket/REST gateway"
-)]
-struct Cli {
-    #[command(flatten)]
-    args: GatewayArgs,
-}
 
 async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let cfg = launch::config(&args)?;
@@ -25,14 +14,11 @@ async fn run(args: GatewayArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = GatewayCli::parse();
+    if let Err(e) = cli.log.init("info") {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(run(cli.args)));

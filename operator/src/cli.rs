@@ -19,6 +19,8 @@ use crate::run::RunConfig;
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
+    #[command(flatten)]
+    pub log: switchboard_core::telemetry::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -26,7 +28,15 @@ pub enum Cmd {
     /// Reconcile ChatClusters (KUBECONFIG, or the in-cluster service account)
     Run(RunArgs),
     /// Print the ChatCluster CustomResourceDefinition as YAML
-    Crd,
+    Crd(CrdArgs),
+}
+
+#[derive(Args)]
+pub struct CrdArgs {
+    /// Print it as the Helm chart's template (behind `crds.install`,
+    /// annotated `helm.sh/resource-policy: keep`)
+    #[arg(long)]
+    pub helm_template: bool,
 }
 
 #[derive(Args)]
@@ -107,10 +117,12 @@ mod tests {
     fn flag_defaults_are_the_managers_defaults() {
         let Ok(Cli {
             cmd: Cmd::Run(args),
+            log,
         }) = Cli::try_parse_from(["switchboard-operator", "run", "--identity", "op-1"])
         else {
             panic!("`run` parses");
         };
+        assert_eq!(log.log_format, switchboard_core::telemetry::LogFormat::Text);
         let cfg = args.into_config();
         assert_eq!(cfg.identity, "op-1");
         assert!(cfg.leader_election);

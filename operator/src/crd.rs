@@ -33,6 +33,7 @@ pub const DEFAULT_IMAGE: &str = concat!(
     kind = "ChatCluster",
     plural = "chatclusters",
     shortname = "cc",
+    category = "switchboard",
     namespaced,
     status = "ChatClusterStatus",
     derive = "PartialEq",
@@ -43,6 +44,12 @@ pub const DEFAULT_IMAGE: &str = concat!(
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#,
         description = "Every component is ready"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
+        description = "Why the cluster is or is not ready (the Ready condition reason)"
     ),
     printcolumn(
         name = "Gateways",
@@ -84,6 +91,41 @@ pub struct ChatClusterSpec {
     /// NetworkPolicies around the managed Redis and PostgreSQL.
     #[serde(default)]
     pub network_policies: NetworkPoliciesSpec,
+    /// How the gateways and workers write their logs.
+    #[serde(default)]
+    pub logging: LoggingSpec,
+}
+
+/// Log output of the gateway and worker pods (the operator's own is the
+/// chart's `logFormat`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggingSpec {
+    /// `text` (human-readable lines) or `json` (one JSON object per line,
+    /// for log collectors). Becomes `SWITCHBOARD_LOG_FORMAT` in the pods.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// A log line format.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// The binaries' own value for it (what their `--log-format` parses).
+    pub fn to_core(self) -> switchboard_core::telemetry::LogFormat {
+        match self {
+            LogFormat::Text => switchboard_core::telemetry::LogFormat::Text,
+            LogFormat::Json => switchboard_core::telemetry::LogFormat::Json,
+        }
+    }
 }
 
 /// NetworkPolicies the operator creates for the stores it runs: only this

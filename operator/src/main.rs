@@ -9,21 +9,30 @@ use switchboard_operator::cli::{Cli, Cmd, RunArgs};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    match Cli::parse().cmd {
-        Cmd::Crd => match switchboard_operator::crd_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Crd(args) => {
+            let yaml = if args.helm_template {
+                switchboard_operator::crd_chart_template().map_err(|e| e.to_string())
+            } else {
+                switchboard_operator::crd_yaml().map_err(|e| e.to_string())
+            };
+            match yaml {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: cannot render the CRD: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("error: cannot render the CRD: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Cmd::Run(args) => {
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            tracing_subscriber::fmt().with_env_filter(filter).init();
+            if let Err(e) = cli.log.init("info") {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -7,7 +7,9 @@
 //! (`kubectl apply --dry-run=server -f examples/`). What the operator's
 //! ServiceAccount may not do is checked with `kubectl auth can-i --as`
 //! (SubjectAccessReviews): by default it reaches one namespace, and in no
-//! mode can it list or watch Secrets.
+//! mode can it list or watch Secrets. The CRD is the chart's template: an
+//! upgrade from a chart with an older CRD updates it in place, and
+//! `helm uninstall` keeps it.
 //!
 //! Needs helm and kubectl: `scripts/check-chart` fetches both into
 //! `~/.cache/switchboard/helm` (or set `SWITCHBOARD_HELM` / `SWITCHBOARD_KUBECTL`).
@@ -27,7 +29,9 @@ use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -294,31 +298,94 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
     let admin = work.path().join("admin.kubeconfig");
     cp.write_kubeconfig(&admin).unwrap();
 
-    // --- helm install with the default values: the operator watches its
-    // release namespace only (a Role there), CRD from the chart's crds/
-    run_tool(
+    // --- helm install with the default values of an older chart, whose CRD
+    // had no Reason column: the operator watches its release namespace only
+    // (a Role there), the CRD is one of the chart's templates.
+    let old_chart = work.path().join("old-chart");
+    copy_dir(&workspace().join(CHART), &old_chart);
+    let crd_template = old_chart.join("templates/crd-chatcluster.yaml");
+    let text = std::fs::read_to_string(&crd_template).unwrap();
+    // The column's four lines: `- description`, `jsonPath`, `name`, `type`.
+    let mut lines: Vec<&str> = text.lines().collect();
+    let name = lines
+        .iter()
+        .position(|l| l.trim() == "name: Reason")
+        .expect("Reason column in the chart's CRD");
+    assert!(lines[name - 2].trim_start().starts_with("- description:"));
+    lines.drain(name - 2..=name + 1);
+    std::fs::write(&crd_template, lines.join("\n") + "\n").unwrap();
+    let notes = run_tool(
         "helm",
         &admin,
         &[
             "install",
             "sb",
-            CHART,
+            old_chart.to_str().unwrap(),
             "--namespace",
             "switchboard-system",
             "--create-namespace",
         ],
     );
+    // NOTES.txt: what to run next, in the watched namespace.
+    assert!(
+        notes.contains("kubectl -n switchboard-system get chatclusters"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("rollout status deployment/sb-switchboard-operator"),
+        "{notes}"
+    );
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    eventually("CRD established", || async {
+    let established = || async {
         let crd = crds.get_opt("chatclusters.switchboard.dev").await.ok()??;
         let established = crd
-            .status?
-            .conditions?
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
             .iter()
             .any(|c| c.type_ == "Established" && c.status == "True");
-        established.then_some(())
+        established.then_some(crd)
+    };
+    let columns = |crd: &CustomResourceDefinition| -> Vec<String> {
+        crd.spec.versions[0]
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect()
+    };
+    let old_crd = eventually("CRD established", established).await;
+    assert!(!columns(&old_crd).contains(&"Reason".to_string()));
+    assert_eq!(
+        old_crd
+            .annotations()
+            .get("helm.sh/resource-policy")
+            .map(String::as_str),
+        Some("keep")
+    );
+
+    // --- helm upgrade to this chart updates the CRD in place (same object,
+    // new schema): CRDs in templates/, not crds/, which Helm never upgrades.
+    run_tool(
+        "helm",
+        &admin,
+        &["upgrade", "sb", CHART, "--namespace", "switchboard-system"],
+    );
+    let crd = eventually("CRD upgraded with the Reason column", || async {
+        let crd = established().await?;
+        columns(&crd).contains(&"Reason".to_string()).then_some(crd)
     })
     .await;
+    assert_eq!(
+        crd.uid(),
+        old_crd.uid(),
+        "the CRD was recreated, not updated"
+    );
+    assert_eq!(
+        crd.spec.names.categories,
+        Some(vec!["switchboard".to_string()])
+    );
     let status = run_tool(
         "helm",
         &admin,
@@ -330,6 +397,53 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
         .await
         .unwrap();
     assert_eq!(deploy.spec.as_ref().unwrap().replicas, Some(2));
+    // Two replicas: a PodDisruptionBudget keeps one through drains.
+    let pdb: PodDisruptionBudget = Api::namespaced(client.clone(), "switchboard-system")
+        .get("sb-switchboard-operator")
+        .await
+        .unwrap();
+    let pdb_spec = pdb.spec.unwrap();
+    assert_eq!(pdb_spec.min_available, Some(IntOrString::Int(1)));
+    assert_eq!(
+        pdb_spec.selector.unwrap().match_labels,
+        deploy.spec.as_ref().unwrap().selector.match_labels
+    );
+    // Restricted, with no fixed UID (OpenShift assigns its own).
+    let pod_spec = deploy
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let pod_sc = pod_spec.security_context.as_ref().unwrap();
+    assert_eq!(pod_sc.run_as_non_root, Some(true));
+    assert_eq!(pod_sc.run_as_user, None);
+    let sc = pod_spec.containers[0].security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    // Unknown values are refused by the chart's schema, before anything is applied.
+    let typo = Command::new(tool("helm"))
+        .args([
+            "upgrade",
+            "sb",
+            CHART,
+            "-n",
+            "switchboard-system",
+            "--set",
+            "replicaCont=3",
+        ])
+        .env("KUBECONFIG", &admin)
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert!(!typo.status.success());
+    assert!(
+        String::from_utf8_lossy(&typo.stderr).contains("'replicaCont' not allowed"),
+        "{}",
+        String::from_utf8_lossy(&typo.stderr)
+    );
 
     // --- both examples pass the API server's validation (CEL included)
     let dry = run_tool(
@@ -489,7 +603,9 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
             "--namespace",
             "team-ops",
             "--create-namespace",
-            "--skip-crds",
+            // The first release owns the CRD.
+            "--set",
+            "crds.install=false",
             "--set",
             "clusterWide=true",
             "--set",
@@ -569,8 +685,8 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
         assert!(note.contains("auth.domain"), "{note}");
     }
 
-    // --- helm uninstall removes what it installed (the CRD stays, as Helm
-    // never deletes CRDs from crds/)
+    // --- helm uninstall removes what it installed; the CRD stays
+    // (`helm.sh/resource-policy: keep`), and so do the ChatClusters.
     run_tool("helm", &admin, &["uninstall", "team-sb", "-n", "team-ops"]);
     run_tool(
         "helm",
@@ -590,4 +706,24 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
             .unwrap()
             .is_some()
     );
+    assert!(
+        Api::<ChatCluster>::namespaced(client.clone(), "team")
+            .get_opt("chat")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }

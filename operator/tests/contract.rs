@@ -26,14 +26,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Container;
 use switchboard_core::cors::CorsOrigin;
 use switchboard_core::env;
-use switchboard_gateway::args::GatewayArgs;
+use switchboard_gateway::args::GatewayCli;
 use switchboard_operator::build::{self, Desired, Generated, Observed};
-
-#[derive(Parser, Debug)]
-struct GatewayCli {
-    #[command(flatten)]
-    args: GatewayArgs,
-}
 
 /// Variables read by something other than the argument parser.
 const READ_ELSEWHERE: &[&str] = &[env::LOG];
@@ -113,8 +107,11 @@ fn argv(
         None => cmd,
     };
     for (name, value) in vars {
+        // The subcommand's own arguments, then the top level's global ones
+        // (the logging flags every binary takes).
         let arg = target
             .get_arguments()
+            .chain(cmd.get_arguments().filter(|a| a.is_global_set()))
             .find(|a| a.get_env().is_some_and(|e| e == name.as_str()));
         let Some(arg) = arg else {
             assert!(
@@ -163,9 +160,14 @@ fn the_gateway_runs_with_what_the_operator_writes() {
         );
         let vars = variables(c, &d, &at);
         let argv = argv(&GatewayCli::command(), None, c, &vars, &at);
-        let parsed = GatewayCli::try_parse_from(&argv)
-            .unwrap_or_else(|e| panic!("{at}: switchboard-gateway refuses {argv:?}: {e}"))
-            .args;
+        let cli = GatewayCli::try_parse_from(&argv)
+            .unwrap_or_else(|e| panic!("{at}: switchboard-gateway refuses {argv:?}: {e}"));
+        assert_eq!(
+            cli.log.log_format,
+            cluster.spec.logging.format.to_core(),
+            "{at}: log format"
+        );
+        let parsed = cli.args;
 
         let spec = &cluster.spec;
         assert_eq!(parsed.domain, spec.auth.domain, "{at}");
@@ -278,6 +280,11 @@ fn the_worker_runs_with_what_the_operator_writes() {
             .unwrap_or_else(|e| panic!("{at}: switchboard-worker refuses {argv:?}: {e}"));
         let cli = switchboard_worker::cli::Cli::from_arg_matches(&matches)
             .unwrap_or_else(|e| panic!("{at}: switchboard-worker refuses {argv:?}: {e}"));
+        assert_eq!(
+            cli.log.log_format,
+            cluster.spec.logging.format.to_core(),
+            "{at}: log format"
+        );
         let switchboard_worker::cli::Cmd::Run(run) = cli.cmd else {
             panic!("{at}: the worker does not `run`");
         };

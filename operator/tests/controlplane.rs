@@ -165,6 +165,42 @@ async fn operator_reconciles_chatclusters() {
         condition(&cluster, "Ready").map(|c| c.0).as_deref(),
         Some("False")
     );
+    // `kubectl get cc` says why: the API server's table (what kubectl
+    // prints) has a Reason column holding the Ready condition's reason, and
+    // `kubectl get switchboard` finds ChatClusters (the CRD's category).
+    let (columns, cells) = table_row(&client, "apps", "chat").await;
+    let cell = |name: &str| {
+        let i = columns.iter().position(|c| c == name);
+        i.and_then(|i| cells.get(i)).cloned()
+    };
+    assert_eq!(
+        columns,
+        ["Name", "Ready", "Reason", "Gateways", "Connections", "Age"],
+        "printer columns"
+    );
+    assert_eq!(cell("Ready"), Some(json!("False")));
+    assert_eq!(
+        cell("Reason"),
+        Some(json!("ComponentsNotReady")),
+        "Reason column of a cluster whose pods never run"
+    );
+    let discovery: serde_json::Value = client
+        .request(
+            axum::http::Request::get("/apis/switchboard.dev/v1alpha1")
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let resource = discovery["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "chatclusters")
+        .cloned()
+        .unwrap();
+    assert_eq!(resource["categories"], json!(["switchboard"]));
+    assert_eq!(resource["shortNames"], json!(["cc"]));
 
     // --- a spec change converges and bumps observedGeneration
     api.patch(
@@ -456,6 +492,21 @@ async fn only_the_leader_reconciles() {
         "{stale_take}"
     );
 
+    // Each replica's /metrics says which build it is.
+    let build = format!(
+        "switchboard_build_info{{version=\"{}\",git_sha=\"{}\"}} 1",
+        switchboard_core::telemetry::VERSION,
+        switchboard_core::telemetry::git_sha()
+    );
+    for addr in [addr_a, addr_b] {
+        let body = eventually("operator /metrics", || async {
+            let body = reqwest_lite(addr).await;
+            body.contains("switchboard_operator_leader").then_some(body)
+        })
+        .await;
+        assert!(body.contains(&build), "{build} not in:\n{body}");
+    }
+
     // Exactly one replica reports leadership.
     let leader_gauge = |addr: SocketAddr| async move {
         let body = reqwest_lite(addr).await;
@@ -505,6 +556,30 @@ async fn only_the_leader_reconciles() {
     let (stop_other, handle_other) = a.or(b).expect("standby handle");
     stop_other.cancel();
     handle_other.await.unwrap();
+}
+
+/// One ChatCluster as the API server's Table (`kubectl get`'s view): the
+/// column names and that row's cells.
+async fn table_row(client: &Client, ns: &str, name: &str) -> (Vec<String>, Vec<serde_json::Value>) {
+    let req = axum::http::Request::get(format!(
+        "/apis/switchboard.dev/v1alpha1/namespaces/{ns}/chatclusters/{name}"
+    ))
+    .header(
+        axum::http::header::ACCEPT,
+        "application/json;as=Table;v=v1;g=meta.k8s.io",
+    )
+    .body(Vec::new())
+    .unwrap();
+    let table: serde_json::Value = client.request(req).await.unwrap();
+    assert_eq!(table["kind"], "Table", "{table}");
+    let columns = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    let cells = table["rows"][0]["cells"].as_array().unwrap().clone();
+    (columns, cells)
 }
 
 /// Tiny HTTP GET of /metrics without another dependency.

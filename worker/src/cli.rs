@@ -19,6 +19,8 @@ use switchboard_core::store::partitions::{PartitionInterval, PartitionPolicy};
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
+    #[command(flatten)]
+    pub log: switchboard_core::telemetry::LogArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,11 +8,8 @@ use switchboard_worker::cli::Cli;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    switchboard_worker::commands::execute(Cli::parse().cmd).await?;
+    let cli = Cli::parse();
+    cli.log.init("info")?;
+    switchboard_worker::commands::execute(cli.cmd).await?;
     Ok(())
 }

@@ -355,7 +355,7 @@ async fn killed_worker_is_replaced_without_loss_or_duplicates() {
         .await
         .unwrap();
     }
-    let spawn = || {
+    let spawn = |listen: String| {
         Command::new(env!("CARGO_BIN_EXE_switchboard-worker"))
             .args([
                 "run",
@@ -364,7 +364,7 @@ async fn killed_worker_is_replaced_without_loss_or_duplicates() {
                 "--database-url",
                 &db_url,
             ])
-            .args(["--listen", "127.0.0.1:0", "--shards", &SHARDS.to_string()])
+            .args(["--listen", &listen, "--shards", &SHARDS.to_string()])
             .args(["--batch-size", "50", "--claim-idle-secs", "1"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -377,7 +377,7 @@ async fn killed_worker_is_replaced_without_loss_or_duplicates() {
             .await
             .unwrap()
     };
-    let mut first = spawn();
+    let mut first = spawn("127.0.0.1:0".into());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while count().await < 500 {
         assert!(
@@ -394,13 +394,31 @@ async fn killed_worker_is_replaced_without_loss_or_duplicates() {
         "the first worker finished before it was killed"
     );
 
-    let mut second = spawn();
+    let metrics_port = switchboard_testkit::free_port().unwrap();
+    let mut second = spawn(format!("127.0.0.1:{metrics_port}"));
     let streams =
         switchboard_worker::streams::Streams::connect(&redis.url(), SHARDS, "probe".into())
             .await
             .unwrap();
     drained(&streams, Duration::from_secs(60)).await;
     assert_stored_exactly(&store, &sent).await;
+    // The binary's /metrics: which build, and what it stored.
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let build = format!(
+        "switchboard_build_info{{version=\"{}\",git_sha=\"{}\"}} 1",
+        switchboard_core::telemetry::VERSION,
+        switchboard_core::telemetry::git_sha()
+    );
+    assert!(text.contains(&build), "{build} not in:\n{text}");
+    assert!(
+        text.contains("switchboard_worker_messages_total "),
+        "{text}"
+    );
     second.kill().unwrap();
     second.wait().unwrap();
 }

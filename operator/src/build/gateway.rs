@@ -172,6 +172,7 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
         env_vars.push(env_secret(env::API_KEYS, &keys.into()));
     }
     env_vars.push(env(env::LOG, "info"));
+    env_vars.push(env(env::LOG_FORMAT, spec.logging.format.to_core().as_str()));
 
     let mut mounts = vec![
         VolumeMount {

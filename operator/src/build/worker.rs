@@ -47,6 +47,10 @@ pub fn deployment(ctx: &Ctx) -> Deployment {
     env_vars.extend(super::redis::client_env(ctx));
     env_vars.push(super::postgres::url_env(ctx));
     env_vars.push(env(switchboard_core::env::LOG, "info"));
+    env_vars.push(env(
+        switchboard_core::env::LOG_FORMAT,
+        spec.logging.format.to_core().as_str(),
+    ));
 
     let container = Container {
         name: COMPONENT.into(),
