@@ -11,6 +11,7 @@ use crate::idle::IdleArgs;
 use crate::latency::LatencyArgs;
 use crate::persist::PersistArgs;
 use crate::reconcile::ReconcileArgs;
+use crate::relay::RelayArgs;
 use crate::serve::ServeArgs;
 
 #[derive(Parser)]
@@ -48,6 +49,9 @@ pub enum Cmd {
     /// nonces, verifies, REST, connections, frames; well-behaved sockets'
     /// ping round trips, baseline vs flood.
     Flood(FloodArgs),
+    /// The fallback relay: latency and CPU per delivery in relay mode (Redis
+    /// killed) next to normal mode, and the time to enter and leave it.
+    Relay(RelayArgs),
 }
 
 impl Cmd {
@@ -64,6 +68,7 @@ impl Cmd {
             Cmd::Autoscale(a) => crate::autoscale::run(a).await,
             Cmd::Fanout(a) => crate::fanout::run(a).await,
             Cmd::Flood(a) => crate::flood::run(a).await,
+            Cmd::Relay(a) => crate::relay::run(a).await,
         }
     }
 }

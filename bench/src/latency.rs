@@ -67,6 +67,14 @@ pub struct LatencyResult {
 }
 
 impl LatencyResult {
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
     pub fn row(&self) -> String {
         format!(
             "| latency | {:?}, {} | {} users, {} msg/s | sent {} delivered {} | p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.1} ms | {:.3} gateway CPU-s per 1,000 deliveries{} |",
@@ -105,126 +113,203 @@ pub async fn latency(
     rate: u64,
     seconds: u64,
 ) -> Result<LatencyResult> {
-    if users < 2 {
-        bail!("latency needs at least 2 users (one conversation)");
-    }
     let t = Target::start_many(engine, gateways, None).await?;
-    let start = Instant::now();
-    let addrs: Vec<Address> = (0..users).map(|_| Address(rand::random())).collect();
-    let samples = Arc::new(Mutex::new(Vec::<u64>::with_capacity(
-        (rate * seconds) as usize,
-    )));
-    let delivered = Arc::new(AtomicU64::new(0));
-    let mut senders = Vec::with_capacity(users);
-    for (j, a) in addrs.iter().enumerate() {
-        let ws = open(t.addr(j), &t.token(a)).await?;
-        let (mut sink, mut stream) = ws.split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        let ack_tx = tx.clone();
-        senders.push(tx);
-        tokio::spawn(async move {
-            while let Some(s) = rx.recv().await {
-                if sink.send(WsMsg::text(s)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let samples = samples.clone();
-        let delivered = delivered.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(m)) = stream.next().await {
-                let WsMsg::Text(text) = m else { continue };
-                let Ok(v) = serde_json::from_str::<Value>(&text) else {
-                    continue;
-                };
-                if v["type"] == "msg" {
-                    let now = start.elapsed().as_micros() as u64;
-                    if let Some(t0) = v["body"]["t"].as_u64() {
-                        samples
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(now.saturating_sub(t0));
-                    }
-                    delivered.fetch_add(1, Ordering::Relaxed);
-                    let ack = json!({"type":"ack","conv":v["conv"],"seq":v["seq"]}).to_string();
-                    let _ = ack_tx.send(ack);
-                }
-            }
-        });
-    }
-    let convs: Vec<ConvId> = (0..users / 2)
-        .map(|i| ConvId::direct(&addrs[2 * i], &addrs[2 * i + 1]))
-        .collect::<Result<_, _>>()?;
+    let load = Load::open(&t, users).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu0 = t.cpu_seconds()?;
-    let redis_cpu0 = t.redis_cpu_seconds()?;
-    let publishes0 = t.redis_publishes()?;
-    let total = rate * seconds;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let per_ms = rate as f64 / 1000.0;
-    let mut sent = 0u64;
-    let mut budget = 0.0;
-    let mut n = 0usize;
-    while sent < total {
-        tick.tick().await;
-        budget += per_ms;
-        while budget >= 1.0 && sent < total {
-            budget -= 1.0;
-            let pair = n % convs.len();
-            let from = 2 * pair + (n / convs.len()) % 2;
-            n += 1;
-            let body = json!({"t": start.elapsed().as_micros() as u64});
-            let frame =
-                json!({"type":"send","conv":convs[pair],"id":format!("b{sent}"),"body":body});
-            let _ = senders[from].send(frame.to_string());
-            sent += 1;
+    load.run(&t, engine, gateways, rate, seconds).await
+}
+
+/// Connected users of a latency run, reusable for several measured runs
+/// (the relay scenario measures normal and relay mode on the same sockets).
+pub struct Load {
+    start: Instant,
+    users: usize,
+    senders: Vec<mpsc::UnboundedSender<String>>,
+    convs: Vec<ConvId>,
+    samples: Arc<Mutex<Vec<u64>>>,
+    delivered: Arc<AtomicU64>,
+    /// Messages sent by earlier runs: ids stay unique across runs.
+    sent_before: AtomicU64,
+}
+
+impl Load {
+    /// Sign in and connect `users` users, user j to gateway `j % n`.
+    pub async fn open(t: &Target, users: usize) -> Result<Load> {
+        if users < 2 {
+            bail!("latency needs at least 2 users (one conversation)");
         }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while delivered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let cpu = t.cpu_seconds()? - cpu0;
-    let redis_cpu = match (t.redis_cpu_seconds()?, redis_cpu0) {
-        (Some(b), Some(a)) => Some(b - a),
-        _ => None,
-    };
-    let publishes = match (t.redis_publishes()?, publishes0) {
-        (Some(b), Some(a)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
-    let got = delivered.load(Ordering::Relaxed);
-    let per_1000 = |cpu: f64| {
-        if got == 0 {
-            0.0
-        } else {
-            cpu / got as f64 * 1000.0
+        let start = Instant::now();
+        let addrs: Vec<Address> = (0..users).map(|_| Address(rand::random())).collect();
+        let samples = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let delivered = Arc::new(AtomicU64::new(0));
+        let mut senders = Vec::with_capacity(users);
+        for (j, a) in addrs.iter().enumerate() {
+            let ws = open(t.addr(j), &t.token(a)).await?;
+            let (mut sink, mut stream) = ws.split();
+            let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+            let ack_tx = tx.clone();
+            senders.push(tx);
+            tokio::spawn(async move {
+                while let Some(s) = rx.recv().await {
+                    if sink.send(WsMsg::text(s)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let samples = samples.clone();
+            let delivered = delivered.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(m)) = stream.next().await {
+                    let WsMsg::Text(text) = m else { continue };
+                    let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                        continue;
+                    };
+                    if v["type"] != "msg" {
+                        continue;
+                    }
+                    let relayed = v["relayed"] == true;
+                    // A relayed message's sequenced copy comes later (after
+                    // the measured run): only first copies are samples.
+                    let counted = relayed || v["body"]["r"] != true;
+                    if counted {
+                        let now = start.elapsed().as_micros() as u64;
+                        if let Some(t0) = v["body"]["t"].as_u64() {
+                            samples
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(now.saturating_sub(t0));
+                        }
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Relayed copies have no seq to ack.
+                    if !relayed {
+                        let ack = json!({"type":"ack","conv":v["conv"],"seq":v["seq"]}).to_string();
+                        let _ = ack_tx.send(ack);
+                    }
+                }
+            });
         }
-    };
-    let mut s = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    s.sort_unstable();
-    let pct = |p: f64| {
-        s.get(((s.len() as f64 * p) as usize).min(s.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
-    Ok(LatencyResult {
-        engine,
-        gateways,
-        users,
-        rate,
-        sent,
-        delivered: got,
-        p50_ms: pct(0.50),
-        p95_ms: pct(0.95),
-        p99_ms: pct(0.99),
-        max_ms: s.last().copied().unwrap_or(0) as f64 / 1000.0,
-        cpu_s_per_1000: per_1000(cpu),
-        redis_cpu_s_per_1000: redis_cpu.map(per_1000),
-        publishes,
-    })
+        let convs: Vec<ConvId> = (0..users / 2)
+            .map(|i| ConvId::direct(&addrs[2 * i], &addrs[2 * i + 1]))
+            .collect::<Result<_, _>>()?;
+        Ok(Load {
+            start,
+            users,
+            senders,
+            convs,
+            samples,
+            delivered,
+            sent_before: AtomicU64::new(0),
+        })
+    }
+
+    /// One measured run: `rate` msg/s for `seconds`, then up to 10 s for the
+    /// last deliveries. Messages of a run with `mark_relayed` carry
+    /// `"r": true`, so their sequenced copies (after Redis returns) are not
+    /// counted again by a later run.
+    pub async fn run(
+        &self,
+        t: &Target,
+        engine: Engine,
+        gateways: usize,
+        rate: u64,
+        seconds: u64,
+    ) -> Result<LatencyResult> {
+        self.run_marked(t, engine, gateways, rate, seconds, false)
+            .await
+    }
+
+    pub async fn run_marked(
+        &self,
+        t: &Target,
+        engine: Engine,
+        gateways: usize,
+        rate: u64,
+        seconds: u64,
+        mark_relayed: bool,
+    ) -> Result<LatencyResult> {
+        let Load {
+            start,
+            users,
+            senders,
+            convs,
+            samples,
+            delivered,
+            sent_before,
+        } = self;
+        samples.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        delivered.store(0, Ordering::Relaxed);
+        let cpu0 = t.cpu_seconds()?;
+        let redis_cpu0 = t.redis_cpu_seconds().ok().flatten();
+        let publishes0 = t.redis_publishes().ok().flatten();
+        let total = rate * seconds;
+        let first = sent_before.fetch_add(total, Ordering::Relaxed);
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let per_ms = rate as f64 / 1000.0;
+        let mut sent = 0u64;
+        let mut budget = 0.0;
+        let mut n = 0usize;
+        while sent < total {
+            tick.tick().await;
+            budget += per_ms;
+            while budget >= 1.0 && sent < total {
+                budget -= 1.0;
+                let pair = n % convs.len();
+                let from = 2 * pair + (n / convs.len()) % 2;
+                n += 1;
+                let body = json!({"t": start.elapsed().as_micros() as u64, "r": mark_relayed});
+                let id = format!("b{}", first + sent);
+                let frame = json!({"type":"send","conv":convs[pair],"id":id,"body":body});
+                let _ = senders[from].send(frame.to_string());
+                sent += 1;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while delivered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cpu = t.cpu_seconds()? - cpu0;
+        let redis_cpu = match (t.redis_cpu_seconds().ok().flatten(), redis_cpu0) {
+            (Some(b), Some(a)) => Some(b - a),
+            _ => None,
+        };
+        let publishes = match (t.redis_publishes().ok().flatten(), publishes0) {
+            (Some(b), Some(a)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        let got = delivered.load(Ordering::Relaxed);
+        let per_1000 = |cpu: f64| {
+            if got == 0 {
+                0.0
+            } else {
+                cpu / got as f64 * 1000.0
+            }
+        };
+        let mut s = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        s.sort_unstable();
+        let pct = |p: f64| {
+            s.get(((s.len() as f64 * p) as usize).min(s.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0
+        };
+        Ok(LatencyResult {
+            engine,
+            gateways,
+            users: *users,
+            rate,
+            sent,
+            delivered: got,
+            p50_ms: pct(0.50),
+            p95_ms: pct(0.95),
+            p99_ms: pct(0.99),
+            max_ms: s.last().copied().unwrap_or(0) as f64 / 1000.0,
+            cpu_s_per_1000: per_1000(cpu),
+            redis_cpu_s_per_1000: redis_cpu.map(per_1000),
+            publishes,
+        })
+    }
 }
 
 /// `a` over `b` for the latency percentiles and the gateway CPU.

@@ -13,11 +13,12 @@
 //!   switchboard-bench autoscale --runs 10
 //!   switchboard-bench fanout --subscribers 20000 --messages 200 --rate 20 --sse-subscribers 2000
 //!   switchboard-bench flood --seconds 10   # needs the release switchboard-gateway next to it
+//!   switchboard-bench relay --users 200 --rate 500 --seconds 10   # relay mode vs normal
 
 //!
 //! Layout: [`cli`] the subcommands; one module per scenario with its flags
 //! ([`idle`], [`latency`], [`all`], [`persist`], [`reconcile`], [`drain`],
-//! [`autoscale`], [`fanout`], [`flood`]); [`serve`] the gateway child process;
+//! [`autoscale`], [`fanout`], [`flood`], [`relay`]); [`serve`] the gateway child process;
 //! [`target`] the processes under test; [`client`] WebSocket sessions.
 
 mod all;
@@ -31,6 +32,7 @@ mod idle;
 mod latency;
 mod persist;
 mod reconcile;
+mod relay;
 mod serve;
 mod target;
 

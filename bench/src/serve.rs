@@ -25,6 +25,14 @@ pub struct ServeArgs {
     /// Drain window on shutdown (default: the gateway's, 10 s).
     #[arg(long)]
     drain_seconds: Option<f64>,
+    /// API keys of the Ably-compatible endpoints (the relay scenario's relay).
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// Fallback relay file, as the gateway binary takes it.
+    #[arg(long)]
+    relay_config: Option<std::path::PathBuf>,
+    #[arg(long)]
+    relay_api_key: Option<String>,
 }
 
 /// Serve until SIGINT or SIGTERM, then drain.
@@ -35,7 +43,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         secret_hex,
         ws_buffer,
         drain_seconds,
+        api_keys,
+        relay_config,
+        relay_api_key,
     } = args;
+    let api_keys = api_keys
+        .iter()
+        .map(|k| k.parse())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| anyhow::anyhow!("--api-key must be keyName:keySecret"))?;
+    let relay = switchboard_gateway::launch::relay_config(relay_config.as_deref(), relay_api_key)?;
     let broker: DynBroker = match redis_url {
         Some(url) => Arc::new(RedisBroker::connect(&url, BrokerConfig::default()).await?),
         None => Arc::new(MemoryBroker::default()),
@@ -51,6 +68,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         // would refuse the load generator itself (the `flood` scenario runs
         // the shipped binary with its defaults instead).
         limits: LimitsConfig::off(),
+        api_keys,
+        relay,
         ..GatewayConfig::default()
     };
     let cfg = match ws_buffer {

@@ -27,15 +27,8 @@ pub struct GatewayProc {
 }
 
 impl GatewayProc {
-    pub async fn spawn(
-        secret_hex: &str,
-        redis_url: Option<&str>,
-        ws_buffer: Option<usize>,
-    ) -> Result<GatewayProc> {
-        GatewayProc::spawn_with(secret_hex, redis_url, ws_buffer, &[]).await
-    }
-
-    /// As [`GatewayProc::spawn`], with extra `serve` arguments.
+    /// Start `serve` (Redis engine with `redis_url`, else memory) with
+    /// extra `serve` arguments, and wait until it listens.
     pub async fn spawn_with(
         secret_hex: &str,
         redis_url: Option<&str>,
@@ -157,6 +150,17 @@ impl Target {
     }
 
     pub async fn start_many(engine: Engine, n: usize, ws_buffer: Option<usize>) -> Result<Target> {
+        Target::start_many_with(engine, n, ws_buffer, &[]).await
+    }
+
+    /// As [`Target::start_many`], with extra `serve` arguments for every
+    /// gateway.
+    pub async fn start_many_with(
+        engine: Engine,
+        n: usize,
+        ws_buffer: Option<usize>,
+        extra: &[String],
+    ) -> Result<Target> {
         if n == 0 {
             bail!("at least one gateway");
         }
@@ -178,10 +182,20 @@ impl Target {
             redis,
         };
         for _ in 0..n {
-            let g = GatewayProc::spawn(&secret_hex, url.as_deref(), ws_buffer).await?;
+            let g = GatewayProc::spawn_with(&secret_hex, url.as_deref(), ws_buffer, extra).await?;
             t.gateways.push(g);
         }
         Ok(t)
+    }
+
+    /// The Redis under the gateways, to stop and start it.
+    pub fn redis_mut(&mut self) -> Option<&mut RedisServer> {
+        self.redis.as_mut()
+    }
+
+    /// The number of gateways.
+    pub fn gateway_count(&self) -> usize {
+        self.gateways.len()
     }
 
     /// The address of gateway `i` (wrapping around).

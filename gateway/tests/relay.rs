@@ -40,8 +40,22 @@ async fn chat_through_an_outage(keep_data: bool) {
     let tb = login(&http(&gw2), &b).await;
     let dm = ConvId::direct(&a.addr, &b.addr).unwrap().to_string();
     let group = create_group(&http(&gw1), &ta, &[b.addr]).await;
+    // A public channel a created (so gw1 knows its publishers), b follows.
+    let name = format!("news-{}", rand::random::<u32>());
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/channels", http(&gw1)))
+        .bearer_auth(&ta)
+        .json(&json!({"name": name}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    let channel = format!("ch:{name}");
     let mut wa = Ws::connect(&gw1, &ta).await;
     let mut wb = Ws::connect(&gw2, &tb).await;
+    wb.send(json!({"type":"subscribe","channel":&channel}))
+        .await;
+    next_of(&mut wb, "subscribed", Duration::from_secs(5)).await;
     // Created after the sockets opened (their presence announcements walk
     // the members of every group they are in) and never used: gw1 has no
     // member list for it when Redis goes.
@@ -75,7 +89,7 @@ async fn chat_through_an_outage(keep_data: bool) {
     }
 
     // During: both directions, a direct conversation and a group.
-    for (conv, id) in [(&dm, "r1"), (&dm, "r2"), (&group, "g1")] {
+    for (conv, id) in [(&dm, "r1"), (&dm, "r2"), (&group, "g1"), (&channel, "c1")] {
         wa.send(json!({"type":"send","conv":conv,"id":id,"body":id}))
             .await;
         let sent = next_of(&mut wa, "sent", Duration::from_secs(5)).await;
@@ -92,7 +106,8 @@ async fn chat_through_an_outage(keep_data: bool) {
         next_of(&mut wa, "sent", Duration::from_secs(5)).await["relayed"],
         true
     );
-    let got = msgs(&mut wb, &["r1", "r2", "g1"], true).await;
+    let got = msgs(&mut wb, &["r1", "r2", "g1", "c1"], true).await;
+    assert_eq!(got["c1"]["conv"], json!(channel));
     assert_eq!(got["r1"]["from"], json!(a.addr.to_string()));
     wb.send(json!({"type":"send","conv":&dm,"id":"r3","body":"r3"}))
         .await;
@@ -110,9 +125,9 @@ async fn chat_through_an_outage(keep_data: bool) {
         err["message"].as_str().unwrap().contains("group's members"),
         "{err}"
     );
-    assert!(metric(&gw1, "relay_published").await >= 3);
-    assert!(metric(&gw2, "relay_received").await >= 3);
-    assert_eq!(metric(&gw1, "relay_spooled").await, 3);
+    assert!(metric(&gw1, "relay_published").await >= 4);
+    assert!(metric(&gw2, "relay_received").await >= 4);
+    assert_eq!(metric(&gw1, "relay_spooled").await, 4);
 
     // After: Redis back; every relayed message gets its seq, once.
     if keep_data {
@@ -127,32 +142,32 @@ async fn chat_through_an_outage(keep_data: bool) {
         .await;
     }
     if keep_data {
-        let seq_b = msgs(&mut wb, &["r1", "r2", "g1"], false).await;
+        let seq_b = msgs(&mut wb, &["r1", "r2", "g1", "c1"], false).await;
+        assert!(seq_b["c1"]["seq"].as_u64().unwrap() > 0);
         let seq_a = msgs(&mut wa, &["r3", "r1", "r2", "g1"], false).await;
         assert_eq!(seq_a["r1"]["seq"], seq_b["r1"]["seq"]);
-        assert_eq!(metric(&gw1, "relay_replayed").await, 3);
+        assert_eq!(metric(&gw1, "relay_replayed").await, 4);
     } else {
-        // Redis came back empty and no PostgreSQL holds the group: it is
-        // gone, so its relayed message cannot be stored. The sender is told
-        // (an error frame naming it), nothing is dropped silently.
+        // Redis came back empty and no PostgreSQL holds the group and the
+        // channel: they are gone, so their relayed messages cannot be
+        // stored. The sender is told (an error frame naming each), nothing
+        // is dropped silently.
         let seq_b = msgs(&mut wb, &["r1", "r2"], false).await;
         let mut errors = Vec::new();
         let seq_a = msgs_and_errors(&mut wa, &["r3", "r1", "r2"], false, &mut errors).await;
-        let err = match errors.pop() {
-            Some(e) => e,
-            None => next_of(&mut wa, "error", Duration::from_secs(10)).await,
-        };
-        assert_eq!(err["ref"], "g1", "{err}");
-        assert!(
-            err["message"]
-                .as_str()
-                .unwrap()
-                .contains("could not be stored"),
-            "{err}"
-        );
+        while errors.len() < 2 {
+            errors.push(next_of(&mut wa, "error", Duration::from_secs(10)).await);
+        }
+        let mut refs: Vec<&str> = errors.iter().map(|e| e["ref"].as_str().unwrap()).collect();
+        refs.sort();
+        assert_eq!(refs, ["c1", "g1"], "{errors:?}");
+        for err in &errors {
+            let text = err["message"].as_str().unwrap();
+            assert!(text.contains("could not be stored"), "{err}");
+        }
         assert_eq!(seq_a["r1"]["seq"], seq_b["r1"]["seq"]);
         assert_eq!(metric(&gw1, "relay_replayed").await, 2);
-        assert_eq!(metric(&gw1, "relay_rejected").await, 1);
+        assert_eq!(metric(&gw1, "relay_rejected").await, 2);
     }
     assert_eq!(metric(&gw2, "relay_replayed").await, 1);
     assert_eq!(metric(&gw1, "relay_spooled").await, 0);

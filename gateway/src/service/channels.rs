@@ -53,7 +53,20 @@ impl ChatService {
     /// and a store is configured — the store's, given back to the broker on
     /// the way.
     pub async fn channel(&self, conv: &ConvId) -> Result<Option<Conversation>> {
+        if self.broker_down() {
+            // Relay mode: the description as last read, else the store's.
+            if let Some(c) = self.cached_channel(conv) {
+                return Ok(Some(c));
+            }
+            return match &self.store {
+                Some(store) => Ok(store.channel(conv).await?),
+                None => Ok(None),
+            };
+        }
         if let Some(c) = self.broker.conversation(conv).await? {
+            if self.relay_configured() {
+                self.remember_channel(&c);
+            }
             return Ok(Some(c));
         }
         let Some(store) = &self.store else {

@@ -41,6 +41,7 @@ use switchboard_proto::auth::nonce::NonceSigner;
 use switchboard_proto::auth::siwe::{MAX_CLOCK_SKEW, SiweVerifier};
 use switchboard_proto::auth::token::TokenSigner;
 use switchboard_proto::ids::{Address, ConvId, ConvKind};
+use switchboard_proto::model::Conversation;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
@@ -62,6 +63,9 @@ pub type Result<T, E = ChatError> = std::result::Result<T, E>;
 /// Conversation → (members, fetched at).
 type MembersCache = HashMap<ConvId, (Arc<Vec<Address>>, Instant)>;
 
+/// Channel descriptions as last read, for relay mode (with a relay only).
+type ChannelCache = HashMap<ConvId, Conversation>;
+
 /// Bound on cached member lists; expired entries are swept past this size.
 const MEMBERS_CACHE_MAX: usize = 10_000;
 
@@ -82,6 +86,7 @@ pub struct ChatService {
     nonces: NonceSigner,
     siwe: SiweVerifier,
     members: Mutex<MembersCache>,
+    channels: Mutex<ChannelCache>,
     /// A re-registration after the broker lost this gateway is due (set
     /// until one completes, so a failure half way is retried).
     reassert_due: AtomicBool,
@@ -120,6 +125,7 @@ impl ChatService {
             metrics,
             shutdown,
             members: Mutex::default(),
+            channels: Mutex::default(),
             reassert_due: AtomicBool::new(false),
         })
     }
@@ -157,6 +163,21 @@ impl ChatService {
             return Ok(None);
         };
         Ok(Some(self.remember_members(conv, &c.members)))
+    }
+
+    /// Keep `c` for relay mode (bounded like the members cache: past the
+    /// bound the oldest half is not tracked, so the cache is cleared).
+    fn remember_channel(&self, c: &Conversation) {
+        let mut cache = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MEMBERS_CACHE_MAX && !cache.contains_key(&c.id) {
+            cache.clear();
+        }
+        cache.insert(c.id.clone(), c.clone());
+    }
+
+    fn cached_channel(&self, conv: &ConvId) -> Option<Conversation> {
+        let cache = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(conv).cloned()
     }
 
     /// The cached members of `conv`, however old.

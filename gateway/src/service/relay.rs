@@ -7,8 +7,8 @@
 //!   in a row *and* every message held meanwhile got its seq.
 //! - **Send**: membership is checked from what the gateway knows without
 //!   Redis (a direct conversation names its two members; a group's members
-//!   come from the members cache, kept even past its TTL; channels are not
-//!   relayed). The message is held in the spool (bounded), published to the
+//!   come from the members cache, kept even past its TTL; a channel's
+//!   publishers from its description as last read, or the store). The message is held in the spool (bounded), published to the
 //!   relay for the other gateways, answered `sent {relayed: true, seq: 0}`
 //!   and delivered to local sockets as `msg {relayed: true, seq: 0}`.
 //! - **Reconciliation**: held messages go through the normal send path in
@@ -101,6 +101,11 @@ impl ChatService {
         text: &str,
     ) -> Option<Result<Envelope, crate::relay::EnvelopeError>> {
         self.relay.as_ref().map(|r| r.sealer.open(text))
+    }
+
+    /// Whether a fallback relay is configured.
+    pub(super) fn relay_configured(&self) -> bool {
+        self.relay.is_some()
     }
 
     /// Whether the gateway is in relay mode now.
@@ -210,10 +215,25 @@ impl ChatService {
         let Some(r) = &self.relay else {
             return Err(ChatError::Internal("relay_send without a relay".into()));
         };
-        let members = self.members_without_broker(&req.conv)?;
-        if !members.contains(&req.from) {
-            return Err(ChatError::NotMember);
-        }
+        let members = if req.conv.kind() == ConvKind::Channel {
+            // A channel fans out to its subscribers, not to members: check
+            // the publisher against the description as last known.
+            let Some(c) = self.channel(&req.conv).await? else {
+                return Err(relay_unavailable(
+                    "Redis is unreachable and this gateway does not know the channel; retry with the same id when it is back",
+                ));
+            };
+            if !req.privileged && !c.can_publish(&req.from) {
+                return Err(ChatError::NotPublisher);
+            }
+            Arc::new(Vec::new())
+        } else {
+            let members = self.members_without_broker(&req.conv)?;
+            if !members.contains(&req.from) {
+                return Err(ChatError::NotMember);
+            }
+            members
+        };
         let held = Held {
             req,
             accepted_at: now_ms(),
@@ -235,14 +255,7 @@ impl ChatService {
         let out = relayed_outcome(&held, false);
         let envelope = Envelope {
             origin: self.cfg.gateway_id.clone(),
-            routed: Routed {
-                users: out.members.clone(),
-                frame: ServerFrame::Msg(out.message.clone()).to_json().into(),
-                ack: None,
-                skip_conn: None,
-                channel: None,
-                revoke: None,
-            },
+            routed: relayed_routed(&out, None),
         };
         let published = match r.sealer.seal(&envelope) {
             Ok(text) => r
@@ -280,9 +293,8 @@ impl ChatService {
                     "Redis is unreachable and this gateway does not know the group's members; retry with the same id when it is back",
                 )
             }),
-            ConvKind::Channel => Err(relay_unavailable(
-                "Redis is unreachable; channel messages are not relayed; retry with the same id when it is back",
-            )),
+            // Checked by the caller against the channel's publishers.
+            ConvKind::Channel => Ok(Arc::new(Vec::new())),
         }
     }
 
@@ -329,6 +341,26 @@ impl ChatService {
             self.set_mode_gauge(r);
         }
         Ok(n)
+    }
+}
+
+/// A relayed message on its way: to the members' sockets, or for a channel
+/// to its subscribers (seq 0: written as it comes, outside the channel's
+/// seq order, and again with its seq later).
+pub(super) fn relayed_routed(out: &SendOutcome, skip_conn: Option<String>) -> Routed {
+    let m = &out.message;
+    let is_channel = m.conv.kind() == ConvKind::Channel;
+    Routed {
+        users: if is_channel {
+            Vec::new()
+        } else {
+            out.members.clone()
+        },
+        frame: ServerFrame::Msg(m.clone()).to_json().into(),
+        ack: None,
+        skip_conn,
+        channel: is_channel.then(|| (m.conv.clone(), 0)),
+        revoke: None,
     }
 }
 

@@ -124,14 +124,7 @@ impl ChatService {
             return;
         }
         if out.message.relayed {
-            let ev = Routed {
-                users: out.members,
-                frame: ServerFrame::Msg(out.message).to_json().into(),
-                ack: None,
-                skip_conn: skip.map(|h| h.name.clone()),
-                channel: None,
-                revoke: None,
-            };
+            let ev = super::relay::relayed_routed(&out, skip.map(|h| h.name.clone()));
             self.hub.deliver(&ev);
             return;
         }

@@ -89,6 +89,14 @@ impl Conn {
         let Some(cursor) = self.channels.get(channel) else {
             return Ok(()); // unsubscribed meanwhile
         };
+        if seq == 0 {
+            // Relayed while Redis is down (`relayed: true`): no place in the
+            // seq order yet. Written as it comes; its sequenced copy follows
+            // in order once Redis is back (clients keep one per id).
+            self.write(socket, frame).await?;
+            self.state.metrics.messages_out.inc();
+            return Ok(());
+        }
         match cursor.step(seq) {
             Step::Skip => return Ok(()), // already written (replay, or a repeat)
             Step::Write => {}
