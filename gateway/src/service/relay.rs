@@ -103,6 +103,11 @@ impl ChatService {
         self.relay.as_ref().map(|r| r.sealer.open(text))
     }
 
+    /// Whether relay mode considers Redis unreachable now (`/readyz`).
+    pub fn redis_unreachable(&self) -> bool {
+        self.broker_down()
+    }
+
     /// Whether a fallback relay is configured.
     pub(super) fn relay_configured(&self) -> bool {
         self.relay.is_some()
