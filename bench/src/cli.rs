@@ -9,6 +9,7 @@ use crate::fanout::FanoutArgs;
 use crate::flood::FloodArgs;
 use crate::idle::IdleArgs;
 use crate::latency::LatencyArgs;
+use crate::peer::PeerArgs;
 use crate::persist::PersistArgs;
 use crate::reconcile::ReconcileArgs;
 use crate::serve::ServeArgs;
@@ -48,6 +49,11 @@ pub enum Cmd {
     /// nonces, verifies, REST, connections, frames; well-behaved sockets'
     /// ping round trips, baseline vs flood.
     Flood(FloodArgs),
+    /// Against the peer: the shipped gateway and a Socket.IO 4 server with the
+    /// Redis adapter on one Redis, same load, runs alternated: deliveries per
+    /// server CPU-second, Redis CPU and calls per delivery, latency, RSS per
+    /// idle connection, and the ratios.
+    Peer(PeerArgs),
 }
 
 impl Cmd {
@@ -64,6 +70,7 @@ impl Cmd {
             Cmd::Autoscale(a) => crate::autoscale::run(a).await,
             Cmd::Fanout(a) => crate::fanout::run(a).await,
             Cmd::Flood(a) => crate::flood::run(a).await,
+            Cmd::Peer(a) => crate::peer::run(a).await,
         }
     }
 }
