@@ -83,10 +83,14 @@ pub struct PeerArgs {
     /// The Node.js binary.
     #[arg(long, default_value = "node")]
     node: PathBuf,
-    /// Record the Switchboard gateways' load phase with `perf record -g`
+    /// Record the Switchboard gateways' load phase with `perf record`
     /// into this directory (those runs' CPU figures include perf's cost).
     #[arg(long)]
     perf_dir: Option<PathBuf>,
+    /// perf's `--call-graph` mode: `fp` (frame pointers; shallow stacks in
+    /// a release build without them) or `dwarf` (full stacks, large files).
+    #[arg(long, default_value = "fp", value_parser = ["fp", "dwarf"])]
+    perf_call_graph: String,
     /// Only this system (default: both).
     #[arg(long, value_enum)]
     only: Option<System>,
@@ -678,7 +682,7 @@ impl RunResult {
 }
 
 pub async fn run(args: PeerArgs) -> Result<()> {
-    if args.users < 2 || args.users % 2 != 0 {
+    if args.users < 2 || !args.users.is_multiple_of(2) {
         bail!("--users must be an even number, at least 2");
     }
     if args.gateways.iter().any(|&n| n == 0 || n > 8) {
@@ -864,6 +868,7 @@ async fn one_run(
         Some(dir) if system == System::Switchboard => Some(Perf::start(
             dir.join(format!("switchboard-{n}gw-round{}.data", round + 1)),
             &servers.pids(),
+            &args.perf_call_graph,
         )?),
         _ => None,
     };
@@ -962,16 +967,18 @@ async fn one_run(
     })
 }
 
-/// `perf record -g` attached to running processes until [`Perf::stop`].
+/// `perf record` with call graphs, attached to running processes until
+/// dropped.
 struct Perf {
     child: Child,
 }
 
 impl Perf {
-    fn start(out: PathBuf, pids: &[u32]) -> Result<Perf> {
+    fn start(out: PathBuf, pids: &[u32], call_graph: &str) -> Result<Perf> {
         let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
         let child = Command::new("perf")
-            .args(["record", "-g", "-F", "999", "-p", &pids.join(","), "-o"])
+            .args(["record", "--call-graph", call_graph, "-F", "999"])
+            .args(["-p", &pids.join(","), "-o"])
             .arg(&out)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
