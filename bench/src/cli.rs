@@ -9,6 +9,7 @@ use crate::fanout::FanoutArgs;
 use crate::flood::FloodArgs;
 use crate::idle::IdleArgs;
 use crate::latency::LatencyArgs;
+use crate::peer::PeerArgs;
 use crate::persist::PersistArgs;
 use crate::reconcile::ReconcileArgs;
 use crate::relay::RelayArgs;
@@ -52,6 +53,11 @@ pub enum Cmd {
     /// The fallback relay: latency and CPU per delivery in relay mode (Redis
     /// killed) next to normal mode, and the time to enter and leave it.
     Relay(RelayArgs),
+    /// Against the peer: the shipped gateway and a Socket.IO 4 server with the
+    /// Redis adapter on one Redis, same load, runs alternated: deliveries per
+    /// server CPU-second, Redis CPU and calls per delivery, latency, RSS per
+    /// idle connection, and the ratios.
+    Peer(PeerArgs),
 }
 
 impl Cmd {
@@ -69,6 +75,7 @@ impl Cmd {
             Cmd::Fanout(a) => crate::fanout::run(a).await,
             Cmd::Flood(a) => crate::flood::run(a).await,
             Cmd::Relay(a) => crate::relay::run(a).await,
+            Cmd::Peer(a) => crate::peer::run(a).await,
         }
     }
 }

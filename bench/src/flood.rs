@@ -14,23 +14,22 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_proto::auth::token::TokenSigner;
 use switchboard_proto::ids::Address;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message as WsMsg;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::client::{Ws, open, token};
-use crate::target::{Engine, bench_redis};
+use crate::target::{Engine, GatewayBin, bench_redis, default_gateway_bin};
 
 /// The flooder's source address (Linux routes all of 127/8 to loopback).
 const FLOODER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -59,101 +58,6 @@ pub struct FloodArgs {
     /// without limits), space separated.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     gateway_flags: String,
-}
-
-/// The shipped gateway as a child process.
-struct GatewayBin {
-    child: Child,
-    addr: String,
-    /// Its `/metrics` (a listener of its own, not `addr`).
-    metrics_addr: String,
-    _secret_dir: tempfile::TempDir,
-}
-
-impl GatewayBin {
-    async fn spawn(
-        bin: &PathBuf,
-        redis_url: Option<&str>,
-        secret: &[u8],
-        extra: &str,
-    ) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let secret_file = dir.path().join("secret");
-        std::fs::write(&secret_file, secret)?;
-        let port = switchboard_testkit::free_port()?;
-        let addr = format!("127.0.0.1:{port}");
-        let metrics_addr = format!("127.0.0.1:{}", switchboard_testkit::free_port()?);
-        let mut cmd = Command::new(bin);
-        cmd.args(["--listen", &addr])
-            .args(["--metrics-listen", &metrics_addr])
-            .arg("--token-secret-file")
-            .arg(&secret_file);
-        if let Some(url) = redis_url {
-            cmd.args(["--redis-url", url]);
-        }
-        cmd.args(extra.split_whitespace());
-        let child = cmd
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let g = GatewayBin {
-            child,
-            addr,
-            metrics_addr,
-            _secret_dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&g.addr).await.is_err() {
-            if Instant::now() > deadline {
-                bail!("gateway did not start on {}", g.addr);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(g)
-    }
-
-    fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat")?;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
-            + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        Ok(ticks as f64 / 100.0)
-    }
-}
-
-impl Drop for GatewayBin {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn default_gateway_bin() -> Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let bin = me
-        .parent()
-        .context("the bench binary has no directory")?
-        .join("switchboard-gateway");
-    if !bin.exists() {
-        bail!(
-            "{} is missing: cargo build --release -p switchboard-gateway -p switchboard-bench",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 /// Round-trip samples (µs), by phase.

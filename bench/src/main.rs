@@ -14,26 +14,32 @@
 //!   switchboard-bench fanout --subscribers 20000 --messages 200 --rate 20 --sse-subscribers 2000
 //!   switchboard-bench flood --seconds 10   # needs the release switchboard-gateway next to it
 //!   switchboard-bench relay --users 200 --rate 500 --seconds 10   # relay mode vs normal
+//!   switchboard-bench peer --rounds 2      # against Socket.IO + Redis adapter (node, npm)
 
 //!
 //! Layout: [`cli`] the subcommands; one module per scenario with its flags
 //! ([`idle`], [`latency`], [`all`], [`persist`], [`reconcile`], [`drain`],
-//! [`autoscale`], [`fanout`], [`flood`], [`relay`]); [`serve`] the gateway child process;
-//! [`target`] the processes under test; [`client`] WebSocket sessions.
+//! [`autoscale`], [`fanout`], [`flood`], [`relay`], [`peer`]); [`serve`] the
+//! gateway child process; [`target`] the processes under test; [`client`]
+//! WebSocket sessions; [`sio`] the Socket.IO peer process and [`eio`] its
+//! framing.
 
 mod all;
 mod autoscale;
 mod cli;
 mod client;
 mod drain;
+mod eio;
 mod fanout;
 mod flood;
 mod idle;
 mod latency;
+mod peer;
 mod persist;
 mod reconcile;
 mod relay;
 mod serve;
+mod sio;
 mod target;
 
 use anyhow::Result;

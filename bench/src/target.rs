@@ -1,6 +1,7 @@
 //! The system under test: gateway child processes (this binary's `serve`),
 //! whose RSS and CPU time are read from /proc, and their Redis.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -88,33 +89,14 @@ impl GatewayProc {
             .status();
     }
 
-    fn proc_file(&self, name: &str) -> Result<String> {
-        Ok(std::fs::read_to_string(format!(
-            "/proc/{}/{name}",
-            self.child.id()
-        ))?)
-    }
-
     /// Resident set size in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
-        let status = self.proc_file("status")?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .context("VmRSS")
+        proc_rss_kib(self.child.id())
     }
 
     /// User + system CPU seconds so far.
     pub fn cpu_seconds(&self) -> Result<f64> {
-        let stat = self.proc_file("stat")?;
-        // Fields after the parenthesised command name; utime and stime are
-        // fields 14 and 15 (1-based), in clock ticks (100 Hz on Linux).
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat")?;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
-            + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        Ok(ticks as f64 / 100.0)
+        proc_cpu_seconds(self.child.id())
     }
 }
 
@@ -219,17 +201,7 @@ impl Target {
 
     /// User + system CPU seconds of Redis so far (`INFO cpu`), if any.
     pub fn redis_cpu_seconds(&self) -> Result<Option<f64>> {
-        let Some(r) = &self.redis else {
-            return Ok(None);
-        };
-        let info = r.command(&["INFO", "cpu"])?;
-        let field = |name: &str| -> Result<f64> {
-            info.lines()
-                .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
-                .and_then(|v| v.trim().parse().ok())
-                .with_context(|| format!("INFO cpu: no {name}"))
-        };
-        Ok(Some(field("used_cpu_user")? + field("used_cpu_sys")?))
+        self.redis.as_ref().map(redis_cpu_seconds).transpose()
     }
 
     /// `PUBLISH` calls Redis has served so far (`INFO commandstats`), if any:
@@ -238,15 +210,42 @@ impl Target {
         let Some(r) = &self.redis else {
             return Ok(None);
         };
-        let info = r.command(&["INFO", "commandstats"])?;
-        // `cmdstat_publish:calls=123,usec=...`; absent until the first call.
         Ok(Some(
-            info.lines()
-                .find_map(|l| l.trim().strip_prefix("cmdstat_publish:calls="))
-                .and_then(|v| v.split(',').next()?.parse().ok())
-                .unwrap_or(0),
+            redis_commandstats(r)?.get("publish").copied().unwrap_or(0),
         ))
     }
+}
+
+/// User + system CPU seconds `r` has used so far (`INFO cpu`: the server's
+/// own getrusage, as /proc/<pid>/stat counts it).
+pub fn redis_cpu_seconds(r: &RedisServer) -> Result<f64> {
+    let info = r.command(&["INFO", "cpu"])?;
+    let field = |name: &str| -> Result<f64> {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("INFO cpu: no {name}"))
+    };
+    Ok(field("used_cpu_user")? + field("used_cpu_sys")?)
+}
+
+/// Calls per command `r` has served so far (`INFO commandstats`, lines
+/// `cmdstat_<name>:calls=N,usec=...`; a command appears after its first call).
+pub fn redis_commandstats(r: &RedisServer) -> Result<std::collections::BTreeMap<String, u64>> {
+    let info = r.command(&["INFO", "commandstats"])?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect())
 }
 
 impl Drop for Target {
@@ -266,4 +265,128 @@ pub fn bench_redis() -> Result<RedisServer, switchboard_testkit::TestkitError> {
         persistence: false,
         ..Default::default()
     })
+}
+
+/// The shipped gateway as a child process.
+pub struct GatewayBin {
+    child: Child,
+    pub addr: String,
+    /// Its `/metrics` (a listener of its own, not `addr`).
+    pub metrics_addr: String,
+    _secret_dir: tempfile::TempDir,
+}
+
+impl GatewayBin {
+    pub async fn spawn(
+        bin: &PathBuf,
+        redis_url: Option<&str>,
+        secret: &[u8],
+        extra: &str,
+    ) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, secret)?;
+        let port = switchboard_testkit::free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let metrics_addr = format!("127.0.0.1:{}", switchboard_testkit::free_port()?);
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", &addr])
+            .args(["--metrics-listen", &metrics_addr])
+            .arg("--token-secret-file")
+            .arg(&secret_file);
+        if let Some(url) = redis_url {
+            cmd.args(["--redis-url", url]);
+        }
+        cmd.args(extra.split_whitespace());
+        let child = cmd
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let g = GatewayBin {
+            child,
+            addr,
+            metrics_addr,
+            _secret_dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&g.addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("gateway did not start on {}", g.addr);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(g)
+    }
+
+    /// The process id (for `/proc` and profilers).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        proc_rss_kib(self.child.id())
+    }
+
+    /// User + system CPU seconds so far.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        proc_cpu_seconds(self.child.id())
+    }
+}
+
+/// Resident set size of process `pid` in KiB (`VmRSS` of /proc/<pid>/status).
+pub fn proc_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")
+}
+
+/// User + system CPU seconds of process `pid` so far (utime + stime of
+/// /proc/<pid>/stat, in 100 Hz clock ticks).
+pub fn proc_cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are
+    // fields 14 and 15 (1-based).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok(ticks as f64 / 100.0)
+}
+
+impl Drop for GatewayBin {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn default_gateway_bin() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let bin = me
+        .parent()
+        .context("the bench binary has no directory")?
+        .join("switchboard-gateway");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: cargo build --release -p switchboard-gateway -p switchboard-bench",
+            bin.display()
+        );
+    }
+    Ok(bin)
 }
