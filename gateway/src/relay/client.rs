@@ -186,49 +186,46 @@ impl RelayClient {
     pub async fn publish(&self, id: &str, data: &str) -> Result<(), RelayError> {
         let body = json!({"id": id, "name": EVENT_NAME, "data": data}).to_string();
         let path = format!("/channels/{}/messages", self.channel);
-        let mut last = None;
-        for (at, host) in self.order() {
-            let req = self.request(Method::POST, host, &path, Some(body.clone().into_bytes()))?;
-            let err = match tokio::time::timeout(PUBLISH_TIMEOUT, self.http.request(req)).await {
-                Ok(Ok(resp)) if resp.status().is_success() => {
-                    self.preferred.store(at, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Ok(Ok(resp)) => refused(host, resp).await,
-                Ok(Err(e)) => unreachable(host, &e),
-                Err(_) => RelayError::Unreachable {
-                    host: host.to_string(),
-                    detail: format!("no answer within {PUBLISH_TIMEOUT:?}"),
-                },
-            };
-            if !err.try_next() {
-                return Err(err);
-            }
-            last = Some(err);
-        }
-        Err(last.unwrap_or_else(|| RelayError::Unreachable {
-            host: "-".into(),
-            detail: "no relay hosts".into(),
-        }))
+        self.first_answer(Method::POST, &path, Some(body.as_bytes()), |s| {
+            s.is_success()
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Open the subscription to the channel (new messages only), on the
     /// first host that accepts it.
     pub async fn subscribe(&self) -> Result<Subscription, RelayError> {
         let path = format!("/sse?channels={}&v=1.2&enveloped=true", self.channel);
+        let (host, resp) = self
+            .first_answer(Method::GET, &path, None, |s| s == StatusCode::OK)
+            .await?;
+        Ok(Subscription {
+            host,
+            body: resp.into_body(),
+            parser: SseParser::new(MAX_ENVELOPE_BYTES + 64 * 1024),
+            ready: VecDeque::new(),
+            closed: None,
+        })
+    }
+
+    /// Send the request to the hosts in turn until one answers with a
+    /// status `ok` accepts (it becomes the preferred host); a refusal that
+    /// would be the same everywhere ends the round at once.
+    async fn first_answer(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&[u8]>,
+        ok: impl Fn(StatusCode) -> bool,
+    ) -> Result<(String, Response<Incoming>), RelayError> {
         let mut last = None;
         for (at, host) in self.order() {
-            let req = self.request(Method::GET, host, &path, None)?;
+            let req = self.request(method.clone(), host, path, body.map(<[u8]>::to_vec))?;
             let err = match tokio::time::timeout(PUBLISH_TIMEOUT, self.http.request(req)).await {
-                Ok(Ok(resp)) if resp.status() == StatusCode::OK => {
+                Ok(Ok(resp)) if ok(resp.status()) => {
                     self.preferred.store(at, Ordering::Relaxed);
-                    return Ok(Subscription {
-                        host: host.to_string(),
-                        body: resp.into_body(),
-                        parser: SseParser::new(MAX_ENVELOPE_BYTES + 64 * 1024),
-                        ready: VecDeque::new(),
-                        closed: None,
-                    });
+                    return Ok((host.to_string(), resp));
                 }
                 Ok(Ok(resp)) => refused(host, resp).await,
                 Ok(Err(e)) => unreachable(host, &e),
