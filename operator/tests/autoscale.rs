@@ -219,6 +219,17 @@ impl Env {
             .unwrap_or_default()
     }
 
+    /// The gateway status once it records a scale to `n`. The autoscaler
+    /// applies replicas, publishes the Event, then writes its status: a
+    /// watcher can see the new replicas before the status has the scale.
+    async fn status_after_scale(&self, n: i32) -> switchboard_operator::crd::GatewayStatus {
+        eventually_within(&format!("the scale to {n} in status"), WAIT, || async {
+            let st = self.gateway_status().await;
+            (st.desired_replicas == Some(n)).then_some(st)
+        })
+        .await
+    }
+
     async fn stop(self) {
         self.stop.cancel();
         tokio::time::timeout(WAIT, self.operator)
@@ -330,13 +341,7 @@ async fn operator_mode_scales_with_connections() {
     println!("scale-up to 3 took {took:?} after the connections opened");
     // A report interval plus one sync period, with slack for a busy machine.
     assert!(took < REPORT + SYNC + Duration::from_secs(10), "{took:?}");
-    // The autoscaler applies replicas, publishes the Event, then writes its
-    // status: the watch can show 3 replicas before the status has the scale.
-    let st = eventually_within("the scale-up in status", WAIT, || async {
-        let st = env.gateway_status().await;
-        (st.desired_replicas == Some(3)).then_some(st)
-    })
-    .await;
+    let st = env.status_after_scale(3).await;
     assert_eq!(st.connections, Some(12));
     assert_eq!(st.desired_replicas, Some(3));
     assert!(st.last_scale_time.is_some());
@@ -422,7 +427,7 @@ async fn operator_mode_scales_with_connections() {
         cost(pods.get("chat-gateway-b").await.unwrap()).as_deref(),
         Some("0")
     );
-    let st = env.gateway_status().await;
+    let st = env.status_after_scale(2).await;
     let reason = st.last_scale_reason.unwrap();
     assert!(reason.starts_with("scale down 3 -> 2"), "{reason}");
     assert_eq!(st.connections, Some(1));
@@ -469,7 +474,7 @@ async fn stale_reports_and_external_mode() {
     let on_a = connect(&a, 12).await;
     let (n, _) = env.wait_replicas("scale up", |n| n != 1).await;
     assert_eq!(n, 4);
-    assert_eq!(env.gateway_status().await.connections, Some(12));
+    assert_eq!(env.status_after_scale(4).await.connections, Some(12));
     // The load goes, but b's report is stale: no scale-in on partial data,
     // even long after the window.
     close(on_a).await;
