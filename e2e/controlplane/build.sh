@@ -16,7 +16,8 @@
 # other builds): 8 min 44 s wall, 585 s CPU, 1.9 GB peak RSS; it downloads
 # ~550 MB of module sources (kept in the module cache); its ~1.6 GB build
 # cache is private to the build and deleted afterwards. The three
-# stripped binaries take 211 MB. Needs Go >= 1.24 (no C compiler: CGO is off).
+# stripped binaries take 211 MB. Needs Go >= 1.24 (no C compiler: CGO is off);
+# without one, go-toolchain.sh fetches a pinned Go (~70 MB download, ~240 MB).
 set -euo pipefail
 exec 3>&1 1>&2 # stdout is reserved for the result
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -75,15 +76,10 @@ if command -v flock >/dev/null 2>&1; then
   fi
 fi
 
-if ! command -v go >/dev/null 2>&1; then
-  cat >&2 <<EOF
-build.sh: 'go' not found. The local Kubernetes control plane is built from Go
-sources: install Go >= 1.24 (https://go.dev/dl/, or Debian/Ubuntu: apt-get install
-golang-go if it is new enough) and run again, or point SWITCHBOARD_K8S_BIN_DIR at
-a directory holding etcd, kube-apiserver and kube-controller-manager.
-EOF
-  exit 1
-fi
+# A Go >= 1.24: the one on PATH, or a pinned toolchain fetched once from the
+# Go module proxy (go-toolchain.sh says how and checks it).
+go_bin=$("$here/go-toolchain.sh")
+export PATH="$go_bin:$PATH"
 
 echo "building etcd $etcd_version, kube-apiserver and kube-controller-manager $k8s_version with $(go version | awk '{print $3}')"
 echo "  into $out (a cold build takes ~10 min on 2 cores; later runs reuse it)"
