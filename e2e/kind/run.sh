@@ -21,7 +21,15 @@
 #   6. smoke check: the gateway and worker Deployments run the local image,
 #      then through a port-forward to the gateway Service, GET /readyz answers
 #      "ready", GET /metrics is not served there, and the pods' metrics
-#      port (9090) serves the switchboard_gateway_* metrics.
+#      port (9090) serves the switchboard_gateway_* metrics;
+#   7. scales the gateways from 2 to 3 (spec.gateway.replicas.min) and waits
+#      for the third pod to be ready;
+#   8. chat through the gateway Service (e2e/chat-check.sh): two wallets sign
+#      in with the `switchboard` CLI from a client pod running the data-plane
+#      image, one sends 20 direct messages to the other; half-way the gateway
+#      pod holding the listener's socket (the one whose metrics show an open
+#      connection) is deleted; every send must be answered and every message
+#      received exactly once, in seq order.
 # On failure it prints `kubectl get all,chatclusters,events -A`, the
 # ChatCluster's description and the operator's and data plane's logs, and
 # saves them, plus `kind export logs`, under the artifacts directory. On exit the
@@ -373,5 +381,53 @@ grep -q '^switchboard_gateway_' "$workdir/metrics.txt" ||
   die "GET /metrics has no switchboard_gateway_* sample: $(head -c 2000 "$workdir/metrics.txt")"
 echo "GET /metrics (pod port 9090): $(grep -c '^switchboard_gateway_' "$workdir/metrics.txt") switchboard_gateway_* samples"
 stop_port_forward
+
+section "scale the gateways to 3"
+kubectl -n "$CHAT_NS" patch "chatcluster/$CHAT" --type merge \
+  -p '{"spec":{"gateway":{"replicas":{"min":3}}}}'
+for _ in $(seq 1 180); do
+  ready_gw=$(kubectl -n "$CHAT_NS" get "deployment/$CHAT-gateway" -o jsonpath='{.status.readyReplicas}')
+  [ "${ready_gw:-0}" -ge 3 ] && break
+  sleep 1
+done
+[ "${ready_gw:-0}" -ge 3 ] || die "the gateway Deployment has ${ready_gw:-0} ready replicas, expected 3"
+kubectl -n "$CHAT_NS" get pods -l "app.kubernetes.io/instance=$CHAT,app.kubernetes.io/component=gateway" -o wide
+
+section "chat through the gateway Service across a gateway pod deletion"
+# The clients run in the cluster (the data-plane image has the CLI), so they
+# reach the gateways through the Service as an app would, and a deleted pod
+# only drops the sockets it held.
+kubectl -n "$CHAT_NS" run chat-client --image="$DATA_IMAGE" --image-pull-policy=Never \
+  --restart=Never --command -- sleep 3600
+kubectl -n "$CHAT_NS" wait pod/chat-client --for=condition=Ready --timeout=2m
+. "$ROOT/e2e/chat-check.sh"
+sb() { kubectl -n "$CHAT_NS" exec chat-client -- switchboard "$@"; }
+sb_bg() {
+  local out=$1
+  shift
+  kubectl -n "$CHAT_NS" exec chat-client -- switchboard "$@" >"$out" 2>"$workdir/listen.err" &
+  SB_BG_PID=$!
+}
+# The gateway pod with an open connection: the listener's (each send is a
+# short-lived process that has closed its socket by then). Read through the
+# API server's pod proxy from the pod's metrics port.
+disrupt() {
+  local pod conns victim=""
+  for pod in $(kubectl -n "$CHAT_NS" get pods \
+    -l "app.kubernetes.io/instance=$CHAT,app.kubernetes.io/component=gateway" \
+    --field-selector=status.phase=Running -o jsonpath='{.items[*].metadata.name}'); do
+    conns=$(kubectl get --raw "/api/v1/namespaces/$CHAT_NS/pods/$pod:9090/proxy/metrics" |
+      awk '$1 == "switchboard_gateway_connections" { print $2; exit }')
+    if [ "${conns%.*}" -ge 1 ] 2>/dev/null; then victim=$pod; fi
+  done
+  [ -n "$victim" ] || die "no gateway pod reports the listener's connection"
+  echo "chat check: deleting $victim (it holds the listener's socket)"
+  kubectl -n "$CHAT_NS" delete pod "$victim" --wait=false
+}
+gateway_url="http://$CHAT-gateway.$CHAT_NS.svc"
+domain=$(kubectl -n "$CHAT_NS" get "chatcluster/$CHAT" -o jsonpath='{.spec.auth.domain}')
+mkdir -p "$workdir/chat"
+chat_check "$gateway_url" "$gateway_url" "$domain" /tmp 20 "$workdir/chat"
+kubectl -n "$CHAT_NS" delete pod chat-client --wait=false
 
 printf '\nkind e2e passed in %ss\n' "$(($(date +%s) - start))"

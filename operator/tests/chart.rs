@@ -445,7 +445,7 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
         String::from_utf8_lossy(&typo.stderr)
     );
 
-    // --- both examples pass the API server's validation (CEL included)
+    // --- the examples pass the API server's validation (CEL included)
     let dry = run_tool(
         "kubectl",
         &admin,
@@ -463,6 +463,10 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
         "{dry}"
     );
     assert!(dry.contains("chat-prod created (server dry run)"), "{dry}");
+    assert!(
+        dry.contains("ingress.networking.k8s.io/chat-prod created (server dry run)"),
+        "{dry}"
+    );
 
     // --- the operator, as the chart runs it, reconciles a ChatCluster in
     // its namespace
