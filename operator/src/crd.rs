@@ -94,6 +94,59 @@ pub struct ChatClusterSpec {
     /// How the gateways and workers write their logs.
     #[serde(default)]
     pub logging: LoggingSpec,
+    /// Prometheus and Grafana objects for this cluster.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+}
+
+/// The monitoring bundle: a PodMonitor scraping the gateways' and workers'
+/// metrics ports, a PrometheusRule with this cluster's alerts (both only
+/// when the Prometheus Operator's `monitoring.coreos.com` CRDs are
+/// installed; the `MonitoringReady` condition says when they are not) and a
+/// Grafana dashboard ConfigMap labelled `grafana_dashboard: "1"`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// `true` creates the bundle; `false` (the default) creates none and
+    /// deletes what was created before.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Extra labels on the PodMonitor, the PrometheusRule and the dashboard
+    /// ConfigMap, for a Prometheus whose selectors want them (e.g.
+    /// `release: kube-prometheus-stack`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub labels: BTreeMap<String, String>,
+    /// The 99th percentile of delivery latency (seq assigned to socket
+    /// write) above which `SwitchboardDeliveryLatencyHigh` fires, in
+    /// milliseconds.
+    #[serde(default = "default_p99_target")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub delivery_p99_target_millis: i32,
+    /// Unpersisted stream entries above which a growing backlog fires
+    /// `SwitchboardWorkerBacklogGrowing`.
+    #[serde(default = "default_backlog_threshold")]
+    #[schemars(range(min = 1, max = 100000000))]
+    pub backlog_threshold: i32,
+}
+
+impl Default for MonitoringSpec {
+    fn default() -> Self {
+        MonitoringSpec {
+            enabled: false,
+            labels: BTreeMap::new(),
+            delivery_p99_target_millis: default_p99_target(),
+            backlog_threshold: default_backlog_threshold(),
+        }
+    }
+}
+
+fn default_p99_target() -> i32 {
+    500
+}
+
+fn default_backlog_threshold() -> i32 {
+    10_000
 }
 
 /// Log output of the gateway and worker pods (the operator's own is the
@@ -812,7 +865,7 @@ pub struct ChatClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Ready, Progressing, Degraded, GatewayReady, RedisReady, PostgresReady,
-    /// PartitionsReady, ReconciliationPaused.
+    /// PartitionsReady, MonitoringReady, ReconciliationPaused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

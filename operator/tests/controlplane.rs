@@ -596,3 +596,181 @@ async fn reqwest_lite(addr: SocketAddr) -> String {
     let _ = s.read_to_string(&mut out).await;
     out
 }
+
+/// A stand-in for one of the Prometheus Operator's CRDs: the real group,
+/// version, kind and plural, any spec (the operator's objects are checked
+/// by promtool and the golden files, not by this schema).
+async fn install_monitoring_crd(client: &Client, kind: &str, plural: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::runtime::wait::{await_condition, conditions};
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = format!("{plural}.monitoring.coreos.com");
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": name},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+            }]
+        }
+    }))
+    .unwrap();
+    crds.patch(
+        &name,
+        &PatchParams::apply("switchboard-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply monitoring CRD");
+    tokio::time::timeout(
+        WAIT,
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD established in time")
+    .expect("watch CRD");
+}
+
+/// `spec.monitoring`: without the Prometheus Operator's CRDs the dashboard
+/// ConfigMap and the worker Service are applied and `MonitoringReady` says
+/// what is missing; once the CRDs exist the PodMonitor and PrometheusRule
+/// follow and the condition turns true; switched off, the bundle is pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitoring_bundle_follows_the_crds() {
+    use kube::api::DynamicObject;
+    use switchboard_operator::build::monitoring;
+
+    let (_cp, client) = control_plane().await;
+    install_crd(&client).await;
+    namespace(&client, "ops").await;
+    namespace(&client, "mon").await;
+    let (stop, _addr, handle) = start_operator(&client, "op-a", "ops");
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), "mon");
+    let cluster: ChatCluster = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "ChatCluster",
+        "metadata": {"name": "obs", "namespace": "mon"},
+        "spec": {"auth": {"domain": "chat.example.com"},
+                 "monitoring": {"enabled": true, "labels": {"release": "prom"}}}
+    }))
+    .unwrap();
+    apply_cluster(&api, &cluster).await;
+
+    // No CRDs: a false condition that names them, and Ready not held up by it.
+    let (_, reason) = eventually("MonitoringReady false", || async {
+        let c = api.get("obs").await.ok()?;
+        condition(&c, "MonitoringReady").filter(|(s, _)| s == "False")
+    })
+    .await;
+    assert_eq!(reason, "MonitoringCRDsMissing");
+    let c = api.get("obs").await.unwrap();
+    let message = c
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "MonitoringReady"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("podmonitors, prometheusrules"),
+        "{message}"
+    );
+    let dashboard: ConfigMap = exists(&client, "mon", "obs-dashboard")
+        .await
+        .expect("dashboard ConfigMap");
+    assert!(owned_by(&dashboard, &c));
+    assert_eq!(
+        dashboard
+            .labels()
+            .get("grafana_dashboard")
+            .map(String::as_str),
+        Some("1")
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&dashboard.data.as_ref().unwrap()[monitoring::DASHBOARD_KEY]).unwrap();
+    assert_eq!(json["title"], "Switchboard mon/obs");
+    let worker_svc: Service = exists(&client, "mon", "obs-worker")
+        .await
+        .expect("worker Service");
+    assert_eq!(
+        worker_svc.spec.unwrap().ports.unwrap()[0].name.as_deref(),
+        Some("metrics")
+    );
+
+    // The CRDs arrive: the next reconcile (here, woken by a touch of the
+    // object; otherwise the periodic one) applies the rest.
+    install_monitoring_crd(&client, "PodMonitor", "podmonitors").await;
+    install_monitoring_crd(&client, "PrometheusRule", "prometheusrules").await;
+    api.patch(
+        "obs",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"test/touch": "1"}}})),
+    )
+    .await
+    .unwrap();
+    eventually("MonitoringReady true", || async {
+        let c = api.get("obs").await.ok()?;
+        condition(&c, "MonitoringReady").filter(|(s, _)| s == "True")
+    })
+    .await;
+    let monitors: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "mon", &monitoring::pod_monitor_resource());
+    let rules: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "mon",
+        &monitoring::prometheus_rule_resource(),
+    );
+    let pm = monitors.get("obs-monitoring").await.expect("PodMonitor");
+    assert!(owned_by(&pm, &c));
+    assert_eq!(pm.labels().get("release").map(String::as_str), Some("prom"));
+    assert_eq!(pm.data["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    let rule = rules.get("obs-monitoring").await.expect("PrometheusRule");
+    assert!(owned_by(&rule, &c));
+    let alerts: Vec<&str> = rule.data["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    assert_eq!(alerts.len(), 5, "{alerts:?}");
+    assert!(
+        rule.data["spec"]["groups"][0]["rules"][0]["expr"]
+            .as_str()
+            .unwrap()
+            .contains(r#"namespace="mon",chatcluster="obs""#)
+    );
+
+    // Switched off: the bundle goes (the worker Service stays) and so does
+    // the condition.
+    api.patch(
+        "obs",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"monitoring": {"enabled": false}}})),
+    )
+    .await
+    .unwrap();
+    eventually("monitoring pruned", || async {
+        let gone = monitors.get_opt("obs-monitoring").await.ok()?.is_none()
+            && rules.get_opt("obs-monitoring").await.ok()?.is_none()
+            && exists::<ConfigMap>(&client, "mon", "obs-dashboard")
+                .await
+                .is_none();
+        gone.then_some(())
+    })
+    .await;
+    eventually("MonitoringReady removed", || async {
+        let c = api.get("obs").await.ok()?;
+        condition(&c, "MonitoringReady").is_none().then_some(())
+    })
+    .await;
+    assert!(
+        exists::<Service>(&client, "mon", "obs-worker")
+            .await
+            .is_some()
+    );
+
+    stop.cancel();
+    handle.await.unwrap();
+}

@@ -233,7 +233,7 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
                 ..ContainerPort::default()
             },
             ContainerPort {
-                name: Some("metrics".into()),
+                name: Some(super::METRICS_PORT_NAME.into()),
                 container_port: METRICS_PORT,
                 protocol: Some("TCP".into()),
                 ..ContainerPort::default()

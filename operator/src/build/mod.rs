@@ -10,6 +10,7 @@
 //! owner references and the hardened pod/container defaults.
 
 pub mod gateway;
+pub mod monitoring;
 pub mod names;
 pub mod network;
 pub mod postgres;
@@ -41,6 +42,10 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Annotation on pod templates: a hash of the configuration the pods read at
 /// start, so a configuration change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "switchboard.dev/config-hash";
+
+/// Name of the container port of the gateways' and workers' `/metrics`
+/// (the PodMonitor scrapes it; it carries no client traffic).
+pub const METRICS_PORT_NAME: &str = "metrics";
 
 /// Everything the builders need that is not in the spec. The reconciler reads
 /// these from the API server; tests write them down.
@@ -85,6 +90,9 @@ pub struct Desired {
     pub config_maps: Vec<ConfigMap>,
     pub pdbs: Vec<PodDisruptionBudget>,
     pub network_policies: Vec<NetworkPolicy>,
+    /// PodMonitor and PrometheusRule (`monitoring.coreos.com`), applied only
+    /// when the API server serves those kinds.
+    pub monitoring: Vec<kube::api::DynamicObject>,
     /// Created when missing and never updated afterwards: their values are
     /// random and rotating them would log everyone out / lock the workers out.
     pub generated_secrets: Vec<Secret>,
@@ -116,6 +124,13 @@ impl Desired {
                 .iter()
                 .map(|o| ("NetworkPolicy", o.name_any())),
         );
+        out.extend(self.monitoring.iter().map(|o| {
+            let kind = match o.types.as_ref().map(|t| t.kind.as_str()) {
+                Some("PodMonitor") => "PodMonitor",
+                _ => "PrometheusRule",
+            };
+            (kind, o.name_any())
+        }));
         out.extend(
             self.generated_secrets
                 .iter()
@@ -132,6 +147,10 @@ impl Desired {
 pub enum BuildError {
     #[error("ChatCluster has no {0} (was it read from the API server?)")]
     MissingMeta(&'static str),
+    /// An embedded monitoring source does not parse once rendered (a bug
+    /// the monitoring tests catch before a release).
+    #[error("the embedded {0} does not parse once rendered: {1}")]
+    Template(&'static str, String),
 }
 
 /// Builds every child for `cluster`.
@@ -148,6 +167,7 @@ pub fn desired(
     postgres::build(&ctx, generated, &mut out);
     relay::build(&ctx, &mut out);
     network::build(&ctx, observed, &mut out);
+    monitoring::build(&ctx, &mut out)?;
     Ok(out)
 }
 

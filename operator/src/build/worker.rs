@@ -1,4 +1,6 @@
-//! Worker children: Deployment and PodDisruptionBudget.
+//! Worker children: Deployment and PodDisruptionBudget (the Service over
+//! their metrics port is built with the monitoring bundle, in
+//! `monitoring.rs`).
 //!
 //! Workers share the persistence streams through one consumer group, so they
 //! are a plain Deployment: any pod can die, its pending entries are claimed
@@ -19,7 +21,8 @@ use super::{
 };
 
 pub const COMPONENT: &str = "worker";
-/// Port of the worker's /metrics, /healthz and /readyz.
+/// Port of the worker's /metrics, /healthz and /readyz (named `metrics`; it
+/// carries no client traffic).
 pub const HTTP_PORT: i32 = 9091;
 const UID: i64 = 65532;
 
@@ -58,7 +61,7 @@ pub fn deployment(ctx: &Ctx) -> Deployment {
         command: Some(vec!["switchboard-worker".into()]),
         args: Some(args),
         ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
+            name: Some(super::METRICS_PORT_NAME.into()),
             container_port: HTTP_PORT,
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
@@ -113,7 +116,7 @@ fn probe(path: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            port: IntOrString::String(super::METRICS_PORT_NAME.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
