@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -149,6 +151,56 @@ fn default_backlog_threshold() -> i32 {
     10_000
 }
 
+/// What a component's pods get on top of what the operator builds. Set
+/// fields replace the operator's defaults (`affinity`,
+/// `topologySpreadConstraints`) or add to them (`labels`, `annotations`:
+/// the operator's own keys win).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// Secrets holding credentials for a private registry of the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Node labels the pods must run on (e.g. `kubernetes.io/os: linux`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
+    /// Replaces the operator's default affinity (gateways and Redis: one
+    /// pod per node preferred).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Replaces the operator's default spread (gateways: across zones where
+    /// nodes carry `topology.kubernetes.io/zone`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Extra pod labels (at most 16); `app.kubernetes.io/*` set by the
+    /// operator win.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub labels: BTreeMap<String, String>,
+    /// Extra pod annotations (at most 16); the operator's own
+    /// (`switchboard.dev/config-hash`) win.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl PodOverrides {
+    pub fn is_empty(&self) -> bool {
+        *self == PodOverrides::default()
+    }
+}
+
 /// Log output of the gateway and worker pods (the operator's own is the
 /// chart's `logFormat`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -276,6 +328,10 @@ pub struct GatewaySpec {
     /// Which web pages on other origins may call the API from a browser.
     #[serde(default, skip_serializing_if = "CorsSpec::is_empty")]
     pub cors: CorsSpec,
+    /// Scheduling and metadata of the pods (node selector, tolerations,
+    /// affinity, spread, priority class, pull secrets, labels, annotations).
+    #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
+    pub pod: PodOverrides,
 }
 
 /// Cross-origin access (CORS) to the REST API, the SSE streams and the
@@ -313,6 +369,7 @@ impl Default for GatewaySpec {
             api_keys_secret_ref: None,
             reserved_channels: Vec::new(),
             cors: CorsSpec::default(),
+            pod: PodOverrides::default(),
         }
     }
 }
@@ -496,6 +553,10 @@ pub struct WorkerSpec {
     /// requested and a 256Mi memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Scheduling and metadata of the pods (node selector, tolerations,
+    /// affinity, spread, priority class, pull secrets, labels, annotations).
+    #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
+    pub pod: PodOverrides,
 }
 
 impl Default for WorkerSpec {
@@ -504,6 +565,7 @@ impl Default for WorkerSpec {
             image: default_image(),
             replicas: default_worker_replicas(),
             resources: None,
+            pod: PodOverrides::default(),
         }
     }
 }
@@ -570,6 +632,10 @@ pub struct ManagedRedis {
     /// OOM-killed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Scheduling and metadata of the pods (node selector, tolerations,
+    /// affinity, spread, priority class, pull secrets, labels, annotations).
+    #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
+    pub pod: PodOverrides,
 }
 
 impl Default for ManagedRedis {
@@ -581,6 +647,7 @@ impl Default for ManagedRedis {
             image: default_redis_image(),
             storage: StorageSpec::default(),
             resources: None,
+            pod: PodOverrides::default(),
         }
     }
 }
@@ -700,6 +767,10 @@ pub struct ManagedPostgres {
     /// CPU and memory. Defaults to 250m / 512Mi requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Scheduling and metadata of the pods (node selector, tolerations,
+    /// affinity, spread, priority class, pull secrets, labels, annotations).
+    #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
+    pub pod: PodOverrides,
 }
 
 impl Default for ManagedPostgres {
@@ -708,6 +779,7 @@ impl Default for ManagedPostgres {
             image: default_postgres_image(),
             storage: StorageSpec::default(),
             resources: None,
+            pod: PodOverrides::default(),
         }
     }
 }

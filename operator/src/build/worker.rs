@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     Ctx, Desired, container_security, env, names, pdb, pod_name_env, pod_security, resources,
+    with_overrides,
 };
 
 pub const COMPONENT: &str = "worker";
@@ -87,25 +88,28 @@ pub fn deployment(ctx: &Ctx) -> Deployment {
                 match_labels: Some(ctx.selector(COMPONENT)),
                 ..LabelSelector::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(ctx.labels(COMPONENT)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "tmp".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
-                    security_context: Some(pod_security(UID)),
-                    // A batch in flight is one transaction; 30 s covers it.
-                    termination_grace_period_seconds: Some(30),
-                    automount_service_account_token: Some(false),
-                    ..PodSpec::default()
-                }),
-            },
+            template: with_overrides(
+                PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(ctx.labels(COMPONENT)),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![container],
+                        volumes: Some(vec![Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Volume::default()
+                        }]),
+                        security_context: Some(pod_security(UID)),
+                        // A batch in flight is one transaction; 30 s covers it.
+                        termination_grace_period_seconds: Some(30),
+                        automount_service_account_token: Some(false),
+                        ..PodSpec::default()
+                    }),
+                },
+                &spec.worker.pod,
+            ),
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
