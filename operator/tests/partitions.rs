@@ -144,12 +144,13 @@ async fn the_operator_maintains_partitions_on_its_schedule() {
         })
     };
     let stop = CancellationToken::new();
+    let metrics_addr = free_addr();
     let cfg = RunConfig {
         partitions: PartitionsConfig {
             interval: Duration::from_secs(1),
             now,
         },
-        ..RunConfig::new("op-partitions", free_addr())
+        ..RunConfig::new("op-partitions", metrics_addr)
     };
     let operator = tokio::spawn({
         let client = client.clone();
@@ -170,6 +171,14 @@ async fn the_operator_maintains_partitions_on_its_schedule() {
     let c = wait_range(&api, "messages_p20260310", "messages_p20260313").await;
     let ready = condition(&c, "PartitionsReady").unwrap();
     assert_eq!(ready.reason, "PartitionsMaintained");
+    // The alert's gauge follows the condition (set with the same verdict).
+    let gauge = |v: u8| {
+        format!(
+            "switchboard_operator_partitions_ready{{cluster_namespace=\"{NS}\",chatcluster=\"{CLUSTER}\"}} {v}\n"
+        )
+    };
+    let text = scrape(metrics_addr).await;
+    assert!(text.contains(&gauge(1)), "{text}");
     assert!(
         ready
             .message
@@ -267,6 +276,8 @@ async fn the_operator_maintains_partitions_on_its_schedule() {
     .await;
     let cond = condition(&c, "PartitionsReady").unwrap();
     assert_eq!(cond.reason, "PartitionsDatabaseUnavailable", "{cond:?}");
+    let text = scrape(metrics_addr).await;
+    assert!(text.contains(&gauge(0)), "{text}");
     assert!(!cond.message.contains("postgres://"), "{}", cond.message);
     assert_eq!(
         range(&c),
@@ -298,6 +309,20 @@ async fn the_operator_maintains_partitions_on_its_schedule() {
     // --- back: True again.
     set_secret(&client, "sb-postgres", &pg.url()).await;
     wait_range(&api, "messages_p20260312", "messages_p20260320").await;
+    eventually("partitions_ready 1 again", || async {
+        scrape(metrics_addr).await.contains(&gauge(1)).then_some(())
+    })
+    .await;
+
+    // --- the cluster deleted: its series goes with it (no alert on a
+    // cluster that no longer exists).
+    api.delete(CLUSTER, &Default::default()).await.unwrap();
+    eventually("partitions_ready series removed", || async {
+        let text = scrape(metrics_addr).await;
+        (text.contains("# EOF") && !text.contains("switchboard_operator_partitions_ready{"))
+            .then_some(())
+    })
+    .await;
 
     stop.cancel();
     tokio::time::timeout(WAIT, operator)
@@ -305,4 +330,19 @@ async fn the_operator_maintains_partitions_on_its_schedule() {
         .expect("operator stops")
         .unwrap();
     drop(cp);
+}
+
+/// The operator's `/metrics` text.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
 }
