@@ -16,12 +16,15 @@ pub const WORKER_READY: &str = "WorkerReady";
 pub const REDIS_READY: &str = "RedisReady";
 pub const POSTGRES_READY: &str = "PostgresReady";
 pub const PAUSED: &str = "ReconciliationPaused";
+/// Whether the monitoring bundle is in place (only with
+/// `spec.monitoring.enabled`; it never holds up `Ready`).
+pub const MONITORING_READY: &str = "MonitoringReady";
 /// Written by the partition manager ([`crate::partitions`]), not the reconciler.
 pub const PARTITIONS_READY: &str = "PartitionsReady";
 
 /// The condition types this operator's reconciler owns. `PartitionsReady` is
 /// left to the partition manager, which writes it with its own field manager.
-pub const OWNED: [&str; 8] = [
+pub const OWNED: [&str; 9] = [
     READY,
     PROGRESSING,
     DEGRADED,
@@ -29,6 +32,7 @@ pub const OWNED: [&str; 8] = [
     WORKER_READY,
     REDIS_READY,
     POSTGRES_READY,
+    MONITORING_READY,
     PAUSED,
 ];
 
@@ -99,6 +103,41 @@ pub struct Observation {
     pub worker: Component,
     pub redis: Component,
     pub postgres: Component,
+    pub monitoring: Monitoring,
+}
+
+/// The monitoring bundle as applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Monitoring {
+    /// `spec.monitoring.enabled` is false: no condition.
+    Disabled,
+    /// PodMonitor, PrometheusRule and dashboard applied.
+    Applied,
+    /// The API server does not serve these `monitoring.coreos.com`
+    /// resources: only the dashboard ConfigMap was applied.
+    CrdsMissing(Vec<String>),
+}
+
+fn monitoring(m: &Monitoring) -> Option<Fresh> {
+    match m {
+        Monitoring::Disabled => None,
+        Monitoring::Applied => Some(Fresh::new(
+            MONITORING_READY,
+            true,
+            "MonitoringApplied",
+            "PodMonitor, PrometheusRule and Grafana dashboard ConfigMap applied",
+        )),
+        Monitoring::CrdsMissing(missing) => Some(Fresh::new(
+            MONITORING_READY,
+            false,
+            "MonitoringCRDsMissing",
+            format!(
+                "the API server does not serve monitoring.coreos.com/v1 {}: install the Prometheus Operator's CRDs; \
+                 until then only the Grafana dashboard ConfigMap is applied",
+                missing.join(", ")
+            ),
+        )),
+    }
 }
 
 fn component(type_: &'static str, what: &str, c: Component) -> Fresh {
@@ -193,6 +232,7 @@ pub fn healthy(obs: &Observation) -> Vec<Fresh> {
         "children applied",
     ));
     out.extend(parts);
+    out.extend(monitoring(&obs.monitoring));
     out.push(not_paused());
     out
 }
@@ -310,11 +350,41 @@ mod tests {
             worker: running(2, 2),
             redis: running(1, 1),
             postgres: Component::External,
+            monitoring: Monitoring::Applied,
         }
     }
 
     fn get<'a>(cs: &'a [Condition], t: &str) -> &'a Condition {
         cs.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn monitoring_is_reported_but_never_holds_up_ready() {
+        let missing = Observation {
+            monitoring: Monitoring::CrdsMissing(vec![
+                "podmonitors".into(),
+                "prometheusrules".into(),
+            ]),
+            ..obs(2)
+        };
+        let cs = stamp(&[], healthy(&missing), Some(1), &t(100));
+        let m = get(&cs, MONITORING_READY);
+        assert_eq!(
+            (m.status.as_str(), m.reason.as_str()),
+            ("False", "MonitoringCRDsMissing")
+        );
+        assert!(
+            m.message.contains("podmonitors, prometheusrules"),
+            "{}",
+            m.message
+        );
+        assert_eq!(get(&cs, READY).status, "True");
+        let off = Observation {
+            monitoring: Monitoring::Disabled,
+            ..obs(2)
+        };
+        let cs = stamp(&[], healthy(&off), Some(1), &t(100));
+        assert!(cs.iter().all(|c| c.type_ != MONITORING_READY), "{cs:?}");
     }
 
     #[test]

@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -94,6 +96,109 @@ pub struct ChatClusterSpec {
     /// How the gateways and workers write their logs.
     #[serde(default)]
     pub logging: LoggingSpec,
+    /// Prometheus and Grafana objects for this cluster.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+}
+
+/// The monitoring bundle: a PodMonitor scraping the gateways' and workers'
+/// metrics ports, a PrometheusRule with this cluster's alerts (both only
+/// when the Prometheus Operator's `monitoring.coreos.com` CRDs are
+/// installed; the `MonitoringReady` condition says when they are not) and a
+/// Grafana dashboard ConfigMap labelled `grafana_dashboard: "1"`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// `true` creates the bundle; `false` (the default) creates none and
+    /// deletes what was created before.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Extra labels on the PodMonitor, the PrometheusRule and the dashboard
+    /// ConfigMap, for a Prometheus whose selectors want them (e.g.
+    /// `release: kube-prometheus-stack`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub labels: BTreeMap<String, String>,
+    /// The 99th percentile of delivery latency (seq assigned to socket
+    /// write) above which `SwitchboardDeliveryLatencyHigh` fires, in
+    /// milliseconds.
+    #[serde(default = "default_p99_target")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub delivery_p99_target_millis: i32,
+    /// Unpersisted stream entries above which a growing backlog fires
+    /// `SwitchboardWorkerBacklogGrowing`.
+    #[serde(default = "default_backlog_threshold")]
+    #[schemars(range(min = 1, max = 100000000))]
+    pub backlog_threshold: i32,
+}
+
+impl Default for MonitoringSpec {
+    fn default() -> Self {
+        MonitoringSpec {
+            enabled: false,
+            labels: BTreeMap::new(),
+            delivery_p99_target_millis: default_p99_target(),
+            backlog_threshold: default_backlog_threshold(),
+        }
+    }
+}
+
+fn default_p99_target() -> i32 {
+    500
+}
+
+fn default_backlog_threshold() -> i32 {
+    10_000
+}
+
+/// What a component's pods get on top of what the operator builds. Set
+/// fields replace the operator's defaults (`affinity`,
+/// `topologySpreadConstraints`) or add to them (`labels`, `annotations`:
+/// the operator's own keys win).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// Secrets holding credentials for a private registry of the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Node labels the pods must run on (e.g. `kubernetes.io/os: linux`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
+    /// Replaces the operator's default affinity (gateways and Redis: one
+    /// pod per node preferred).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Replaces the operator's default spread (gateways: across zones where
+    /// nodes carry `topology.kubernetes.io/zone`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Extra pod labels (at most 16); `app.kubernetes.io/*` set by the
+    /// operator win.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub labels: BTreeMap<String, String>,
+    /// Extra pod annotations (at most 16); the operator's own
+    /// (`switchboard.dev/config-hash`) win.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl PodOverrides {
+    pub fn is_empty(&self) -> bool {
+        *self == PodOverrides::default()
+    }
 }
 
 /// Log output of the gateway and worker pods (the operator's own is the
@@ -223,6 +328,10 @@ pub struct GatewaySpec {
     /// Which web pages on other origins may call the API from a browser.
     #[serde(default, skip_serializing_if = "CorsSpec::is_empty")]
     pub cors: CorsSpec,
+    /// Scheduling and metadata of the pods (node selector, tolerations,
+    /// affinity, spread, priority class, pull secrets, labels, annotations).
+    #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
+    pub pod: PodOverrides,
 }
 
 /// Cross-origin access (CORS) to the REST API, the SSE streams and the
@@ -260,6 +369,7 @@ impl Default for GatewaySpec {
             api_keys_secret_ref: None,
             reserved_channels: Vec::new(),
             cors: CorsSpec::default(),
+            pod: PodOverrides::default(),
         }
     }
 }
@@ -443,6 +553,10 @@ pub struct WorkerSpec {
     /// requested and a 256Mi memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Scheduling and metadata of the pods (node selector, tolerations,
+    /// affinity, spread, priority class, pull secrets, labels, annotations).
+    #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
+    pub pod: PodOverrides,
 }
 
 impl Default for WorkerSpec {
@@ -451,6 +565,7 @@ impl Default for WorkerSpec {
             image: default_image(),
             replicas: default_worker_replicas(),
             resources: None,
+            pod: PodOverrides::default(),
         }
     }
 }
@@ -517,6 +632,10 @@ pub struct ManagedRedis {
     /// OOM-killed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Scheduling and metadata of the pods (node selector, tolerations,
+    /// affinity, spread, priority class, pull secrets, labels, annotations).
+    #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
+    pub pod: PodOverrides,
 }
 
 impl Default for ManagedRedis {
@@ -528,6 +647,7 @@ impl Default for ManagedRedis {
             image: default_redis_image(),
             storage: StorageSpec::default(),
             resources: None,
+            pod: PodOverrides::default(),
         }
     }
 }
@@ -647,6 +767,10 @@ pub struct ManagedPostgres {
     /// CPU and memory. Defaults to 250m / 512Mi requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Scheduling and metadata of the pods (node selector, tolerations,
+    /// affinity, spread, priority class, pull secrets, labels, annotations).
+    #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
+    pub pod: PodOverrides,
 }
 
 impl Default for ManagedPostgres {
@@ -655,6 +779,7 @@ impl Default for ManagedPostgres {
             image: default_postgres_image(),
             storage: StorageSpec::default(),
             resources: None,
+            pod: PodOverrides::default(),
         }
     }
 }
@@ -812,7 +937,7 @@ pub struct ChatClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Ready, Progressing, Degraded, GatewayReady, RedisReady, PostgresReady,
-    /// PartitionsReady, ReconciliationPaused.
+    /// PartitionsReady, MonitoringReady, ReconciliationPaused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -40,13 +40,14 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::ChatCluster;
 use crate::events::Events;
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::metrics::{ClusterLabel, Metrics, ReasonLabel};
 use crate::policy;
 use crate::status::StatusWriter;
 
@@ -142,6 +143,13 @@ pub trait Manager: Send + Sync {
         error: &Self::Error,
     ) -> impl Future<Output = Duration> + Send;
 
+    /// The per-cluster series the manager exports, if any: the runner
+    /// removes a cluster's when it leaves the scope or the runner stops (a
+    /// replica that is no longer leader exports none).
+    fn cluster_gauge(_metrics: &Metrics) -> Option<&Family<ClusterLabel, Gauge>> {
+        None
+    }
+
     /// Releases a cluster's state: the cluster left the scope, or the
     /// runner stops.
     fn close(_state: Self::State) -> impl Future<Output = ()> + Send {
@@ -156,16 +164,27 @@ struct Tracked<S> {
     due: Option<Instant>,
     /// The last error's message, so a persisting one is announced once.
     last_error: Option<String>,
+    /// Its labels in [`Manager::cluster_gauge`].
+    label: ClusterLabel,
 }
 
-impl<S: Default> Default for Tracked<S> {
-    fn default() -> Self {
+impl<S: Default> Tracked<S> {
+    fn new(label: ClusterLabel) -> Self {
         Tracked {
             state: S::default(),
             due: None,
             last_error: None,
+            label,
         }
     }
+}
+
+/// Drops a cluster the runner no longer tracks: its series, its state.
+async fn release<M: Manager>(cx: &Context, tracked: Tracked<M::State>) {
+    if let Some(gauge) = M::cluster_gauge(&cx.metrics) {
+        gauge.remove(&tracked.label);
+    }
+    M::close(tracked.state).await;
 }
 
 /// Runs `manager` until `stop` is cancelled; see the module docs.
@@ -202,7 +221,7 @@ pub async fn run<M: Manager>(manager: M, shared: Shared, stop: CancellationToken
         }
     }
     for (_, tracked) in clusters.drain() {
-        M::close(tracked.state).await;
+        release::<M>(&cx, tracked).await;
     }
     tracing::debug!(manager = M::NAME, "stopped");
 }
@@ -249,11 +268,13 @@ async fn wake<M: Manager>(
         .collect();
     for uid in gone {
         if let Some(tracked) = clusters.remove(&uid) {
-            M::close(tracked.state).await;
+            release::<M>(cx, tracked).await;
         }
     }
-    for uid in scope.keys() {
-        clusters.entry(uid.clone()).or_default();
+    for (uid, (_, cluster)) in &scope {
+        clusters
+            .entry(uid.clone())
+            .or_insert_with(|| Tracked::new(ClusterLabel::of(cluster)));
     }
     let mut work: Vec<(usize, &ChatCluster, &mut Tracked<M::State>)> = clusters
         .iter_mut()

@@ -13,6 +13,24 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// One ChatCluster. Not `namespace`: the scrape of the operator sets that
+/// to the operator's own namespace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub cluster_namespace: String,
+    pub chatcluster: String,
+}
+
+impl ClusterLabel {
+    pub fn of(cluster: &crate::ChatCluster) -> Self {
+        use kube::ResourceExt;
+        ClusterLabel {
+            cluster_namespace: cluster.namespace().unwrap_or_default(),
+            chatcluster: cluster.name_any(),
+        }
+    }
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -41,6 +59,14 @@ pub struct Metrics {
     pub redis_bootstrap_changes: Counter,
     /// Redis Cluster bootstrap runs (or status writes) that failed, by reason.
     pub redis_bootstrap_failures: Family<ReasonLabel, Counter>,
+    /// Per ChatCluster with partition maintenance: 1 while `PartitionsReady`
+    /// is true, 0 while false. Exported by the leader only (a cluster's
+    /// series goes when the cluster does, or when leadership is lost).
+    pub partitions_ready: Family<ClusterLabel, Gauge>,
+    /// Per ChatCluster with a managed Redis Cluster: 1 while the last check
+    /// found it ready (every slot served, the nodes agreeing), else 0.
+    /// Leader only, like `partitions_ready`.
+    pub redis_cluster_ok: Family<ClusterLabel, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,6 +92,8 @@ impl Metrics {
         let redis_bootstraps = Counter::default();
         let redis_bootstrap_changes = Counter::default();
         let redis_bootstrap_failures = Family::<ReasonLabel, Counter>::default();
+        let partitions_ready = Family::<ClusterLabel, Gauge>::default();
+        let redis_cluster_ok = Family::<ClusterLabel, Gauge>::default();
         registry.register(
             "reconciles",
             "ChatCluster reconciles run",
@@ -126,6 +154,16 @@ impl Metrics {
             "Redis Cluster bootstrap runs of one ChatCluster that failed, by reason",
             redis_bootstrap_failures.clone(),
         );
+        registry.register(
+            "partitions_ready",
+            "1 while the ChatCluster's PartitionsReady condition is true, else 0 (leader only)",
+            partitions_ready.clone(),
+        );
+        registry.register(
+            "redis_cluster_ok",
+            "1 while the ChatCluster's managed Redis Cluster is ready, else 0 (leader only)",
+            redis_cluster_ok.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -140,6 +178,8 @@ impl Metrics {
             redis_bootstraps,
             redis_bootstrap_changes,
             redis_bootstrap_failures,
+            partitions_ready,
+            redis_cluster_ok,
         }
     }
 

@@ -37,6 +37,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 use switchboard_core::store::partitions::{self, MaintenanceReport, PartitionPolicy};
 use switchboard_core::store::{PgStore, Store, StoreError};
@@ -46,7 +47,7 @@ use crate::build::{self, Ctx};
 use crate::conditions::{self, Fresh};
 use crate::crd::{ChatCluster, PartitionInterval, PartitioningSpec};
 use crate::manager::{Context, Manager};
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::metrics::{ClusterLabel, Metrics, ReasonLabel};
 use crate::status;
 
 /// Field manager of everything the partition manager writes.
@@ -181,6 +182,10 @@ impl Manager for PartitionManager {
 
     fn reason(error: &Error) -> &'static str {
         error.reason()
+    }
+
+    fn cluster_gauge(metrics: &Metrics) -> Option<&Family<ClusterLabel, Gauge>> {
+        Some(&metrics.partitions_ready)
     }
 
     /// The URL is re-read on every wake-up: a changed Secret is a change.
@@ -342,6 +347,11 @@ async fn write_status(
             Fresh::new(conditions::PARTITIONS_READY, false, reason, msg),
         ),
     };
+    // Set on every pass, written or not: a new leader starts with none.
+    cx.metrics
+        .partitions_ready
+        .get_or_create(&ClusterLabel::of(cluster))
+        .set(i64::from(fresh.status));
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let cond: Vec<Condition> = conditions::stamp(
         &prev.conditions,

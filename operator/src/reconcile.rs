@@ -19,7 +19,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -28,7 +30,7 @@ use serde::de::DeserializeOwned;
 
 use crate::FIELD_MANAGER;
 use crate::build::{self, Desired, Generated, Observed, names};
-use crate::conditions::{self, ClusterView, Component, Fresh, Observation, Pods};
+use crate::conditions::{self, ClusterView, Component, Fresh, Monitoring, Observation, Pods};
 use crate::crd::{
     ChatCluster, ChatClusterStatus, ComponentStatus, GatewayStatus, PostgresStatus,
     RedisClusterState, RedisMode, RedisStatus,
@@ -289,10 +291,21 @@ async fn reconcile_inner(cluster: &ChatCluster, ctx: &Context) -> Result<Action,
     };
     let desired = build::desired(cluster, &observed, &Generated::random())?;
 
+    // Which Prometheus Operator kinds exist is asked on every reconcile (one
+    // discovery call): CRDs installed later are picked up at the next one.
+    let missing = missing_monitoring_resources(&ctx.client).await?;
     apply_all(&ctx.client, &ns, &desired).await?;
-    prune(&ctx.client, &ns, cluster, &desired).await?;
+    if missing.is_empty() {
+        apply_monitoring(&ctx.client, &ns, &desired).await?;
+    }
+    prune(&ctx.client, &ns, cluster, &desired, missing.is_empty()).await?;
 
-    let (obs, status) = observe(&ctx.client, &ns, cluster).await?;
+    let (mut obs, status) = observe(&ctx.client, &ns, cluster).await?;
+    obs.monitoring = match (cluster.spec.monitoring.enabled, missing.is_empty()) {
+        (false, _) => Monitoring::Disabled,
+        (true, true) => Monitoring::Applied,
+        (true, false) => Monitoring::CrdsMissing(missing),
+    };
     let fresh = conditions::healthy(&obs);
     let ready = fresh
         .iter()
@@ -420,6 +433,50 @@ async fn apply_all(client: &Client, ns: &str, d: &Desired) -> Result<(), Error> 
     Ok(())
 }
 
+/// The resources of [`build::monitoring::REQUIRED_RESOURCES`] the API
+/// server does not serve (all of them when the group is not there at all).
+async fn missing_monitoring_resources(client: &Client) -> Result<Vec<String>, Error> {
+    use build::monitoring::{GROUP, REQUIRED_RESOURCES, VERSION};
+    let served = match client
+        .list_api_group_resources(&format!("{GROUP}/{VERSION}"))
+        .await
+    {
+        Ok(list) => list.resources.into_iter().map(|r| r.name).collect(),
+        Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(REQUIRED_RESOURCES
+        .iter()
+        .filter(|r| !served.iter().any(|s| s == *r))
+        .map(|r| r.to_string())
+        .collect())
+}
+
+/// The resource of a monitoring object (PodMonitor or PrometheusRule).
+fn monitoring_resource(obj: &DynamicObject) -> ApiResource {
+    match obj.types.as_ref().map(|t| t.kind.as_str()) {
+        Some("PodMonitor") => build::monitoring::pod_monitor_resource(),
+        _ => build::monitoring::prometheus_rule_resource(),
+    }
+}
+
+/// PodMonitor and PrometheusRule, after the workloads they watch.
+async fn apply_monitoring(client: &Client, ns: &str, d: &Desired) -> Result<(), Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    try_join_all(d.monitoring.iter().map(|obj| {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &monitoring_resource(obj));
+        let params = params.clone();
+        async move {
+            api.patch(&obj.name_any(), &params, &Patch::Apply(obj))
+                .await
+                .map(|_| ())
+        }
+    }))
+    .await?;
+    Ok(())
+}
+
 /// Generated secrets are created once and never rewritten: a re-reconcile
 /// must not rotate the session key (that would log every user out) or the
 /// database password (the data directory keeps the old one).
@@ -439,7 +496,13 @@ async fn create_if_missing(client: &Client, ns: &str, secret: &Secret) -> Result
 /// Deletes children of this cluster that the spec no longer asks for (a
 /// component switched off, managed → external). Only objects carrying our
 /// labels AND a controller reference to this very cluster are candidates.
-async fn prune(client: &Client, ns: &str, cluster: &ChatCluster, d: &Desired) -> Result<(), Error> {
+async fn prune(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+    d: &Desired,
+    monitoring_served: bool,
+) -> Result<(), Error> {
     let keep: BTreeSet<(&'static str, String)> = d.names().into_iter().collect();
     let uid = cluster.uid().unwrap_or_default();
     let selector = build::children_selector(&cluster.name_any());
@@ -453,6 +516,59 @@ async fn prune(client: &Client, ns: &str, cluster: &ChatCluster, d: &Desired) ->
         prune_kind::<NetworkPolicy>(client, ns, &uid, &selector, &keep),
         prune_secrets(client, ns, cluster, &uid, &keep),
     )?;
+    if monitoring_served {
+        try_join(
+            prune_dynamic(
+                client,
+                ns,
+                &build::monitoring::pod_monitor_resource(),
+                &uid,
+                &selector,
+                &keep,
+            ),
+            prune_dynamic(
+                client,
+                ns,
+                &build::monitoring::prometheus_rule_resource(),
+                &uid,
+                &selector,
+                &keep,
+            ),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// [`prune_kind`] for a kind without Rust types (the monitoring bundle's).
+async fn prune_dynamic(
+    client: &Client,
+    ns: &str,
+    resource: &ApiResource,
+    uid: &str,
+    selector: &str,
+    keep: &BTreeSet<(&'static str, String)>,
+) -> Result<(), Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, resource);
+    let list = api
+        .list_metadata(&ListParams::default().labels(selector))
+        .await?;
+    for obj in list.items {
+        let name = obj.name_any();
+        let ours = obj
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.uid == uid);
+        let wanted = keep.iter().any(|(k, n)| *k == resource.kind && *n == name);
+        if ours && !wanted {
+            tracing::info!(kind = %resource.kind, %name, "deleting a child the spec no longer asks for");
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     Ok(())
 }
 
@@ -590,6 +706,7 @@ async fn observe(
         worker: as_component(worker),
         redis: redis_component,
         postgres: postgres.map_or(Component::External, as_component),
+        monitoring: Monitoring::Disabled,
     };
     let counts = |p: Option<Pods>| ComponentStatus {
         replicas: p.map(|p| p.desired),

@@ -57,12 +57,13 @@ use kube::ResourceExt;
 use kube::api::Api;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 
 use crate::build::{self, Ctx, names};
 use crate::crd::{ChatCluster, ManagedRedis, RedisClusterState, RedisMode};
 use crate::manager::{Context, Manager};
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::metrics::{ClusterLabel, Metrics, ReasonLabel};
 use crate::redis_cluster::{self, BootstrapError, BootstrapOptions, BootstrapReport, NodeAddr};
 use crate::status;
 
@@ -181,6 +182,10 @@ impl Manager for RedisManager {
         error.reason()
     }
 
+    fn cluster_gauge(metrics: &Metrics) -> Option<&Family<ClusterLabel, Gauge>> {
+        Some(&metrics.redis_cluster_ok)
+    }
+
     /// One check: pods, bootstrap, status, events.
     async fn pass(
         &self,
@@ -265,6 +270,10 @@ impl RedisManager {
     /// status and answers when to check again: settling states soon, a
     /// Ready cluster or one that needs a person (Failed) at the interval.
     async fn record(&self, cx: &Context, cluster: &ChatCluster, verdict: &Verdict) -> Duration {
+        cx.metrics
+            .redis_cluster_ok
+            .get_or_create(&ClusterLabel::of(cluster))
+            .set(i64::from(verdict.state == RedisClusterState::Ready));
         let was_ready = previous_state(cluster) == Some(RedisClusterState::Ready);
         if verdict.state == RedisClusterState::Ready && !was_ready {
             cx.events

@@ -140,7 +140,127 @@ pub fn validate(name: &str, spec: &ChatClusterSpec) -> Vec<String> {
             errs.push("fallbackRelay.apiKeySecretRef: required when provider is ably".into());
         }
     }
+
+    check_pod(&spec.gateway.pod, "gateway.pod", &mut errs);
+    check_pod(&spec.worker.pod, "worker.pod", &mut errs);
+    if let Some(m) = &spec.redis.managed {
+        check_pod(&m.pod, "redis.managed.pod", &mut errs);
+    }
+    if let Some(m) = &spec.postgres.managed {
+        check_pod(&m.pod, "postgres.managed.pod", &mut errs);
+    }
+
+    let mon = &spec.monitoring;
+    check_labels(&mon.labels, "monitoring.labels", &mut errs);
+    if !(1..=60_000).contains(&mon.delivery_p99_target_millis) {
+        errs.push("monitoring.deliveryP99TargetMillis: 1-60000".into());
+    }
+    if !(1..=100_000_000).contains(&mon.backlog_threshold) {
+        errs.push("monitoring.backlogThreshold: 1-100000000".into());
+    }
     errs
+}
+
+/// Longest annotation value a pod override may set (the API server caps
+/// all of a pod's annotations at 256 KiB together).
+pub const MAX_ANNOTATION_VALUE: usize = 4096;
+
+/// A component's pod overrides: label syntax for labels and the node
+/// selector, label-key syntax and a length for annotations, a DNS subdomain
+/// for the priority class.
+fn check_pod(o: &crate::crd::PodOverrides, field: &str, errs: &mut Vec<String>) {
+    check_labels(&o.labels, &format!("{field}.labels"), errs);
+    check_labels(&o.node_selector, &format!("{field}.nodeSelector"), errs);
+    let keys_only: std::collections::BTreeMap<String, String> = o
+        .annotations
+        .keys()
+        .map(|k| (k.clone(), String::new()))
+        .collect();
+    check_labels(&keys_only, &format!("{field}.annotations"), errs);
+    for (k, v) in &o.annotations {
+        if v.len() > MAX_ANNOTATION_VALUE {
+            errs.push(format!(
+                "{field}.annotations.{k}: at most {MAX_ANNOTATION_VALUE} bytes"
+            ));
+        }
+    }
+    if let Some(class) = &o.priority_class_name {
+        let ok = !class.is_empty()
+            && class.len() <= 253
+            && class.split('.').all(|p| {
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !p.starts_with('-')
+                    && !p.ends_with('-')
+            });
+        if !ok {
+            errs.push(format!(
+                "{field}.priorityClassName: {class:?} is not a PriorityClass name (lowercase DNS subdomain)"
+            ));
+        }
+    }
+    for (i, s) in o.image_pull_secrets.iter().enumerate() {
+        if s.name.is_empty() {
+            errs.push(format!("{field}.imagePullSecrets[{i}].name: required"));
+        }
+    }
+}
+
+/// Most labels (or annotations) one spec map may add.
+pub const MAX_LABELS: usize = 16;
+
+/// Kubernetes label syntax: keys `[prefix/]name` (a DNS subdomain prefix of
+/// at most 253 characters, a name of at most 63 alphanumerics with `-_.`
+/// inside), values empty or a name. The API server would refuse the child
+/// with a 422; this names the field instead.
+pub fn check_labels(
+    labels: &std::collections::BTreeMap<String, String>,
+    field: &str,
+    errs: &mut Vec<String>,
+) {
+    if labels.len() > MAX_LABELS {
+        errs.push(format!(
+            "{field}: at most {MAX_LABELS} entries (got {})",
+            labels.len()
+        ));
+    }
+    fn name_ok(n: &str) -> bool {
+        let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+        n.len() <= 63
+            && edge(n.chars().next())
+            && edge(n.chars().last())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    }
+    fn prefix_ok(p: &str) -> bool {
+        p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part.len() <= 63
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            })
+    }
+    for (k, v) in labels {
+        let key_ok = match k.split_once('/') {
+            Some((prefix, name)) => prefix_ok(prefix) && name_ok(name),
+            None => name_ok(k),
+        };
+        if !key_ok {
+            errs.push(format!(
+                "{field}: {k:?} is not a label key ([prefix/]name: name up to 63 alphanumerics and -_. inside)"
+            ));
+        }
+        if !(v.is_empty() || name_ok(v)) {
+            errs.push(format!(
+                "{field}.{k}: {v:?} is not a label value (up to 63 alphanumerics and -_. inside)"
+            ));
+        }
+    }
 }
 
 /// A loose check of a Kubernetes quantity (`10Gi`, `500M`, `1e9`): digits,
@@ -169,6 +289,78 @@ mod tests {
 
     fn spec() -> ChatClusterSpec {
         serde_json::from_value(serde_json::json!({"auth": {"domain": "chat.example.com"}})).unwrap()
+    }
+
+    #[test]
+    fn monitoring_labels_and_thresholds() {
+        let mut s = spec();
+        s.monitoring.labels = [
+            ("release", "kube-prometheus-stack"),
+            ("example.com/team", "chat"),
+            ("empty", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(validate("chat", &s), Vec::<String>::new());
+        for (k, v, want) in [
+            ("-bad", "x", "is not a label key"),
+            ("Example.com/x", "x", "is not a label key"),
+            ("ok", "has space", "is not a label value"),
+            ("ok", &"v".repeat(64), "is not a label value"),
+            ("a/b/c", "x", "is not a label key"),
+        ] {
+            let mut s = spec();
+            s.monitoring.labels.insert(k.into(), v.into());
+            let errs = validate("chat", &s);
+            assert!(errs.iter().any(|e| e.contains(want)), "{k}={v}: {errs:?}");
+        }
+        let mut s = spec();
+        s.monitoring.labels = (0..17).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(
+            validate("chat", &s)
+                .iter()
+                .any(|e| e.contains("at most 16"))
+        );
+        let mut s = spec();
+        s.monitoring.delivery_p99_target_millis = 0;
+        assert!(
+            validate("chat", &s)
+                .iter()
+                .any(|e| e.contains("deliveryP99TargetMillis"))
+        );
+    }
+
+    #[test]
+    fn pod_overrides_are_checked() {
+        let mut s = spec();
+        s.gateway.pod.labels.insert("team".into(), "chat".into());
+        s.gateway
+            .pod
+            .annotations
+            .insert("example.com/note".into(), "any text: at all".into());
+        s.gateway.pod.priority_class_name = Some("platform-critical".into());
+        assert_eq!(validate("chat", &s), Vec::<String>::new());
+        s.gateway.pod.priority_class_name = Some("Not_A_Class".into());
+        s.worker
+            .pod
+            .node_selector
+            .insert("zone".into(), "has space".into());
+        s.redis
+            .managed
+            .as_mut()
+            .unwrap()
+            .pod
+            .annotations
+            .insert("bad key!".into(), "v".into());
+        let errs = validate("chat", &s);
+        for want in [
+            "gateway.pod.priorityClassName",
+            "worker.pod.nodeSelector.zone",
+            "redis.managed.pod.annotations: \"bad key!\"",
+        ] {
+            assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+        }
     }
 
     #[test]

@@ -468,6 +468,17 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
         "{dry}"
     );
 
+    // The Prometheus Operator's kinds, as on a cluster that runs it: the
+    // operator applies a monitoring bundle only then, and kubectl (below)
+    // resolves a resource through discovery to be asked about it.
+    for (kind, plural) in [
+        ("PodMonitor", "podmonitors"),
+        ("PrometheusRule", "prometheusrules"),
+        ("ServiceMonitor", "servicemonitors"),
+    ] {
+        install_monitoring_crd(&client, kind, plural).await;
+    }
+
     // --- the operator, as the chart runs it, reconciles a ChatCluster in
     // its namespace
     {
@@ -491,6 +502,33 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
             lease.spec.unwrap().holder_identity.as_deref(),
             Some("sb-switchboard-operator-0")
         );
+        // The monitoring bundle is within the chart's RBAC: switched on, the
+        // PodMonitor and PrometheusRule are applied and MonitoringReady
+        // turns true (a Forbidden would set Degraded instead).
+        let clusters: Api<ChatCluster> = Api::namespaced(client.clone(), "switchboard-system");
+        clusters
+            .patch(
+                "chat",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"monitoring": {"enabled": true}}})),
+            )
+            .await
+            .unwrap();
+        eventually("MonitoringReady True under the chart's RBAC", || async {
+            let c = clusters.get("chat").await.ok()?;
+            c.status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "MonitoringReady" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+        let rules: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            "switchboard-system",
+            &switchboard_operator::build::monitoring::prometheus_rule_resource(),
+        );
+        assert!(rules.get_opt("chat-monitoring").await.unwrap().is_some());
     }
 
     // --- least privilege, by SubjectAccessReview: the default install reaches
@@ -526,6 +564,27 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_operator() {
             ("create", "networkpolicies.networking.k8s.io", apps, false),
             ("list", "chatclusters.switchboard.dev", apps, false),
             ("list", "chatclusters.switchboard.dev", None, false),
+            // The monitoring bundle: applied and pruned, never watched.
+            ("patch", "podmonitors.monitoring.coreos.com", home, true),
+            (
+                "delete",
+                "prometheusrules.monitoring.coreos.com",
+                home,
+                true,
+            ),
+            (
+                "watch",
+                "prometheusrules.monitoring.coreos.com",
+                home,
+                false,
+            ),
+            ("patch", "podmonitors.monitoring.coreos.com", apps, false),
+            (
+                "patch",
+                "servicemonitors.monitoring.coreos.com",
+                home,
+                false,
+            ),
             // Nothing cluster-scoped.
             ("list", "nodes", None, false),
             ("list", "namespaces", None, false),

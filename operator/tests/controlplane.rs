@@ -596,3 +596,242 @@ async fn reqwest_lite(addr: SocketAddr) -> String {
     let _ = s.read_to_string(&mut out).await;
     out
 }
+
+/// `spec.monitoring`: without the Prometheus Operator's CRDs the dashboard
+/// ConfigMap and the worker Service are applied and `MonitoringReady` says
+/// what is missing; once the CRDs exist the PodMonitor and PrometheusRule
+/// follow and the condition turns true; switched off, the bundle is pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitoring_bundle_follows_the_crds() {
+    use kube::api::DynamicObject;
+    use switchboard_operator::build::monitoring;
+
+    let (_cp, client) = control_plane().await;
+    install_crd(&client).await;
+    namespace(&client, "ops").await;
+    namespace(&client, "mon").await;
+    let (stop, _addr, handle) = start_operator(&client, "op-a", "ops");
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), "mon");
+    let cluster: ChatCluster = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "ChatCluster",
+        "metadata": {"name": "obs", "namespace": "mon"},
+        "spec": {"auth": {"domain": "chat.example.com"},
+                 "monitoring": {"enabled": true, "labels": {"release": "prom"}}}
+    }))
+    .unwrap();
+    apply_cluster(&api, &cluster).await;
+
+    // No CRDs: a false condition that names them, and Ready not held up by it.
+    let (_, reason) = eventually("MonitoringReady false", || async {
+        let c = api.get("obs").await.ok()?;
+        condition(&c, "MonitoringReady").filter(|(s, _)| s == "False")
+    })
+    .await;
+    assert_eq!(reason, "MonitoringCRDsMissing");
+    let c = api.get("obs").await.unwrap();
+    let message = c
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "MonitoringReady"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("podmonitors, prometheusrules"),
+        "{message}"
+    );
+    let dashboard: ConfigMap = exists(&client, "mon", "obs-dashboard")
+        .await
+        .expect("dashboard ConfigMap");
+    assert!(owned_by(&dashboard, &c));
+    assert_eq!(
+        dashboard
+            .labels()
+            .get("grafana_dashboard")
+            .map(String::as_str),
+        Some("1")
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&dashboard.data.as_ref().unwrap()[monitoring::DASHBOARD_KEY]).unwrap();
+    assert_eq!(json["title"], "Switchboard mon/obs");
+    let worker_svc: Service = exists(&client, "mon", "obs-worker")
+        .await
+        .expect("worker Service");
+    assert_eq!(
+        worker_svc.spec.unwrap().ports.unwrap()[0].name.as_deref(),
+        Some("metrics")
+    );
+
+    // The CRDs arrive: the next reconcile (here, woken by a touch of the
+    // object; otherwise the periodic one) applies the rest.
+    install_monitoring_crd(&client, "PodMonitor", "podmonitors").await;
+    install_monitoring_crd(&client, "PrometheusRule", "prometheusrules").await;
+    api.patch(
+        "obs",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"test/touch": "1"}}})),
+    )
+    .await
+    .unwrap();
+    eventually("MonitoringReady true", || async {
+        let c = api.get("obs").await.ok()?;
+        condition(&c, "MonitoringReady").filter(|(s, _)| s == "True")
+    })
+    .await;
+    let monitors: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "mon", &monitoring::pod_monitor_resource());
+    let rules: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "mon",
+        &monitoring::prometheus_rule_resource(),
+    );
+    let pm = monitors.get("obs-monitoring").await.expect("PodMonitor");
+    assert!(owned_by(&pm, &c));
+    assert_eq!(pm.labels().get("release").map(String::as_str), Some("prom"));
+    assert_eq!(pm.data["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    let rule = rules.get("obs-monitoring").await.expect("PrometheusRule");
+    assert!(owned_by(&rule, &c));
+    let alerts: Vec<&str> = rule.data["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    assert_eq!(alerts.len(), 5, "{alerts:?}");
+    assert!(
+        rule.data["spec"]["groups"][0]["rules"][0]["expr"]
+            .as_str()
+            .unwrap()
+            .contains(r#"namespace="mon",chatcluster="obs""#)
+    );
+
+    // Switched off: the bundle goes (the worker Service stays) and so does
+    // the condition.
+    api.patch(
+        "obs",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"monitoring": {"enabled": false}}})),
+    )
+    .await
+    .unwrap();
+    eventually("monitoring pruned", || async {
+        let gone = monitors.get_opt("obs-monitoring").await.ok()?.is_none()
+            && rules.get_opt("obs-monitoring").await.ok()?.is_none()
+            && exists::<ConfigMap>(&client, "mon", "obs-dashboard")
+                .await
+                .is_none();
+        gone.then_some(())
+    })
+    .await;
+    eventually("MonitoringReady removed", || async {
+        let c = api.get("obs").await.ok()?;
+        condition(&c, "MonitoringReady").is_none().then_some(())
+    })
+    .await;
+    assert!(
+        exists::<Service>(&client, "mon", "obs-worker")
+            .await
+            .is_some()
+    );
+
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+/// `pod` overrides reach the pod templates through the API server (their
+/// schema is the CRD's), the operator's labels and config hash survive
+/// them, and the defaults hold where nothing is overridden: gateways spread
+/// over zones, Redis pods one per node preferred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_overrides_reach_the_pods() {
+    let (_cp, client) = control_plane().await;
+    install_crd(&client).await;
+    namespace(&client, "ops").await;
+    namespace(&client, "pods").await;
+    let (stop, _addr, handle) = start_operator(&client, "op-a", "ops");
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), "pods");
+    let cluster: ChatCluster = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "ChatCluster",
+        "metadata": {"name": "ov", "namespace": "pods"},
+        "spec": {
+            "auth": {"domain": "chat.example.com"},
+            "gateway": {"pod": {
+                "imagePullSecrets": [{"name": "regcred"}],
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "chat", "effect": "NoSchedule"}],
+                "priorityClassName": "chat-critical",
+                "labels": {"team": "chat", "app.kubernetes.io/component": "not-ours"},
+                "annotations": {"example.com/owner": "platform"}
+            }},
+            "postgres": {"managed": {"pod": {"nodeSelector": {"disk": "ssd"}}}}
+        }
+    }))
+    .unwrap();
+    apply_cluster(&api, &cluster).await;
+    let gw: Deployment = eventually("gateway Deployment", || async {
+        exists::<Deployment>(&client, "pods", "ov-gateway").await
+    })
+    .await;
+    let template = gw.spec.unwrap().template;
+    let meta = template.metadata.unwrap();
+    let labels = meta.labels.unwrap();
+    assert_eq!(labels["team"], "chat");
+    assert_eq!(labels["app.kubernetes.io/component"], "gateway", "ours win");
+    let annotations = meta.annotations.unwrap();
+    assert_eq!(annotations["example.com/owner"], "platform");
+    assert!(annotations.contains_key("switchboard.dev/config-hash"));
+    let pod = template.spec.unwrap();
+    assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
+    assert_eq!(pod.node_selector.unwrap()["kubernetes.io/os"], "linux");
+    assert_eq!(pod.tolerations.unwrap()[0].value.as_deref(), Some("chat"));
+    assert_eq!(pod.priority_class_name.as_deref(), Some("chat-critical"));
+    // Not overridden: the defaults.
+    let spread = pod.topology_spread_constraints.unwrap();
+    assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+    assert_eq!(spread[0].when_unsatisfiable, "ScheduleAnyway");
+    assert!(pod.affinity.unwrap().pod_anti_affinity.is_some());
+
+    let redis: StatefulSet = exists(&client, "pods", "ov-redis").await.expect("redis");
+    let redis_pod = redis.spec.unwrap().template.spec.unwrap();
+    let term = &redis_pod
+        .affinity
+        .unwrap()
+        .pod_anti_affinity
+        .unwrap()
+        .preferred_during_scheduling_ignored_during_execution
+        .unwrap()[0];
+    assert_eq!(
+        term.pod_affinity_term.topology_key,
+        "kubernetes.io/hostname"
+    );
+    let pg: StatefulSet = exists(&client, "pods", "ov-postgres")
+        .await
+        .expect("postgres");
+    assert_eq!(
+        pg.spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .node_selector
+            .unwrap()["disk"],
+        "ssd"
+    );
+
+    // A label the API server would refuse on a pod is refused with the field
+    // named (the operator's check; the CRD schema only bounds the count).
+    api.patch(
+        "ov",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"worker": {"pod": {"labels": {"bad key!": "x"}}}}})),
+    )
+    .await
+    .unwrap();
+    eventually("InvalidSpec", || async {
+        let c = api.get("ov").await.ok()?;
+        condition(&c, "Degraded").filter(|(s, r)| s == "True" && r == "InvalidSpec")
+    })
+    .await;
+
+    stop.cancel();
+    handle.await.unwrap();
+}

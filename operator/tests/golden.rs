@@ -41,6 +41,7 @@ fn render(d: &Desired) -> String {
     push(&mut out, &d.deployments);
     push(&mut out, &d.pdbs);
     push(&mut out, &d.network_policies);
+    push(&mut out, &d.monitoring);
     out
 }
 

@@ -144,12 +144,13 @@ async fn the_operator_maintains_partitions_on_its_schedule() {
         })
     };
     let stop = CancellationToken::new();
+    let metrics_addr = free_addr();
     let cfg = RunConfig {
         partitions: PartitionsConfig {
             interval: Duration::from_secs(1),
             now,
         },
-        ..RunConfig::new("op-partitions", free_addr())
+        ..RunConfig::new("op-partitions", metrics_addr)
     };
     let operator = tokio::spawn({
         let client = client.clone();
@@ -170,6 +171,14 @@ async fn the_operator_maintains_partitions_on_its_schedule() {
     let c = wait_range(&api, "messages_p20260310", "messages_p20260313").await;
     let ready = condition(&c, "PartitionsReady").unwrap();
     assert_eq!(ready.reason, "PartitionsMaintained");
+    // The alert's gauge follows the condition (set with the same verdict).
+    let gauge = |v: u8| {
+        format!(
+            "switchboard_operator_partitions_ready{{cluster_namespace=\"{NS}\",chatcluster=\"{CLUSTER}\"}} {v}\n"
+        )
+    };
+    let text = scrape(metrics_addr).await;
+    assert!(text.contains(&gauge(1)), "{text}");
     assert!(
         ready
             .message
@@ -267,6 +276,8 @@ async fn the_operator_maintains_partitions_on_its_schedule() {
     .await;
     let cond = condition(&c, "PartitionsReady").unwrap();
     assert_eq!(cond.reason, "PartitionsDatabaseUnavailable", "{cond:?}");
+    let text = scrape(metrics_addr).await;
+    assert!(text.contains(&gauge(0)), "{text}");
     assert!(!cond.message.contains("postgres://"), "{}", cond.message);
     assert_eq!(
         range(&c),
@@ -298,6 +309,20 @@ async fn the_operator_maintains_partitions_on_its_schedule() {
     // --- back: True again.
     set_secret(&client, "sb-postgres", &pg.url()).await;
     wait_range(&api, "messages_p20260312", "messages_p20260320").await;
+    eventually("partitions_ready 1 again", || async {
+        scrape(metrics_addr).await.contains(&gauge(1)).then_some(())
+    })
+    .await;
+
+    // --- the cluster deleted: its series goes with it (no alert on a
+    // cluster that no longer exists).
+    api.delete(CLUSTER, &Default::default()).await.unwrap();
+    eventually("partitions_ready series removed", || async {
+        let text = scrape(metrics_addr).await;
+        (text.contains("# EOF") && !text.contains("switchboard_operator_partitions_ready{"))
+            .then_some(())
+    })
+    .await;
 
     stop.cancel();
     tokio::time::timeout(WAIT, operator)

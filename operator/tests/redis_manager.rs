@@ -185,6 +185,7 @@ async fn the_operator_forms_reports_and_heals_a_managed_redis_cluster() {
     let ports = Ports::default();
 
     let stop = CancellationToken::new();
+    let metrics_addr = free_addr();
     let cfg = RunConfig {
         redis: RedisConfig {
             interval: Duration::from_secs(1),
@@ -197,7 +198,7 @@ async fn the_operator_forms_reports_and_heals_a_managed_redis_cluster() {
             },
             address: addressing(ports.clone()),
         },
-        ..RunConfig::new("op-redis", free_addr())
+        ..RunConfig::new("op-redis", metrics_addr)
     };
     let operator = tokio::spawn({
         let (client, stop) = (client.clone(), stop.clone());
@@ -270,6 +271,14 @@ async fn the_operator_forms_reports_and_heals_a_managed_redis_cluster() {
     })
     .await;
     assert_eq!(formed.slots_assigned, Some(16384));
+    // The alert's gauge follows the verdict (set before the status write).
+    let ok = |ns: &str, v: u8| {
+        format!(
+            "switchboard_operator_redis_cluster_ok{{cluster_namespace=\"{ns}\",chatcluster=\"chat\"}} {v}\n"
+        )
+    };
+    let text = scrape(metrics_addr).await;
+    assert!(text.contains(&ok(GOOD, 1)), "{text}");
     assert_eq!(
         formed.cluster_message.as_deref(),
         Some("all 16384 slots served by 3 primaries with 1 replica(s) each")
@@ -346,6 +355,8 @@ async fn the_operator_forms_reports_and_heals_a_managed_redis_cluster() {
     .await;
     let msg = failed.cluster_message.unwrap_or_default();
     assert!(msg.contains("does not run in cluster mode"), "{msg}");
+    let text = scrape(metrics_addr).await;
+    assert!(text.contains(&ok(BAD, 0)), "{text}");
     let warned = eventually("a RedisClusterBootstrapFailed warning", || async {
         let e = events(&client, BAD, "RedisClusterBootstrapFailed").await;
         (!e.is_empty()).then_some(e)

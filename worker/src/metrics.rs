@@ -12,6 +12,13 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Batch failure kinds (`batch_failures{kind}`): `transient` (the database
+/// is unavailable; retried with backoff), `rejected` (the data was refused;
+/// entries retried alone), `unreadable` (an entry that does not decode).
+pub const FAILURE_TRANSIENT: &str = "transient";
+pub const FAILURE_REJECTED: &str = "rejected";
+pub const FAILURE_UNREADABLE: &str = "unreadable";
+
 /// Every metric the worker exports.
 pub struct Metrics {
     registry: Registry,
@@ -107,6 +114,11 @@ impl Metrics {
             "Entries waiting in the dead-letter streams",
             m.dead_letter_size.clone(),
         );
+        // Each kind is exported at 0 from the start, so a first failure is
+        // an increase a `rate()` sees and dashboards find the series.
+        for kind in [FAILURE_TRANSIENT, FAILURE_REJECTED, FAILURE_UNREADABLE] {
+            let _ = m.failures.get_or_create(&KindLabel { kind });
+        }
         Metrics { registry, ..m }
     }
 

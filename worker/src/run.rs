@@ -285,7 +285,9 @@ impl Worker {
                     tracing::warn!(shard = e.shard, id = %e.id, %reason, "unreadable stream entry");
                     self.metrics
                         .failures
-                        .get_or_create(&KindLabel { kind: "unreadable" })
+                        .get_or_create(&KindLabel {
+                            kind: crate::metrics::FAILURE_UNREADABLE,
+                        })
                         .inc();
                     self.remember_failure(&e, reason);
                 }
@@ -309,7 +311,9 @@ impl Worker {
                 tracing::warn!(error = %e, entries = good.len(), "batch rejected; writing entries one by one");
                 self.metrics
                     .failures
-                    .get_or_create(&KindLabel { kind: "rejected" })
+                    .get_or_create(&KindLabel {
+                        kind: crate::metrics::FAILURE_REJECTED,
+                    })
                     .inc();
                 for (entry, p) in &good {
                     let single = to_batch(std::iter::once(p));
@@ -394,7 +398,9 @@ impl Worker {
                 Err(e) if e.is_transient() => {
                     self.metrics
                         .failures
-                        .get_or_create(&KindLabel { kind: "transient" })
+                        .get_or_create(&KindLabel {
+                            kind: crate::metrics::FAILURE_TRANSIENT,
+                        })
                         .inc();
                     tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the batch");
                     if sleep_or_cancel(backoff, cancel).await {

@@ -14,17 +14,18 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvFromSource, HTTPGetAction, Lifecycle, LifecycleHandler,
-    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, Secret, SecretVolumeSource,
-    Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount, WeightedPodAffinityTerm,
+    ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvFromSource, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec,
+    PodTemplateSpec, Probe, Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec,
+    SleepAction, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     CONFIG_HASH_ANNOTATION, Ctx, Desired, Generated, Observed, config_map_hash, container_security,
-    env, env_secret, identity_env, names, pdb, pod_security, resources,
+    env, env_secret, identity_env, names, pdb, pod_security, resources, spread_by_host,
+    with_overrides,
 };
 use crate::crd::AutoscalingMode;
 
@@ -233,7 +234,7 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
                 ..ContainerPort::default()
             },
             ContainerPort {
-                name: Some("metrics".into()),
+                name: Some(super::METRICS_PORT_NAME.into()),
                 container_port: METRICS_PORT,
                 protocol: Some("TCP".into()),
                 ..ContainerPort::default()
@@ -277,7 +278,9 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
         termination_grace_period_seconds: Some(i64::from(
             drain.pre_stop_seconds + drain.timeout_seconds + EXIT_MARGIN,
         )),
-        affinity: Some(spread_by_host(ctx)),
+        // One gateway per node and an even spread over zones, preferred.
+        affinity: Some(spread_by_host(ctx, COMPONENT)),
+        topology_spread_constraints: Some(vec![spread_by_zone(ctx)]),
         // Gateways need no API access.
         automount_service_account_token: Some(false),
         ..PodSpec::default()
@@ -298,17 +301,20 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
                     max_unavailable: Some(IntOrString::Int(0)),
                 }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(ctx.labels(COMPONENT)),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_string(),
-                        config_hash.to_string(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod),
-            },
+            template: with_overrides(
+                PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(ctx.labels(COMPONENT)),
+                        annotations: Some(BTreeMap::from([(
+                            CONFIG_HASH_ANNOTATION.to_string(),
+                            config_hash.to_string(),
+                        )])),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(pod),
+                },
+                &gw.pod,
+            ),
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
@@ -329,27 +335,20 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-/// Prefer one gateway per node, so a node loss drops as few sockets as
-/// possible; "preferred" so small clusters still schedule every replica.
-fn spread_by_host(ctx: &Ctx) -> Affinity {
-    Affinity {
-        pod_anti_affinity: Some(PodAntiAffinity {
-            preferred_during_scheduling_ignored_during_execution: Some(vec![
-                WeightedPodAffinityTerm {
-                    weight: 100,
-                    pod_affinity_term: PodAffinityTerm {
-                        topology_key: "kubernetes.io/hostname".into(),
-                        label_selector: Some(LabelSelector {
-                            match_labels: Some(ctx.selector(COMPONENT)),
-                            ..LabelSelector::default()
-                        }),
-                        ..PodAffinityTerm::default()
-                    },
-                },
-            ]),
-            ..PodAntiAffinity::default()
+/// Spread the gateways across zones, so a zone outage drops as few
+/// sockets as possible. `ScheduleAnyway`: nodes without
+/// `topology.kubernetes.io/zone` (a single-zone or bare-metal cluster) still
+/// take pods.
+fn spread_by_zone(ctx: &Ctx) -> TopologySpreadConstraint {
+    TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "topology.kubernetes.io/zone".into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(ctx.selector(COMPONENT)),
+            ..LabelSelector::default()
         }),
-        ..Affinity::default()
+        ..TopologySpreadConstraint::default()
     }
 }
 

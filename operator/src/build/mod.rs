@@ -10,6 +10,7 @@
 //! owner references and the hardened pod/container defaults.
 
 pub mod gateway;
+pub mod monitoring;
 pub mod names;
 pub mod network;
 pub mod postgres;
@@ -21,8 +22,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
-    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+    Affinity, Capabilities, ConfigMap, EnvVar, EnvVarSource, ObjectFieldSelector, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    Secret, SecretKeySelector, SecurityContext, Service, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -31,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{ChatCluster, SecretKeyRef};
+use crate::crd::{ChatCluster, PodOverrides, SecretKeyRef};
 
 /// Label keys (the `app.kubernetes.io` recommended set).
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
@@ -41,6 +43,10 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Annotation on pod templates: a hash of the configuration the pods read at
 /// start, so a configuration change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "switchboard.dev/config-hash";
+
+/// Name of the container port of the gateways' and workers' `/metrics`
+/// (the PodMonitor scrapes it; it carries no client traffic).
+pub const METRICS_PORT_NAME: &str = "metrics";
 
 /// Everything the builders need that is not in the spec. The reconciler reads
 /// these from the API server; tests write them down.
@@ -85,6 +91,9 @@ pub struct Desired {
     pub config_maps: Vec<ConfigMap>,
     pub pdbs: Vec<PodDisruptionBudget>,
     pub network_policies: Vec<NetworkPolicy>,
+    /// PodMonitor and PrometheusRule (`monitoring.coreos.com`), applied only
+    /// when the API server serves those kinds.
+    pub monitoring: Vec<kube::api::DynamicObject>,
     /// Created when missing and never updated afterwards: their values are
     /// random and rotating them would log everyone out / lock the workers out.
     pub generated_secrets: Vec<Secret>,
@@ -116,6 +125,13 @@ impl Desired {
                 .iter()
                 .map(|o| ("NetworkPolicy", o.name_any())),
         );
+        out.extend(self.monitoring.iter().map(|o| {
+            let kind = match o.types.as_ref().map(|t| t.kind.as_str()) {
+                Some("PodMonitor") => "PodMonitor",
+                _ => "PrometheusRule",
+            };
+            (kind, o.name_any())
+        }));
         out.extend(
             self.generated_secrets
                 .iter()
@@ -132,6 +148,10 @@ impl Desired {
 pub enum BuildError {
     #[error("ChatCluster has no {0} (was it read from the API server?)")]
     MissingMeta(&'static str),
+    /// An embedded monitoring source does not parse once rendered (a bug
+    /// the monitoring tests catch before a release).
+    #[error("the embedded {0} does not parse once rendered: {1}")]
+    Template(&'static str, String),
 }
 
 /// Builds every child for `cluster`.
@@ -148,6 +168,7 @@ pub fn desired(
     postgres::build(&ctx, generated, &mut out);
     relay::build(&ctx, &mut out);
     network::build(&ctx, observed, &mut out);
+    monitoring::build(&ctx, &mut out)?;
     Ok(out)
 }
 
@@ -240,6 +261,69 @@ fn pdb(ctx: &Ctx, name: String, component: &str) -> PodDisruptionBudget {
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
+    }
+}
+
+/// Puts a component's [`PodOverrides`] on the pod template the builder
+/// made: scheduling fields replace the builder's (defaults such as the
+/// gateways' spread), labels and annotations add to its own, which win (the
+/// selector and the config hash must stay).
+fn with_overrides(mut template: PodTemplateSpec, o: &PodOverrides) -> PodTemplateSpec {
+    let meta = template.metadata.get_or_insert_default();
+    if !o.labels.is_empty() {
+        let mut labels = o.labels.clone();
+        labels.extend(meta.labels.take().unwrap_or_default());
+        meta.labels = Some(labels);
+    }
+    if !o.annotations.is_empty() {
+        let mut annotations = o.annotations.clone();
+        annotations.extend(meta.annotations.take().unwrap_or_default());
+        meta.annotations = Some(annotations);
+    }
+    if let Some(pod) = template.spec.as_mut() {
+        if !o.image_pull_secrets.is_empty() {
+            pod.image_pull_secrets = Some(o.image_pull_secrets.clone());
+        }
+        if !o.node_selector.is_empty() {
+            pod.node_selector = Some(o.node_selector.clone());
+        }
+        if !o.tolerations.is_empty() {
+            pod.tolerations = Some(o.tolerations.clone());
+        }
+        if let Some(affinity) = &o.affinity {
+            pod.affinity = Some(affinity.clone());
+        }
+        if !o.topology_spread_constraints.is_empty() {
+            pod.topology_spread_constraints = Some(o.topology_spread_constraints.clone());
+        }
+        if let Some(class) = &o.priority_class_name {
+            pod.priority_class_name = Some(class.clone());
+        }
+    }
+    template
+}
+
+/// Prefer one pod of `component` per node (`kubernetes.io/hostname`):
+/// "preferred", so a small cluster still schedules every replica.
+fn spread_by_host(ctx: &Ctx, component: &str) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".into(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(ctx.selector(component)),
+                            ..LabelSelector::default()
+                        }),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
     }
 }
 

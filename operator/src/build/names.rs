@@ -66,3 +66,13 @@ pub fn generated_secrets(cluster: &ChatCluster) -> [String; 3] {
 pub fn relay(cluster: &ChatCluster) -> String {
     child(cluster, "relay")
 }
+
+/// The monitoring bundle's PodMonitor and PrometheusRule.
+pub fn monitoring(cluster: &ChatCluster) -> String {
+    child(cluster, "monitoring")
+}
+
+/// The Grafana dashboard ConfigMap.
+pub fn dashboard(cluster: &ChatCluster) -> String {
+    child(cluster, "dashboard")
+}

@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     Ctx, Desired, Generated, container_security, env, env_secret, names, pod_security, resources,
+    with_overrides,
 };
 use crate::crd::{ManagedPostgres, SecretKeyRef};
 
@@ -154,21 +155,24 @@ fn stateful_set(ctx: &Ctx, managed: &ManagedPostgres) -> StatefulSet {
                 match_labels: Some(ctx.selector(COMPONENT)),
                 ..LabelSelector::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(ctx.labels(COMPONENT)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(vec![empty("run"), empty("tmp")]),
-                    security_context: Some(pod_security(UID)),
-                    // Time for a clean shutdown checkpoint.
-                    termination_grace_period_seconds: Some(60),
-                    automount_service_account_token: Some(false),
-                    ..PodSpec::default()
-                }),
-            },
+            template: with_overrides(
+                PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(ctx.labels(COMPONENT)),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![container],
+                        volumes: Some(vec![empty("run"), empty("tmp")]),
+                        security_context: Some(pod_security(UID)),
+                        // Time for a clean shutdown checkpoint.
+                        termination_grace_period_seconds: Some(60),
+                        automount_service_account_token: Some(false),
+                        ..PodSpec::default()
+                    }),
+                },
+                &managed.pod,
+            ),
             volume_claim_templates: Some(vec![super::redis::claim("data", &managed.storage)]),
             ..StatefulSetSpec::default()
         }),

@@ -38,7 +38,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     CONFIG_HASH_ANNOTATION, Ctx, Desired, Generated, config_map_hash, container_security, env,
-    env_field, env_secret, names, pdb, pod_security, quantity_bytes, resources,
+    env_field, env_secret, names, pdb, pod_security, quantity_bytes, resources, spread_by_host,
+    with_overrides,
 };
 use crate::crd::{ManagedRedis, RedisMode, SecretKeyRef, StorageSpec};
 
@@ -302,42 +303,49 @@ fn stateful_set(ctx: &Ctx, managed: &ManagedRedis, config_hash: &str) -> Statefu
                 match_labels: Some(ctx.selector(COMPONENT)),
                 ..LabelSelector::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(ctx.labels(COMPONENT)),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_string(),
-                        config_hash.to_string(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(vec![
-                        Volume {
-                            name: "config".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: names::redis(ctx.cluster),
-                                ..ConfigMapVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                        // Readable by the redis group (fsGroup) only.
-                        Volume {
-                            name: "auth".into(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(names::redis_secret(ctx.cluster)),
-                                default_mode: Some(0o440),
-                                ..SecretVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                    ]),
-                    security_context: Some(pod_security(UID)),
-                    automount_service_account_token: Some(false),
-                    ..PodSpec::default()
-                }),
-            },
+            template: with_overrides(
+                PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(ctx.labels(COMPONENT)),
+                        annotations: Some(BTreeMap::from([(
+                            CONFIG_HASH_ANNOTATION.to_string(),
+                            config_hash.to_string(),
+                        )])),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![container],
+                        volumes: Some(vec![
+                            Volume {
+                                name: "config".into(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: names::redis(ctx.cluster),
+                                    ..ConfigMapVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            },
+                            // Readable by the redis group (fsGroup) only.
+                            Volume {
+                                name: "auth".into(),
+                                secret: Some(SecretVolumeSource {
+                                    secret_name: Some(names::redis_secret(ctx.cluster)),
+                                    default_mode: Some(0o440),
+                                    ..SecretVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            },
+                        ]),
+                        security_context: Some(pod_security(UID)),
+                        // One Redis pod per node preferred: a primary and
+                        // its replicas (and two primaries) do not share a
+                        // node when there are nodes enough.
+                        affinity: Some(spread_by_host(ctx, COMPONENT)),
+                        automount_service_account_token: Some(false),
+                        ..PodSpec::default()
+                    }),
+                },
+                &managed.pod,
+            ),
             volume_claim_templates: Some(vec![claim("data", &managed.storage)]),
             ..StatefulSetSpec::default()
         }),

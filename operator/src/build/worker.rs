@@ -1,4 +1,6 @@
-//! Worker children: Deployment and PodDisruptionBudget.
+//! Worker children: Deployment and PodDisruptionBudget (the Service over
+//! their metrics port is built with the monitoring bundle, in
+//! `monitoring.rs`).
 //!
 //! Workers share the persistence streams through one consumer group, so they
 //! are a plain Deployment: any pod can die, its pending entries are claimed
@@ -16,10 +18,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     Ctx, Desired, container_security, env, names, pdb, pod_name_env, pod_security, resources,
+    with_overrides,
 };
 
 pub const COMPONENT: &str = "worker";
-/// Port of the worker's /metrics, /healthz and /readyz.
+/// Port of the worker's /metrics, /healthz and /readyz (named `metrics`; it
+/// carries no client traffic).
 pub const HTTP_PORT: i32 = 9091;
 const UID: i64 = 65532;
 
@@ -58,7 +62,7 @@ pub fn deployment(ctx: &Ctx) -> Deployment {
         command: Some(vec!["switchboard-worker".into()]),
         args: Some(args),
         ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
+            name: Some(super::METRICS_PORT_NAME.into()),
             container_port: HTTP_PORT,
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
@@ -84,25 +88,28 @@ pub fn deployment(ctx: &Ctx) -> Deployment {
                 match_labels: Some(ctx.selector(COMPONENT)),
                 ..LabelSelector::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(ctx.labels(COMPONENT)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "tmp".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
-                    security_context: Some(pod_security(UID)),
-                    // A batch in flight is one transaction; 30 s covers it.
-                    termination_grace_period_seconds: Some(30),
-                    automount_service_account_token: Some(false),
-                    ..PodSpec::default()
-                }),
-            },
+            template: with_overrides(
+                PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(ctx.labels(COMPONENT)),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![container],
+                        volumes: Some(vec![Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Volume::default()
+                        }]),
+                        security_context: Some(pod_security(UID)),
+                        // A batch in flight is one transaction; 30 s covers it.
+                        termination_grace_period_seconds: Some(30),
+                        automount_service_account_token: Some(false),
+                        ..PodSpec::default()
+                    }),
+                },
+                &spec.worker.pod,
+            ),
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
@@ -113,7 +120,7 @@ fn probe(path: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            port: IntOrString::String(super::METRICS_PORT_NAME.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),

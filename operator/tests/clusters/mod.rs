@@ -1,4 +1,5 @@
-//! Every ChatCluster the tests build: the fixtures and the examples, with
+//! Every ChatCluster the tests build: the fixtures and the examples' (other
+//! kinds among the examples are skipped), with
 //! the metadata the API server would add (namespace, uid).
 #![allow(clippy::unwrap_used)]
 
@@ -16,6 +17,12 @@ pub fn clusters() -> Vec<(PathBuf, ChatCluster)> {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
+            // The examples hold other kinds too (an Ingress in front of the
+            // production cluster).
+            let doc: serde_json::Value = serde_norway::from_str(&text).unwrap();
+            if doc["kind"] != "ChatCluster" {
+                continue;
+            }
             let mut c: ChatCluster = serde_norway::from_str(&text).unwrap();
             c.metadata.namespace.get_or_insert_with(|| "default".into());
             c.metadata
