@@ -920,9 +920,10 @@ async fn registry_moves(e: &Engine) {
         // Redis loses everything; B's socket of y registers again (a
         // gateway does when its liveness was gone), y's socket on A is gone.
         let plain = plain_client(&r.url()).await;
-        let _: () = fred::prelude::ServerInterface::flushall(&plain, false)
-            .await
-            .unwrap();
+        let _: () = {
+            use fred::prelude::*;
+            plain.flushall(false).await.unwrap()
+        };
         b.register(&y, &gb).await.unwrap();
         a.gateway_alive(&gb).await.unwrap();
         let (mine, seq) = send(&a).await;
