@@ -107,16 +107,6 @@ impl Outbox {
         Ok(())
     }
 
-    /// The next queued item, if one is queued.
-    pub fn try_pop(&self) -> Option<Outbound> {
-        let mut q = self.lock();
-        let item = q.pop_front();
-        if q.is_empty() && q.capacity() > KEEP_CAPACITY {
-            q.shrink_to(KEEP_CAPACITY);
-        }
-        item
-    }
-
     /// The next queued item, waiting for one if needed.
     pub async fn pop(&self) -> Outbound {
         loop {

@@ -10,7 +10,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
-use futures_util::SinkExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use switchboard_core::broker::Mark;
 use switchboard_proto::frames::{ErrorCode, ServerFrame, close};
@@ -30,10 +29,6 @@ pub(super) enum Exit {
     /// Close with this code and reason.
     Close(u16, &'static str),
 }
-
-/// Queued frames written to the socket's buffer before one flush (one
-/// `send` syscall): bounds how long the first waits behind the others.
-const WRITE_BATCH: usize = 64;
 
 /// A `msg` frame waiting for its ack.
 struct Pending {
@@ -69,7 +64,6 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, caller: Principa
         acked: HashMap::new(),
         flush_at: None,
         channels: HashMap::new(),
-        batching: false,
     };
     let ready = ServerFrame::Ready {
         user,
@@ -125,9 +119,6 @@ pub(super) struct Conn {
     flush_at: Option<Instant>,
     /// Subscribed channels and where this socket stands in each.
     pub(super) channels: HashMap<ConvId, SeqCursor>,
-    /// Set while the outbox is drained: writes go to the socket's buffer
-    /// and one flush follows ([`Conn::write_queued`]).
-    batching: bool,
 }
 
 impl Conn {
@@ -157,7 +148,7 @@ impl Conn {
                 item = handle.outbox.pop() => {
                     // Handlers are boxed so their state lives on the heap only while
                     // they run: an idle socket's task keeps just the select loop.
-                    if Box::pin(self.write_queued(socket, item)).await.is_err() {
+                    if Box::pin(self.write_outbound(socket, item)).await.is_err() {
                         return Exit::Gone;
                     }
                 }
@@ -196,45 +187,8 @@ impl Conn {
     /// this write would wait forever, so it also ends when the socket is told
     /// to close (the hub does that when the send queue fills).
     pub(super) async fn write(&self, socket: &mut WebSocket, s: &str) -> Result<(), axum::Error> {
-        let msg = text(s);
-        let write = async {
-            // `feed` only buffers (tungstenite writes out a full buffer by
-            // itself); `send` flushes too.
-            if self.batching {
-                socket.feed(msg).await
-            } else {
-                socket.send(msg).await
-            }
-        };
         tokio::select! {
-            r = write => r,
-            _ = self.handle.close.closed() => Err(axum::Error::new("socket closed while writing")),
-        }
-    }
-
-    /// Write `first` and whatever else is queued already (up to
-    /// [`WRITE_BATCH`] frames), then flush once: one `send` syscall for
-    /// the lot instead of one per frame.
-    async fn write_queued(
-        &mut self,
-        socket: &mut WebSocket,
-        first: Outbound,
-    ) -> Result<(), axum::Error> {
-        self.batching = true;
-        let mut written = self.write_outbound(socket, first).await;
-        for _ in 1..WRITE_BATCH {
-            if written.is_err() {
-                break;
-            }
-            let Some(item) = self.handle.outbox.try_pop() else {
-                break;
-            };
-            written = self.write_outbound(socket, item).await;
-        }
-        self.batching = false;
-        written?;
-        tokio::select! {
-            r = socket.flush() => r,
+            r = socket.send(text(s)) => r,
             _ = self.handle.close.closed() => Err(axum::Error::new("socket closed while writing")),
         }
     }
