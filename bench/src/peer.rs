@@ -832,10 +832,19 @@ pub async fn run(args: PeerArgs) -> Result<()> {
         );
     }
     if ctx.gateway_bins.len() > 1 {
-        println!("\nSwitchboard builds against the first ({}), same round and configuration:", ctx.gateway_bins[0].0);
-        for r in results.iter().filter(|r| r.system == System::Switchboard && r.variant > 0) {
+        println!(
+            "\nSwitchboard builds against the first ({}), same round and configuration:",
+            ctx.gateway_bins[0].0
+        );
+        for r in results
+            .iter()
+            .filter(|r| r.system == System::Switchboard && r.variant > 0)
+        {
             let Some(first) = results.iter().find(|f| {
-                f.system == System::Switchboard && f.variant == 0 && f.round == r.round && f.gateways == r.gateways
+                f.system == System::Switchboard
+                    && f.variant == 0
+                    && f.round == r.round
+                    && f.gateways == r.gateways
             }) else {
                 continue;
             };
@@ -927,7 +936,10 @@ async fn one_run(
 
     let perf = match &args.perf_dir {
         Some(dir) if system == System::Switchboard => Some(Perf::start(
-            dir.join(format!("switchboard{variant}-{n}gw-round{}.data", round + 1)),
+            dir.join(format!(
+                "switchboard{variant}-{n}gw-round{}.data",
+                round + 1
+            )),
             &servers.pids(),
             &args.perf_call_graph,
         )?),

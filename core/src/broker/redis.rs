@@ -338,11 +338,10 @@ impl RedisBroker {
         let missing: Vec<usize> = (0..users.len()).filter(|&i| found[i].is_none()).collect();
         if !missing.is_empty() {
             // Look-ups run concurrently; fred pipelines them per node.
-            let lists: Vec<Vec<String>> = try_join_all(
-                missing
-                    .iter()
-                    .map(|&i| self.pool.smembers::<Vec<String>, _>(registry_key(&users[i]))),
-            )
+            let lists: Vec<Vec<String>> = try_join_all(missing.iter().map(|&i| {
+                self.pool
+                    .smembers::<Vec<String>, _>(registry_key(&users[i]))
+            }))
             .await
             .map_err(unavailable)?;
             for (i, list) in missing.into_iter().zip(lists) {
@@ -379,16 +378,11 @@ impl RedisBroker {
             )
             .await
             .map_err(unavailable)?;
-        let (version, members) = out
-            .split_first()
-            .ok_or_else(|| corrupt("registry reply"))?;
+        let (version, members) = out.split_first().ok_or_else(|| corrupt("registry reply"))?;
         self.registry.observe(value_u64(version)?);
         members
             .iter()
-            .map(|m| {
-                m.as_string()
-                    .ok_or_else(|| corrupt("registry member"))
-            })
+            .map(|m| m.as_string().ok_or_else(|| corrupt("registry member")))
             .collect()
     }
 
