@@ -77,9 +77,11 @@ pub struct PeerArgs {
     /// Users signing in from one source address.
     #[arg(long, default_value_t = 20)]
     users_per_address: usize,
-    /// The gateway binary (default: `switchboard-gateway` next to this one).
+    /// The gateway binary (default: `switchboard-gateway` next to this
+    /// one). Repeat as `--gateway-bin LABEL=PATH` to run several builds
+    /// side by side in one invocation (each run alternates through them).
     #[arg(long)]
-    gateway_bin: Option<PathBuf>,
+    gateway_bin: Vec<String>,
     /// The Node.js binary.
     #[arg(long, default_value = "node")]
     node: PathBuf,
@@ -115,7 +117,8 @@ impl System {
 struct Ctx {
     redis: RedisServer,
     secret: [u8; 32],
-    gateway_bin: PathBuf,
+    /// Switchboard builds to run: label (empty: the only one) and binary.
+    gateway_bins: Vec<(String, PathBuf)>,
     node: PathBuf,
     modules: PathBuf,
     users_per_address: usize,
@@ -130,13 +133,14 @@ enum Servers {
 }
 
 impl Servers {
-    async fn start(ctx: &Ctx, system: System, n: usize) -> Result<Servers> {
+    async fn start(ctx: &Ctx, system: System, variant: usize, n: usize) -> Result<Servers> {
         let url = ctx.redis.url();
         Ok(match system {
             System::Switchboard => {
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
-                    v.push(GatewayBin::spawn(&ctx.gateway_bin, Some(&url), &ctx.secret, "").await?);
+                    let bin = &ctx.gateway_bins[variant.min(ctx.gateway_bins.len() - 1)].1;
+                    v.push(GatewayBin::spawn(bin, Some(&url), &ctx.secret, "").await?);
                 }
                 Servers::Switchboard(v)
             }
@@ -594,6 +598,10 @@ async fn connect_many(
 /// One system's figures in one run.
 struct RunResult {
     system: System,
+    /// The system's name, with the Switchboard build's label if several ran.
+    label: String,
+    /// Which Switchboard build (index into `--gateway-bin`).
+    variant: usize,
     gateways: usize,
     round: usize,
     idle: Option<Idle>,
@@ -648,7 +656,7 @@ impl RunResult {
         format!(
             "| {} | {} | {} | {} / {} / {} / {} | {:.0} | {:.2} / {:.2} / {:.2} / {:.1} | {:.2} | {:.1} | {} | {:.2} |{}",
             self.round + 1,
-            self.system.name(),
+            self.label,
             self.gateways,
             self.sent,
             self.sent_acks,
@@ -693,10 +701,29 @@ pub async fn run(args: PeerArgs) -> Result<()> {
             "--idle + --users must stay under ~15,000: this process holds every client socket (20,000 files at most)"
         );
     }
-    let gateway_bin = match &args.gateway_bin {
-        Some(b) => b.clone(),
-        None => default_gateway_bin()?,
+    let gateway_bins: Vec<(String, PathBuf)> = if args.gateway_bin.is_empty() {
+        vec![(String::new(), default_gateway_bin()?)]
+    } else if args.gateway_bin.len() == 1 && !args.gateway_bin[0].contains('=') {
+        vec![(String::new(), PathBuf::from(&args.gateway_bin[0]))]
+    } else {
+        args.gateway_bin
+            .iter()
+            .map(|b| match b.split_once('=') {
+                Some((label, path)) if !label.is_empty() && !path.is_empty() => {
+                    Ok((label.to_owned(), PathBuf::from(path)))
+                }
+                _ => bail!("with several --gateway-bin, each is LABEL=PATH (got {b:?})"),
+            })
+            .collect::<Result<_>>()?
     };
+    if gateway_bins.len() > 8 {
+        bail!("--gateway-bin: at most 8 builds");
+    }
+    for (_, bin) in &gateway_bins {
+        if !bin.is_file() {
+            bail!("no gateway binary at {}", bin.display());
+        }
+    }
     let modules = ensure_packages()?;
     if let Some(d) = &args.perf_dir {
         std::fs::create_dir_all(d)?;
@@ -704,7 +731,7 @@ pub async fn run(args: PeerArgs) -> Result<()> {
     let ctx = Ctx {
         redis: bench_redis()?,
         secret: rand::random(),
-        gateway_bin,
+        gateway_bins,
         node: args.node.clone(),
         modules,
         users_per_address: args.users_per_address,
@@ -714,6 +741,14 @@ pub async fn run(args: PeerArgs) -> Result<()> {
         Some(s) => vec![s],
         None => vec![System::Switchboard, System::SocketIo],
     };
+    // Every Switchboard build, then the peer.
+    let runs: Vec<(System, usize)> = systems
+        .iter()
+        .flat_map(|&s| match s {
+            System::Switchboard => (0..ctx.gateway_bins.len()).map(|v| (s, v)).collect(),
+            System::SocketIo => vec![(s, 0)],
+        })
+        .collect();
     println!(
         "peer | {} users in {} pairs, {} msg/s for {} s, every msg acked; {} idle sockets; {} rounds; server processes {:?}",
         args.users,
@@ -731,8 +766,8 @@ pub async fn run(args: PeerArgs) -> Result<()> {
     let mut results = vec![];
     for round in 0..args.rounds {
         for &n in &args.gateways {
-            for &system in &systems {
-                let r = one_run(&ctx, &args, system, n, round)
+            for &(system, variant) in &runs {
+                let r = one_run(&ctx, &args, system, variant, n, round)
                     .await
                     .with_context(|| {
                         format!("{} with {n} processes, round {}", system.name(), round + 1)
@@ -760,7 +795,7 @@ pub async fn run(args: PeerArgs) -> Result<()> {
         println!(
             "- round {}, {}, {} processes: {}",
             r.round + 1,
-            r.system.name(),
+            r.label,
             r.gateways,
             calls.join(", ")
         );
@@ -782,8 +817,9 @@ pub async fn run(args: PeerArgs) -> Result<()> {
             _ => String::new(),
         };
         println!(
-            "- round {}, {} process(es): deliveries per server CPU-s {:.2}x ({:.0} vs {:.0}); p50 {:.2}x, p99 {:.2}x; Redis CPU per delivery {:.2}x ({:.1} vs {:.1} µs){mem}",
+            "- round {}, {}, {} process(es): deliveries per server CPU-s {:.2}x ({:.0} vs {:.0}); p50 {:.2}x, p99 {:.2}x; Redis CPU per delivery {:.2}x ({:.1} vs {:.1} µs){mem}",
             sb.round + 1,
+            sb.label,
             sb.gateways,
             sb.per_cpu_s() / io.per_cpu_s(),
             sb.per_cpu_s(),
@@ -794,6 +830,35 @@ pub async fn run(args: PeerArgs) -> Result<()> {
             sb.redis_us_per_delivery(),
             io.redis_us_per_delivery(),
         );
+    }
+    if ctx.gateway_bins.len() > 1 {
+        println!(
+            "\nSwitchboard builds against the first ({}), same round and configuration:",
+            ctx.gateway_bins[0].0
+        );
+        for r in results
+            .iter()
+            .filter(|r| r.system == System::Switchboard && r.variant > 0)
+        {
+            let Some(first) = results.iter().find(|f| {
+                f.system == System::Switchboard
+                    && f.variant == 0
+                    && f.round == r.round
+                    && f.gateways == r.gateways
+            }) else {
+                continue;
+            };
+            println!(
+                "- round {}, {}, {} process(es): deliveries per server CPU-s {:.2}x ({:.0} vs {:.0}); p99 {:.2}x",
+                r.round + 1,
+                r.label,
+                r.gateways,
+                r.per_cpu_s() / first.per_cpu_s(),
+                r.per_cpu_s(),
+                first.per_cpu_s(),
+                r.p99 / first.p99,
+            );
+        }
     }
     println!(
         "\n429s waited out during sign-in: {}",
@@ -806,10 +871,15 @@ async fn one_run(
     ctx: &Ctx,
     args: &PeerArgs,
     system: System,
+    variant: usize,
     n: usize,
     round: usize,
 ) -> Result<RunResult> {
-    let servers = Servers::start(ctx, system, n).await?;
+    let servers = Servers::start(ctx, system, variant, n).await?;
+    let label = match &ctx.gateway_bins[variant.min(ctx.gateway_bins.len() - 1)].0 {
+        l if system == System::Switchboard && !l.is_empty() => format!("Switchboard ({l})"),
+        _ => system.name().to_owned(),
+    };
     let mut sources = Sources::new(ctx.users_per_address);
     let start = Instant::now();
 
@@ -866,7 +936,10 @@ async fn one_run(
 
     let perf = match &args.perf_dir {
         Some(dir) if system == System::Switchboard => Some(Perf::start(
-            dir.join(format!("switchboard-{n}gw-round{}.data", round + 1)),
+            dir.join(format!(
+                "switchboard{variant}-{n}gw-round{}.data",
+                round + 1
+            )),
             &servers.pids(),
             &args.perf_call_graph,
         )?),
@@ -946,6 +1019,8 @@ async fn one_run(
     drop(servers);
     Ok(RunResult {
         system,
+        label,
+        variant,
         gateways: n,
         round,
         idle,

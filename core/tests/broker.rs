@@ -854,6 +854,85 @@ async fn routing(e: &Engine) {
     alive_a.abort();
 }
 
+/// Two gateways, each with its own broker (as two processes): a user who
+/// moves from gateway A to gateway B gets the next message A routes at B,
+/// however soon after the move it is sent. A caches users' gateways; the
+/// send script tells it the registry's version, so a move it has not heard
+/// of yet makes it read the registry. Also after Redis lost everything
+/// (FLUSHALL, as a restart without persistence): the registry version starts
+/// over above every earlier one.
+async fn registry_moves(e: &Engine) {
+    let a = e.broker(BrokerConfig::default()).await;
+    let b = e.broker(BrokerConfig::default()).await;
+    let t = tag();
+    let (ga, gb) = (format!("gw-a-{t}"), format!("gw-b-{t}"));
+    let mut ra = a.attach(&ga).await.unwrap();
+    let mut rb = b.attach(&gb).await.unwrap();
+    let alive = keep_alive(&a, &[&ga, &gb]);
+    let (x, y) = (addr(), addr());
+    let dm = ConvId::direct(&x, &y).unwrap();
+    a.register(&x, &ga).await.unwrap();
+    a.register(&y, &ga).await.unwrap();
+    let mut n = 0;
+    // A sends x's next message to y and routes it, as the gateway does.
+    let mut send = async |a: &DynBroker| {
+        n += 1;
+        let out = a.send(req(&dm, &format!("m{n}"), x, "1")).await.unwrap();
+        let ev = Routed {
+            users: vec![y],
+            frame: Arc::from(format!(r#"{{"seq":{}}}"#, out.message.seq)),
+            ack: Some((dm.clone(), out.message.seq)),
+            skip_conn: None,
+            channel: None,
+            revoke: None,
+        };
+        (a.route_local(ev, &ga).await.unwrap(), out.message.seq)
+    };
+    let at_a = |mine: Option<Routed>| mine.is_some_and(|m| m.users == [y]);
+    for round in 0..10 {
+        // y on A (twice, so the second comes from a warm cache).
+        for _ in 0..2 {
+            let (mine, _) = send(&a).await;
+            assert!(at_a(mine), "round {round}: y is on A");
+        }
+        // y's socket on A closes, y connects to B, x sends at once.
+        a.unregister(&y, &ga).await.unwrap();
+        b.register(&y, &gb).await.unwrap();
+        for _ in 0..2 {
+            let (mine, seq) = send(&a).await;
+            assert!(mine.is_none(), "round {round}: y left A");
+            let got = recv(&mut rb).await;
+            assert_eq!(got.users, [y]);
+            assert_eq!(got.ack, Some((dm.clone(), seq)), "round {round}");
+        }
+        // A second device of y on A: both get it.
+        a.register(&y, &ga).await.unwrap();
+        let (mine, _) = send(&a).await;
+        assert!(at_a(mine), "round {round}: y is on A again");
+        assert_eq!(recv(&mut rb).await.users, [y]);
+        // y leaves B; only A is left.
+        b.unregister(&y, &gb).await.unwrap();
+        let (mine, _) = send(&a).await;
+        assert!(at_a(mine), "round {round}: y is on A only");
+        assert_quiet(&mut [&mut ra, &mut rb]).await;
+    }
+    if let Engine::Redis(r) = e {
+        // Redis loses everything; B's socket of y registers again (a
+        // gateway does when its liveness was gone), y's socket on A is gone.
+        let plain = plain_client(&r.url()).await;
+        let _: () = {
+            use fred::prelude::*;
+            plain.flushall(false).await.unwrap()
+        };
+        b.register(&y, &gb).await.unwrap();
+        a.gateway_alive(&gb).await.unwrap();
+        let (mine, seq) = send(&a).await;
+        assert!(mine.is_none(), "y is on B only after the flush");
+        assert_eq!(recv(&mut rb).await.ack, Some((dm.clone(), seq)));
+    }
+    alive.abort();
+}
+
 /// Channels: creation (name taken → AlreadyExists), read and publish
 /// rights by visibility, sends only by publishers with no user fan-out, and
 /// publish → only the gateways subscribed to that channel.
@@ -1351,7 +1430,7 @@ macro_rules! suite {
 
 suite!(
     common: [nonces, conversations, sends, dedupe, bodies, logs, snapshot_reads, trimming, age_trimming, marks, routing, channels, presence, revocations, connection_reports],
-    redis_only: [persist_stream, direct_list_repair, connection_report_keys, legacy_dedupe_records],
+    redis_only: [persist_stream, direct_list_repair, connection_report_keys, legacy_dedupe_records, registry_moves],
 );
 
 /// kill -9 and restart of Redis (AOF, fsync always): the seq continues

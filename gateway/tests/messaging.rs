@@ -229,6 +229,40 @@ async fn typing_and_presence(backend: Backend) {
     g2.shutdown().await;
 }
 
+/// B moves between gateways while A keeps sending from gateway 1: every
+/// message sent after B's socket is ready (the `ready` frame follows B's
+/// registration) arrives on B's new socket at once, although gateway 1
+/// caches where B is (on standalone Redis; the cache is checked against the
+/// registry's version the send saw).
+async fn user_moves_between_gateways(backend: Backend) {
+    let g1 = start_gateway(&backend, fast_config()).await;
+    let g2 = start_gateway(&backend, fast_config()).await;
+    let (a, b) = (Wallet::random(), Wallet::random());
+    let ta = login(&http(&g1), &a).await;
+    let tb = login(&http(&g1), &b).await;
+    let mut wa = Ws::connect(&g1, &ta).await;
+    let conv = ConvId::direct(&a.addr, &b.addr).unwrap();
+    let mut seq = 0u64;
+    for round in 0..6 {
+        // B on gateway 1, then on 2, then on 1 …; two messages each time
+        // (the second from gateway 1's warm cache).
+        let to = if round % 2 == 0 { &g1 } else { &g2 };
+        let mut wb = Ws::connect(to, &tb).await;
+        for _ in 0..2 {
+            seq += 1;
+            wa.send(json!({"type":"send","conv":conv,"id":format!("m{seq}"),"body":seq}))
+                .await;
+            assert_eq!(wa.recv_type("sent").await["seq"], seq);
+            let m = wb.recv_type("msg").await;
+            assert_eq!(m["seq"], seq, "round {round}: {m}");
+            wb.ack(&m).await;
+        }
+        wb.inner.close(None).await.unwrap();
+    }
+    g1.shutdown().await;
+    g2.shutdown().await;
+}
+
 macro_rules! on_every_engine {
     ($($name:ident),* $(,)?) => {
         mod memory { use super::*; $( #[tokio::test] async fn $name() { super::$name(Backend::memory()).await } )* }
@@ -239,6 +273,7 @@ macro_rules! on_every_engine {
 
 on_every_engine!(
     direct_across_gateways,
+    user_moves_between_gateways,
     group_across_gateways,
     retries_until_acked,
     resync_after_disconnect,

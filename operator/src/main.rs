@@ -8,6 +8,10 @@ use clap::Parser;
 use switchboard_operator::cli::{Cli, Cmd, RunArgs};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc, as in every shipped binary (docs/architecture.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {

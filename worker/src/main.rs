@@ -6,6 +6,10 @@
 use clap::Parser;
 use switchboard_worker::cli::Cli;
 
+/// mimalloc, as in every shipped binary (docs/architecture.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

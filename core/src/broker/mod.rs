@@ -13,6 +13,7 @@ pub mod lua;
 mod memory;
 pub mod persist;
 mod redis;
+mod registry_cache;
 pub mod reports;
 pub mod routed;
 mod target;

@@ -24,6 +24,7 @@ use futures_util::future::try_join_all;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use super::registry_cache::{Gateways, RegistryCache};
 use super::reports::{self, ClusterRef, ConnectionReports, GatewayIdentity};
 use super::{
     Broker, BrokerConfig, BrokerError, LogPage, Mark, Result, Routed, SendOutcome, SendRequest,
@@ -48,6 +49,7 @@ static MARK_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/ma
 static TOUCH_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/touch.lua")));
 static RESEQUENCE_LUA: LazyLock<String> =
     LazyLock::new(|| script(include_str!("lua/resequence.lua")));
+static REGISTRY_LUA: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/registry.lua")));
 
 /// Epochs started within this long of the previous one keep its base (see
 /// `lua/resequence.lua`).
@@ -170,6 +172,11 @@ fn channel_topic(conv: &ConvId) -> String {
 }
 
 const GATEWAYS_KEY: &str = "sb:gateways";
+/// The connection registry's version counter (standalone Redis only; see
+/// `registry_cache`).
+const REGISTRY_VERSION_KEY: &str = "sb:regver";
+/// The pub/sub channel of registry changes, `<version> <user>`.
+const REGISTRY_CHANNEL: &str = "sb:reginv";
 const PRESENCE_KEY: &str = "sb:presence";
 
 /// See the module docs.
@@ -187,9 +194,13 @@ pub struct RedisBroker {
     mark_script: Arc<Script>,
     touch_script: Arc<Script>,
     resequence_script: Arc<Script>,
+    registry_script: Arc<Script>,
     report_script: Arc<Script>,
     read_reports_script: Arc<Script>,
     live: Arc<Mutex<(Option<Instant>, HashSet<String>)>>,
+    /// Registry look-ups, cached per user (standalone Redis, attached
+    /// gateways only).
+    registry: Arc<RegistryCache>,
     /// Each attached gateway's subscriber connection, for its channel
     /// subscriptions.
     subs: Arc<Mutex<HashMap<String, SubscriberClient>>>,
@@ -266,9 +277,11 @@ impl RedisBroker {
             mark_script: Arc::new(Script::from_lua(MARK_LUA.as_str())),
             touch_script: Arc::new(Script::from_lua(TOUCH_LUA.as_str())),
             resequence_script: Arc::new(Script::from_lua(RESEQUENCE_LUA.as_str())),
+            registry_script: Arc::new(Script::from_lua(REGISTRY_LUA.as_str())),
             report_script: Arc::new(Script::from_lua(reports::REPORT_LUA)),
             read_reports_script: Arc::new(Script::from_lua(reports::READ_LUA)),
             live: Arc::default(),
+            registry: Arc::default(),
             subs: Arc::default(),
         })
     }
@@ -310,21 +323,79 @@ impl RedisBroker {
         cache.0.is_some_and(|at| at.elapsed() < LIVE_CACHE) && cache.1.contains(gateway)
     }
 
+    /// `users`' gateways: from the look-up cache when it may be used
+    /// (`cacheable` and see `registry_cache`), the rest from the registry.
+    async fn registry_lookup(&self, users: &[Address], cacheable: bool) -> Result<Vec<Gateways>> {
+        let cached = if cacheable {
+            self.registry.lookup(users)
+        } else {
+            None
+        };
+        let (mut found, generation) = match cached {
+            Some((found, generation)) => (found, Some(generation)),
+            None => (vec![None; users.len()], None),
+        };
+        let missing: Vec<usize> = (0..users.len()).filter(|&i| found[i].is_none()).collect();
+        if !missing.is_empty() {
+            // Look-ups run concurrently; fred pipelines them per node.
+            let lists: Vec<Vec<String>> = try_join_all(missing.iter().map(|&i| {
+                self.pool
+                    .smembers::<Vec<String>, _>(registry_key(&users[i]))
+            }))
+            .await
+            .map_err(unavailable)?;
+            for (i, list) in missing.into_iter().zip(lists) {
+                let list: Gateways = list.into();
+                if let Some(generation) = generation {
+                    self.registry.fill(generation, users[i], list.clone());
+                }
+                found[i] = Some(list);
+            }
+        }
+        Ok(found
+            .into_iter()
+            .map(|g| g.unwrap_or_else(|| Arc::from(Vec::new())))
+            .collect())
+    }
+
+    /// Run the registry script (standalone Redis): `add` or `rem` the
+    /// `gateways` from `user`'s set, announcing a change. Returns the
+    /// set's members after it.
+    async fn registry_change(
+        &self,
+        user: &Address,
+        op: &str,
+        gateways: &[String],
+    ) -> Result<Vec<String>> {
+        let mut args = vec![op.to_owned(), REGISTRY_CHANNEL.to_owned(), user.lower()];
+        args.extend(gateways.iter().cloned());
+        let out: Vec<Value> = self
+            .registry_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![registry_key(user), REGISTRY_VERSION_KEY.to_owned()],
+                args,
+            )
+            .await
+            .map_err(unavailable)?;
+        let (version, members) = out.split_first().ok_or_else(|| corrupt("registry reply"))?;
+        self.registry.observe(value_u64(version)?);
+        members
+            .iter()
+            .map(|m| m.as_string().ok_or_else(|| corrupt("registry member")))
+            .collect()
+    }
+
     /// Registry look-up, then one publish per live gateway; the share for
     /// `local` (if given) is returned rather than published.
     async fn route_inner(&self, ev: Routed, local: Option<&str>) -> Result<Option<Routed>> {
-        // Registry look-ups run concurrently; fred pipelines them per node.
-        let lists: Vec<Vec<String>> = try_join_all(
-            ev.users
-                .iter()
-                .map(|u| self.pool.smembers::<Vec<String>, _>(registry_key(u))),
-        )
-        .await
-        .map_err(unavailable)?;
+        // A revocation must reach a socket that registered a moment ago:
+        // it reads the registry itself.
+        let lists = self.registry_lookup(&ev.users, ev.revoke.is_none()).await?;
         let mut per_gw: HashMap<String, Vec<Address>> = HashMap::new();
         for (u, gws) in ev.users.iter().zip(lists) {
-            for g in gws {
-                per_gw.entry(g).or_default().push(*u);
+            for g in gws.iter() {
+                per_gw.entry(g.clone()).or_default().push(*u);
             }
         }
         let mine = local.and_then(|l| per_gw.remove(l)).map(|users| Routed {
@@ -706,6 +777,10 @@ impl Broker for RedisBroker {
             keys.persist.clone(),
             keys.legacy_dedupe(&req.id),
         ];
+        let mut key_list = key_list;
+        if !self.cluster {
+            key_list.push(REGISTRY_VERSION_KEY.to_owned());
+        }
         let args: Vec<String> = vec![
             from,
             req.id.to_string(),
@@ -752,9 +827,11 @@ impl Broker for RedisBroker {
         }
         let seq = value_u64(out.get(1).unwrap_or(&Value::Null))?;
         let ts = value_u64(out.get(2).unwrap_or(&Value::Null))?;
+        self.registry
+            .observe(value_u64(out.get(3).unwrap_or(&Value::Null))?);
         let members = match direct {
             Some(m) => m.to_vec(),
-            None => out[3.min(out.len())..]
+            None => out[4.min(out.len())..]
                 .iter()
                 .map(|v| {
                     v.as_str()
@@ -915,25 +992,28 @@ impl Broker for RedisBroker {
             if self.cfg.persist { "1" } else { "0" }.into(),
             conv.to_string(),
         ];
+        let mut key_list = vec![
+            keys.key(suffix::WATERMARKS),
+            keys.key(suffix::SEQ),
+            keys.persist.clone(),
+        ];
+        if !self.cluster {
+            key_list.push(REGISTRY_VERSION_KEY.to_owned());
+        }
         let out: Vec<u64> = self
             .mark_script
-            .evalsha_with_reload(
-                self.pool.next(),
-                vec![
-                    keys.key(suffix::WATERMARKS),
-                    keys.key(suffix::SEQ),
-                    keys.persist.clone(),
-                ],
-                args,
-            )
+            .evalsha_with_reload(self.pool.next(), key_list, args)
             .await
             .map_err(unavailable)?;
+        if let Some(v) = out.get(3) {
+            self.registry.observe(*v);
+        }
         match out.as_slice() {
-            [1, d, r] => Ok(Some(Watermarks {
+            [1, d, r, _] => Ok(Some(Watermarks {
                 delivered: *d,
                 read: *r,
             })),
-            [0, _, _] => Ok(None),
+            [0, _, _, _] => Ok(None),
             other => Err(corrupt(format!("mark reply {other:?}"))),
         }
     }
@@ -965,6 +1045,7 @@ impl Broker for RedisBroker {
         // Re-subscribe after reconnects (Redis restarts, cluster failovers).
         let _resubscribe = sub.manage_subscriptions();
         let mut rx = sub.message_rx();
+        let mut reconnects = sub.reconnect_rx();
         let channel = gateway_channel(gateway);
         // Channel subscriptions go through the same connection, so their
         // messages arrive on the same feed.
@@ -980,17 +1061,53 @@ impl Broker for RedisBroker {
         // Routed to only once subscribed: events routed to it before would
         // be lost.
         applied(&sub, self.cluster.then_some(channel.as_str())).await?;
+        if !self.cluster {
+            // Registry changes, for the look-up cache; it starts at the
+            // version read after subscribing, so no change is missed.
+            sub.subscribe(REGISTRY_CHANNEL).await.map_err(unavailable)?;
+            applied(&sub, None).await?;
+            let v: Option<u64> = self
+                .pool
+                .get(REGISTRY_VERSION_KEY)
+                .await
+                .map_err(unavailable)?;
+            self.registry.start(v.unwrap_or(0));
+        }
         self.gateway_alive(gateway).await?;
         let (tx, out) = mpsc::channel(4096);
+        let registry = self.registry.clone();
         tokio::spawn(async move {
             // Keep the subscriber alive as long as the gateway listens.
             let _sub = sub;
+            let mut reconnects_open = true;
             loop {
-                match rx.recv().await {
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    r = reconnects.recv(), if reconnects_open => {
+                        if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                            reconnects_open = false;
+                        } else {
+                            // Changes published while it was away are lost.
+                            registry.lost();
+                        }
+                        continue;
+                    }
+                };
+                match received {
                     Ok(msg) => {
                         let Some(text) = msg.value.as_str() else {
                             continue;
                         };
+                        if &*msg.channel == REGISTRY_CHANNEL {
+                            match RegistryCache::parse(&text) {
+                                Some((v, user)) => registry.invalidate(v, user),
+                                None => {
+                                    tracing::warn!(%text, "undecodable registry change");
+                                    registry.lost();
+                                }
+                            }
+                            continue;
+                        }
                         match Routed::decode(&text) {
                             Ok(ev) => {
                                 if tx.send(ev).await.is_err() {
@@ -1003,11 +1120,13 @@ impl Broker for RedisBroker {
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        registry.lost();
                         tracing::warn!(%channel, missed = n, "gateway fell behind its pub/sub feed");
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
             }
+            registry.stop();
         });
         Ok(out)
     }
@@ -1040,10 +1159,15 @@ impl Broker for RedisBroker {
 
     async fn register(&self, user: &Address, gateway: &str) -> Result<()> {
         let key = registry_key(user);
-        let _: () = self.pool.sadd(&key, gateway).await.map_err(unavailable)?;
+        let listed: Vec<String> = if self.cluster {
+            let _: () = self.pool.sadd(&key, gateway).await.map_err(unavailable)?;
+            self.pool.smembers(&key).await.map_err(unavailable)?
+        } else {
+            self.registry_change(user, "add", &[gateway.to_owned()])
+                .await?
+        };
         // Prune entries of dead gateways here, on the rare connect path, rather
         // than on every routed message.
-        let listed: Vec<String> = self.pool.smembers(&key).await.map_err(unavailable)?;
         if listed.len() > 1 {
             let live = self.live_gateways(true).await?;
             let dead: Vec<String> = listed
@@ -1051,13 +1175,22 @@ impl Broker for RedisBroker {
                 .filter(|g| g != gateway && !live.contains(g))
                 .collect();
             if !dead.is_empty() {
-                let _: () = self.pool.srem(&key, dead).await.map_err(unavailable)?;
+                if self.cluster {
+                    let _: () = self.pool.srem(&key, dead).await.map_err(unavailable)?;
+                } else {
+                    self.registry_change(user, "rem", &dead).await?;
+                }
             }
         }
         Ok(())
     }
 
     async fn unregister(&self, user: &Address, gateway: &str) -> Result<()> {
+        if !self.cluster {
+            self.registry_change(user, "rem", &[gateway.to_owned()])
+                .await?;
+            return Ok(());
+        }
         let _: () = self
             .pool
             .srem(registry_key(user), gateway)
@@ -1265,6 +1398,8 @@ mod tests {
         built.push(registry_key(&user));
         built.push(revoked_key(&user));
         built.push(GATEWAYS_KEY.into());
+        built.push(REGISTRY_VERSION_KEY.into());
+        built.push(REGISTRY_CHANNEL.into());
         built.push(PRESENCE_KEY.into());
         built.push(
             ClusterRef::new("sample-ns", "sample-cluster")

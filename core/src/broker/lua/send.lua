@@ -8,6 +8,8 @@
 -- KEYS[6] the record of this message id written before records were per
 --         sender; trusted only when the log still shows the same sender at
 --         its seq (an older record could be another member's)
+-- KEYS[7] (standalone Redis only) the connection registry's version
+--         counter, read for the gateway's look-up cache (lua/registry.lua)
 --
 -- ARGV[1] sender (lowercase address)  ARGV[2] message id  ARGV[3] body (JSON)
 -- ARGV[4] unused (the timestamp comes from the Redis clock, so every
@@ -25,9 +27,10 @@
 -- Returns {-2} when seeding is required and the seq counter is missing,
 -- {-4} when the persistence stream is full (the worker is down or behind),
 -- {-1} for a non-member, {-3} for a channel non-publisher,
--- {0, seq, ts, member...} for a duplicate and {1, seq, ts, member...} for a
--- new message (members of groups only: a direct conversation's members are
--- in its id).
+-- {0, seq, ts, regver, member...} for a duplicate and {1, seq, ts, regver,
+-- member...} for a new message (regver: the registry version, 0 without
+-- KEYS[7]; members of groups only: a direct conversation's members are in
+-- its id).
 --
 -- Stream field names are placeholders in double braces, filled in from the
 -- Rust constants (core::broker::persist::fields, the log's in redis.rs)
@@ -93,6 +96,9 @@ else
   end
   out = {1, seq, ts}
 end
+local regver = 0
+if KEYS[7] then regver = tonumber(redis.call('GET', KEYS[7]) or '0') end
+table.insert(out, regver)
 if ARGV[8] == 'g' then
   for _, m in ipairs(redis.call('SMEMBERS', KEYS[3])) do table.insert(out, m) end
 end
