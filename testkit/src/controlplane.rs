@@ -18,9 +18,9 @@
 //! cold build takes ~10 min once; later runs reuse the cache).
 
 mod binaries;
-mod pki;
-mod probe;
-mod process;
+pub(crate) mod pki;
+pub(crate) mod probe;
+pub(crate) mod process;
 
 pub use binaries::{BIN_DIR_ENV, bin_dir, build_script};
 
@@ -93,6 +93,7 @@ pub struct ControlPlane {
     ca_pem: String,
     kubeconfig: PathBuf,
     tls: Arc<ClientConfig>,
+    ca_issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     components: Vec<Component>,
     reaper: Reaper,
 }
@@ -120,6 +121,21 @@ impl ControlPlane {
         let pki = Pki::generate()?;
         let tls = probe::tls_config(&pki.ca_der)?;
         let admin_token = random_token();
+        let write_later = |d: &Path, name: &str, text: &str| -> Result<PathBuf, TestkitError> {
+            let p = d.join(name);
+            fs::write(&p, text).map_err(io(format!("write {}", p.display())))?;
+            Ok(p)
+        };
+        let kubelet_client_cert = write_later(
+            dir.path(),
+            "apiserver-kubelet-client.crt",
+            &pki.kubelet_client_cert,
+        )?;
+        let kubelet_client_key = write_later(
+            dir.path(),
+            "apiserver-kubelet-client.key",
+            &pki.kubelet_client_key,
+        )?;
         let mut cp = ControlPlane {
             port: free_port()?,
             kubeconfig: dir.path().join("kubeconfig"),
@@ -127,6 +143,7 @@ impl ControlPlane {
             admin_token,
             ca_pem: pki.ca_cert.clone(),
             tls,
+            ca_issuer: pki.ca_issuer,
             components: vec![],
             reaper,
         };
@@ -193,7 +210,15 @@ impl ControlPlane {
             format!("--tls-private-key-file={}", p(&serving_key)),
             format!("--client-ca-file={}", p(&ca)),
             format!("--token-auth-file={}", p(&tokens)),
-            "--authorization-mode=RBAC".into(),
+            // Node: what a kubelet of the local node (crate::node) may read
+            // and write, as in any cluster; RBAC for everyone else.
+            "--authorization-mode=Node,RBAC".into(),
+            // Logs/exec: the API server reaches a kubelet at its InternalIP
+            // (a node's hostname need not resolve here), with a client
+            // certificate the kubelet checks against this CA.
+            "--kubelet-preferred-address-types=InternalIP".into(),
+            format!("--kubelet-client-certificate={}", p(&kubelet_client_cert)),
+            format!("--kubelet-client-key={}", p(&kubelet_client_key)),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", p(&sa_pub)),
             format!("--service-account-signing-key-file={}", p(&sa_key)),
@@ -278,7 +303,7 @@ impl ControlPlane {
         args: Vec<String>,
     ) -> Result<(), TestkitError> {
         let log = self.dir.path().join(format!("{name}.log"));
-        let c = Component::spawn(name, &bins.join(name), &args, log, &mut self.reaper)?;
+        let c = Component::spawn(name, &bins.join(name), &args, &[], log, &mut self.reaper)?;
         self.components.push(c);
         Ok(())
     }
@@ -344,6 +369,11 @@ impl ControlPlane {
         &self.admin_token
     }
 
+    /// A TLS client configuration trusting this control plane's CA.
+    pub(crate) fn tls(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.tls)
+    }
+
     /// PEM of the CA that signed the API server's certificate.
     pub fn ca_cert_pem(&self) -> &str {
         &self.ca_pem
@@ -398,6 +428,42 @@ current-context: switchboard-local
             server = self.server_url(),
             ca = BASE64.encode(&self.ca_pem),
         )
+    }
+
+    /// A kubeconfig (YAML) for user `user` in `group`, authenticating with a
+    /// client certificate this control plane's CA signs now (e.g.
+    /// `system:node:NAME` in `system:nodes` for a kubelet).
+    pub fn client_cert_kubeconfig(
+        &self,
+        user: &str,
+        group: Option<&str>,
+    ) -> Result<String, TestkitError> {
+        let (cert, key) = pki::client_cert(&self.ca_issuer, user, group)?;
+        Ok(format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: switchboard-local
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: switchboard-local
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+contexts:
+- name: switchboard-local
+  context:
+    cluster: switchboard-local
+    user: switchboard-local
+current-context: switchboard-local
+",
+            server = self.server_url(),
+            ca = BASE64.encode(&self.ca_pem),
+            cert = BASE64.encode(cert),
+            key = BASE64.encode(key),
+        ))
     }
 
     /// A `kube::Config` for the admin.

@@ -9,10 +9,15 @@
 //! Feature `kube`: `ControlPlane`, a local Kubernetes control plane (etcd,
 //! kube-apiserver, kube-controller-manager) for operator tests.
 //!
+//! Feature `node` (implies `kube`): [`node::Node`], a one-node cluster on
+//! this machine next to the control plane, where pods really run.
+//!
 //! Feature `tls`: a test CA and a TLS-terminating proxy ([`tls`]).
 
 #[cfg(feature = "kube")]
 pub mod controlplane;
+#[cfg(feature = "node")]
+pub mod node;
 mod postgres;
 mod redis;
 mod resp;

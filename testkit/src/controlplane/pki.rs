@@ -20,6 +20,13 @@ const KUBERNETES_SERVICE_IP: &str = "10.0.0.1";
 
 /// PEM text of everything the components need.
 pub(crate) struct Pki {
+    /// Signs client certificates later ([`Pki::client_cert`]): a node's
+    /// kubelet, kube-proxy and kube-scheduler authenticate with them.
+    pub ca_issuer: Issuer<'static, KeyPair>,
+    /// kube-apiserver's client certificate towards kubelets (logs, exec),
+    /// in group `system:masters`, as kubeadm's `apiserver-kubelet-client`.
+    pub kubelet_client_cert: String,
+    pub kubelet_client_key: String,
     pub ca_cert: String,
     /// DER of the CA certificate, for the Rust-side TLS probe.
     pub ca_der: Vec<u8>,
@@ -105,7 +112,16 @@ impl Pki {
             .signed_by(&front_proxy_key, &front_proxy_issuer)
             .map_err(pki_err("front-proxy client certificate"))?;
 
+        let (kubelet_client_cert, kubelet_client_key) = client_cert(
+            &issuer,
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+        )?;
+
         Ok(Pki {
+            ca_issuer: issuer,
+            kubelet_client_cert,
+            kubelet_client_key,
             ca_cert: ca_cert.pem(),
             ca_der: ca_cert.der().to_vec(),
             serving_cert: serving_cert.pem(),
@@ -117,4 +133,26 @@ impl Pki {
             front_proxy_client_key: front_proxy_key.serialize_pem(),
         })
     }
+}
+
+/// A client certificate for user `common_name` in `group` (the API server
+/// reads them from CN and O; rcgen keeps one O), signed by the control plane's CA: PEM of the
+/// certificate and of its key.
+pub(crate) fn client_cert(
+    issuer: &Issuer<'static, KeyPair>,
+    common_name: &str,
+    group: Option<&str>,
+) -> Result<(String, String), TestkitError> {
+    let key = KeyPair::generate().map_err(pki_err("client key"))?;
+    let mut p = params(common_name, vec![])?;
+    if let Some(g) = group {
+        p.distinguished_name.push(DnType::OrganizationName, g);
+    }
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    let cert = p
+        .signed_by(&key, issuer)
+        .map_err(pki_err("client certificate"))?;
+    Ok((cert.pem(), key.serialize_pem()))
 }

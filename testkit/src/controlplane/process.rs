@@ -32,17 +32,31 @@ pub(crate) struct Reaper {
 impl Reaper {
     /// Starts the reaper; it will remove `dir` when it finishes.
     pub(crate) fn spawn(dir: &Path) -> Result<Reaper, TestkitError> {
+        Self::spawn_script(
+            REAPER,
+            "switchboard-controlplane-reaper",
+            &[dir.as_os_str()],
+        )
+    }
+
+    /// A reaper running `script` (`sh -c`, `$0` = `name`, then `args`): it
+    /// reads process group ids on stdin and does its clean-up at EOF.
+    pub(crate) fn spawn_script(
+        script: &str,
+        name: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<Reaper, TestkitError> {
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(REAPER)
-            .arg("switchboard-controlplane-reaper")
-            .arg(dir)
+            .arg(script)
+            .arg(name)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
-            .map_err(io("spawn the control plane's clean-up process (sh)"))?;
+            .map_err(io(format!("spawn the clean-up process {name} (sh)")))?;
         let stdin = child.stdin.take();
         Ok(Reaper { child, stdin })
     }
@@ -83,6 +97,7 @@ impl Component {
         name: &'static str,
         bin: &Path,
         args: &[String],
+        envs: &[(&str, String)],
         log: PathBuf,
         reaper: &mut Reaper,
     ) -> Result<Component, TestkitError> {
@@ -92,6 +107,7 @@ impl Component {
             .map_err(io(format!("open {}", log.display())))?;
         let child = Command::new(bin)
             .args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

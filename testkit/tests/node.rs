@@ -1,0 +1,270 @@
+//! The local node (feature `node`, needs root): a pod built from a local OCI
+//! archive runs, turns Ready through its readiness probe, its logs come
+//! through the API server (the `kubectl logs` path: API server → kubelet),
+//! a second pod reaches it through a ClusterIP Service (kube-proxy), and
+//! stopping the node leaves nothing behind.
+//!
+//! Where the machine cannot run a node (`node::unsupported`), the test says
+//! why and passes, unless `SWITCHBOARD_NODE_REQUIRED=1` (then it fails).
+#![cfg(feature = "node")]
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Api;
+use kube::api::{LogParams, PostParams};
+use kube::runtime::wait::await_condition;
+use serde_json::json;
+use switchboard_testkit::ControlPlane;
+use switchboard_testkit::node::{self, ImageFile, Node, write_image_archive};
+
+const IMAGE: &str = "switchboard.local/netcheck:test";
+
+fn pod_ready(p: Option<&Pod>) -> bool {
+    p.and_then(|p| p.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_finished(p: Option<&Pod>) -> bool {
+    p.and_then(|p| p.status.as_ref())
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|ph| ph == "Succeeded" || ph == "Failed")
+}
+
+fn pod(name: &str, labels: serde_json::Value, spec: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "labels": labels },
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+async fn wait_for(
+    pods: &Api<Pod>,
+    name: &str,
+    what: &str,
+    cond: fn(Option<&Pod>) -> bool,
+    node: &Node,
+) -> Pod {
+    let waited = tokio::time::timeout(
+        Duration::from_secs(120),
+        await_condition(pods.clone(), name, cond),
+    )
+    .await;
+    match waited {
+        Ok(Ok(Some(p))) => p,
+        other => {
+            let status = pods.get(name).await.ok().and_then(|p| p.status);
+            panic!(
+                "pod {name} not {what}: {other:?}\nstatus: {status:#?}\n{}",
+                node.log_tails()
+            )
+        }
+    }
+}
+
+fn nat_services() -> String {
+    let out = Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S", "KUBE-SERVICES"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a node leaves on the machine outside its temp dir if it does not
+/// clean up: iptables chains (kubelet's and kube-proxy's), containerd shim
+/// sockets, CNI result files.
+fn host_state() -> Vec<String> {
+    let mut state = vec![];
+    for save in ["iptables-save", "ip6tables-save"] {
+        if let Ok(out) = Command::new(save).output() {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            state.extend(
+                text.lines()
+                    .filter(|l| l.contains("KUBE-") || l.contains("CNI-"))
+                    .map(|l| format!("{save}: {l}")),
+            );
+        }
+    }
+    for dir in ["/run/containerd/s", "/var/lib/cni/results"] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            state.extend(entries.flatten().map(|e| e.path().display().to_string()));
+        }
+    }
+    state.sort();
+    state
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_runs_serves_through_a_service_and_the_node_cleans_up() {
+    if let Some(why) = node::unsupported() {
+        assert!(
+            std::env::var_os("SWITCHBOARD_NODE_REQUIRED").is_none(),
+            "SWITCHBOARD_NODE_REQUIRED is set but {why}"
+        );
+        eprintln!("SKIPPED: this machine cannot run a local node: {why}");
+        return;
+    }
+    let before = host_state();
+    let cp =
+        ControlPlane::start_with(node::control_plane_options()).unwrap_or_else(|e| panic!("{e}"));
+    let n = Node::start(&cp).unwrap_or_else(|e| panic!("{e}"));
+
+    // An image without a registry: the static netcheck binary, one layer.
+    let archive = n.dir().join("netcheck.oci.tar");
+    write_image_archive(
+        &archive,
+        IMAGE,
+        &[ImageFile {
+            path: "/netcheck".into(),
+            source: n.bin_dir().join("netcheck"),
+            mode: 0o755,
+        }],
+        &["/netcheck"],
+    )
+    .unwrap();
+    n.import_image(&archive).unwrap();
+
+    let client = cp.client().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+
+    // The server: scheduled by kube-scheduler (no nodeName), Ready once its
+    // HTTP readiness probe answers.
+    let server = pod(
+        "server",
+        json!({ "app": "netcheck" }),
+        json!({
+            "containers": [{
+                "name": "netcheck",
+                "image": IMAGE,
+                "imagePullPolicy": "Never",
+                "args": ["serve", ":8080"],
+                "ports": [{ "containerPort": 8080 }],
+                "readinessProbe": {
+                    "httpGet": { "path": "/ready", "port": 8080 },
+                    "periodSeconds": 1,
+                },
+            }],
+        }),
+    );
+    pods.create(&PostParams::default(), &server).await.unwrap();
+    let ready = wait_for(&pods, "server", "Ready", pod_ready, &n).await;
+    let status = ready.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(
+        ready.spec.unwrap().node_name.as_deref(),
+        Some(n.name()),
+        "scheduled onto the local node"
+    );
+    let pod_ip = status.pod_ip.unwrap();
+    assert!(
+        pod_ip.starts_with("10.244.0."),
+        "pod IP {pod_ip} from the bridge's subnet"
+    );
+
+    // kubectl logs: the API server asks the kubelet.
+    let logs = pods.logs("server", &LogParams::default()).await.unwrap();
+    assert!(logs.contains("netcheck listening on :8080"), "logs: {logs}");
+    assert!(
+        logs.contains("GET /ready"),
+        "the probe's requests in the logs: {logs}"
+    );
+
+    // A ClusterIP Service in front of it, reached from a second pod once
+    // kube-proxy has programmed it.
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": "netcheck" },
+        "spec": {
+            "selector": { "app": "netcheck" },
+            "ports": [{ "port": 80, "targetPort": 8080 }],
+        },
+    }))
+    .unwrap();
+    let svc = services.create(&PostParams::default(), &svc).await.unwrap();
+    let cluster_ip = svc.spec.unwrap().cluster_ip.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !nat_services()
+        .lines()
+        .any(|l| l.contains(&format!("{cluster_ip}/32")) && l.contains("-j KUBE-SVC-"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "kube-proxy never programmed {cluster_ip}:\n{}\n{}",
+            nat_services(),
+            n.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let client_pod = pod(
+        "client",
+        json!({ "app": "client" }),
+        json!({
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "netcheck",
+                "image": IMAGE,
+                "imagePullPolicy": "Never",
+                "args": ["get", format!("http://{cluster_ip}/via-service")],
+            }],
+        }),
+    );
+    pods.create(&PostParams::default(), &client_pod)
+        .await
+        .unwrap();
+    let done = wait_for(&pods, "client", "finished", pod_finished, &n).await;
+    let client_logs = pods.logs("client", &LogParams::default()).await.unwrap();
+    assert_eq!(
+        done.status.unwrap().phase.as_deref(),
+        Some("Succeeded"),
+        "client logs: {client_logs}\n{}",
+        n.log_tails()
+    );
+    assert_eq!(client_logs.trim(), "netcheck server");
+    let logs = pods.logs("server", &LogParams::default()).await.unwrap();
+    assert!(logs.contains("GET /via-service"), "logs: {logs}");
+
+    // Stopping the node removes what it made on this machine.
+    let (dir, bridge, cgroup) = (
+        n.dir().to_path_buf(),
+        n.bridge().to_string(),
+        n.cgroup_root().to_string(),
+    );
+    drop(n);
+    assert!(!dir.exists(), "{} removed", dir.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir_s = dir.display().to_string();
+    assert!(
+        !mounts.contains(&dir_s),
+        "mounts left under {dir_s}:\n{mounts}"
+    );
+    assert!(
+        !Path::new("/sys/class/net").join(&bridge).exists(),
+        "bridge {bridge} removed"
+    );
+    for h in ["memory", "cpu", "pids", "unified"] {
+        let c = Path::new("/sys/fs/cgroup").join(h).join(&cgroup);
+        assert!(!c.exists(), "{} removed", c.display());
+    }
+    assert_eq!(
+        host_state(),
+        before,
+        "iptables chains, shim sockets and CNI results as before the node"
+    );
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&dir_s))
+        .collect();
+    assert!(leftovers.is_empty(), "processes left: {leftovers:?}");
+}
