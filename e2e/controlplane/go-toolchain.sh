@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Prints the `bin` directory of a Go toolchain new enough to build the control
-# plane (build.sh's `go`), fetching a pinned one when the machine has none.
+# plane (build.sh's `go`) or the local node (e2e/node/build.sh), fetching a
+# pinned one when the machine has none.
 #
-# Order: the `go` on PATH when it is >= $min_go; else the pinned toolchain
+#   go-toolchain.sh [MIN]     MIN: the oldest usable Go, e.g. 1.25 (default 1.24)
+#
+# Order: the `go` on PATH when it is >= MIN; else the pinned toolchain
 # cached under ${SWITCHBOARD_GO_CACHE:-$HOME/.cache/switchboard/go}; else that
 # toolchain is downloaded once from the Go module proxy, as the module
 # `golang.org/toolchain@v0.0.1-<version>.linux-<arch>` (the same zip the `go`
@@ -19,7 +22,11 @@
 set -euo pipefail
 exec 3>&1 1>&2
 
-min_go=1.24
+min_go=${1:-1.24}
+[[ "$min_go" =~ ^[0-9]+\.[0-9]+$ ]] || {
+  echo "go-toolchain.sh: MIN must look like 1.25, not '$min_go'" >&2
+  exit 1
+}
 # The pinned toolchain and the SHA-256 of its module zip, per architecture
 # (sha256sum of the zip the proxy serves for the version below).
 version=go1.26.8
@@ -44,8 +51,12 @@ if command -v go >/dev/null 2>&1; then
     dirname "$(command -v go)" >&3
     exit 0
   fi
-  echo "go-toolchain.sh: the go on PATH is $have; the control plane needs >= go$min_go"
+  echo "go-toolchain.sh: the go on PATH is $have; >= go$min_go is needed"
 fi
+new_enough "$version" || {
+  echo "go-toolchain.sh: the pinned $version is older than go$min_go: install Go >= $min_go" >&2
+  exit 1
+}
 
 case "$(uname -m)" in
   x86_64 | amd64) arch=amd64 ;;

@@ -97,7 +97,7 @@ pkg-config --exists libseccomp || {
   exit 1
 }
 
-go_bin=$("$here/../controlplane/go-toolchain.sh")
+go_bin=$("$here/../controlplane/go-toolchain.sh" 1.25)
 export PATH="$go_bin:$PATH"
 
 echo "building the local node's binaries (kubelet, kube-proxy, kube-scheduler $k8s_version, containerd, runc, CNI plugins) with $(go version | awk '{print $3}')"
