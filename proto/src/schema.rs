@@ -127,11 +127,10 @@ fn close_codes() -> Value {
     ];
     let one_of: Vec<Value> = codes
         .iter()
-        .map(|(code, name, why)| json!({"const": code, "title": name, "description": why}))
+        .map(|(code, name, why)| json!({"type": "integer", "const": code, "title": name, "description": why}))
         .collect();
     json!({
         "description": "WebSocket close codes the gateway uses (4000-4999 is the application range).",
-        "type": "integer",
         "oneOf": one_of,
     })
 }
