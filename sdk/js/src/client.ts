@@ -117,6 +117,8 @@ export class Client {
   /** Read marks not written yet (offline), highest per conversation. */
   private readonly pendingReads = new Map<ConvId, number>();
   private ws: WebSocketLike | undefined;
+  /** Counters for monitoring (and tests): repeats dropped, connections made. */
+  readonly stats = { duplicates: 0, connections: 0 };
   private user: Address | undefined;
   private closed = false;
   private timer: ReturnType<typeof setTimeout> | undefined;
@@ -226,6 +228,10 @@ export class Client {
     if (this.closed) throw new SwitchboardError("closed", "the client is closed");
     const c = checkConv(conv);
     const id = opts.id === undefined ? randomMsgId() : checkMsgId(opts.id);
+    // JSON.stringify drops undefined members silently: refuse them here.
+    if (body === undefined || typeof body === "function" || typeof body === "symbol") {
+      throw invalid("the body is not a JSON value");
+    }
     const existing = this.outbox.find(c, id);
     if (existing) return new Promise((resolve, reject) => existing.waiters.push({ resolve, reject }));
     if (this.outbox.size >= this.opts.maxQueued) {
@@ -235,6 +241,8 @@ export class Client {
     const queuedAt = Date.now();
     // Persist first: a reload after this line still sends it.
     await this.store.queue({ conv: c, id, body, queuedAt });
+    // Closed meanwhile: the stored entry is the next client's to send.
+    if (this.closed) throw new SwitchboardError("closed", "the client was closed before the send was written");
     return new Promise<Sent>((resolve, reject) => {
       this.outbox.push({ id, conv: c, body, frame, queuedAt, state: { k: "queued" }, refusals: 0, waiters: [{ resolve, reject }] });
       this.pump();
@@ -481,6 +489,7 @@ export class Client {
         }
         this.write({ type: "ping" });
       }, every * (0.8 + Math.random() * 0.2));
+      this.stats.connections += 1;
       if (this.user) this.emit("connected", { user: this.user });
       if (this.user && this.auth.current && this.opts.renewSession) {
         this.auth.keepFresh((s) => {
@@ -547,7 +556,10 @@ export class Client {
           return;
         }
         if (isChannel(m.conv)) return this.onChannelMsg(m);
+        // Ack every copy, repeats too: the gateway resends until acked.
         if (this.opts.autoAck) this.write({ type: "ack", conv: m.conv, seq: m.seq });
+        const held = this.tracker.held(m.conv);
+        if (held !== undefined && m.seq <= held) this.stats.duplicates += 1;
         const out = this.tracker.onMsg(m, now);
         if (out.length) {
           this.surface(out);

@@ -18,3 +18,5 @@ export {
 export { Client, Close, type ClientOptions, type ClientEvents, type Subscribed, type WebSocketCtor, type WebSocketLike } from "./client.js";
 export type { Sent } from "./outbox.js";
 export { MemoryStore, type Store, type ConvState, type QueuedSend, type HistoryQuery } from "./store.js";
+export { Rest } from "./rest.js";
+export { EventStream, type EventStreamOptions } from "./sse.js";

@@ -99,6 +99,8 @@ export interface GatewayOptions {
   secretFile?: string;
   drainSeconds?: number;
   extraArgs?: string[];
+  /** Listen on this port (a restart at the same address). */
+  port?: number;
 }
 
 export function secretFile(): string {
@@ -117,7 +119,7 @@ export class Gateway {
     return `http://127.0.0.1:${this.port}`;
   }
   static async start(o: GatewayOptions = {}): Promise<Gateway> {
-    const port = await freePort();
+    const port = o.port ?? (await freePort());
     const args = [
       "--listen", `127.0.0.1:${port}`,
       "--token-secret-file", o.secretFile ?? secretFile(),
@@ -151,6 +153,48 @@ export class Gateway {
   }
   async kill(): Promise<void> {
     await stopChild(this.child, "SIGKILL");
+  }
+}
+
+/**
+ * A round-robin TCP balancer over the gateways still in rotation, as a
+ * Kubernetes Service is: a draining pod leaves it before its SIGTERM.
+ */
+export class Balancer {
+  private next = 0;
+  private constructor(
+    readonly port: number,
+    private readonly server: import("node:net").Server,
+    readonly upstreams: number[],
+  ) {}
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+  static async start(upstreams: number[]): Promise<Balancer> {
+    const { createServer: tcp, connect: dial } = await import("node:net");
+    const ups = [...upstreams];
+    let b: Balancer | undefined;
+    const server = tcp((inbound) => {
+      const list = b?.upstreams ?? ups;
+      const port = list[(b ? b.next++ : 0) % list.length];
+      const outbound = dial(port ?? 0, "127.0.0.1");
+      inbound.pipe(outbound).pipe(inbound);
+      inbound.on("error", () => outbound.destroy());
+      outbound.on("error", () => inbound.destroy());
+      inbound.on("close", () => outbound.destroy());
+      outbound.on("close", () => inbound.destroy());
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const a = server.address();
+    b = new Balancer(a && typeof a === "object" ? a.port : 0, server, ups);
+    return b;
+  }
+  remove(port: number): void {
+    const i = this.upstreams.indexOf(port);
+    if (i >= 0) this.upstreams.splice(i, 1);
+  }
+  close(): void {
+    this.server.close();
   }
 }
 
