@@ -63,12 +63,19 @@ export class EventStream {
   private async run(): Promise<void> {
     const backoff = new Backoff(this.opts.backoffBaseMs ?? 200, this.opts.backoffCapMs ?? 10_000);
     let wait = 0;
+    // After a drain's 1012 the next request may go out on a pooled
+    // keep-alive connection to the draining gateway and fail at once;
+    // such failures (one per pooled connection) are retried at once too, a few times, not after a backoff.
+    let atOnce = 0;
     while (!this.abort.signal.aborted) {
       if (wait > 0) await sleepUnless(wait, this.abort.signal);
       if (this.abort.signal.aborted) return;
       let end: { code: number; reason: string };
       try {
-        end = await this.once(() => backoff.reset());
+        end = await this.once(() => {
+          backoff.reset();
+          atOnce = 0;
+        });
       } catch (e) {
         if (this.abort.signal.aborted) return;
         const err = e as SwitchboardError;
@@ -79,7 +86,13 @@ export class EventStream {
       if (end.code === 4001) {
         await this.auth.refresh().catch(() => undefined);
         wait = backoff.next();
-      } else wait = end.code === 1012 ? 0 : backoff.next();
+      } else if (end.code === 1012) {
+        wait = 0;
+        atOnce = 4;
+      } else if (end.code === 1006 && atOnce > 0) {
+        wait = 0;
+        atOnce -= 1;
+      } else wait = backoff.next();
     }
   }
 

@@ -77,6 +77,9 @@ describe("outbox", { timeout: 120_000 }, () => {
     const b = await connect(gw.url, {}, wb);
     const eb = new Events(b);
     await a.send(conv, "before");
+    // b holds seq 1 before the gateway dies (a conversation it first met
+    // later would start at that later message: backfillNew is off).
+    await eb.messages(conv, 1);
     await gw.kill();
     await ea.next("disconnected");
     // Offline: queued (and stored), answered after the reconnect.

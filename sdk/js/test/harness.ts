@@ -2,6 +2,7 @@
 // engine) and a real redis-server on free ports, wallets that sign like a
 // browser wallet would (viem private-key accounts), and waiting for events.
 import { spawn, type ChildProcess } from "node:child_process";
+import { after } from "node:test";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -27,9 +28,13 @@ export async function freePort(): Promise<number> {
 }
 
 const children = new Set<ChildProcess>();
-process.on("exit", () => {
+function killAll(): void {
   for (const c of children) c.kill("SIGKILL");
-});
+}
+process.on("exit", killAll);
+// A failed test skips its own cleanup: the servers it started must not keep
+// the test process alive.
+after(killAll);
 
 function track(c: ChildProcess): ChildProcess {
   children.add(c);
@@ -268,7 +273,7 @@ export class Events {
     for (;;) {
       const got = this.of("message").filter((m) => m.conv === conv);
       if (got.length >= n) return got;
-      if (Date.now() > deadline) throw new Error(`${got.length} of ${n} messages of ${conv} within ${ms} ms`);
+      if (Date.now() > deadline) throw new Error(`${got.length} of ${n} messages of ${conv} within ${ms} ms: ${JSON.stringify(got.map((m) => [m.seq, m.body]))}; events ${this.seen.map((s) => s.type).join(",")}`);
       await this.next("message", (m) => m.conv === conv, { from: this.seen.length, ms: deadline - Date.now() }).catch(() => undefined);
     }
   }
