@@ -4,6 +4,7 @@
 //! human-readable contract; these types are the machine-checked one, shared by
 //! the gateway and the client SDK so the two cannot drift.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -39,7 +40,7 @@ pub mod close {
 /// Frames a client sends. Parse with [`ClientFrame::from_json`]: serde's
 /// internally tagged enums buffer their content, which cannot hold the raw
 /// `body` of a `send`, so that variant is parsed on its own.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
     /// Must be the first frame unless the upgrade carried `Authorization: Bearer`.
@@ -105,7 +106,7 @@ impl ClientFrame {
 }
 
 /// Presence derived from the time since a user was last seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PresenceStatus {
     Online,
@@ -114,7 +115,7 @@ pub enum PresenceStatus {
 }
 
 /// A stored message as delivered to members.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Message {
     pub conv: ConvId,
     pub seq: u64,
@@ -139,7 +140,7 @@ fn is_false(b: &bool) -> bool {
 /// Frames the server sends. Parse with [`ServerFrame::from_json`]: the
 /// derived `Deserialize` cannot hold the raw `body` of a `msg` (serde buffers
 /// tagged-enum content) and fails on `msg` frames.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// Authentication succeeded.
@@ -251,7 +252,7 @@ impl ServerFrame {
 }
 
 /// Machine-readable error codes, shared by error frames and HTTP problem bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Malformed JSON, unknown `type`, missing or invalid field.

@@ -92,7 +92,7 @@ impl<'de> Deserialize<'de> for Address {
 }
 
 /// What kind of conversation an id names; the kind is visible in the id's prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ConvKind {
     /// `dm:<addrA>:<addrB>`: two wallets, membership follows from the id.
@@ -282,6 +282,63 @@ impl<'de> Deserialize<'de> for MsgId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+// JSON Schema of the ids: strings, with the patterns and lengths their
+// parsers enforce, so a schema-driven client refuses what the gateway would
+// (proto/schema/*.json). Keep each pattern in step with its `FromStr`.
+
+/// An address on the wire: `0x` + 40 hex digits, any case (output is EIP-55).
+pub const ADDRESS_PATTERN: &str = "^0[xX][0-9a-fA-F]{40}$";
+/// A message id on the wire.
+pub const MSG_ID_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,64}$";
+/// A conversation id on the wire: direct, group or channel.
+pub const CONV_ID_PATTERN: &str =
+    "^(dm:0[xX][0-9a-fA-F]{40}:0[xX][0-9a-fA-F]{40}|g:[0-9a-fA-F]{32}|ch:[A-Za-z0-9_.:-]{1,64})$";
+
+impl schemars::JsonSchema for Address {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Address".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An Ethereum address: 0x and 40 hex digits, accepted in any case, sent EIP-55 checksummed.",
+            "type": "string",
+            "minLength": 42,
+            "maxLength": 42,
+            "pattern": ADDRESS_PATTERN,
+        })
+    }
+}
+
+impl schemars::JsonSchema for ConvId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ConvId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A conversation id: dm:<address>:<address> (direct; canonical form lowercase and sorted), g:<32 hex> (group) or ch:<name> (channel, 1 to 64 of [A-Za-z0-9_.:-]).",
+            "type": "string",
+            "minLength": 4,
+            "maxLength": MAX_CONV_ID_LEN,
+            "pattern": CONV_ID_PATTERN,
+        })
+    }
+}
+
+impl schemars::JsonSchema for MsgId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MsgId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A client-chosen message id, the idempotency key of a send: 1 to 64 of [A-Za-z0-9_.:-].",
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 64,
+            "pattern": MSG_ID_PATTERN,
+        })
     }
 }
 

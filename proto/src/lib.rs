@@ -11,4 +11,5 @@ pub mod frames;
 pub mod ids;
 pub mod model;
 pub mod rest;
+pub mod schema;
 pub mod time;

@@ -3,12 +3,13 @@
 //! roles, and the lines of a user's conversation list. The engines store these;
 //! the REST API returns them as they are.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Address, ConvId, ConvKind};
 
 /// A group (or the synthesized view of a direct conversation).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Conversation {
     pub id: ConvId,
     pub kind: ConvKind,
@@ -30,7 +31,7 @@ pub struct Conversation {
 }
 
 /// Who may read a channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
     /// Any signed-in user.
@@ -66,7 +67,7 @@ impl Conversation {
 }
 
 /// A member's standing in a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Created the group or was made admin: manages members.
@@ -75,7 +76,7 @@ pub enum Role {
 }
 
 /// One member row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Member {
     pub user: Address,
     pub role: Role,
@@ -84,7 +85,7 @@ pub struct Member {
 }
 
 /// One line of a user's conversation list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ConversationSummary {
     pub id: ConvId,
     pub kind: ConvKind,

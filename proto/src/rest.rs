@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -13,14 +14,14 @@ use crate::ids::{Address, ConvId, ConvKind, MsgId};
 use crate::model::{ConversationSummary, Visibility};
 
 /// `GET /v1/auth/nonce`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct NonceResponse {
     pub nonce: String,
 }
 
 /// `POST /v1/auth/verify`: an EIP-4361 message and its `personal_sign`
 /// signature.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     pub message: String,
@@ -28,7 +29,7 @@ pub struct VerifyRequest {
 }
 
 /// The answer to a sign-in.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct VerifyResponse {
     pub token: String,
     pub address: Address,
@@ -37,7 +38,7 @@ pub struct VerifyResponse {
 }
 
 /// `POST /v1/conversations`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConversation {
     pub kind: ConvKind,
@@ -48,7 +49,7 @@ pub struct CreateConversation {
 }
 
 /// `POST /v1/channels`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateChannel {
     pub name: String,
@@ -63,7 +64,7 @@ pub struct CreateChannel {
 }
 
 /// `GET /v1/conversations`: one page, newest activity first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ListPage {
     pub conversations: Vec<ConversationSummary>,
     /// Pass as `cursor` for the next (older) page; absent on the last page.
@@ -74,7 +75,7 @@ pub struct ListPage {
 /// Delivery status of the caller's own messages, from the other members'
 /// watermarks: `read` when every other member has read it, `delivered` when
 /// it reached a device of every other member, else `sent`.
-#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Sent,
@@ -83,7 +84,7 @@ pub enum DeliveryStatus {
 }
 
 /// One message of `GET /v1/conversations/{id}/messages`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryItem {
     pub conv: ConvId,
     pub seq: u64,
@@ -97,7 +98,7 @@ pub struct HistoryItem {
 }
 
 /// `GET /v1/conversations/{id}/messages`: ascending by seq.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryPage {
     pub messages: Vec<HistoryItem>,
     /// The conversation's last seq.
@@ -105,20 +106,20 @@ pub struct HistoryPage {
 }
 
 /// `POST /v1/conversations/{id}/members`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMembers {
     pub members: Vec<String>,
 }
 
 /// The answer to [`AddMembers`]: who was not a member before.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct AddedMembers {
     pub added: Vec<Address>,
 }
 
 /// One user of `GET /v1/presence`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct PresenceEntry {
     pub status: PresenceStatus,
     /// Unix ms; absent when never seen.
@@ -131,12 +132,12 @@ pub type PresenceMap = HashMap<String, PresenceEntry>;
 
 /// Every error answer: `{"error": {"code", "message"}}`, with an HTTP status
 /// that matches the code.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
