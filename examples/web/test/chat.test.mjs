@@ -247,3 +247,38 @@ test("two wallets chat in the browser: unread, receipts, typing, group, live cha
   assert.deepEqual(a.errors, [], "no uncaught errors in Alice's page");
   assert.deepEqual(b.errors, [], "no uncaught errors in Bob's page");
 });
+
+test("without a wallet: a throwaway key kept in the page; after a reload the same user with its history", async () => {
+  const ctx = await browser.createBrowserContext();
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  const signIn = async () => {
+    await page.waitForSelector("#signin", { timeout: WAIT });
+    assert.match(await page.$eval("#wallet-note", (e) => e.textContent), /throwaway key/);
+    await page.click("#signin");
+    await page.waitForSelector("#chat:not([hidden]) #convs li", { timeout: WAIT });
+    return page.$eval("#me", (e) => e.textContent);
+  };
+  await page.goto(`${base}/demo`);
+  const me = await signIn();
+  assert.match(me, /^0x[0-9a-fA-F]{40}$/);
+  const key = await page.evaluate(() => localStorage.getItem("switchboard-demo-key"));
+  assert.match(key, /^0x[0-9a-f]{64}$/);
+  assert.equal(privateKeyToAccount(key).address, me, "the key in the page is the user's");
+
+  const peer = privateKeyToAccount(generatePrivateKey()).address;
+  const dm = `dm:${[me, peer].map((x) => x.toLowerCase()).sort().join(":")}`;
+  await page.type("#new-members", peer);
+  await page.click("#new-chat button");
+  await page.waitForSelector(`${liFor(dm)}.selected`, { timeout: WAIT });
+  await send(page, "kept across a reload");
+  await page.waitForSelector('#messages li[data-seq="1"]:not(.pending)', { timeout: WAIT });
+
+  await page.reload();
+  assert.equal(await signIn(), me, "the same key after a reload");
+  await open(page, dm);
+  await shows(page, ["kept across a reload"]);
+  assert.deepEqual(errors, []);
+  await ctx.close();
+});
