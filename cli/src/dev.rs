@@ -3,7 +3,7 @@
 //! embedded worker — until Ctrl-C / SIGTERM, then a graceful drain. The
 //! gateway's flags and start-up are the `switchboard-gateway` binary's
 //! (`switchboard_gateway::args`, `switchboard_gateway::launch`); this adds
-//! the worker.
+//! the worker and the browser chat at `/demo` (`crate::web`).
 
 use std::time::Duration;
 
@@ -24,7 +24,9 @@ pub struct DevArgs {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let args = args.gateway;
-    let cfg = launch::config(&args)?;
+    let mut cfg = launch::config(&args)?;
+    // The browser chat at /demo, same origin as the API it calls.
+    cfg.static_files = crate::web::files();
     let mut engines = launch::connect(&args, true).await?;
 
     let worker_stop = CancellationToken::new();

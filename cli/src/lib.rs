@@ -4,3 +4,4 @@
 pub mod dev;
 pub mod store;
 pub mod talk;
+pub mod web;

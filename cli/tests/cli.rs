@@ -659,3 +659,38 @@ async fn the_client_commands_work_over_tls_with_a_private_ca() {
     .await;
     dev.kill().await.unwrap();
 }
+
+/// `switchboard dev` serves the browser chat (examples/web, built and
+/// checked in) at /demo and /demo/ on its own origin, as the file is: the
+/// page's own test drives it in Chromium (examples/web/test).
+#[tokio::test]
+async fn dev_serves_the_browser_chat_at_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let secret = home.join("secret");
+    let (mut dev, server, _) =
+        start_dev(home, &["--token-secret-file", secret.to_str().unwrap()]).await;
+    let page = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/web/dist/index.html"
+    ))
+    .unwrap();
+    for path in ["/demo", "/demo/"] {
+        let r = reqwest::get(format!("{server}{path}")).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(
+            r.headers()["content-type"].to_str().unwrap(),
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        assert!(
+            r.bytes().await.unwrap() == page,
+            "{path}: not dist/index.html"
+        );
+    }
+    // Nothing else is served from files: the API's 404 stays.
+    let r = reqwest::get(format!("{server}/demo/app.js")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    dev.start_kill().unwrap();
+    dev.wait().await.unwrap();
+}

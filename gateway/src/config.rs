@@ -109,6 +109,30 @@ pub struct GatewayConfig {
     /// (`--cors-origin`, see [`crate::cors`]); empty (the default): no CORS
     /// headers at all.
     pub cors_origins: Vec<CorsOrigin>,
+    /// Files served as they are at fixed paths on the public listener
+    /// (`switchboard dev` serves the browser chat at `/demo` this way);
+    /// empty (the default) in the gateway binary.
+    pub static_files: Vec<StaticFile>,
+}
+
+/// One file served with `GET path`: bytes and their content type, nothing
+/// more (no templating, no directory listing).
+#[derive(Clone)]
+pub struct StaticFile {
+    /// The request path, starting with `/`.
+    pub path: &'static str,
+    pub content_type: &'static str,
+    pub body: &'static [u8],
+}
+
+impl std::fmt::Debug for StaticFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticFile")
+            .field("path", &self.path)
+            .field("content_type", &self.content_type)
+            .field("bytes", &self.body.len())
+            .finish()
+    }
 }
 
 /// The flood limits (docs/operations.md, "Limits" and "Floods and rate
@@ -217,6 +241,7 @@ impl Default for GatewayConfig {
             reserved_channels: Vec::new(),
             limits: LimitsConfig::default(),
             cors_origins: Vec::new(),
+            static_files: Vec::new(),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::header;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{delete, get, post};
 use switchboard_core::broker::{BrokerError, DynBroker};
@@ -86,8 +87,28 @@ pub fn router(state: AppRef) -> Router {
         .route("/sse", get(ably::sse))
         .route("/event-stream", get(ably::sse))
         .route_layer(from_fn_with_state(state.clone(), admit::ably));
+    // Fixed files (the dev server's browser chat), outside the API limits
+    // like the probes: a page load is a handful of GETs.
+    let mut files = Router::new();
+    for f in &state.cfg.static_files {
+        let (content_type, body) = (f.content_type, f.body);
+        files = files.route(
+            f.path,
+            get(move || async move {
+                (
+                    [
+                        (header::CONTENT_TYPE, content_type),
+                        (header::CACHE_CONTROL, "no-cache"),
+                        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                    ],
+                    body,
+                )
+            }),
+        );
+    }
     let app = Router::new()
         .merge(ops)
+        .merge(files)
         .merge(native)
         .merge(ably)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
