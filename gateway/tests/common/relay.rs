@@ -135,10 +135,9 @@ pub async fn msgs_and_errors(
         }
         if is_relayed == relayed {
             let id = f["id"].as_str().unwrap().to_string();
-            assert!(
-                got.insert(id.clone(), f.clone()).is_none(),
-                "{id} delivered twice in the same form"
-            );
+            if let Some(earlier) = got.insert(id.clone(), f.clone()) {
+                panic!("{id} delivered twice in the same form: {earlier} then {f}");
+            }
         }
     }
     got
