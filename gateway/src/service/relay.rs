@@ -19,7 +19,7 @@
 //!   until the spool is empty, so a conversation's order is kept.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha3::{Digest, Sha3_256};
@@ -48,6 +48,9 @@ pub struct Relaying {
     down: AtomicBool,
     failed_probes: AtomicU32,
     good_probes: AtomicU32,
+    /// Ephemeral frames this gateway published through the relay, for
+    /// their message ids (see [`Relaying::ephemeral_id`]).
+    ephemeral: AtomicU64,
 }
 
 impl Relaying {
@@ -60,7 +63,17 @@ impl Relaying {
             down: AtomicBool::new(false),
             failed_probes: AtomicU32::new(0),
             good_probes: AtomicU32::new(0),
+            ephemeral: AtomicU64::new(0),
         })
+    }
+
+    /// The relay message id of an ephemeral frame (typing, a receipt, a
+    /// sequenced copy while replaying): unique per frame. The relay is
+    /// idempotent by message id (Ably's and this project's alike), so two
+    /// frames published in the same millisecond under a time-only id would
+    /// lose the second.
+    fn ephemeral_id(&self, gateway_id: &str) -> String {
+        ephemeral_id(&self.ephemeral, gateway_id)
     }
 
     /// Sends go through the relay: Redis is down, or messages accepted
@@ -75,6 +88,14 @@ fn relay_unavailable(detail: impl Into<String>) -> ChatError {
         what: Engine::Relay,
         detail: detail.into(),
     }
+}
+
+/// `<gateway>-<ms>-<n>`: `n` counts this gateway's ephemeral publishes, so
+/// frames of one millisecond differ; the time keeps ids of a restarted
+/// gateway (its counter at 0 again) apart from its earlier ones.
+fn ephemeral_id(counter: &AtomicU64, gateway_id: &str) -> String {
+    let n = counter.fetch_add(1, Ordering::Relaxed);
+    format!("{gateway_id}-{}-{n}", now_ms())
 }
 
 /// The relay message id of a held message: the same for every retry, so
@@ -144,7 +165,7 @@ impl ChatService {
             origin: self.cfg.gateway_id.clone(),
             routed: ev,
         };
-        let id = format!("{}-{}", self.cfg.gateway_id, now_ms());
+        let id = r.ephemeral_id(&self.cfg.gateway_id);
         let sent = match r.sealer.seal(&envelope) {
             Ok(text) => r
                 .client
@@ -383,5 +404,21 @@ fn relayed_outcome(h: &Held, duplicate: bool) -> SendOutcome {
         },
         duplicate,
         members: h.members.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn ephemeral_ids_differ_within_a_millisecond() {
+        let counter = AtomicU64::new(0);
+        let ids: HashSet<String> = (0..10_000)
+            .map(|_| ephemeral_id(&counter, "gw-a"))
+            .collect();
+        assert_eq!(ids.len(), 10_000);
     }
 }
