@@ -406,28 +406,7 @@ impl ControlPlane {
     /// Kubeconfig YAML for this server, authenticating with `token`.
     pub fn kubeconfig_yaml_for(&self, token: &str) -> String {
         let token = token.replace('\\', "\\\\").replace('"', "\\\"");
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: switchboard-local
-  cluster:
-    server: {server}
-    certificate-authority-data: {ca}
-users:
-- name: switchboard-local
-  user:
-    token: \"{token}\"
-contexts:
-- name: switchboard-local
-  context:
-    cluster: switchboard-local
-    user: switchboard-local
-current-context: switchboard-local
-",
-            server = self.server_url(),
-            ca = BASE64.encode(&self.ca_pem),
-        )
+        self.kubeconfig_with_user(&format!("    token: \"{token}\"\n"))
     }
 
     /// A kubeconfig (YAML) for user `user` in `group`, authenticating with a
@@ -439,7 +418,17 @@ current-context: switchboard-local
         group: Option<&str>,
     ) -> Result<String, TestkitError> {
         let (cert, key) = pki::client_cert(&self.ca_issuer, user, group)?;
-        Ok(format!(
+        Ok(self.kubeconfig_with_user(&format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            BASE64.encode(cert),
+            BASE64.encode(key)
+        )))
+    }
+
+    /// Kubeconfig YAML for this server and its CA, with `credentials` (the
+    /// lines under `user:`, indented four spaces) as the one user.
+    fn kubeconfig_with_user(&self, credentials: &str) -> String {
+        format!(
             "apiVersion: v1
 kind: Config
 clusters:
@@ -450,9 +439,7 @@ clusters:
 users:
 - name: switchboard-local
   user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
-contexts:
+{credentials}contexts:
 - name: switchboard-local
   context:
     cluster: switchboard-local
@@ -461,9 +448,7 @@ current-context: switchboard-local
 ",
             server = self.server_url(),
             ca = BASE64.encode(&self.ca_pem),
-            cert = BASE64.encode(cert),
-            key = BASE64.encode(key),
-        ))
+        )
     }
 
     /// A `kube::Config` for the admin.

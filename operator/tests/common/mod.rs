@@ -59,7 +59,11 @@ where
 /// Server-side applies the ChatCluster CRD and waits until it is established.
 pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = ChatCluster::crd();
+    apply_crd(crds, ChatCluster::crd()).await;
+}
+
+/// Server-side applies `crd` and waits until the API server serves it.
+async fn apply_crd(crds: Api<CustomResourceDefinition>, crd: CustomResourceDefinition) {
     let name = crd.name_any();
     crds.patch(
         &name,
@@ -67,7 +71,7 @@ pub async fn install_crd(client: &Client) {
         &Patch::Apply(&crd),
     )
     .await
-    .expect("apply CRD");
+    .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
     tokio::time::timeout(
         WAIT,
         await_condition(crds, &name, conditions::is_crd_established()),
@@ -126,18 +130,5 @@ pub async fn install_monitoring_crd(client: &Client, kind: &str, plural: &str) {
         }
     }))
     .unwrap();
-    crds.patch(
-        &name,
-        &PatchParams::apply("switchboard-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply monitoring CRD");
-    tokio::time::timeout(
-        WAIT,
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established in time")
-    .expect("watch CRD");
+    apply_crd(crds, crd).await;
 }
