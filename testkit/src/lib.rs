@@ -69,6 +69,15 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Test
     move |source| TestkitError::Io { what, source }
 }
 
+/// `rel` (e.g. `e2e/node/build.sh`) in this workspace: testkit/ lives
+/// directly in its root.
+pub fn workspace_file(rel: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(std::path::Path::new(".."))
+        .join(rel)
+}
+
 /// Find a binary: the env var `env_var` if set, else `name` on PATH.
 pub fn find_binary(name: &str, env_var: &str, install_hint: &str) -> Result<PathBuf, TestkitError> {
     if let Some(p) = std::env::var_os(env_var) {

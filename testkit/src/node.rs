@@ -152,10 +152,7 @@ pub fn control_plane_options() -> ControlPlaneOptions {
 
 /// `e2e/node/build.sh` in this workspace.
 pub fn build_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new(".."))
-        .join("e2e/node/build.sh")
+    crate::workspace_file("e2e/node/build.sh")
 }
 
 /// The directory holding the node's binaries, checked to contain them:

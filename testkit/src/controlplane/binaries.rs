@@ -2,7 +2,7 @@
 //! from: `SWITCHBOARD_K8S_BIN_DIR`, else whatever `e2e/controlplane/build.sh`
 //! prints (it builds them once and caches them; a warm run takes milliseconds).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
@@ -14,11 +14,7 @@ pub(crate) const BINARIES: [&str; 3] = ["etcd", "kube-apiserver", "kube-controll
 
 /// `e2e/controlplane/build.sh` in this workspace.
 pub fn build_script() -> PathBuf {
-    // testkit/ lives directly in the workspace root.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new(".."))
-        .join("e2e/controlplane/build.sh")
+    crate::workspace_file("e2e/controlplane/build.sh")
 }
 
 /// The directory holding the three binaries, checked to contain them.
