@@ -16,6 +16,7 @@
 
 pub mod ably;
 mod admit;
+pub mod api;
 pub mod args;
 pub mod config;
 pub mod cors;
@@ -27,6 +28,7 @@ pub mod keys;
 pub mod launch;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod relay;
 mod report;
 pub mod server;

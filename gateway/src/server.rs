@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use switchboard_core::broker::{BrokerError, DynBroker};
 use switchboard_core::store::DynStore;
 use switchboard_proto::frames::close;
@@ -16,10 +16,11 @@ use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
 use crate::http::problem::ApiError;
-use crate::http::{auth, channels, conversations, events, ops, params, presence};
+use crate::http::{ops, params};
+use crate::openapi::Surface;
 use crate::relay::{RelayConfig, join_hosts};
 use crate::state::{AppRef, AppState};
-use crate::{ably, admit, cors, limits, report, ws};
+use crate::{admit, api, cors, limits, report};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -44,49 +45,15 @@ pub fn metrics_router(state: AppRef) -> Router {
 /// `into_make_service_with_connect_info::<SocketAddr>()`: the limits count
 /// the peer address (without it, every client counts as `0.0.0.0`).
 pub fn router(state: AppRef) -> Router {
-    // Probes stay outside the limits: kubelets and scrapers poll them.
-    let ops = Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz));
-    let native = Router::new()
-        .route("/v1/auth/nonce", get(auth::nonce))
-        .route("/v1/auth/verify", post(auth::verify))
-        .route("/v1/auth/revoke", post(auth::revoke_own))
-        .route("/v1/users/{address}/revoke", post(auth::revoke_user))
-        .route(
-            "/v1/conversations",
-            post(conversations::create).get(conversations::list),
-        )
-        .route("/v1/conversations/{id}", get(conversations::get))
-        .route("/v1/conversations/{id}/events", get(events::conversation))
-        .route(
-            "/v1/conversations/{id}/messages",
-            get(conversations::history),
-        )
-        .route(
-            "/v1/conversations/{id}/members",
-            post(conversations::add_members),
-        )
-        .route(
-            "/v1/conversations/{id}/members/{address}",
-            delete(conversations::remove_member),
-        )
-        .route("/v1/presence", get(presence::presence))
-        .route("/v1/channels", post(channels::create))
-        .route("/v1/channels/{id}/events", get(events::channel))
-        .route("/v1/ws", get(ws::upgrade))
+    // Every endpoint comes from `api`'s table, which the OpenAPI document
+    // is built from too. Probes stay outside the limits: kubelets and
+    // scrapers poll them.
+    let ops = api::router_of(Surface::Probe);
+    let native = api::router_of(Surface::Native)
         .route_layer(from_fn_with_state(state.clone(), admit::native));
     // The Ably-compatible subset (see `ably`).
-    let ably = Router::new()
-        .route(
-            "/channels/{name}/messages",
-            post(ably::publish)
-                .layer(DefaultBodyLimit::max(ably::MAX_PUBLISH_BYTES))
-                .get(ably::history),
-        )
-        .route("/sse", get(ably::sse))
-        .route("/event-stream", get(ably::sse))
-        .route_layer(from_fn_with_state(state.clone(), admit::ably));
+    let ably =
+        api::router_of(Surface::Ably).route_layer(from_fn_with_state(state.clone(), admit::ably));
     // Fixed files (the dev server's browser chat), outside the API limits
     // like the probes: a page load is a handful of GETs.
     let mut files = Router::new();

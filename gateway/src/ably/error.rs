@@ -4,10 +4,31 @@
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::limits::Refusal;
 use crate::service::{ChatError, Engine};
+
+/// The body of an Ably error answer.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorInfoBody {
+    pub error: ErrorInfo,
+}
+
+/// Ably's `ErrorInfo`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorInfo {
+    /// Ably's error code: 40000 bad request, 40009 too large, 40101 bad
+    /// credentials, 40160 not allowed on this channel, 42910 rate limited,
+    /// 50000 internal, 50003 unavailable.
+    pub code: u32,
+    /// The HTTP status.
+    #[serde(rename = "statusCode")]
+    pub status_code: u16,
+    pub message: String,
+    pub href: String,
+}
 
 /// An Ably `ErrorInfo` answer.
 #[derive(Debug)]
@@ -81,13 +102,16 @@ impl From<Refusal> for AblyError {
 
 impl IntoResponse for AblyError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {
-            "code": self.code,
-            "statusCode": self.status.as_u16(),
-            "message": self.message,
-            "href": format!("https://help.ably.io/error/{}", self.code),
-        }});
-        let mut r = (self.status, body.to_string()).into_response();
+        let body = ErrorInfoBody {
+            error: ErrorInfo {
+                code: self.code,
+                status_code: self.status.as_u16(),
+                message: self.message.clone(),
+                href: format!("https://help.ably.io/error/{}", self.code),
+            },
+        };
+        let text = serde_json::to_string(&body).unwrap_or_default();
+        let mut r = (self.status, text).into_response();
         let h = r.headers_mut();
         // Ably clients read the body only for exactly this content type.
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

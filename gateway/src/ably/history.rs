@@ -8,23 +8,35 @@ use axum::http::HeaderMap;
 use axum::http::HeaderValue;
 use axum::http::header::LINK;
 use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::Value;
 use switchboard_proto::frames::Message;
 
 use super::AblyError;
 use super::auth::{authenticate, channel_id};
-use super::message::ably_message;
+use super::message::{OutMessage, ably_message};
 use crate::state::AppRef;
 
-#[derive(Debug, Deserialize)]
+/// Messages per history page, unless asked otherwise.
+const DEFAULT_LIMIT: usize = 100;
+/// The most one page holds.
+const MAX_LIMIT: usize = 1000;
+
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct HistoryQuery {
+    /// Messages per page.
+    #[schemars(range(min = 1, max = MAX_LIMIT), extend("default" = DEFAULT_LIMIT))]
     limit: Option<usize>,
+    /// Newest first (`backwards`, the default) or oldest first.
+    #[schemars(extend("enum" = ["backwards", "forwards"]))]
     direction: Option<String>,
+    /// Only messages at or after this time (Unix ms).
     start: Option<u64>,
+    /// Only messages at or before this time (Unix ms).
     end: Option<u64>,
-    /// Page cursors of the `Link` headers (seq bounds, exclusive).
+    /// Page cursor of a `Link: rel="next"` header (a seq, exclusive).
     before_seq: Option<u64>,
+    /// Page cursor of a `Link: rel="next"` header (a seq, exclusive).
     after_seq: Option<u64>,
 }
 
@@ -37,9 +49,11 @@ pub async fn history(
 ) -> Result<Response, AblyError> {
     let caller = authenticate(&state, &headers).await?;
     let id = channel_id(&name)?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(AblyError::bad_request("limit must be 1 to 1000"));
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(AblyError::bad_request(format!(
+            "limit must be 1 to {MAX_LIMIT}"
+        )));
     }
     let forwards = match q.direction.as_deref() {
         None | Some("backwards") => false,
@@ -56,7 +70,7 @@ pub async fn history(
     }
     let Some(channel) = state.chat.channel(&id).await? else {
         // An unused channel has an empty history.
-        return Ok(Json(Vec::<Value>::new()).into_response());
+        return Ok(Json(Vec::<OutMessage>::new()).into_response());
     };
     if !caller.may_read(&name, &channel) {
         return Err(AblyError::refused(format!(
@@ -88,7 +102,7 @@ pub async fn history(
     if !forwards {
         msgs.reverse();
     }
-    let items: Vec<Value> = msgs.iter().map(ably_message).collect();
+    let items: Vec<OutMessage> = msgs.iter().map(ably_message).collect();
     let mut r = Json(items).into_response();
     let mut keep = vec![format!("limit={limit}")];
     keep.push(format!(

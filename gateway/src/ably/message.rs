@@ -2,8 +2,9 @@
 //! fields, as they came), the idempotency key an Ably message id becomes,
 //! and how a stored message reads back as an Ably message.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use sha3::{Digest, Keccak256};
 use switchboard_proto::frames::Message;
 use switchboard_proto::ids::MsgId;
@@ -14,7 +15,7 @@ use super::AblyError;
 pub const MAX_BATCH: usize = 100;
 
 /// One message as an Ably client publishes it.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 pub struct InMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -28,6 +29,32 @@ pub struct InMessage {
     pub client_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extras: Option<Value>,
+}
+
+// What a publish body is, for the API's document. `parse_publish` reads
+// the same shape by hand so each refusal can say what is wrong (an untagged
+// enum's error names no field); a test below holds the two together.
+/// A publish body: one message, or an array of them.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+pub enum PublishBody {
+    One(InMessage),
+    Batch(#[schemars(length(min = 1, max = MAX_BATCH))] Vec<InMessage>),
+}
+
+/// A message as history and SSE give it back: its Ably fields, the seq's
+/// server time and the seq.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct OutMessage {
+    #[serde(flatten)]
+    pub fields: InMessage,
+    /// Unix ms.
+    pub timestamp: u64,
+    /// The seq, as text.
+    pub serial: String,
+    /// On SSE streams with `enveloped` (the default): the channel's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// A publish body: one message object or an array of 1 to [`MAX_BATCH`]
@@ -75,31 +102,59 @@ pub fn msg_id_of(ably_id: &str) -> MsgId {
 }
 
 /// A stored message as an Ably message.
-pub(super) fn ably_message(m: &Message) -> Value {
+pub(super) fn ably_message(m: &Message) -> OutMessage {
     let fields = ["id", "name", "data", "encoding", "clientId", "extras"];
-    let body: Option<Map<String, Value>> = serde_json::from_str(m.body.get()).ok();
-    let mut out = match body {
-        // Published through this API: its Ably fields as they came.
-        Some(obj) if obj.contains_key("id") && obj.keys().all(|k| fields.contains(&k.as_str())) => {
-            obj
-        }
+    let published = serde_json::from_str::<Map<String, Value>>(m.body.get())
+        .ok()
+        .filter(|o| o.contains_key("id") && o.keys().all(|k| fields.contains(&k.as_str())))
+        .and_then(|o| serde_json::from_value::<InMessage>(Value::Object(o)).ok());
+    let fields = published.unwrap_or_else(|| {
         // Anything else: the body as JSON text, which Ably clients decode.
-        _ => {
-            let mut o = Map::new();
-            o.insert("id".into(), json!(m.id.as_str()));
-            o.insert("data".into(), json!(m.body.get()));
-            o.insert("encoding".into(), json!("json"));
-            o
+        InMessage {
+            id: Some(m.id.as_str().to_string()),
+            data: Some(Value::String(m.body.get().to_string())),
+            encoding: Some("json".into()),
+            ..InMessage::default()
         }
-    };
-    out.insert("timestamp".into(), json!(m.ts));
-    out.insert("serial".into(), json!(m.seq.to_string()));
-    Value::Object(out)
+    });
+    OutMessage {
+        fields,
+        timestamp: m.ts,
+        serial: m.seq.to_string(),
+        channel: None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The documented shape and the hand-written parser agree: what one
+    /// takes, the other takes (the batch bound included).
+    #[test]
+    fn publish_body_documents_what_parse_publish_takes() {
+        let many = format!("[{}]", vec!["{}"; MAX_BATCH + 1].join(","));
+        for body in [
+            r#"{"id":"a","data":1}"#,
+            r#"[{"name":"n"},{"data":"x"}]"#,
+            r#"{}"#,
+            r#"[]"#,
+            r#"5"#,
+            r#"{"id":5}"#,
+            r#"[{"data":1},3]"#,
+            many.as_str(),
+        ] {
+            // The schema's two branches: an object that is an InMessage, or
+            // an array of 1 to MAX_BATCH of them.
+            let documented = match serde_json::from_str::<Value>(body) {
+                Ok(one @ Value::Object(_)) => serde_json::from_value::<InMessage>(one).is_ok(),
+                Ok(many @ Value::Array(_)) => serde_json::from_value::<Vec<InMessage>>(many)
+                    .is_ok_and(|v| (1..=MAX_BATCH).contains(&v.len())),
+                _ => false,
+            };
+            assert_eq!(documented, parse_publish(body.as_bytes()).is_ok(), "{body}");
+        }
+    }
 
     #[test]
     fn ably_ids_become_message_ids() {

@@ -51,8 +51,8 @@ mod message;
 mod publish;
 mod sse;
 
-pub use self::error::AblyError;
-pub use self::history::history;
-pub use self::message::{InMessage, MAX_BATCH, msg_id_of, parse_publish};
-pub use self::publish::{MAX_PUBLISH_BYTES, publish};
-pub use self::sse::sse;
+pub use self::error::{AblyError, ErrorInfo, ErrorInfoBody};
+pub use self::history::{HistoryQuery, history};
+pub use self::message::{InMessage, MAX_BATCH, OutMessage, PublishBody, msg_id_of, parse_publish};
+pub use self::publish::{MAX_PUBLISH_BYTES, Published, publish};
+pub use self::sse::{SseQuery, sse};

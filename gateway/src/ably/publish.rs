@@ -7,7 +7,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use switchboard_core::broker::SendRequest;
 use switchboard_proto::frames::MAX_FRAME_BYTES;
@@ -22,12 +23,15 @@ use crate::state::AppRef;
 /// ones (each message is at most 32 KiB of JSON).
 pub const MAX_PUBLISH_BYTES: usize = 1024 * 1024;
 
-#[derive(Serialize)]
-struct Published {
-    channel: String,
+/// The answer to a publish.
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct Published {
+    pub channel: String,
+    /// The first message's id.
     #[serde(rename = "messageId")]
-    message_id: String,
-    serials: Vec<String>,
+    pub message_id: String,
+    /// Each message's seq, as text.
+    pub serials: Vec<String>,
 }
 
 /// `POST /channels/{name}/messages`.

@@ -10,8 +10,9 @@ use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use switchboard_proto::frames::ServerFrame;
 
 use super::AblyError;
@@ -21,16 +22,25 @@ use crate::limits::ClientAddr;
 use crate::sse::{EventFormat, Feed, Reader};
 use crate::state::AppRef;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct SseQuery {
+    /// Comma-separated channel names, at most `x-maxChannels`.
+    #[schemars(extend("x-maxChannels" = MAX_SSE_CHANNELS))]
     channels: Option<String>,
+    /// One channel name (instead of `channels`).
     channel: Option<String>,
+    /// An API key `keyName:keySecret` (instead of Basic auth).
     key: Option<String>,
+    /// A session token (instead of a Bearer header).
     #[serde(rename = "accessToken")]
     access_token: Option<String>,
+    /// Resume after this event id (the `Last-Event-ID` header wins).
     #[serde(rename = "lastEvent")]
     last_event: Option<String>,
+    /// Start this many messages back on each channel.
     rewind: Option<u64>,
+    /// Each event's data is the message with its channel (true, the
+    /// default), or only the message's data.
     enveloped: Option<bool>,
     /// The protocol version Ably clients send (`1.2`); accepted, unused.
     #[serde(rename = "v")]
@@ -172,13 +182,13 @@ impl EventFormat for AblyFormat {
             return None;
         };
         let name = feeds[i].conv.channel_name().unwrap_or_default();
-        let mut v = ably_message(&m);
+        let mut out = ably_message(&m);
         let data = if self.enveloped {
-            v["channel"] = json!(name);
-            v.to_string()
+            out.channel = Some(name.to_string());
+            serde_json::to_string(&out).unwrap_or_default()
         } else {
-            match v.get("data") {
-                Some(Value::String(s)) => s.clone(),
+            match out.fields.data {
+                Some(Value::String(s)) => s,
                 Some(other) => other.to_string(),
                 None => String::new(),
             }

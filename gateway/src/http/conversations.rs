@@ -7,6 +7,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use switchboard_proto::ids::ConvKind;
 use switchboard_proto::model::{Conversation, ListCursor};
@@ -49,10 +50,13 @@ pub async fn get(
     Ok(Json(state.chat.conversation(&id, &user).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Conversations per page.
+    #[schemars(range(min = 1, max = params::MAX_LIMIT), extend("default" = params::DEFAULT_LIMIT))]
     limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -79,11 +83,15 @@ pub async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
+    /// Messages with a greater seq, oldest first (paging forward).
     after: Option<u64>,
+    /// The newest messages with a smaller seq (scrolling up).
     before: Option<u64>,
+    /// Messages per page.
+    #[schemars(range(min = 1, max = params::MAX_LIMIT), extend("default" = params::DEFAULT_LIMIT))]
     limit: Option<usize>,
 }
 

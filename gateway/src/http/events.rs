@@ -22,6 +22,7 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::response::sse::{Event, Sse};
 use futures_util::Stream;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use switchboard_proto::ids::ConvId;
 
@@ -31,7 +32,7 @@ use crate::service::ChatError;
 use crate::sse::{EventFormat, Feed, Reader};
 use crate::state::AppRef;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct EventsQuery {
     /// The session token, for clients that cannot set a header.
     access_token: Option<String>,

@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use switchboard_proto::rest::{PresenceEntry, PresenceMap};
 
@@ -13,9 +14,11 @@ use super::problem::ApiError;
 use crate::service::MAX_PRESENCE_USERS;
 use crate::state::AppRef;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceQuery {
+    /// Comma-separated addresses, at most `x-maxAddresses`.
+    #[schemars(extend("x-maxAddresses" = MAX_PRESENCE_USERS))]
     users: String,
 }
 

@@ -17,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use switchboard_proto::frames::{ErrorCode, MAX_FRAME_BYTES};
@@ -31,7 +32,20 @@ use crate::state::AppRef;
 /// token: `429` with `Retry-After`); a socket that authenticates with its
 /// first frame is counted for its user then, and refused with an `error`
 /// frame (`rate_limited`) and close 4029.
-pub async fn upgrade(State(state): State<AppRef>, parts: Parts, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<AppRef>,
+    parts: Parts,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // Not a WebSocket handshake: the usual error body, with the status
+    // axum chose (400, or 426 when the connection cannot be upgraded).
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            let message = format!("GET /v1/ws takes a WebSocket handshake: {}", e.body_text());
+            return ApiError::new(e.status(), ErrorCode::BadRequest, message).into_response();
+        }
+    };
     if state.shutdown.is_cancelled() {
         return ApiError::unavailable("draining; reconnect elsewhere").into_response();
     }
