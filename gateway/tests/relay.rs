@@ -323,7 +323,7 @@ async fn a_flapping_redis_loses_and_repeats_nothing() {
         assert_eq!(metric(gw, "relay_spooled").await, 0);
     }
     assert_eq!(metric(&gw1, "relay_replayed").await, 6);
-    // No sequenced copy arrives twice (msgs() fails on a repeat within a
+    // No message is sequenced twice (msgs() fails on a second seq for an id within a
     // round; across rounds the seqs are all different).
     let mut seqs = sequenced_seqs.clone();
     seqs.sort();
