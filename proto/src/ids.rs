@@ -291,6 +291,8 @@ impl<'de> Deserialize<'de> for MsgId {
 
 /// An address on the wire: `0x` + 40 hex digits, any case (output is EIP-55).
 pub const ADDRESS_PATTERN: &str = "^0[xX][0-9a-fA-F]{40}$";
+/// A channel name (the part of `ch:<name>` after the prefix).
+pub const CHANNEL_NAME_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,64}$";
 /// A message id on the wire.
 pub const MSG_ID_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,64}$";
 /// A conversation id on the wire: direct, group or channel.
@@ -323,6 +325,26 @@ impl schemars::JsonSchema for ConvId {
             "minLength": 4,
             "maxLength": MAX_CONV_ID_LEN,
             "pattern": CONV_ID_PATTERN,
+        })
+    }
+}
+
+/// The schema of a channel name (`POST /v1/channels` `name`), which
+/// [`ConvId::channel`] parses: a name of its own in the schema, so clients
+/// generated from it check names with the gateway's pattern.
+pub struct ChannelName;
+
+impl schemars::JsonSchema for ChannelName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ChannelName".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A channel name, the part of ch:<name> after the prefix: 1 to 64 of [A-Za-z0-9_.:-], case-sensitive.",
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_CHANNEL_NAME_LEN,
+            "pattern": CHANNEL_NAME_PATTERN,
         })
     }
 }
@@ -401,6 +423,19 @@ mod tests {
         let g = ConvId::new_group();
         assert_eq!(g.as_str().parse::<ConvId>().unwrap(), g);
         assert_eq!(g.kind(), ConvKind::Group);
+    }
+
+    #[test]
+    fn the_channel_alternative_of_conv_ids_is_the_channel_name_pattern() {
+        let body = CHANNEL_NAME_PATTERN
+            .strip_prefix('^')
+            .and_then(|p| p.strip_suffix('$'))
+            .unwrap();
+        assert!(
+            CONV_ID_PATTERN.contains(&format!("|ch:{body})$")),
+            "{CONV_ID_PATTERN} vs {CHANNEL_NAME_PATTERN}"
+        );
+        assert!(body.ends_with(&format!("{{1,{MAX_CHANNEL_NAME_LEN}}}")));
     }
 
     #[test]

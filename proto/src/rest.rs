@@ -52,6 +52,7 @@ pub struct CreateConversation {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateChannel {
+    #[schemars(with = "crate::ids::ChannelName")]
     pub name: String,
     #[serde(default)]
     pub title: Option<String>,
