@@ -1,5 +1,6 @@
 // @switchboard/client: Switchboard's TypeScript SDK.
 export * from "./gen/protocol.js";
+export * from "./gen/patterns.js";
 export { SwitchboardError, type SdkErrorCode } from "./errors.js";
 export { checkAddress, checkConv, checkMsgId, directConv, channelConv, randomMsgId } from "./ids.js";
 export { Backoff } from "./backoff.js";

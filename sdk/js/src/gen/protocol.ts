@@ -7,6 +7,7 @@ export type Protocol =
   | AddMembers
   | AddedMembers
   | Address
+  | ChannelName
   | ClientFrame
   | CloseCode
   | ConvId
@@ -38,6 +39,10 @@ export type Protocol =
  * An Ethereum address: 0x and 40 hex digits, accepted in any case, sent EIP-55 checksummed.
  */
 export type Address = string;
+/**
+ * A channel name, the part of ch:<name> after the prefix: 1 to 64 of [A-Za-z0-9_.:-], case-sensitive.
+ */
+export type ChannelName = string;
 /**
  * Frames a client sends. Parse with [`ClientFrame::from_json`]: serde's
  * internally tagged enums buffer their content, which cannot hold the raw
@@ -334,7 +339,7 @@ export interface ConversationSummary {
  */
 export interface CreateChannel {
   members?: string[];
-  name: string;
+  name: ChannelName;
   publishers?: string[];
   title?: string | null;
   visibility?: Visibility | null;
