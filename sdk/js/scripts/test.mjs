@@ -1,7 +1,9 @@
 // The SDK's test script (scripts/test runs it; so can `npm test` here):
 // generated types current, strict build with declarations, then the tests
 // against real gateways (SWITCHBOARD_GATEWAY_BIN, default the workspace's
-// target/debug/switchboard-gateway; redis-server on PATH).
+// target/debug/switchboard-gateway; SWITCHBOARD_WORKER_BIN, default
+// target/debug/switchboard-worker; redis-server on PATH; PostgreSQL's initdb
+// on PATH, in PG_BIN_DIR or under /usr/lib/postgresql/*/bin).
 import { spawnSync } from "node:child_process";
 import { readdirSync, rmSync } from "node:fs";
 import { fileURLToPath } from "node:url";
