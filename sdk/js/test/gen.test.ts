@@ -4,16 +4,26 @@
 // until the SDK is regenerated) and what the SDK accepts.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { CHANNEL_NAME_PATTERN, MSG_ID_MAX_LENGTH, MSG_ID_PATTERN, channelConv, checkMsgId } from "../src/index.js";
 
 const sdk = fileURLToPath(new URL("../../", import.meta.url));
 const schema = fileURLToPath(new URL("../../../../proto/schema/", import.meta.url));
 const script = join(sdk, "scripts/gen-types.mjs");
+
+const temps: string[] = [];
+after(() => {
+  for (const d of temps) rmSync(d, { recursive: true, force: true });
+});
+function temp(prefix: string): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  temps.push(d);
+  return d;
+}
 
 function gen(...args: string[]): { status: number | null; out: string } {
   const r = spawnSync(process.execPath, [script, ...args], { cwd: sdk, encoding: "utf8" });
@@ -22,7 +32,7 @@ function gen(...args: string[]): { status: number | null; out: string } {
 
 /** A copy of proto/schema with `edit` applied to every document. */
 function editedSchema(edit: (doc: { $defs: Record<string, Record<string, unknown>> }) => void): string {
-  const dir = mkdtempSync(join(tmpdir(), "sb-js-schema-"));
+  const dir = temp("sb-js-schema-");
   cpSync(schema, dir, { recursive: true });
   for (const name of ["frames.json", "rest.json"]) {
     const doc = JSON.parse(readFileSync(join(dir, name), "utf8"));
@@ -45,7 +55,7 @@ test("a pattern changed in the schema changes the generated patterns, and --chec
   assert.equal(stale.status, 1, stale.out);
   assert.match(stale.out, /src\/gen\/patterns\.ts is not what/);
 
-  const out = mkdtempSync(join(tmpdir(), "sb-js-gen-"));
+  const out = temp("sb-js-gen-");
   const wrote = gen("--schema-dir", dir, "--out-dir", out);
   assert.equal(wrote.status, 0, wrote.out);
   const patterns = readFileSync(join(out, "patterns.ts"), "utf8");

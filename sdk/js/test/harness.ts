@@ -3,7 +3,7 @@
 // browser wallet would (viem private-key accounts), and waiting for events.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { after } from "node:test";
-import { chownSync, mkdtempSync, readdirSync, realpathSync, rmSync, statSync, writeFileSync, existsSync } from "node:fs";
+import { chownSync, existsSync, mkdtempSync, readdirSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -270,6 +270,7 @@ function pgBinDir(): string {
 export class Postgres {
   private constructor(
     readonly port: number,
+    private readonly dir: string,
     private readonly child: ChildProcess,
   ) {}
   get url(): string {
@@ -277,7 +278,7 @@ export class Postgres {
   }
   static async start(): Promise<Postgres> {
     const bin = pgBinDir();
-    const root = statSync("/proc/self").uid === 0;
+    const root = process.getuid?.() === 0;
     const cmd = (name: string, args: string[]): [string, string[]] =>
       root
         ? ["setpriv", ["--reuid", "postgres", "--regid", "postgres", "--init-groups", join(bin, name), ...args]]
@@ -310,10 +311,12 @@ export class Postgres {
       if (exited) throw new Error(`postgres exited: ${log.slice(-2000)}`);
       return spawnSync(join(bin, "pg_isready"), ["-h", "127.0.0.1", "-p", String(port), "-q"]).status === 0;
     }, 30_000);
-    return new Postgres(port, child);
+    return new Postgres(port, dir, child);
   }
+  /** Fast shutdown, then the data directory (tens of MB) is removed. */
   async stop(): Promise<void> {
     await stopChild(this.child, "SIGINT");
+    rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
