@@ -78,7 +78,6 @@ const ts = `${types}
 export const MAX_FRAME_BYTES = ${maxFrameBytes};
 `;
 
-
 /**
  * `Address` → `ADDRESS_PATTERN` (a RegExp), `ADDRESS_MIN_LENGTH`,
  * `ADDRESS_MAX_LENGTH`, for every definition that is a string with a
