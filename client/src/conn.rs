@@ -580,7 +580,7 @@ impl Task {
                         self.relayed.first_copy(&sent.conv, me, &sent.id);
                     }
                 } else {
-                    for m in self.tracker.on_sent(&sent.conv, seq, now) {
+                    for m in self.tracker.on_sent(&sent.conv, seq, &sent.id, now) {
                         self.emit(Event::Message(m));
                     }
                 }
@@ -597,6 +597,13 @@ impl Task {
                     seq: m.seq,
                 };
                 self.write_frame(ws, &ack).await?;
+                if let Some(keep) = self.tracker.renumbered(&m) {
+                    // Held under another id: the server renumbered from
+                    // m.seq (see Tracker::renumbered); the sync now due
+                    // brings m and the rest back.
+                    tracing::warn!(conv = %m.conv, seq = m.seq, keep, "a held seq came back under another id: the server renumbered; resyncing");
+                    return Ok(());
+                }
                 for m in self.tracker.on_msg(m, now) {
                     if !self.relayed.sequenced(&m.conv, m.from, &m.id) {
                         self.emit(Event::Message(m));

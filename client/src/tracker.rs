@@ -11,11 +11,11 @@
 //! answers `recovered: false` means the server no longer has the missing
 //! messages: the tracker skips the hole rather than wait forever.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use switchboard_proto::frames::Message;
-use switchboard_proto::ids::ConvId;
+use switchboard_proto::ids::{ConvId, MsgId};
 use tokio::time::Instant;
 
 /// Timing knobs for sync decisions.
@@ -29,10 +29,18 @@ pub(crate) struct SyncTimers {
     pub retry_after: Duration,
 }
 
+/// Ids of the last seqs seen per conversation: enough to notice that the
+/// server gave a seq this device holds to another message (Redis lost the
+/// tail the worker had not stored, and the numbering went on from what
+/// PostgreSQL has), which is the last few seqs.
+pub(crate) const RECENT_IDS: usize = 16;
+
 #[derive(Debug, Default)]
 struct Track {
     /// Every seq `<= held` has been seen.
     held: u64,
+    /// (seq, id) of the last [`RECENT_IDS`] seqs inserted, oldest first.
+    recent: VecDeque<(u64, MsgId)>,
     /// Seqs above `held + 1` seen early; `None` marks this device's own send.
     ahead: BTreeMap<u64, Option<Message>>,
     /// Highest seq known to exist (from frames or `synced.last_seq`).
@@ -63,11 +71,23 @@ impl Track {
 
     /// Insert seq `seq` (payload `m`, `None` for our own send) and return what
     /// can now be surfaced in order.
-    fn insert(&mut self, seq: u64, m: Option<Message>, now: Instant) -> Vec<Message> {
+    fn insert(
+        &mut self,
+        seq: u64,
+        m: Option<Message>,
+        id: Option<MsgId>,
+        now: Instant,
+    ) -> Vec<Message> {
         if seq <= self.held || self.ahead.contains_key(&seq) {
             return Vec::new();
         }
         self.known_last = self.known_last.max(seq);
+        if let Some(id) = m.as_ref().map(|m| m.id.clone()).or(id) {
+            if self.recent.len() == RECENT_IDS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((seq, id));
+        }
         self.ahead.insert(seq, m);
         let out = self.drain();
         self.note_gap(now);
@@ -162,18 +182,39 @@ impl Tracker {
     /// A `msg` arrived: the messages to surface, in order (empty for a duplicate).
     pub fn on_msg(&mut self, m: Message, now: Instant) -> Vec<Message> {
         let (conv, seq) = (m.conv.clone(), m.seq);
-        self.entry(&conv, seq).insert(seq, Some(m), now)
+        self.entry(&conv, seq).insert(seq, Some(m), None, now)
     }
 
-    /// Our own `send` got `seq`: it counts as held, but is not surfaced.
-    pub fn on_sent(&mut self, conv: &ConvId, seq: u64, now: Instant) -> Vec<Message> {
+    /// Whether `m` is a seq this device holds under another id: the server
+    /// renumbered the conversation from there (Redis lost its unstored
+    /// tail). What is held from that seq up is then void: it is forgotten
+    /// and a sync from the seq before is due (its `synced` also brings the
+    /// new epoch); `m` itself comes back with that sync. Returns the seq
+    /// kept up to, or `None` for an ordinary repeat or a new seq.
+    pub fn renumbered(&mut self, m: &Message) -> Option<u64> {
+        let t = self.convs.get_mut(&m.conv)?;
+        let known = t.recent.iter().find(|(seq, _)| *seq == m.seq)?;
+        if known.1 == m.id {
+            return None;
+        }
+        let keep = m.seq.saturating_sub(1);
+        t.held = t.held.min(keep);
+        t.ahead.retain(|seq, _| *seq <= keep);
+        t.recent.retain(|(seq, _)| *seq <= keep);
+        t.known_last = t.known_last.max(m.seq);
+        t.want = true;
+        Some(keep)
+    }
+
+    /// Our own `send` `id` got `seq`: it counts as held, but is not surfaced.
+    pub fn on_sent(&mut self, conv: &ConvId, seq: u64, id: &MsgId, now: Instant) -> Vec<Message> {
         // Our own first message in a conversation starts it at that seq even
         // when backfilling: history is replayed only for incoming traffic.
         let t = self
             .convs
             .entry(conv.clone())
             .or_insert_with(|| Track::starting_at(seq.saturating_sub(1)));
-        t.insert(seq, None, now)
+        t.insert(seq, None, Some(id.clone()), now)
     }
 
     /// A `synced` frame arrived.
@@ -195,6 +236,7 @@ impl Tracker {
             // hold above it and sync again from there.
             t.held = t.held.min(epoch_base);
             t.ahead.retain(|seq, _| *seq <= epoch_base);
+            t.recent.retain(|(seq, _)| *seq <= epoch_base);
             t.known_last = last_seq;
             t.want = true;
             t.epoch = Some(epoch);
@@ -305,6 +347,43 @@ mod tests {
             last_seq,
             ..Synced::default()
         }
+    }
+
+    /// Redis lost the unstored tail (4, 5) and the numbering went on from
+    /// 3: a live 4 under another id is not a repeat. What was held from 4
+    /// up is forgotten and a sync from 3 is due; an ordinary repeat (a
+    /// resend, same id) changes nothing, nor does an unknown old seq.
+    #[test]
+    fn a_held_seq_under_another_id_means_renumbered() {
+        let c = conv();
+        let mut t = Tracker::new(false, timers());
+        let now = Instant::now();
+        t.track(c.clone(), 0);
+        t.due_syncs(now);
+        t.on_synced(&c, synced(true, 0), now);
+        let held: Vec<Message> = (1..=5).map(|s| msg(&c, s)).collect();
+        for m in &held {
+            t.on_msg(m.clone(), now);
+        }
+        assert_eq!(t.held(&c), Some(5));
+        assert_eq!(t.renumbered(&held[3]), None, "a resend of 4");
+        assert!(t.due_syncs(now).is_empty());
+        let mut other = msg(&c, 4);
+        other.id = "m6".parse().unwrap();
+        assert_eq!(t.renumbered(&other), Some(3));
+        assert_eq!(t.held(&c), Some(3));
+        assert_eq!(t.due_syncs(now), vec![(c.clone(), 3)]);
+        // The sync brings 4 and 5 back under their new ids, surfaced once.
+        let mut renumbered = vec![other.clone(), msg(&c, 5)];
+        renumbered[1].id = "m7".parse().unwrap();
+        let mut out = Vec::new();
+        for m in &renumbered {
+            out.extend(t.on_msg(m.clone(), now));
+        }
+        out.extend(t.on_synced(&c, synced(true, 5), now).surfaced);
+        let ids: Vec<String> = out.iter().map(|m| m.id.to_string()).collect();
+        assert_eq!(ids, ["m6", "m7"]);
+        assert_eq!(t.renumbered(&other), None, "now held under m6");
     }
 
     fn msg(conv: &ConvId, seq: u64) -> Message {
@@ -428,10 +507,10 @@ mod tests {
         let c = conv();
         let now = Instant::now();
         let mut t = Tracker::new(true, timers());
-        assert!(t.on_sent(&c, 5, now).is_empty());
+        assert!(t.on_sent(&c, 5, &MsgId::random(), now).is_empty());
         assert_eq!(t.held(&c), Some(5));
         // Someone else's 7 arrives before their 6.
-        assert!(t.on_sent(&c, 8, now).is_empty());
+        assert!(t.on_sent(&c, 8, &MsgId::random(), now).is_empty());
         assert!(t.on_msg(msg(&c, 7), now).is_empty());
         assert_eq!(seqs(&t.on_msg(msg(&c, 6), now)), [6, 7]);
         assert_eq!(t.held(&c), Some(8));

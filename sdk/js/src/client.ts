@@ -543,7 +543,7 @@ export class Client {
           this.persist(() => this.store.addMessages([own]));
         } else {
           this.persist(() => this.store.addMessages([own]));
-          this.surface(this.tracker.onSent(f.conv, f.seq, now));
+          this.surface(this.tracker.onSent(f.conv, f.seq, now, f.id));
           this.saveConv(f.conv);
         }
         this.emit("sent", sent);
@@ -558,6 +558,15 @@ export class Client {
         if (isChannel(m.conv)) return this.onChannelMsg(m);
         // Ack every copy, repeats too: the gateway resends until acked.
         if (this.opts.autoAck) this.write({ type: "ack", conv: m.conv, seq: m.seq });
+        const keep = this.tracker.renumbered(m);
+        if (keep !== undefined) {
+          // Held under another id: the server renumbered from m.seq (see
+          // Tracker.renumbered); what is stored above `keep` is void, and
+          // the sync now due brings m and the rest back.
+          this.persist(() => this.store.dropAbove(m.conv, keep));
+          this.pump();
+          return;
+        }
         const held = this.tracker.held(m.conv);
         if (held !== undefined && m.seq <= held) this.stats.duplicates += 1;
         const out = this.tracker.onMsg(m, now);

@@ -11,8 +11,18 @@ export interface SyncTimers {
   retryAfterMs: number;
 }
 
+/**
+ * Ids of the last seqs seen per conversation: enough to notice that the
+ * server gave a seq this device holds to another message (Redis lost the
+ * tail the worker had not stored, and the numbering went on from what
+ * PostgreSQL has), which is the last few seqs.
+ */
+export const RECENT_IDS = 16;
+
 class Track {
   held: number;
+  /** seq → id of the last RECENT_IDS seqs inserted (insertion order). */
+  recent = new Map<number, string>();
   /** Seqs above `held` already here (null: our own send, nothing to surface). */
   ahead = new Map<number, Message | null>();
   knownLast: number;
@@ -32,10 +42,15 @@ class Track {
     return this.held < this.knownLast;
   }
 
-  insert(seq: number, m: Message | null, now: number): Message[] {
+  insert(seq: number, m: Message | null, now: number, id?: string): Message[] {
     if (seq <= this.held || this.ahead.has(seq)) return [];
     this.knownLast = Math.max(this.knownLast, seq);
     this.ahead.set(seq, m);
+    const known = m?.id ?? id;
+    if (known !== undefined) {
+      this.recent.set(seq, known);
+      if (this.recent.size > RECENT_IDS) this.recent.delete(this.recent.keys().next().value as number);
+    }
     const out = this.drain();
     this.noteGap(now);
     return out;
@@ -122,14 +137,36 @@ export class Tracker {
     return this.entry(m.conv, m.seq)?.insert(m.seq, m, now) ?? [];
   }
 
-  /** Our own send got `seq`: it counts as held, with nothing to surface. */
-  onSent(conv: ConvId, seq: number, now: number): Message[] {
+  /**
+   * Whether `m` is a seq this device holds under another id: the server
+   * renumbered the conversation from there (Redis lost its unstored tail).
+   * Then what is held from that seq up is void: it is forgotten, a sync
+   * from the seq before is due (its `synced` also brings the new epoch),
+   * and the caller drops its stored copies above the returned seq. `m`
+   * itself comes back with that sync. Returns the seq to keep up to, or
+   * undefined for an ordinary repeat or a new seq.
+   */
+  renumbered(m: Message): number | undefined {
+    const t = this.convs.get(m.conv);
+    const known = t?.recent.get(m.seq);
+    if (!t || known === undefined || known === m.id) return undefined;
+    const keep = m.seq - 1;
+    t.held = Math.min(t.held, keep);
+    for (const k of [...t.ahead.keys()]) if (k > keep) t.ahead.delete(k);
+    for (const k of [...t.recent.keys()]) if (k > keep) t.recent.delete(k);
+    t.knownLast = Math.max(t.knownLast, m.seq);
+    t.want = true;
+    return keep;
+  }
+
+  /** Our own send `id` got `seq`: it counts as held, with nothing to surface. */
+  onSent(conv: ConvId, seq: number, now: number, id?: string): Message[] {
     let t = this.convs.get(conv);
     if (!t) {
       t = new Track(seq - 1);
       this.convs.set(conv, t);
     }
-    return t.insert(seq, null, now);
+    return t.insert(seq, null, now, id);
   }
 
   onSynced(conv: ConvId, s: SyncedFrame, now: number): SyncedOutcome {
@@ -145,6 +182,7 @@ export class Tracker {
       // other messages now. Keep what is below, sync again from there.
       t.held = Math.min(t.held, base);
       for (const k of [...t.ahead.keys()]) if (k > base) t.ahead.delete(k);
+      for (const k of [...t.recent.keys()]) if (k > base) t.recent.delete(k);
       t.knownLast = s.last_seq;
       t.want = true;
       t.epoch = epoch;
