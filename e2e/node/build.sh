@@ -7,14 +7,18 @@
 #   loopback/portmap                     from their own modules (upstream.txt)
 #   pause, netcheck                      cmd/pause (a static Go pause process),
 #                                        cmd/netcheck (the node test's HTTP probe)
+#   coredns                              the cluster DNS: dns/main.go, CoreDNS
+#                                        with the plugins the node uses, from
+#                                        its own module (dns/go.mod)
 # and caches them in
 #   ${SWITCHBOARD_K8S_CACHE:-$HOME/.cache/switchboard/k8s}/node-<k8s version>/
-# (the CNI plugins in its cni/ subdirectory).
+# (the CNI plugins in its cni/ subdirectory; CoreDNS with a stamp of its own,
+# coredns.stamp, so a CoreDNS bump does not rebuild kubelet).
 #
 # Prints ONLY that directory on stdout; progress goes to stderr. A warm run
 # (every binary present and the stamp matches) does not call `go` at all.
 #
-# Prerequisites: Go >= 1.25 (containerd's go.mod; go-toolchain.sh fetches
+# Prerequisites: Go >= 1.26 (CoreDNS's go.mod; go-toolchain.sh fetches
 # one), a C compiler, pkg-config and libseccomp-dev (runc is built with cgo
 # and seccomp, as its releases are; scripts/test installs them with apt-get).
 #
@@ -28,9 +32,11 @@
 # at a load average of ~7): 18 min 32 s wall, 1.5 GB peak RSS; most of it is
 # kubelet. The binaries take 326 MB. With the cores to itself and Go's
 # default -p it is several times faster; scripts/test counts it in the cold
-# CI budget. The modules it downloads beyond the control plane's stay in the
-# Go module cache (not measured separately).
-# containerd's go.mod needs Go >= 1.25 (the pinned toolchain
+# CI budget. CoreDNS (dns/, its own stamp) took 3 min 39 s with the cores
+# shared at a load average of ~6 (a full CoreDNS build, every plugin, took
+# 17 min there). The modules it downloads beyond the control plane's stay in
+# the Go module cache (not measured separately).
+# CoreDNS's go.mod needs Go >= 1.26 (containerd's 1.25; the pinned toolchain
 # e2e/controlplane/go-toolchain.sh fetches is 1.26.8).
 set -euo pipefail
 exec 3>&1 1>&2 # stdout is reserved for the result
@@ -64,12 +70,23 @@ out="$cache_root/node-$k8s_version"
 bins=(kubelet kube-proxy kube-scheduler pause netcheck containerd containerd-shim-runc-v2 ctr runc
   cni/bridge cni/host-local cni/loopback cni/portmap)
 
-is_fresh() {
+# CoreDNS: the dns module, pinned by its go.mod and go.sum.
+dns_version=$(awk '{ for (i = 1; i < NF; i++) if ($i == "github.com/coredns/coredns") { print $(i + 1); exit } }' dns/go.mod)
+dns_stamp_text="coredns=$dns_version inputs=$(cat dns/go.mod dns/go.sum dns/main.go | sha256sum | cut -c1-16)"
+
+node_fresh() {
   [ "${SWITCHBOARD_K8S_REBUILD:-}" = 1 ] && return 1
   [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp_text" ] || return 1
   local b
   for b in "${bins[@]}"; do [ -x "$out/$b" ] || return 1; done
 }
+
+dns_fresh() {
+  [ "${SWITCHBOARD_K8S_REBUILD:-}" = 1 ] && return 1
+  [ "$(cat "$out/coredns.stamp" 2>/dev/null)" = "$dns_stamp_text" ] && [ -x "$out/coredns" ]
+}
+
+is_fresh() { node_fresh && dns_fresh; }
 
 if is_fresh; then
   echo "$out" >&3
@@ -97,8 +114,45 @@ pkg-config --exists libseccomp || {
   exit 1
 }
 
-go_bin=$("$here/../controlplane/go-toolchain.sh" 1.25)
+go_bin=$("$here/../controlplane/go-toolchain.sh" 1.26)
 export PATH="$go_bin:$PATH"
+
+# The module `go mod download` fetched into the module cache, after checking
+# its hash against the pinned one. Prints its directory.
+module_dir() {
+  local module=$1 version=$2 sum=$3 info got
+  info=$(go mod download -json "$module@$version")
+  got=$(printf '%s\n' "$info" | awk -F'"' '$2 == "Sum" { print $4 }')
+  if [ "$got" != "$sum" ]; then
+    echo "build.sh: $module@$version has hash '$got', pins say '$sum'" >&2
+    return 1
+  fi
+  printf '%s\n' "$info" | awk -F'"' '$2 == "Dir" { print $4 }'
+}
+
+jobs=()
+[ -n "${SWITCHBOARD_K8S_BUILD_JOBS:-}" ] && jobs=(-p "$SWITCHBOARD_K8S_BUILD_JOBS")
+export GOWORK=off GOFLAGS= GOTOOLCHAIN=local
+
+if ! dns_fresh; then
+  echo "building CoreDNS $dns_version (dns/main.go) into $out"
+  dns_start=$(date +%s)
+  dns_staging="$cache_root/.build-dns-$dns_version-$$"
+  rm -rf "$dns_staging"
+  mkdir -p "$dns_staging"
+  trap 'rm -rf "$dns_staging"' EXIT
+  (cd dns && GOCACHE="$dns_staging/go-build" CGO_ENABLED=0 go build "${jobs[@]}" -mod=readonly \
+    -trimpath -buildvcs=false -ldflags="-s -w" -o "$dns_staging/coredns" .)
+  mkdir -p "$out"; rm -f "$out/coredns.stamp"
+  mv -f "$dns_staging/coredns" "$out/coredns"
+  printf "%s\n" "$dns_stamp_text" >"$out/coredns.stamp"
+  rm -rf "$dns_staging"
+  echo "CoreDNS built in $(( $(date +%s) - dns_start ))s"
+fi
+if node_fresh; then
+  echo "$out" >&3
+  exit 0
+fi
 
 echo "building the local node's binaries (kubelet, kube-proxy, kube-scheduler $k8s_version, containerd, runc, CNI plugins) with $(go version | awk '{print $3}')"
 echo "  into $out (a cold build takes several minutes; later runs reuse it)"
@@ -109,9 +163,6 @@ rm -rf "$staging"
 mkdir -p "$staging/cni"
 trap 'rm -rf "$staging"' EXIT
 
-jobs=()
-[ -n "${SWITCHBOARD_K8S_BUILD_JOBS:-}" ] && jobs=(-p "$SWITCHBOARD_K8S_BUILD_JOBS")
-export GOWORK=off GOFLAGS= GOTOOLCHAIN=local
 # A private build cache, deleted with the staging directory (see
 # e2e/controlplane/build.sh for why).
 export GOCACHE="$staging/go-build"
@@ -123,13 +174,7 @@ CGO_ENABLED=0 go build "${jobs[@]}" -mod=readonly -trimpath -buildvcs=false -ldf
 # the hash pinned in upstream.txt, built in their module directory with their
 # own go.sum.
 while read -r module version sum pkgs; do
-  info=$(go mod download -json "$module@$version")
-  got=$(printf '%s\n' "$info" | awk -F'"' '$2 == "Sum" { print $4 }')
-  dir=$(printf '%s\n' "$info" | awk -F'"' '$2 == "Dir" { print $4 }')
-  if [ "$got" != "$sum" ]; then
-    echo "build.sh: $module@$version has hash '$got', upstream.txt pins '$sum'" >&2
-    exit 1
-  fi
+  dir=$(module_dir "$module" "$version" "$sum")
   read -r -a pkg_list <<<"$pkgs"
   case "$module" in
     github.com/containerd/containerd/v2)

@@ -48,7 +48,7 @@ use crate::{ControlPlane, ControlPlaneOptions, TestkitError, free_port, io};
 /// `e2e/node/build.sh` prints).
 pub const NODE_BIN_DIR_ENV: &str = "SWITCHBOARD_NODE_BIN_DIR";
 /// The binaries the node needs (CNI plugins under `cni/`).
-pub const NODE_BINARIES: [&str; 13] = [
+pub const NODE_BINARIES: [&str; 14] = [
     "kubelet",
     "kube-proxy",
     "kube-scheduler",
@@ -58,11 +58,14 @@ pub const NODE_BINARIES: [&str; 13] = [
     "containerd-shim-runc-v2",
     "ctr",
     "runc",
+    "coredns",
     "cni/bridge",
     "cni/host-local",
     "cni/loopback",
     "cni/portmap",
 ];
+/// The cluster's DNS domain: `<service>.<namespace>.svc.cluster.local`.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// The pod subnet of the node's CNI bridge.
 pub const POD_SUBNET: &str = "10.244.0.0/24";
 /// The sandbox ("pause") image kubelet 1.34 and containerd expect; the node
@@ -454,6 +457,47 @@ impl Node {
             ],
         )?;
 
+        // The cluster DNS: CoreDNS as a host process on the node's address
+        // (pods reach it through the bridge's gateway), answering the
+        // cluster domain from the API server and forwarding other names to
+        // this machine's resolver. kubelet puts it in every pod's
+        // resolv.conf. Its client is in system:masters: kubeadm's
+        // `system:coredns` role would be one more object to create and
+        // delete for a node that lives as long as a test.
+        let dns_kubeconfig = write(
+            "coredns.kubeconfig",
+            &cp.client_cert_kubeconfig("switchboard:coredns", Some("system:masters"))?,
+        )?;
+        let dns_ready = free_port()?;
+        let corefile = write(
+            "coredns/Corefile",
+            &format!(
+                "{CLUSTER_DOMAIN}:53 {{
+    bind {ip}
+    errors
+    ready 127.0.0.1:{dns_ready}
+    kubernetes {CLUSTER_DOMAIN} {{
+        kubeconfig {kubeconfig}
+    }}
+    cache 5
+}}
+.:53 {{
+    bind {ip}
+    errors
+    forward . /etc/resolv.conf
+    cache 30
+}}
+",
+                kubeconfig = show(&dns_kubeconfig),
+            ),
+        )?;
+        node.spawn("coredns", vec![format!("-conf={}", show(&corefile))])?;
+        node.wait_until(
+            deadline,
+            "CoreDNS ready (synced with the API server)",
+            || probe::get(dns_ready, "/ready", None, None).is_ok_and(|(status, _)| status == 200),
+        )?;
+
         // kubelet, as `system:node:<name>` (the Node authorizer's user).
         let kubelet_kubeconfig = write(
             "kubelet.kubeconfig",
@@ -496,6 +540,8 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 registerNode: true
 serializeImagePulls: false
+clusterDNS: [{ip}]
+clusterDomain: {CLUSTER_DOMAIN}
 ",
                 socket = show(&node.containerd_socket),
                 healthz_port = free_port()?,

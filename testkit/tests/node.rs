@@ -1,7 +1,8 @@
 //! The local node (feature `node`, needs root): a pod built from a local OCI
 //! archive runs, turns Ready through its readiness probe, its logs come
 //! through the API server (the `kubectl logs` path: API server → kubelet),
-//! a second pod reaches it through a ClusterIP Service (kube-proxy), and
+//! a second pod reaches it through a ClusterIP Service (kube-proxy), more
+//! reach it by the Service's name (the cluster DNS, CoreDNS), and
 //! stopping the node leaves nothing behind.
 //!
 //! Where the machine cannot run a node (`node::unsupported`), the test says
@@ -231,6 +232,47 @@ async fn a_pod_runs_serves_through_a_service_and_the_node_cleans_up() {
     assert_eq!(client_logs.trim(), "netcheck server");
     let logs = pods.logs("server", &LogParams::default()).await.unwrap();
     assert!(logs.contains("GET /via-service"), "logs: {logs}");
+
+    // And by its name, as an app names Redis or PostgreSQL: the short name
+    // through the pod's search path (cluster DNS, then the Service), and
+    // the fully qualified one.
+    for (name, host) in [
+        ("dns-short", "netcheck".to_string()),
+        (
+            "dns-fqdn",
+            format!("netcheck.default.svc.{}", node::CLUSTER_DOMAIN),
+        ),
+    ] {
+        let client_pod = pod(
+            name,
+            json!({ "app": "client" }),
+            json!({
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "netcheck",
+                    "image": IMAGE,
+                    "imagePullPolicy": "Never",
+                    "args": ["get", format!("http://{host}/via-{name}")],
+                }],
+            }),
+        );
+        pods.create(&PostParams::default(), &client_pod)
+            .await
+            .unwrap();
+        let done = wait_for(&pods, name, "finished", pod_finished, &n).await;
+        let client_logs = pods.logs(name, &LogParams::default()).await.unwrap();
+        assert_eq!(
+            done.status.unwrap().phase.as_deref(),
+            Some("Succeeded"),
+            "{name} logs: {client_logs}\n{}",
+            n.log_tails()
+        );
+        assert_eq!(client_logs.trim(), "netcheck server");
+    }
+    let logs = pods.logs("server", &LogParams::default()).await.unwrap();
+    for name in ["dns-short", "dns-fqdn"] {
+        assert!(logs.contains(&format!("GET /via-{name}")), "logs: {logs}");
+    }
 
     // Stopping the node removes what it made on this machine.
     let (dir, bridge, cgroup) = (
