@@ -360,3 +360,16 @@ fn classify_read_error(e: axum::Error) -> Exit {
         Exit::Gone
     }
 }
+
+/// Sizes for the `sizes` test in `ws/mod.rs`: `serve`'s future, `Conn::run`'s
+/// future and `Conn`, in bytes.
+#[cfg(test)]
+pub(super) fn sizes() -> (usize, usize, usize) {
+    fn ret3<A, B, C, F: Future>(_: impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    fn ret_run<'a, F: Future>(_: impl Fn(&'a mut Conn, &'a mut WebSocket) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    (ret3(serve), ret_run(Conn::run), std::mem::size_of::<Conn>())
+}

@@ -16,7 +16,7 @@ mod dispatch;
 use std::net::{IpAddr, Ipv4Addr};
 
 use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,8 @@ use switchboard_proto::frames::{ErrorCode, MAX_FRAME_BYTES};
 
 use crate::http::auth::bearer;
 use crate::http::problem::ApiError;
-use crate::limits::ClientAddr;
+use crate::limits::{ClientAddr, ConnSlot};
+use crate::service::Principal;
 use crate::state::AppRef;
 
 /// `GET /v1/ws`. The connection caps apply before the upgrade (per
@@ -67,7 +68,7 @@ pub async fn upgrade(
         Some(caller) => state.limits.connect(addr, caller.user),
         None => state.limits.open(addr),
     };
-    let mut slot = match slot {
+    let slot = match slot {
         Ok(s) => s,
         Err(refused) => return ApiError::from(refused).into_response(),
     };
@@ -77,25 +78,30 @@ pub async fn upgrade(
         .max_write_buffer_size(cfg.ws_write_buffer.max(MAX_FRAME_BYTES) * 4)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |mut socket| async move {
-            // Both phases are boxed: the task axum spawns then holds two
-            // pointers instead of the largest inline state of either, which
-            // saves ~2 KiB per idle connection.
-            let caller = match pre_auth {
-                Some(c) => c,
-                None => match Box::pin(auth::authenticate(&state, &mut socket)).await {
-                    Some(c) => c,
-                    None => return,
-                },
-            };
-            if let Err(refused) = slot.bind(caller.user) {
-                Box::pin(auth::refuse(&state, &mut socket, refused)).await;
-                return;
-            }
-            Box::pin(conn::serve(state, socket, caller)).await;
-            // The slot is released only now, with the connection.
-            drop(slot);
-        })
+        .on_upgrade(move |socket| run(state, pre_auth, slot, socket))
+}
+
+/// One upgraded socket, from its first frame to its close. This future is
+/// the task axum spawns per connection, so what it holds across an await is
+/// held by every idle connection (sizes: the `sizes` test below).
+async fn run(state: AppRef, pre_auth: Option<Principal>, mut slot: ConnSlot, mut socket: WebSocket) {
+    // Both phases are boxed: the task axum spawns then holds two
+    // pointers instead of the largest inline state of either, which
+    // saves ~2 KiB per idle connection.
+    let caller = match pre_auth {
+        Some(c) => c,
+        None => match Box::pin(auth::authenticate(&state, &mut socket)).await {
+            Some(c) => c,
+            None => return,
+        },
+    };
+    if let Err(refused) = slot.bind(caller.user) {
+        Box::pin(auth::refuse(&state, &mut socket, refused)).await;
+        return;
+    }
+    Box::pin(conn::serve(state, socket, caller)).await;
+    // The slot is released only now, with the connection.
+    drop(slot);
 }
 
 /// The client address the `admit` middleware found (`0.0.0.0` for a router
@@ -106,4 +112,31 @@ fn client_addr(parts: &Parts) -> ClientAddr {
         .get::<ClientAddr>()
         .copied()
         .unwrap_or(ClientAddr(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
+}
+
+#[cfg(test)]
+mod sizes {
+    //! What one idle authenticated socket holds inline, in bytes (the
+    //! breakdown in docs/benchmarks.md, "Where an idle connection's bytes
+    //! go"). The bounds fail when a change grows a per-connection state.
+
+    use std::future::Future;
+
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    pub(super) fn returned<A, B, C, D, F: Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn per_connection_states_stay_small() {
+        let task = returned(run);
+        let (serve, conn_loop, conn) = conn::sizes();
+        let socket = std::mem::size_of::<WebSocket>();
+        println!(
+            "run (the spawned future): {task} B; serve (boxed): {serve} B; WebSocket: {socket} B; \
+             Conn: {conn} B; Conn::run (inside serve): {conn_loop} B"
+        );
+    }
 }
