@@ -99,7 +99,7 @@ async fn run(state: AppRef, pre_auth: Option<Principal>, mut slot: ConnSlot, mut
         Box::pin(auth::refuse(&state, &mut socket, refused)).await;
         return;
     }
-    Box::pin(conn::serve(state, socket, caller)).await;
+    Box::pin(conn::serve(state, &mut socket, caller)).await;
     // The slot is released only now, with the connection.
     drop(slot);
 }
