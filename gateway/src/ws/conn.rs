@@ -5,7 +5,7 @@
 //! small, and handling a client's frames in order keeps its sends in the
 //! order it wrote them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -60,16 +60,16 @@ pub async fn serve(state: Arc<AppState>, socket: &mut WebSocket, caller: Princip
         state: state.clone(),
         user,
         handle: handle.clone(),
-        pending: HashMap::new(),
+        pending: BTreeMap::new(),
         timers: VecDeque::new(),
         sends: limiter(state.cfg.send_rate, state.cfg.send_burst),
         frames: limiter(state.cfg.frame_rate, state.cfg.frame_burst),
         refused_in_row: 0,
-        typing: HashMap::new(),
+        typing: BTreeMap::new(),
         last_touch: Instant::now(),
-        acked: HashMap::new(),
+        acked: BTreeMap::new(),
         flush_at: None,
-        channels: HashMap::new(),
+        channels: BTreeMap::new(),
     };
     let ready = ServerFrame::Ready {
         user,
@@ -91,7 +91,9 @@ pub(super) struct Conn {
     pub(super) state: Arc<AppState>,
     pub(super) user: Address,
     pub(super) handle: Arc<ConnHandle>,
-    pending: HashMap<(ConvId, u64), Pending>,
+    // The maps are `BTreeMap`s: 24 bytes inline and no allocation while
+    // empty (a `HashMap` is 48 with its hasher), on every idle socket.
+    pending: BTreeMap<(ConvId, u64), Pending>,
     /// Retry deadlines in the order they fall due (every retry waits the same
     /// interval, so pushing to the back keeps the queue sorted). Entries for
     /// acked messages are skipped lazily.
@@ -101,15 +103,15 @@ pub(super) struct Conn {
     /// Frames refused by `frames` since the last one it admitted.
     pub(super) refused_in_row: u32,
     /// When this socket last relayed typing, per conversation.
-    pub(super) typing: HashMap<ConvId, Instant>,
+    pub(super) typing: BTreeMap<ConvId, Instant>,
     last_touch: Instant,
     /// Highest acked seq per conversation since the last flush: delivered
     /// watermarks and their receipts go out once per `receipt_delay`, not
     /// once per message.
-    acked: HashMap<ConvId, u64>,
+    acked: BTreeMap<ConvId, u64>,
     flush_at: Option<Instant>,
     /// Subscribed channels and where this socket stands in each.
-    pub(super) channels: HashMap<ConvId, SeqCursor>,
+    pub(super) channels: BTreeMap<ConvId, SeqCursor>,
 }
 
 impl Conn {
@@ -139,8 +141,7 @@ impl Conn {
     }
 
     async fn run(&mut self, socket: &mut WebSocket) -> Exit {
-        let idle = self.state.cfg.idle_timeout;
-        let mut idle_at = Instant::now() + idle;
+        let mut idle_at = Instant::now() + self.state.cfg.idle_timeout;
         let handle = self.handle.clone();
         let close = &handle.close;
         loop {
@@ -187,7 +188,7 @@ impl Conn {
                     }
                 }
                 incoming = socket.recv() => {
-                    idle_at = Instant::now() + idle;
+                    idle_at = Instant::now() + self.state.cfg.idle_timeout;
                     match incoming {
                         None => return Exit::Gone,
                         Some(Err(e)) => return classify_read_error(e),
