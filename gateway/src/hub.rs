@@ -4,7 +4,7 @@
 //! others or grows memory: when its queue is full it is closed as a slow consumer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use std::collections::VecDeque;
@@ -14,7 +14,6 @@ use switchboard_proto::frames::close;
 use switchboard_proto::ids::{Address, ConvId};
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
@@ -38,11 +37,14 @@ pub enum Outbound {
     },
 }
 
-/// A request to close one socket, with the close code to send.
+/// A request to close one socket, with the close code to send. A `Notify`
+/// and two atomics inline in the socket's handle: a `CancellationToken`
+/// would be one more 112-byte block per socket (its tree node).
 #[derive(Debug, Default)]
 pub struct CloseSignal {
-    token: CancellationToken,
+    closed: AtomicBool,
     code: AtomicU16,
+    notify: Notify,
 }
 
 impl CloseSignal {
@@ -52,13 +54,24 @@ impl CloseSignal {
         let _ = self
             .code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.token.cancel();
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_waiters();
     }
     pub fn code(&self) -> u16 {
         self.code.load(Ordering::Acquire)
     }
+    /// Resolves once [`CloseSignal::close`] was called (at once if it was
+    /// already).
     pub async fn closed(&self) {
-        self.token.cancelled().await
+        let notified = self.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the flag is read: a `close` between the two
+        // still wakes this waiter.
+        notified.as_mut().enable();
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -396,5 +409,34 @@ impl Hub {
             .values()
             .map(Vec::len)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::CloseSignal;
+
+    #[tokio::test]
+    async fn close_wakes_a_waiter_and_later_waiters_return_at_once() {
+        let signal = Arc::new(CloseSignal::default());
+        let waiter = tokio::spawn({
+            let signal = signal.clone();
+            async move { signal.closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        signal.close(4008);
+        signal.close(1001);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter wakes")
+            .expect("it does not panic");
+        assert_eq!(signal.code(), 4008, "the first reason wins");
+        tokio::time::timeout(Duration::from_secs(5), signal.closed())
+            .await
+            .expect("closed() returns at once once closed");
     }
 }

@@ -135,6 +135,15 @@ mod sizes {
         let (serve, conn_loop, conn) = conn::sizes();
         let socket = std::mem::size_of::<WebSocket>();
         println!(
+            "ConnHandle: {} B (its Arc block {} B); Principal: {} B; ConnSlot: {} B; Notify: {} B; Sleep: {} B",
+            std::mem::size_of::<crate::hub::ConnHandle>(),
+            std::mem::size_of::<crate::hub::ConnHandle>() + 16,
+            std::mem::size_of::<Principal>(),
+            std::mem::size_of::<ConnSlot>(),
+            std::mem::size_of::<tokio::sync::Notify>(),
+            std::mem::size_of::<tokio::time::Sleep>(),
+        );
+        println!(
             "run (the spawned future): {task} B; serve (boxed): {serve} B; WebSocket: {socket} B; \
              Conn: {conn} B; Conn::run (inside serve): {conn_loop} B"
         );
