@@ -47,40 +47,47 @@ fn limiter(rate: u32, burst: u32) -> DefaultDirectRateLimiter {
 /// The socket is borrowed, not moved in: the task that calls this holds it
 /// already, and a moved-in copy would be a second ~370 bytes per socket in
 /// this (boxed) future. The connect and disconnect steps are boxed too, so
-/// this future is as large as the select loop's state, not as theirs.
-pub async fn serve(state: Arc<AppState>, socket: &mut WebSocket, caller: Principal) {
-    let user = caller.user;
-    let handle = Box::pin(
-        state
-            .chat
-            .connect(user, Some(caller.session), Liveness::Heartbeat),
-    )
-    .await;
-    let mut conn = Conn {
-        state: state.clone(),
-        user,
-        handle: handle.clone(),
-        pending: BTreeMap::new(),
-        timers: VecDeque::new(),
-        sends: limiter(state.cfg.send_rate, state.cfg.send_burst),
-        frames: limiter(state.cfg.frame_rate, state.cfg.frame_burst),
-        refused_in_row: 0,
-        typing: BTreeMap::new(),
-        last_touch: Instant::now(),
-        acked: BTreeMap::new(),
-        flush_at: None,
-        channels: BTreeMap::new(),
-    };
-    let ready = ServerFrame::Ready {
-        user,
-        heartbeat_ms: state.cfg.heartbeat.as_millis() as u64,
-    };
-    let exit = if socket.send(text(&ready.to_json())).await.is_err() {
-        Exit::Gone
-    } else {
-        conn.run(socket).await
-    };
-    Box::pin(conn.finish(socket, exit)).await;
+/// this future is as large as the select loop's state, not as theirs. Not an
+/// `async fn`, whose future would keep the arguments twice.
+pub fn serve(
+    state: Arc<AppState>,
+    socket: &mut WebSocket,
+    caller: Principal,
+) -> impl Future<Output = ()> + Send + '_ {
+    async move {
+        let user = caller.user;
+        let handle = Box::pin(
+            state
+                .chat
+                .connect(user, Some(caller.session), Liveness::Heartbeat),
+        )
+        .await;
+        let ready = ServerFrame::Ready {
+            user,
+            heartbeat_ms: state.cfg.heartbeat.as_millis() as u64,
+        };
+        let mut conn = Conn {
+            sends: limiter(state.cfg.send_rate, state.cfg.send_burst),
+            frames: limiter(state.cfg.frame_rate, state.cfg.frame_burst),
+            state,
+            user,
+            handle,
+            pending: BTreeMap::new(),
+            timers: VecDeque::new(),
+            refused_in_row: 0,
+            typing: BTreeMap::new(),
+            last_touch: Instant::now(),
+            acked: BTreeMap::new(),
+            flush_at: None,
+            channels: BTreeMap::new(),
+        };
+        let exit = if socket.send(text(&ready.to_json())).await.is_err() {
+            Exit::Gone
+        } else {
+            conn.run(socket).await
+        };
+        Box::pin(conn.finish(socket, exit)).await;
+    }
 }
 
 pub(super) fn text(s: &str) -> WsMessage {
