@@ -141,8 +141,17 @@ async fn open_idle(gw: SocketAddr, n: usize, base: u8) -> Vec<Client> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let user = Address(rand::random());
-        let (token, _) = signer.issue(&user, std::time::Duration::from_secs(3600), OffsetDateTime::now_utc());
-        let from = IpAddr::V4(Ipv4Addr::new(127, 2, base + (i / 20 / 250) as u8, (i / 20 % 250) as u8 + 1));
+        let (token, _) = signer.issue(
+            &user,
+            std::time::Duration::from_secs(3600),
+            OffsetDateTime::now_utc(),
+        );
+        let from = IpAddr::V4(Ipv4Addr::new(
+            127,
+            2,
+            base + (i / 20 / 250) as u8,
+            (i / 20 % 250) as u8 + 1,
+        ));
         out.push(open(gw, from, &token).await);
     }
     for ws in &mut out {
@@ -165,7 +174,7 @@ async fn open_idle(gw: SocketAddr, n: usize, base: u8) -> Vec<Client> {
 
 const CONNS: usize = 2000;
 
-/// Heap (mimalloc usable bytes) the gateway may hold per idle authenticated
+/// Heap (at mimalloc size classes) the gateway may hold per idle authenticated
 /// socket. Measured 3,996 B (docs/benchmarks.md); a change that grows the
 /// per-connection state past this fails here.
 const MAX_USABLE_PER_CONN: f64 = 4150.0;
@@ -183,7 +192,6 @@ fn idle_socket_heap_is_bounded() {
             // only groups there are), for as long as it runs.
             let mut token = AllocationGroupToken::register().unwrap();
             std::mem::forget(token.enter());
-            std::mem::forget(token);
         })
         .enable_all()
         .build()

@@ -49,6 +49,10 @@ fn limiter(rate: u32, burst: u32) -> DefaultDirectRateLimiter {
 /// this (boxed) future. The connect and disconnect steps are boxed too, so
 /// this future is as large as the select loop's state, not as theirs. Not an
 /// `async fn`, whose future would keep the arguments twice.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn's future would hold its arguments twice (see above)"
+)]
 pub fn serve(
     state: Arc<AppState>,
     socket: &mut WebSocket,
