@@ -140,8 +140,10 @@ impl Outbox {
 /// One open, authenticated socket.
 #[derive(Debug)]
 pub struct ConnHandle {
-    /// `<gateway>/<n>`: unique across gateways, used to skip the sender's socket.
-    pub name: String,
+    /// `n` of its name `<gateway>/<n>` ([`Hub::conn_name`]), unique across
+    /// gateways, used to skip the sender's socket. Only the number is kept:
+    /// a `String` per socket was one more block.
+    pub id: u64,
     pub outbox: Outbox,
     pub close: CloseSignal,
     /// The session it was opened with; `None` for an API key's (no expiry,
@@ -187,7 +189,7 @@ impl Hub {
     ) -> (Arc<ConnHandle>, bool) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(ConnHandle {
-            name: format!("{}/{n}", self.gateway_id),
+            id: n,
             outbox: Outbox::new(queue),
             close: CloseSignal::default(),
             session,
@@ -197,6 +199,20 @@ impl Hub {
         list.push(handle.clone());
         self.metrics.connections.inc();
         (handle, list.len() == 1)
+    }
+
+    /// A socket's name, `<gateway>/<n>` (what `Routed::skip_conn` carries).
+    pub fn conn_name(&self, h: &ConnHandle) -> String {
+        format!("{}/{}", self.gateway_id, h.id)
+    }
+
+    /// The number of a name [`Hub::conn_name`] gave here; `None` for
+    /// another gateway's socket.
+    fn local_conn(&self, name: &str) -> Option<u64> {
+        name.strip_prefix(self.gateway_id.as_str())?
+            .strip_prefix('/')?
+            .parse()
+            .ok()
     }
 
     /// Remove a socket. Returns whether it was the user's last on this gateway.
@@ -304,10 +320,11 @@ impl Hub {
             return;
         }
         let ack = ev.ack.clone().map(Arc::new);
+        let skip = ev.skip_conn.as_deref().and_then(|s| self.local_conn(s));
         let conns = self.conns.read().unwrap_or_else(|p| p.into_inner());
         for user in &ev.users {
             for h in conns.get(user).into_iter().flatten() {
-                if ev.skip_conn.as_deref() == Some(h.name.as_str()) {
+                if skip == Some(h.id) {
                     continue;
                 }
                 let item = match &ack {
@@ -327,7 +344,7 @@ impl Hub {
         if h.outbox.push(item).is_err() {
             if h.close.code() == 0 {
                 self.metrics.slow_consumers.inc();
-                tracing::info!(conn = %h.name, "send queue full; closing slow consumer");
+                tracing::info!(conn = %self.conn_name(h), "send queue full; closing slow consumer");
             }
             h.close.close(close::SLOW_CONSUMER);
         }
@@ -417,7 +434,18 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::CloseSignal;
+    use super::{CloseSignal, Hub};
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn conn_names_are_recognised_only_for_this_gateway() {
+        let hub = Hub::new("gw-1".into(), Arc::new(Metrics::new()));
+        assert_eq!(hub.local_conn("gw-1/7"), Some(7));
+        assert_eq!(hub.local_conn("gw-10/7"), None);
+        assert_eq!(hub.local_conn("gw-2/7"), None);
+        assert_eq!(hub.local_conn("gw-1/x"), None);
+        assert_eq!(hub.local_conn("gw-1"), None);
+    }
 
     #[tokio::test]
     async fn close_wakes_a_waiter_and_later_waiters_return_at_once() {

@@ -250,7 +250,7 @@ impl ChatService {
             users,
             frame: frame.into(),
             ack,
-            skip_conn: skip_conn.map(|h| h.name.clone()),
+            skip_conn: skip_conn.map(|h| self.hub.conn_name(h)),
             channel: None,
             revoke: None,
         };

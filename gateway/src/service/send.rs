@@ -124,7 +124,7 @@ impl ChatService {
             return;
         }
         if out.message.relayed {
-            let ev = super::relay::relayed_routed(&out, skip.map(|h| h.name.clone()));
+            let ev = super::relay::relayed_routed(&out, skip.map(|h| self.hub.conn_name(h)));
             self.hub.deliver(&ev);
             return;
         }
