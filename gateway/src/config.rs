@@ -69,7 +69,11 @@ pub struct GatewayConfig {
     pub ws_read_buffer: usize,
     pub ws_write_buffer: usize,
     /// How often this gateway refreshes its liveness in the broker; keep it
-    /// well under the broker's `gateway_ttl` (default 15 s).
+    /// well under the broker's `gateway_ttl` (default 15 s). It is also how
+    /// soon the gateway notices that Redis lost its state and registers its
+    /// sockets again: messages routed before that are not pushed to them
+    /// (they come with the clients' next sync). One small write per
+    /// interval, so the default is short.
     pub liveness_interval: Duration,
     /// How long a member list stays cached for typing/ack/read fan-out.
     pub members_cache_ttl: Duration,
@@ -230,7 +234,7 @@ impl Default for GatewayConfig {
             max_group_members: 1000,
             ws_read_buffer: 1024,
             ws_write_buffer: 1024,
-            liveness_interval: Duration::from_secs(5),
+            liveness_interval: Duration::from_secs(1),
             members_cache_ttl: Duration::from_secs(5),
             identity: None,
             report_interval: DEFAULT_REPORT_INTERVAL,
