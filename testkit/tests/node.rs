@@ -205,44 +205,22 @@ async fn a_pod_runs_serves_through_a_service_and_the_node_cleans_up() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let client_pod = pod(
-        "client",
-        json!({ "app": "client" }),
-        json!({
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "netcheck",
-                "image": IMAGE,
-                "imagePullPolicy": "Never",
-                "args": ["get", format!("http://{cluster_ip}/via-service")],
-            }],
-        }),
-    );
-    pods.create(&PostParams::default(), &client_pod)
-        .await
-        .unwrap();
-    let done = wait_for(&pods, "client", "finished", pod_finished, &n).await;
-    let client_logs = pods.logs("client", &LogParams::default()).await.unwrap();
-    assert_eq!(
-        done.status.unwrap().phase.as_deref(),
-        Some("Succeeded"),
-        "client logs: {client_logs}\n{}",
-        n.log_tails()
-    );
-    assert_eq!(client_logs.trim(), "netcheck server");
-    let logs = pods.logs("server", &LogParams::default()).await.unwrap();
-    assert!(logs.contains("GET /via-service"), "logs: {logs}");
-
-    // And by its name, as an app names Redis or PostgreSQL: the short name
-    // through the pod's search path (cluster DNS, then the Service), and
-    // the fully qualified one.
-    for (name, host) in [
-        ("dns-short", "netcheck".to_string()),
+    // Reached from client pods: by the ClusterIP, then by the Service's
+    // name, as an app names Redis or PostgreSQL: the short name through
+    // the pod's search path (cluster DNS, then the Service), and the fully
+    // qualified one.
+    let clients = [
+        ("client", format!("http://{cluster_ip}/via-service")),
+        ("dns-short", "http://netcheck/via-dns-short".to_string()),
         (
             "dns-fqdn",
-            format!("netcheck.default.svc.{}", node::CLUSTER_DOMAIN),
+            format!(
+                "http://netcheck.default.svc.{}/via-dns-fqdn",
+                node::CLUSTER_DOMAIN
+            ),
         ),
-    ] {
+    ];
+    for (name, url) in &clients {
         let client_pod = pod(
             name,
             json!({ "app": "client" }),
@@ -252,7 +230,7 @@ async fn a_pod_runs_serves_through_a_service_and_the_node_cleans_up() {
                     "name": "netcheck",
                     "image": IMAGE,
                     "imagePullPolicy": "Never",
-                    "args": ["get", format!("http://{host}/via-{name}")],
+                    "args": ["get", url],
                 }],
             }),
         );
@@ -270,8 +248,8 @@ async fn a_pod_runs_serves_through_a_service_and_the_node_cleans_up() {
         assert_eq!(client_logs.trim(), "netcheck server");
     }
     let logs = pods.logs("server", &LogParams::default()).await.unwrap();
-    for name in ["dns-short", "dns-fqdn"] {
-        assert!(logs.contains(&format!("GET /via-{name}")), "logs: {logs}");
+    for path in ["/via-service", "/via-dns-short", "/via-dns-fqdn"] {
+        assert!(logs.contains(&format!("GET {path}")), "logs: {logs}");
     }
 
     // Stopping the node removes what it made on this machine.

@@ -14,21 +14,25 @@ after(async () => {
   for (const s of started.reverse()) await (s.kill ?? s.stop)?.call(s);
 });
 
-test("after Redis comes back empty, a client drops what it held above the epoch base and converges to the history", { timeout: 180_000 }, async () => {
+/** PostgreSQL, Redis and a gateway on both; Alice connected; Bob's store. */
+async function setUp() {
   const pg = await Postgres.start();
   started.push(pg);
   const redis = await Redis.start();
   started.push(redis);
-  let worker = await Worker.start({ redisUrl: redis.url, databaseUrl: pg.url });
-  started.push(worker);
   const gw = await Gateway.start({ redisUrl: redis.url, databaseUrl: pg.url });
   started.push(gw);
-
   const wa = wallet();
   const wb = wallet();
   const conv = directConv(wa.address, wb.address);
   const a = await connect(gw.url, {}, wa);
-  const storeB = new MemoryStore();
+  return { pg, redis, gw, wa, wb, conv, a, storeB: new MemoryStore() };
+}
+
+test("after Redis comes back empty, a client drops what it held above the epoch base and converges to the history", { timeout: 180_000 }, async () => {
+  const { pg, redis, gw, wa, wb, conv, a, storeB } = await setUp();
+  let worker = await Worker.start({ redisUrl: redis.url, databaseUrl: pg.url });
+  started.push(worker);
   let b = await connect(gw.url, { store: storeB }, wb);
   let eb = new Events(b);
 
@@ -89,20 +93,9 @@ test("after Redis comes back empty, a client drops what it held above the epoch 
 // history without a gap or a repeat. Before, it took m6@4 for a repeat of
 // m4 and showed m4, m5 and never m6, m7 until its next reconnect.
 test("a connected client that gets a seq it holds under another id drops the stale tail and converges", { timeout: 180_000 }, async () => {
-  const pg = await Postgres.start();
-  started.push(pg);
-  const redis = await Redis.start();
-  started.push(redis);
+  const { pg, redis, gw, wa, wb, conv, a, storeB } = await setUp();
   let worker = await Worker.start({ redisUrl: redis.url, databaseUrl: pg.url });
   started.push(worker);
-  const gw = await Gateway.start({ redisUrl: redis.url, databaseUrl: pg.url });
-  started.push(gw);
-
-  const wa = wallet();
-  const wb = wallet();
-  const conv = directConv(wa.address, wb.address);
-  const a = await connect(gw.url, {}, wa);
-  const storeB = new MemoryStore();
   const b = await connect(gw.url, { store: storeB }, wb);
   const eb = new Events(b);
 
