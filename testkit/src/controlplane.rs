@@ -70,6 +70,13 @@ pub struct ControlPlaneOptions {
     pub extra_controller_manager_args: Vec<String>,
     /// For the whole start-up (etcd, apiserver, controller-manager).
     pub ready_timeout: Duration,
+    /// An address of this machine that pods can reach (a node's InternalIP).
+    /// With it the API server listens on every address (clients here keep
+    /// using 127.0.0.1), advertises this one as the `kubernetes` Service's
+    /// endpoint and has it in its certificate: what in-cluster clients (an
+    /// operator in a pod) connect to. Without it the API server is
+    /// loopback-only and the `kubernetes` Service has no endpoints.
+    pub pod_reachable_address: Option<String>,
 }
 
 impl Default for ControlPlaneOptions {
@@ -79,6 +86,7 @@ impl Default for ControlPlaneOptions {
             extra_apiserver_args: vec![],
             extra_controller_manager_args: vec![],
             ready_timeout: Duration::from_secs(120),
+            pod_reachable_address: None,
         }
     }
 }
@@ -118,7 +126,7 @@ impl ControlPlane {
             .tempdir()
             .map_err(io("create temp dir"))?;
         let reaper = Reaper::spawn(dir.path())?;
-        let pki = Pki::generate()?;
+        let pki = Pki::generate(opts.pod_reachable_address.as_deref())?;
         let tls = probe::tls_config(&pki.ca_der)?;
         let admin_token = random_token();
         let write_later = |d: &Path, name: &str, text: &str| -> Result<PathBuf, TestkitError> {
@@ -202,8 +210,6 @@ impl ControlPlane {
         let p = |path: &Path| path.display().to_string();
         let mut apiserver_args = vec![
             format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
             format!("--secure-port={}", cp.port),
             format!("--cert-dir={}", d.join("apiserver").display()),
             format!("--tls-cert-file={}", p(&serving_cert)),
@@ -232,11 +238,22 @@ impl ControlPlane {
             format!("--proxy-client-cert-file={}", p(&front_proxy_cert)),
             format!("--proxy-client-key-file={}", p(&front_proxy_key)),
             "--allow-privileged=true".into(),
-            // The `kubernetes` Service's endpoints would be 127.0.0.1, which
-            // Endpoints validation rejects (loopback); nothing here needs them.
-            "--endpoint-reconciler-type=none".into(),
             "--profiling=false".into(),
         ];
+        match &opts.pod_reachable_address {
+            Some(addr) => apiserver_args.extend([
+                "--bind-address=0.0.0.0".into(),
+                format!("--advertise-address={addr}"),
+            ]),
+            None => apiserver_args.extend([
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                // The `kubernetes` Service's endpoints would be 127.0.0.1,
+                // which Endpoints validation rejects (loopback); without
+                // pods nothing needs them.
+                "--endpoint-reconciler-type=none".into(),
+            ]),
+        }
         apiserver_args.extend(opts.extra_apiserver_args);
         cp.spawn("kube-apiserver", &bins, apiserver_args)?;
         let (port, token, tls) = (cp.port, cp.admin_token.clone(), Arc::clone(&cp.tls));

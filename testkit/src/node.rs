@@ -28,8 +28,10 @@
 //! sysctls kubelet, kube-proxy and the bridge plugin change.
 
 mod oci;
+mod volumes;
 
 pub use oci::{ImageFile, oci_arch, write_image_archive};
+pub use volumes::{PROVISIONER, STORAGE_CLASS};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -143,13 +145,24 @@ fn on_path(name: &str) -> bool {
 /// Control-plane options for a cluster with a node: the defaults plus the
 /// controllers a node needs: node lifecycle (removes the `not-ready` taint
 /// kubelet registers with, once the node is Ready; without it nothing is
-/// ever scheduled) and EndpointSlices (what kube-proxy programs Services
-/// from).
+/// ever scheduled), EndpointSlices (what kube-proxy programs Services
+/// from) and the volume binder with its claim and volume protection (binds
+/// StatefulSets' claims to the volumes [`STORAGE_CLASS`]'s provisioner
+/// makes); and an API server pods can reach (`kubernetes.default.svc`).
 pub fn control_plane_options() -> ControlPlaneOptions {
     let mut opts = ControlPlaneOptions::default();
-    for c in ["node-lifecycle-controller", "endpointslice-controller"] {
+    for c in [
+        "node-lifecycle-controller",
+        "endpointslice-controller",
+        "persistentvolume-binder-controller",
+        "persistentvolume-protection-controller",
+        "persistentvolumeclaim-protection-controller",
+    ] {
         opts.controllers.push(c.to_string());
     }
+    // Pods reach the API server (an operator in a pod) at the node's
+    // address; without one, Node::start fails with the reason.
+    opts.pod_reachable_address = node_ip().ok();
     opts
 }
 
@@ -230,6 +243,8 @@ pub struct Node {
     containerd_socket: PathBuf,
     components: Vec<Component>,
     reaper: Reaper,
+    /// Stopped before the processes (it talks to the API server).
+    volumes: Option<volumes::Provisioner>,
 }
 
 /// The clean-up, run by `sh` when its stdin closes (drop, or death of the
@@ -363,6 +378,7 @@ impl Node {
             bins: bins.clone(),
             components: vec![],
             reaper,
+            volumes: None,
         };
 
         let write = |rel: &str, text: &str| -> Result<PathBuf, TestkitError> {
@@ -608,6 +624,12 @@ conntrack:
             probe::get(port, &path, Some(&token), Some(&tls))
                 .is_ok_and(|(s, body)| s == 200 && node_ready(&body))
         })?;
+        // Volumes for claims (StatefulSets): under the node's dir, so they
+        // go with it.
+        node.volumes = Some(volumes::Provisioner::start(
+            cp.kubeconfig_path().to_path_buf(),
+            d.join("volumes"),
+        )?);
         Ok(node)
     }
 
@@ -730,6 +752,7 @@ conntrack:
 
     /// Tear everything down (see the module docs); blocks until done.
     pub fn stop(&mut self) {
+        self.volumes = None;
         self.reaper.finish();
         for c in &mut self.components {
             c.kill();

@@ -2,8 +2,9 @@
 //! archive runs, turns Ready through its readiness probe, its logs come
 //! through the API server (the `kubectl logs` path: API server → kubelet),
 //! a second pod reaches it through a ClusterIP Service (kube-proxy), more
-//! reach it by the Service's name (the cluster DNS, CoreDNS), and
-//! stopping the node leaves nothing behind.
+//! reach it by the Service's name (the cluster DNS, CoreDNS), a claim
+//! gets a volume a pod mounts (and loses it with the claim), and stopping
+//! the node leaves nothing behind.
 //!
 //! Where the machine cannot run a node (`node::unsupported`), the test says
 //! why and passes, unless `SWITCHBOARD_NODE_REQUIRED=1` (then it fails).
@@ -14,9 +15,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Service};
 use kube::Api;
-use kube::api::{LogParams, PostParams};
+use kube::api::{DeleteParams, LogParams, PostParams};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
 use switchboard_testkit::ControlPlane;
@@ -250,6 +251,93 @@ async fn a_pod_runs_serves_through_a_service_and_the_node_cleans_up() {
     let logs = pods.logs("server", &LogParams::default()).await.unwrap();
     for path in ["/via-service", "/via-dns-short", "/via-dns-fqdn"] {
         assert!(logs.contains(&format!("GET {path}")), "logs: {logs}");
+    }
+
+    // A claim of the default StorageClass gets a volume (as a StatefulSet's
+    // do), a pod mounts it, and deleting the claim deletes the volume and
+    // its data.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": { "name": "data" },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": { "requests": { "storage": "1Gi" } },
+        },
+    }))
+    .unwrap();
+    let claim = claims.create(&PostParams::default(), &claim).await.unwrap();
+    assert_eq!(
+        claim.spec.as_ref().unwrap().storage_class_name.as_deref(),
+        Some(node::STORAGE_CLASS),
+        "the default class is set on admission"
+    );
+    let bound = tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(
+            claims.clone(),
+            "data",
+            |c: Option<&PersistentVolumeClaim>| {
+                c.and_then(|c| c.status.as_ref())
+                    .and_then(|s| s.phase.as_deref())
+                    == Some("Bound")
+            },
+        ),
+    )
+    .await;
+    let volume_name = match bound {
+        Ok(Ok(Some(c))) => c.spec.unwrap().volume_name.unwrap(),
+        other => panic!(
+            "claim not bound: {other:?}\n{:#?}\n{}",
+            claims.get("data").await.ok().and_then(|c| c.status),
+            n.log_tails()
+        ),
+    };
+    let volume = volumes.get(&volume_name).await.unwrap();
+    let host_dir = volume.spec.unwrap().host_path.unwrap().path;
+    assert!(
+        host_dir.starts_with(&n.dir().display().to_string()),
+        "{host_dir} in the node's dir"
+    );
+    let mode = std::fs::metadata(&host_dir).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o777,
+        "writable by any pod user"
+    );
+    let mounter = pod(
+        "mounter",
+        json!({ "app": "mounter" }),
+        json!({
+            "containers": [{
+                "name": "netcheck",
+                "image": IMAGE,
+                "imagePullPolicy": "Never",
+                "args": ["serve", ":8080"],
+                "volumeMounts": [{ "name": "data", "mountPath": "/data" }],
+            }],
+            "volumes": [{ "name": "data", "persistentVolumeClaim": { "claimName": "data" } }],
+        }),
+    );
+    pods.create(&PostParams::default(), &mounter).await.unwrap();
+    wait_for(&pods, "mounter", "Ready", pod_ready, &n).await;
+    pods.delete("mounter", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    claims
+        .delete("data", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while volumes.get_opt(&volume_name).await.unwrap().is_some() || Path::new(&host_dir).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "volume {volume_name} ({host_dir}) not deleted after its claim\n{}",
+            n.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // Stopping the node removes what it made on this machine.

@@ -73,7 +73,9 @@ fn ca(common_name: &str) -> Result<(Certificate, Issuer<'static, KeyPair>), Test
 }
 
 impl Pki {
-    pub(crate) fn generate() -> Result<Pki, TestkitError> {
+    /// `extra_san`: one more address for the serving certificate (see
+    /// `ControlPlaneOptions::pod_reachable_address`).
+    pub(crate) fn generate(extra_san: Option<&str>) -> Result<Pki, TestkitError> {
         let (ca_cert, issuer) = ca("switchboard-local-ca")?;
 
         let serving_key = KeyPair::generate().map_err(pki_err("serving key"))?;
@@ -88,7 +90,11 @@ impl Pki {
         ];
         let mut serving_params = params(
             "kube-apiserver",
-            sans.iter().map(|s| s.to_string()).collect(),
+            sans.iter()
+                .copied()
+                .chain(extra_san)
+                .map(str::to_string)
+                .collect(),
         )?;
         serving_params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
