@@ -11,28 +11,13 @@
 #   2. creates a kind cluster from e2e/kind/cluster.yaml (node image pinned
 #      there) with its own kubeconfig, so ~/.kube/config is left alone;
 #   3. `kind load docker-image`s both images (nothing is pushed anywhere);
-#   4. `helm install`s charts/switchboard-operator with the local operator image
-#      (pullPolicy Never, so a missing image fails instead of pulling) and waits
-#      for the operator Deployment's rollout;
-#   5. applies examples/chatcluster-minimal.yaml with spec.gateway.image and
-#      spec.worker.image set to the local data-plane image (it needs no Secret:
-#      Redis and PostgreSQL are managed and the operator generates their
-#      credentials and the session key) and waits for its Ready condition;
-#   6. smoke check: the gateway and worker Deployments run the local image,
-#      then through a port-forward to the gateway Service, GET /readyz answers
-#      "ready", GET /metrics is not served there, and the pods' metrics
-#      port (9090) serves the switchboard_gateway_* metrics;
-#   7. scales the gateways from 2 to 3 (spec.gateway.replicas.min) and waits
-#      for the third pod to be ready;
-#   8. chat through the gateway Service (e2e/chat-check.sh): two wallets sign
-#      in with the `switchboard` CLI from a client pod running the data-plane
-#      image, one sends 20 direct messages to the other; half-way the gateway
-#      pod holding the listener's socket (the one whose metrics show an open
-#      connection) is deleted; every send must be answered and every message
-#      received exactly once, in seq order.
-# On failure it prints `kubectl get all,chatclusters,events -A`, the
-# ChatCluster's description and the operator's and data plane's logs, and
-# saves them, plus `kind export logs`, under the artifacts directory. On exit the
+#   4. runs the e2e suite, e2e/suite.sh, against it (the same suite the local
+#      node runs in scripts/test): the chart, the minimal ChatCluster with
+#      every pod Ready, a smoke check, scaling, and a chat across a gateway
+#      pod's deletion (see that script for the steps).
+# On failure the suite prints and saves its diagnostics (objects, events,
+# descriptions, the operator's and data plane's logs), and this script adds
+# `kind export logs`, under the artifacts directory. On exit the
 # cluster is deleted, unless --keep (the cluster is only ever deleted if this
 # run created it).
 #
@@ -67,14 +52,6 @@ KUBECTL_VERSION=v1.34.4
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="$ROOT/e2e/kind"
-
-# Names used below. The operator's Deployment is named after the release
-# (the chart's fullname is the release name when it contains the chart name).
-OPERATOR_NS=switchboard-system
-RELEASE=switchboard-operator
-CHAT_NS=switchboard-e2e
-EXAMPLE="$ROOT/examples/chatcluster-minimal.yaml"
-CHAT=chat # metadata.name in the example; its gateway Service is "$CHAT-gateway"
 
 section() { printf '\n==== %s ====\n' "$*"; }
 die() {
@@ -210,33 +187,10 @@ artifacts="${E2E_ARTIFACTS:-$workdir/artifacts}"
 export KUBECONFIG="$workdir/kubeconfig"
 created=0 # set when this run creates the cluster: only then is it deleted
 cluster_up=0 # set once it exists: diagnostics only make sense from then on
-pf_pid=""
 
-stop_port_forward() {
-  if [ -n "$pf_pid" ]; then
-    kill "$pf_pid" 2>/dev/null || true
-    wait "$pf_pid" 2>/dev/null || true
-    pf_pid=""
-  fi
-}
-
-# Runs a diagnostic command, showing it on the console and saving it.
-diag() {
-  local name=$1
-  shift
-  printf '\n---- %s\n' "$*"
-  "$@" 2>&1 | tee "$artifacts/$name.txt" || true
-}
-
-dump_diagnostics() {
-  section "diagnostics (also in $artifacts)"
+# The suite printed and saved its own diagnostics; the nodes' logs are kind's.
+dump_node_logs() {
   mkdir -p "$artifacts"
-  diag get-all kubectl get all,chatclusters,events -A -o wide
-  diag describe-chatclusters kubectl describe chatclusters -A
-  diag operator-logs kubectl logs -n "$OPERATOR_NS" -l app.kubernetes.io/name=switchboard-operator \
-    --all-containers --prefix --tail=-1
-  diag data-plane-logs kubectl logs -n "$CHAT_NS" -l "app.kubernetes.io/instance=$CHAT" \
-    --all-containers --prefix --tail=200 --max-log-requests=20
   kind export logs "$artifacts/kind-logs" --name "$cluster" >/dev/null 2>&1 || true
 }
 
@@ -244,9 +198,8 @@ cleanup() {
   local rc=$?
   set +e
   trap - EXIT INT TERM
-  stop_port_forward
   if [ "$rc" -ne 0 ] && [ "$cluster_up" = 1 ]; then
-    dump_diagnostics
+    dump_node_logs
   fi
   if [ "$created" = 1 ] && [ "$keep" = 0 ]; then
     section "deleting kind cluster $cluster"
@@ -310,124 +263,8 @@ kubectl get nodes -o wide
 section "load images"
 kind load docker-image --name "$cluster" "$DATA_IMAGE" "$OPERATOR_IMAGE"
 
-section "install the operator chart"
-helm install "$RELEASE" "$ROOT/charts/switchboard-operator" \
-  --namespace "$OPERATOR_NS" --create-namespace \
-  --set image.repository="${OPERATOR_IMAGE%:*}" \
-  --set image.tag="$tag" \
-  --set image.pullPolicy=Never \
-  --set 'logLevel=info\,switchboard_operator=debug'
-kubectl wait --for=condition=Established --timeout=60s crd/chatclusters.switchboard.dev
-kubectl -n "$OPERATOR_NS" rollout status "deployment/$RELEASE" --timeout=5m
-
-section "apply $(basename "$EXAMPLE") with image $DATA_IMAGE"
-# The minimal example needs no Secret (managed Redis and PostgreSQL; the
-# operator generates the session key and the database password).
-kubectl create namespace "$CHAT_NS"
-patch="{\"spec\":{\"gateway\":{\"image\":\"$DATA_IMAGE\"},\"worker\":{\"image\":\"$DATA_IMAGE\"}}}"
-kubectl patch --local -f "$EXAMPLE" --type merge -p "$patch" -o yaml >"$workdir/chatcluster.yaml"
-kubectl apply -n "$CHAT_NS" -f "$workdir/chatcluster.yaml"
-
-section "wait for chatcluster/$CHAT Ready (up to ${E2E_READY_TIMEOUT:-10m})"
-kubectl -n "$CHAT_NS" wait "chatcluster/$CHAT" --for=condition=Ready --timeout="${E2E_READY_TIMEOUT:-10m}"
-kubectl -n "$CHAT_NS" get "chatcluster/$CHAT"
-kubectl -n "$CHAT_NS" get pods -o wide
-
-section "smoke check"
-for component in gateway worker; do
-  image=$(kubectl -n "$CHAT_NS" get "deployment/$CHAT-$component" \
-    -o jsonpath='{.spec.template.spec.containers[0].image}')
-  [ "$image" = "$DATA_IMAGE" ] || die "$CHAT-$component runs '$image', expected $DATA_IMAGE"
-  echo "$CHAT-$component runs $image"
-done
-
-# A free local port chosen by kubectl (":80"), read back from its output.
-kubectl -n "$CHAT_NS" port-forward --address 127.0.0.1 "service/$CHAT-gateway" :80 \
-  >"$workdir/port-forward.log" 2>&1 &
-pf_pid=$!
-port=""
-for _ in $(seq 1 60); do
-  port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$workdir/port-forward.log" | head -1)
-  [ -n "$port" ] && break
-  kill -0 "$pf_pid" 2>/dev/null || break
-  sleep 0.5
-done
-[ -n "$port" ] || die "port-forward to service/$CHAT-gateway did not start: $(cat "$workdir/port-forward.log")"
-base="http://127.0.0.1:$port"
-echo "gateway Service forwarded to $base"
-
-ready=$(curl -fsS --max-time 5 --retry 10 --retry-delay 1 --retry-all-errors "$base/readyz")
-[ "$ready" = ready ] || die "GET /readyz answered '$ready', expected 'ready'"
-echo "GET /readyz: $ready"
-
-# /metrics is not on the public port (the Service); it has a listener of
-# its own on the pods (port "metrics", 9090) for Prometheus.
-public_metrics=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$base/metrics")
-[ "$public_metrics" = 404 ] || die "GET /metrics on the gateway Service answered $public_metrics, expected 404"
-stop_port_forward
-kubectl -n "$CHAT_NS" port-forward --address 127.0.0.1 "deployment/$CHAT-gateway" :9090 \
-  >"$workdir/port-forward-metrics.log" 2>&1 &
-pf_pid=$!
-port=""
-for _ in $(seq 1 60); do
-  port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$workdir/port-forward-metrics.log" | head -1)
-  [ -n "$port" ] && break
-  kill -0 "$pf_pid" 2>/dev/null || break
-  sleep 0.5
-done
-[ -n "$port" ] || die "port-forward to the gateway's metrics port did not start: $(cat "$workdir/port-forward-metrics.log")"
-curl -fsS --max-time 5 --retry 5 --retry-delay 1 --retry-all-errors "http://127.0.0.1:$port/metrics" >"$workdir/metrics.txt"
-grep -q '^switchboard_gateway_' "$workdir/metrics.txt" ||
-  die "GET /metrics has no switchboard_gateway_* sample: $(head -c 2000 "$workdir/metrics.txt")"
-echo "GET /metrics (pod port 9090): $(grep -c '^switchboard_gateway_' "$workdir/metrics.txt") switchboard_gateway_* samples"
-stop_port_forward
-
-section "scale the gateways to 3"
-kubectl -n "$CHAT_NS" patch "chatcluster/$CHAT" --type merge \
-  -p '{"spec":{"gateway":{"replicas":{"min":3}}}}'
-for _ in $(seq 1 180); do
-  ready_gw=$(kubectl -n "$CHAT_NS" get "deployment/$CHAT-gateway" -o jsonpath='{.status.readyReplicas}')
-  [ "${ready_gw:-0}" -ge 3 ] && break
-  sleep 1
-done
-[ "${ready_gw:-0}" -ge 3 ] || die "the gateway Deployment has ${ready_gw:-0} ready replicas, expected 3"
-kubectl -n "$CHAT_NS" get pods -l "app.kubernetes.io/instance=$CHAT,app.kubernetes.io/component=gateway" -o wide
-
-section "chat through the gateway Service across a gateway pod deletion"
-# The clients run in the cluster (the data-plane image has the CLI), so they
-# reach the gateways through the Service as an app would, and a deleted pod
-# only drops the sockets it held.
-kubectl -n "$CHAT_NS" run chat-client --image="$DATA_IMAGE" --image-pull-policy=Never \
-  --restart=Never --command -- sleep 3600
-kubectl -n "$CHAT_NS" wait pod/chat-client --for=condition=Ready --timeout=2m
-. "$ROOT/e2e/chat-check.sh"
-sb() { kubectl -n "$CHAT_NS" exec chat-client -- switchboard "$@"; }
-sb_bg() {
-  local out=$1
-  shift
-  kubectl -n "$CHAT_NS" exec chat-client -- switchboard "$@" >"$out" 2>"$workdir/listen.err" &
-  SB_BG_PID=$!
-}
-# The gateway pod with an open connection: the listener's (each send is a
-# short-lived process that has closed its socket by then). Read through the
-# API server's pod proxy from the pod's metrics port.
-disrupt() {
-  local pod conns victim=""
-  for pod in $(kubectl -n "$CHAT_NS" get pods \
-    -l "app.kubernetes.io/instance=$CHAT,app.kubernetes.io/component=gateway" \
-    --field-selector=status.phase=Running -o jsonpath='{.items[*].metadata.name}'); do
-    conns=$(kubectl get --raw "/api/v1/namespaces/$CHAT_NS/pods/$pod:9090/proxy/metrics" |
-      awk '$1 == "switchboard_gateway_connections" { print $2; exit }')
-    if [ "${conns%.*}" -ge 1 ] 2>/dev/null; then victim=$pod; fi
-  done
-  [ -n "$victim" ] || die "no gateway pod reports the listener's connection"
-  echo "chat check: deleting $victim (it holds the listener's socket)"
-  kubectl -n "$CHAT_NS" delete pod "$victim" --wait=false
-}
-gateway_url="http://$CHAT-gateway.$CHAT_NS.svc"
-domain=$(kubectl -n "$CHAT_NS" get "chatcluster/$CHAT" -o jsonpath='{.spec.auth.domain}')
-mkdir -p "$workdir/chat"
-chat_check "$gateway_url" "$gateway_url" "$domain" /tmp 20 "$workdir/chat"
-kubectl -n "$CHAT_NS" delete pod chat-client --wait=false
+section "the e2e suite (e2e/suite.sh)"
+E2E_DATA_IMAGE="$DATA_IMAGE" E2E_OPERATOR_IMAGE="$OPERATOR_IMAGE" E2E_ARTIFACTS="$artifacts" \
+  "$ROOT/e2e/suite.sh"
 
 printf '\nkind e2e passed in %ss\n' "$(($(date +%s) - start))"

@@ -1,0 +1,286 @@
+#!/usr/bin/env bash
+# The end-to-end suite: Switchboard installed the way docs/quickstart.md
+# says, on whatever cluster KUBECONFIG names, its pods really running. Two
+# runners call it: e2e/kind/run.sh on a kind cluster (Docker), and
+# `switchboard-node --images BIN_DIR -- e2e/suite.sh` on the local node
+# (scripts/test). It never creates or deletes the cluster.
+#
+# In order:
+#   1. creates the chat namespace and `helm install`s charts/switchboard-operator
+#      into its own namespace with watchNamespace set to it, the operator image
+#      given (pullPolicy Never: a missing image fails instead of pulling), and
+#      waits for the operator Deployment's rollout;
+#   2. applies examples/chatcluster-minimal.yaml with spec.gateway.image and
+#      spec.worker.image set to the data-plane image (and the Redis and
+#      PostgreSQL images when given) and waits for its Ready condition, then
+#      for every pod of the cluster to be Running and Ready;
+#   3. smoke check: the gateway and worker Deployments run the data-plane
+#      image; through a port-forward to the gateway Service, GET /readyz
+#      answers "ready" and GET /metrics is not served there; the pods'
+#      metrics port (9090) serves the switchboard_gateway_* metrics;
+#   4. scales the gateways from 2 to 3 (spec.gateway.replicas.min) and waits
+#      for the third pod to be ready;
+#   5. chat through the gateway Service (e2e/chat-check.sh): two wallets sign
+#      in with the `switchboard` CLI from a client pod running the data-plane
+#      image, one sends 20 direct messages to the other; half-way the gateway
+#      pod holding the listener's socket (the one whose metrics show an open
+#      connection) is deleted; every send must be answered and every message
+#      received exactly once, in seq order;
+#   6. turns the gateway Service into a NodePort and, from this machine at the
+#      node's InternalIP, GET /readyz, and (with E2E_CLI) the same chat check
+#      with the CLI here.
+# On failure it prints `kubectl get all,chatclusters,pvc,events -A`, the
+# ChatCluster's description, the pods' descriptions and the operator's and
+# data plane's logs, and saves them under E2E_ARTIFACTS.
+#
+# Environment:
+#   KUBECONFIG           the cluster (required)
+#   E2E_DATA_IMAGE       the data-plane image (gateway, worker, CLI), present on the nodes (required)
+#   E2E_OPERATOR_IMAGE   the operator image, present on the nodes (required)
+#   E2E_REDIS_IMAGE      spec.redis.managed.image (default: the CRD's default)
+#   E2E_POSTGRES_IMAGE   spec.postgres.managed.image (default: the CRD's default)
+#   E2E_CLI              a `switchboard` CLI binary on this machine (step 6; default: probe only)
+#   E2E_ARTIFACTS        where diagnostics go on failure (default: a temp dir, printed)
+#   E2E_READY_TIMEOUT    how long the ChatCluster may take to become Ready (default: 10m)
+#
+# Needs: helm, kubectl, curl on PATH.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+: "${KUBECONFIG:?KUBECONFIG must name the cluster}"
+DATA_IMAGE=${E2E_DATA_IMAGE:?E2E_DATA_IMAGE must name the data-plane image}
+OPERATOR_IMAGE=${E2E_OPERATOR_IMAGE:?E2E_OPERATOR_IMAGE must name the operator image}
+
+# Names used below. The operator's Deployment is named after the release
+# (the chart's fullname is the release name when it contains the chart name).
+OPERATOR_NS=switchboard-system
+RELEASE=switchboard-operator
+CHAT_NS=switchboard-e2e
+EXAMPLE="$ROOT/examples/chatcluster-minimal.yaml"
+CHAT=chat # metadata.name in the example; its gateway Service is "$CHAT-gateway"
+
+section() { printf '\n==== %s ====\n' "$*"; }
+die() {
+  echo "suite.sh: $*" >&2
+  exit 1
+}
+
+for t in helm kubectl curl; do
+  command -v "$t" >/dev/null 2>&1 || die "missing: $t"
+done
+
+workdir=$(mktemp -d "${TMPDIR:-/tmp}/switchboard-e2e.XXXXXX")
+artifacts="${E2E_ARTIFACTS:-$workdir/artifacts}"
+pf_pid=""
+
+stop_port_forward() {
+  if [ -n "$pf_pid" ]; then
+    kill "$pf_pid" 2>/dev/null || true
+    wait "$pf_pid" 2>/dev/null || true
+    pf_pid=""
+  fi
+}
+
+# Runs a diagnostic command, showing it on the console and saving it.
+diag() {
+  local name=$1
+  shift
+  printf '\n---- %s\n' "$*"
+  "$@" 2>&1 | tee "$artifacts/$name.txt" || true
+}
+
+dump_diagnostics() {
+  section "diagnostics (also in $artifacts)"
+  mkdir -p "$artifacts"
+  diag get-all kubectl get all,chatclusters,pvc,pv,events -A -o wide
+  diag describe-chatclusters kubectl describe chatclusters -A
+  diag describe-pods kubectl describe pods -n "$CHAT_NS"
+  diag operator-logs kubectl logs -n "$OPERATOR_NS" -l app.kubernetes.io/name=switchboard-operator \
+    --all-containers --prefix --tail=-1
+  diag data-plane-logs kubectl logs -n "$CHAT_NS" -l "app.kubernetes.io/instance=$CHAT" \
+    --all-containers --prefix --tail=200 --max-log-requests=20
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  stop_port_forward
+  if [ "$rc" -ne 0 ]; then
+    dump_diagnostics
+    echo "FAILED (exit $rc); diagnostics in $artifacts" >&2
+    case "$artifacts" in "$workdir"/*) exit "$rc" ;; esac
+  fi
+  rm -rf "$workdir"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start=$(date +%s)
+kubectl get nodes -o wide
+
+section "install the operator chart"
+# The chat's namespace first: with watchNamespace the chart puts the
+# operator's Role there.
+kubectl create namespace "$CHAT_NS"
+helm install "$RELEASE" "$ROOT/charts/switchboard-operator" \
+  --namespace "$OPERATOR_NS" --create-namespace \
+  --set image.repository="${OPERATOR_IMAGE%:*}" \
+  --set image.tag="${OPERATOR_IMAGE##*:}" \
+  --set image.pullPolicy=Never \
+  --set watchNamespace="$CHAT_NS" \
+  --set 'logLevel=info\,switchboard_operator=debug'
+kubectl wait --for=condition=Established --timeout=60s crd/chatclusters.switchboard.dev
+kubectl -n "$OPERATOR_NS" rollout status "deployment/$RELEASE" --timeout=5m
+
+section "apply $(basename "$EXAMPLE") with image $DATA_IMAGE"
+# The minimal example needs no Secret (managed Redis and PostgreSQL; the
+# operator generates the session key and the database password).
+patch="{\"spec\":{\"gateway\":{\"image\":\"$DATA_IMAGE\"},\"worker\":{\"image\":\"$DATA_IMAGE\"}"
+[ -n "${E2E_REDIS_IMAGE:-}" ] && patch+=",\"redis\":{\"managed\":{\"image\":\"$E2E_REDIS_IMAGE\"}}"
+[ -n "${E2E_POSTGRES_IMAGE:-}" ] && patch+=",\"postgres\":{\"managed\":{\"image\":\"$E2E_POSTGRES_IMAGE\"}}"
+patch+="}}"
+kubectl patch --local -f "$EXAMPLE" --type merge -p "$patch" -o yaml >"$workdir/chatcluster.yaml"
+kubectl apply -n "$CHAT_NS" -f "$workdir/chatcluster.yaml"
+
+section "wait for chatcluster/$CHAT Ready (up to ${E2E_READY_TIMEOUT:-10m})"
+kubectl -n "$CHAT_NS" wait "chatcluster/$CHAT" --for=condition=Ready --timeout="${E2E_READY_TIMEOUT:-10m}"
+kubectl -n "$CHAT_NS" get "chatcluster/$CHAT"
+# Ready counts what the operator checks; every pod it made must also run.
+kubectl -n "$CHAT_NS" wait pods -l "app.kubernetes.io/instance=$CHAT" --for=condition=Ready --timeout=3m
+kubectl -n "$CHAT_NS" get pods,pvc -o wide
+
+section "smoke check"
+for component in gateway worker; do
+  image=$(kubectl -n "$CHAT_NS" get "deployment/$CHAT-$component" \
+    -o jsonpath='{.spec.template.spec.containers[0].image}')
+  [ "$image" = "$DATA_IMAGE" ] || die "$CHAT-$component runs '$image', expected $DATA_IMAGE"
+  echo "$CHAT-$component runs $image"
+done
+
+# A free local port chosen by kubectl (":80"), read back from its output.
+kubectl -n "$CHAT_NS" port-forward --address 127.0.0.1 "service/$CHAT-gateway" :80 \
+  >"$workdir/port-forward.log" 2>&1 &
+pf_pid=$!
+port=""
+for _ in $(seq 1 60); do
+  port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$workdir/port-forward.log" | head -1)
+  [ -n "$port" ] && break
+  kill -0 "$pf_pid" 2>/dev/null || break
+  sleep 0.5
+done
+[ -n "$port" ] || die "port-forward to service/$CHAT-gateway did not start: $(cat "$workdir/port-forward.log")"
+base="http://127.0.0.1:$port"
+echo "gateway Service forwarded to $base"
+
+ready=$(curl -fsS --max-time 5 --retry 10 --retry-delay 1 --retry-all-errors "$base/readyz")
+[ "$ready" = ready ] || die "GET /readyz answered '$ready', expected 'ready'"
+echo "GET /readyz: $ready"
+
+# /metrics is not on the public port (the Service); it has a listener of
+# its own on the pods (port "metrics", 9090) for Prometheus.
+public_metrics=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$base/metrics")
+[ "$public_metrics" = 404 ] || die "GET /metrics on the gateway Service answered $public_metrics, expected 404"
+stop_port_forward
+kubectl -n "$CHAT_NS" port-forward --address 127.0.0.1 "deployment/$CHAT-gateway" :9090 \
+  >"$workdir/port-forward-metrics.log" 2>&1 &
+pf_pid=$!
+port=""
+for _ in $(seq 1 60); do
+  port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$workdir/port-forward-metrics.log" | head -1)
+  [ -n "$port" ] && break
+  kill -0 "$pf_pid" 2>/dev/null || break
+  sleep 0.5
+done
+[ -n "$port" ] || die "port-forward to the gateway's metrics port did not start: $(cat "$workdir/port-forward-metrics.log")"
+curl -fsS --max-time 5 --retry 5 --retry-delay 1 --retry-all-errors "http://127.0.0.1:$port/metrics" >"$workdir/metrics.txt"
+grep -q '^switchboard_gateway_' "$workdir/metrics.txt" ||
+  die "GET /metrics has no switchboard_gateway_* sample: $(head -c 2000 "$workdir/metrics.txt")"
+echo "GET /metrics (pod port 9090): $(grep -c '^switchboard_gateway_' "$workdir/metrics.txt") switchboard_gateway_* samples"
+stop_port_forward
+
+section "scale the gateways to 3"
+kubectl -n "$CHAT_NS" patch "chatcluster/$CHAT" --type merge \
+  -p '{"spec":{"gateway":{"replicas":{"min":3}}}}'
+for _ in $(seq 1 180); do
+  ready_gw=$(kubectl -n "$CHAT_NS" get "deployment/$CHAT-gateway" -o jsonpath='{.status.readyReplicas}')
+  [ "${ready_gw:-0}" -ge 3 ] && break
+  sleep 1
+done
+[ "${ready_gw:-0}" -ge 3 ] || die "the gateway Deployment has ${ready_gw:-0} ready replicas, expected 3"
+kubectl -n "$CHAT_NS" get pods -l "app.kubernetes.io/instance=$CHAT,app.kubernetes.io/component=gateway" -o wide
+
+section "chat through the gateway Service across a gateway pod deletion"
+# The clients run in the cluster (the data-plane image has the CLI), so they
+# reach the gateways through the Service as an app would, and a deleted pod
+# only drops the sockets it held.
+kubectl -n "$CHAT_NS" run chat-client --image="$DATA_IMAGE" --image-pull-policy=Never \
+  --restart=Never --command -- sleep 3600
+kubectl -n "$CHAT_NS" wait pod/chat-client --for=condition=Ready --timeout=2m
+. "$ROOT/e2e/chat-check.sh"
+sb() { kubectl -n "$CHAT_NS" exec chat-client -- switchboard "$@"; }
+sb_bg() {
+  local out=$1
+  shift
+  kubectl -n "$CHAT_NS" exec chat-client -- switchboard "$@" >"$out" 2>"$workdir/listen.err" &
+  SB_BG_PID=$!
+}
+# The gateway pod with an open connection: the listener's (each send is a
+# short-lived process that has closed its socket by then). Read through the
+# API server's pod proxy from the pod's metrics port.
+disrupt() {
+  local pod conns victim=""
+  for pod in $(kubectl -n "$CHAT_NS" get pods \
+    -l "app.kubernetes.io/instance=$CHAT,app.kubernetes.io/component=gateway" \
+    --field-selector=status.phase=Running -o jsonpath='{.items[*].metadata.name}'); do
+    conns=$(kubectl get --raw "/api/v1/namespaces/$CHAT_NS/pods/$pod:9090/proxy/metrics" |
+      awk '$1 == "switchboard_gateway_connections" { print $2; exit }')
+    if [ "${conns%.*}" -ge 1 ] 2>/dev/null; then victim=$pod; fi
+  done
+  [ -n "$victim" ] || die "no gateway pod reports the listener's connection"
+  echo "chat check: deleting $victim (it holds the listener's socket)"
+  kubectl -n "$CHAT_NS" delete pod "$victim" --wait=false
+}
+gateway_url="http://$CHAT-gateway.$CHAT_NS.svc"
+domain=$(kubectl -n "$CHAT_NS" get "chatcluster/$CHAT" -o jsonpath='{.spec.auth.domain}')
+mkdir -p "$workdir/chat"
+chat_check "$gateway_url" "$gateway_url" "$domain" /tmp 20 "$workdir/chat"
+kubectl -n "$CHAT_NS" delete pod chat-client --wait=false
+
+section "from this machine through a NodePort"
+# As a client outside the cluster reaches it without an Ingress: the
+# gateway Service turned NodePort, at the node's InternalIP.
+kubectl -n "$CHAT_NS" patch "chatcluster/$CHAT" --type merge \
+  -p '{"spec":{"gateway":{"service":{"type":"NodePort"}}}}'
+node_port=""
+for _ in $(seq 1 60); do
+  node_port=$(kubectl -n "$CHAT_NS" get "service/$CHAT-gateway" -o jsonpath='{.spec.ports[0].nodePort}')
+  [ -n "$node_port" ] && break
+  sleep 1
+done
+[ -n "$node_port" ] || die "service/$CHAT-gateway got no nodePort after spec.gateway.service.type=NodePort"
+node_ip=$(kubectl get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}')
+node_url="http://$node_ip:$node_port"
+ready=$(curl -fsS --max-time 5 --retry 10 --retry-delay 1 --retry-all-errors "$node_url/readyz")
+[ "$ready" = ready ] || die "GET $node_url/readyz answered '$ready', expected 'ready'"
+echo "GET $node_url/readyz: $ready"
+if [ -n "${E2E_CLI:-}" ]; then
+  # The same chat check with the CLI on this machine, nothing disrupted.
+  sb() { "$E2E_CLI" "$@"; }
+  sb_bg() {
+    local out=$1
+    shift
+    "$E2E_CLI" "$@" >"$out" 2>"$workdir/host-listen.err" &
+    SB_BG_PID=$!
+  }
+  disrupt() { :; }
+  mkdir -p "$workdir/host-chat"
+  chat_check "$node_url" "$node_url" "$domain" "$workdir/host-chat" 6 "$workdir/host-chat"
+else
+  echo "(E2E_CLI unset: no chat from this machine, only the probe)"
+fi
+
+printf '\ne2e suite passed in %ss\n' "$(($(date +%s) - start))"
