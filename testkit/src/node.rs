@@ -33,7 +33,10 @@ mod oci;
 mod volumes;
 pub mod pods;
 
-pub use images::{LocalImage, operator_image, postgres_image, redis_image, switchboard_image};
+pub use images::{
+    LocalImage, PodImages, build_all, operator_image, postgres_image, redis_image,
+    switchboard_image,
+};
 pub use oci::{
     DEFAULT_PATH, ImageConfig, ImageFile, LayerEntry, oci_arch, write_image, write_image_archive,
 };

@@ -153,22 +153,25 @@ async fn the_operators_images_run_with_its_security_context() {
     let out = tempfile::tempdir().unwrap();
     let bins = images::workspace_bin_dir();
     let t = Instant::now();
-    let redis = images::redis_image(out.path()).unwrap_or_else(|e| panic!("{e}"));
-    let postgres = images::postgres_image(out.path()).unwrap_or_else(|e| panic!("{e}"));
-    let switchboard = images::switchboard_image(&bins, out.path(), &switchboard_image_name())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let operator = images::operator_image(&bins, out.path(), &operator_image_name())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let built = images::build_all(&bins, out.path()).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("built 4 images in {:.1} s", t.elapsed().as_secs_f64());
-    for img in [&redis, &postgres, &switchboard, &operator] {
+    for img in built.all() {
         eprintln!("  {}: {:.1} MB", img.name, size_mb(img));
     }
+    assert_eq!(built.switchboard.name, switchboard_image_name());
+    assert_eq!(built.operator.name, operator_image_name());
+    let (redis, postgres, switchboard, operator) = (
+        &built.redis,
+        &built.postgres,
+        &built.switchboard,
+        &built.operator,
+    );
 
     let cp =
         ControlPlane::start_with(node::control_plane_options()).unwrap_or_else(|e| panic!("{e}"));
     let n = Node::start(&cp).unwrap_or_else(|e| panic!("{e}"));
     let t = Instant::now();
-    for img in [&redis, &postgres, &switchboard, &operator] {
+    for img in built.all() {
         n.import_image(&img.archive)
             .unwrap_or_else(|e| panic!("{e}"));
     }
@@ -363,6 +366,13 @@ async fn the_operators_images_run_with_its_security_context() {
         "psql with the password: {}\n{}",
         String::from_utf8_lossy(&ok.stderr),
         report().await
+    );
+    // The image has what initdb and the server look for (a missing tool
+    // shows as "sh: 1: X: not found", a missing locale as a WARNING).
+    let logs = pods.logs("postgres", &LogParams::default()).await.unwrap();
+    assert!(
+        !logs.contains("not found") && !logs.contains("WARNING"),
+        "postgres logs: {logs}"
     );
     let bad = psql(&ip, "wrong", "SELECT 1");
     let bad_err = String::from_utf8_lossy(&bad.stderr);

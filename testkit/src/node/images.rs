@@ -90,6 +90,43 @@ pub fn workspace_bin_dir() -> PathBuf {
     }
 }
 
+/// The four images a ChatCluster's pods and the operator run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodImages {
+    /// [`switchboard_image`] as [`switchboard_image_name`].
+    pub switchboard: LocalImage,
+    /// [`operator_image`] as [`operator_image_name`].
+    pub operator: LocalImage,
+    /// [`redis_image`]: a ChatCluster names it in `spec.redis.managed.image`.
+    pub redis: LocalImage,
+    /// [`postgres_image`]: `spec.postgres.managed.image`.
+    pub postgres: LocalImage,
+}
+
+impl PodImages {
+    /// All four.
+    pub fn all(&self) -> [&LocalImage; 4] {
+        [
+            &self.switchboard,
+            &self.operator,
+            &self.redis,
+            &self.postgres,
+        ]
+    }
+}
+
+/// Builds the four images into `out_dir`, the workspace binaries from
+/// `bin_dir` (see [`workspace_bin_dir`]), under the operator's and the
+/// chart's default names.
+pub fn build_all(bin_dir: &Path, out_dir: &Path) -> Result<PodImages, TestkitError> {
+    Ok(PodImages {
+        switchboard: switchboard_image(bin_dir, out_dir, &switchboard_image_name())?,
+        operator: operator_image(bin_dir, out_dir, &operator_image_name())?,
+        redis: redis_image(out_dir)?,
+        postgres: postgres_image(out_dir)?,
+    })
+}
+
 /// The data-plane image `name` (for the operator's default,
 /// [`switchboard_image_name`]): [`SWITCHBOARD_BINARIES`] from `bin_dir`
 /// (e.g. `target/debug` or `target/release`) in `/usr/local/bin`, user
@@ -188,7 +225,8 @@ pub fn redis_image(out_dir: &Path) -> Result<LocalImage, TestkitError> {
 /// the image's PATH), the `pkglibdir` modules PostgreSQL loads (plpgsql,
 /// encodings, contrib; not the LLVM JIT provider), the share dir and the
 /// time zone data (no `/etc/localtime`: the server runs in UTC); `/bin/sh`
-/// (dash) and `rm` for the entrypoint [`POSTGRES_ENTRYPOINT`]. User 999
+/// (dash) and `rm` for the entrypoint [`POSTGRES_ENTRYPOINT`], `locale`
+/// and the C.UTF-8 locale for initdb. User 999
 /// (`postgres`). Written to `out_dir`.
 pub fn postgres_image(out_dir: &Path) -> Result<LocalImage, TestkitError> {
     let bin = crate::postgres::find_bin_dir()?;
@@ -238,6 +276,16 @@ pub fn postgres_image(out_dir: &Path) -> Result<LocalImage, TestkitError> {
     }
     for tool in ["/bin/sh", "/bin/rm"] {
         root.host(Path::new(tool))?;
+    }
+    // initdb runs `locale -a` to import the system's collations: C.UTF-8
+    // (the only locale the image has) where this machine has it.
+    let (locale, c_utf8) = (
+        Path::new("/usr/bin/locale"),
+        Path::new("/usr/lib/locale/C.utf8"),
+    );
+    if locale.is_file() && c_utf8.is_dir() {
+        root.host(locale)?;
+        root.host_tree(c_utf8, &|_| false)?;
     }
     root.data(
         POSTGRES_ENTRYPOINT_PATH,
