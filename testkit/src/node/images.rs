@@ -25,6 +25,9 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::oci::{ImageConfig, LayerEntry, write_image};
+pub use crate::image_names::{
+    OPERATOR_IMAGE_REPO, SWITCHBOARD_IMAGE_REPO, operator_image_name, switchboard_image_name,
+};
 use crate::{TestkitError, io};
 
 /// An image archive written by this module, for [`super::Node::import_image`].
@@ -40,12 +43,6 @@ pub struct LocalImage {
 /// (`switchboard`, `switchboard-gateway`, `switchboard-worker`,
 /// `switchboard-operator`); default: the workspace's `target/debug`.
 pub const E2E_BIN_DIR_ENV: &str = "SWITCHBOARD_E2E_BIN_DIR";
-/// Repository of the data-plane image: the operator's default image
-/// (`switchboard_operator::crd::DEFAULT_IMAGE`) is this at the workspace
-/// version.
-pub const SWITCHBOARD_IMAGE_REPO: &str = "ghcr.io/switchboard-dev/switchboard";
-/// Repository of the operator's image (the chart's `image.repository`).
-pub const OPERATOR_IMAGE_REPO: &str = "ghcr.io/switchboard-dev/switchboard-operator";
 /// The data-plane binaries, in `/usr/local/bin` of [`switchboard_image`].
 pub const SWITCHBOARD_BINARIES: [&str; 3] =
     ["switchboard", "switchboard-gateway", "switchboard-worker"];
@@ -65,18 +62,6 @@ const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Symlinks followed while mirroring one path, at most (like the kernel's
 /// 40).
 const MAX_SYMLINKS: usize = 40;
-
-/// `ghcr.io/switchboard-dev/switchboard:<workspace version>`: the name the
-/// operator uses for gateways and workers when a ChatCluster names no image.
-pub fn switchboard_image_name() -> String {
-    format!("{SWITCHBOARD_IMAGE_REPO}:{}", env!("CARGO_PKG_VERSION"))
-}
-
-/// `ghcr.io/switchboard-dev/switchboard-operator:<workspace version>`: the
-/// chart's default operator image.
-pub fn operator_image_name() -> String {
-    format!("{OPERATOR_IMAGE_REPO}:{}", env!("CARGO_PKG_VERSION"))
-}
 
 /// The workspace binaries' directory: [`E2E_BIN_DIR_ENV`], else
 /// `$CARGO_TARGET_DIR/debug`, else the workspace's `target/debug`.
