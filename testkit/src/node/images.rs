@@ -398,14 +398,12 @@ impl Rootfs {
     fn workspace_binary(&mut self, bin_dir: &Path, name: &str) -> Result<(), TestkitError> {
         let source = bin_dir.join(name);
         if !source.is_file() {
-            return Err(TestkitError::MissingBinary {
-                name: name.into(),
-                hint: format!(
-                    "expected in {} ({E2E_BIN_DIR_ENV}, else the workspace's target/debug); \
-                     build it first: cargo build --bin {name}",
-                    bin_dir.display()
-                ),
-            });
+            return Err(TestkitError::Other(format!(
+                "image {}: no {name} in {} ({E2E_BIN_DIR_ENV}, else the workspace's target/debug); \
+                 build it first: cargo build --bin {name}",
+                self.image,
+                bin_dir.display()
+            )));
         }
         self.insert(LayerEntry::File {
             path: format!("/usr/local/bin/{name}"),

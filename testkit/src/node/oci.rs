@@ -374,3 +374,148 @@ pub fn write_image(
         .flush()
         .map_err(io(format!("write {}", out.display())))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config() -> ImageConfig {
+        ImageConfig {
+            entrypoint: vec!["/x".into()],
+            ..ImageConfig::default()
+        }
+    }
+
+    fn data(path: &str, bytes: &[u8]) -> LayerEntry {
+        LayerEntry::Data {
+            path: path.into(),
+            data: bytes.to_vec(),
+            mode: 0o644,
+        }
+    }
+
+    fn refused(entries: &[LayerEntry], want: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_image(&dir.path().join("i.tar"), "t:1", entries, &config())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{err}");
+    }
+
+    #[test]
+    fn bad_layers_are_refused_with_the_reason() {
+        refused(&[data("etc/x", b"")], "not absolute");
+        refused(&[data("/etc/../x", b"")], "bad path");
+        refused(&[data("/etc//x", b"")], "bad path");
+        refused(
+            &[data("/etc/x", b"a"), data("/etc/x", b"b")],
+            "two different entries",
+        );
+        let link = LayerEntry::Symlink {
+            path: "/lib".into(),
+            target: "usr/lib".into(),
+        };
+        refused(
+            &[link, data("/lib/x", b"")],
+            "goes through the symlink /lib",
+        );
+        refused(&[data("/a", b""), data("/a/b", b"")], "not a directory");
+        refused(&[], "at least one entry");
+    }
+
+    /// The same entries give the same bytes; the layer holds them (parents
+    /// first, symlinks as symlinks, modes as given) and the config what
+    /// was asked.
+    #[test]
+    fn an_image_is_deterministic_and_holds_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        // Longer than a ustar header's 100 bytes: a GNU long name.
+        let deep = format!("usr/share/{}", "long/".repeat(30));
+        let deep = deep.trim_end_matches('/');
+        let entries = [
+            data(&format!("/{deep}"), b"deep"),
+            LayerEntry::Symlink {
+                path: "/bin".into(),
+                target: "usr/bin".into(),
+            },
+            LayerEntry::Dir {
+                path: "/tmp".into(),
+                mode: 0o1777,
+            },
+            LayerEntry::Data {
+                path: "/usr/bin/x".into(),
+                data: b"#!/bin/sh\n".to_vec(),
+                mode: 0o755,
+            },
+        ];
+        let cfg = ImageConfig {
+            entrypoint: vec!["x".into()],
+            cmd: vec!["run".into()],
+            env: vec!["A=b".into()],
+            user: Some("65532:65532".into()),
+            working_dir: Some("/tmp".into()),
+        };
+        let (a, b) = (dir.path().join("a.tar"), dir.path().join("b.tar"));
+        write_image(&a, "t:1", &entries, &cfg).unwrap();
+        write_image(&b, "t:1", &entries, &cfg).unwrap();
+        let bytes = fs_read(&a);
+        assert!(bytes == fs_read(&b), "two writes differ");
+
+        let mut blobs = BTreeMap::new();
+        for e in tar::Archive::new(bytes.as_slice()).entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().display().to_string();
+            let mut content = vec![];
+            std::io::Read::read_to_end(&mut e, &mut content).unwrap();
+            blobs.insert(path, content);
+        }
+        let index: serde_json::Value = serde_json::from_slice(&blobs["index.json"]).unwrap();
+        let blob = |d: &serde_json::Value| {
+            blobs[&format!(
+                "blobs/sha256/{}",
+                d.as_str().unwrap().trim_start_matches("sha256:")
+            )]
+                .clone()
+        };
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&blob(&index["manifests"][0]["digest"])).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
+        assert_eq!(
+            config["config"],
+            json!({
+                "Entrypoint": ["x"],
+                "Cmd": ["run"],
+                "Env": [format!("PATH={DEFAULT_PATH}"), "A=b"],
+                "User": "65532:65532",
+                "WorkingDir": "/tmp",
+            })
+        );
+        let layer = blob(&manifest["layers"][0]["digest"]);
+        let mut seen = vec![];
+        for e in tar::Archive::new(layer.as_slice()).entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            let link = e.link_name().unwrap().map(|l| l.display().to_string());
+            seen.push((
+                e.path().unwrap().display().to_string(),
+                h.mode().unwrap(),
+                h.mtime().unwrap(),
+                link,
+            ));
+        }
+        assert!(seen.iter().all(|(_, _, mtime, _)| *mtime == 0));
+        let find = |p: &str| seen.iter().find(|s| s.0 == p).cloned();
+        assert_eq!(find("bin").unwrap().3.as_deref(), Some("usr/bin"));
+        assert_eq!(find("tmp/").unwrap().1, 0o1777);
+        assert_eq!(find("usr/bin/x").unwrap().1, 0o755);
+        assert!(find(deep).is_some(), "{seen:?}");
+        let pos = |p: &str| seen.iter().position(|s| s.0 == p).unwrap();
+        assert!(pos("usr/") < pos("usr/bin/") && pos("usr/bin/") < pos("usr/bin/x"));
+    }
+
+    fn fs_read(p: &Path) -> Vec<u8> {
+        std::fs::read(p).unwrap()
+    }
+}
