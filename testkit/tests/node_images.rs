@@ -4,7 +4,8 @@
 //! else `target/debug`: `cargo build` first). Each runs on the local node
 //! with the security context the operator gives its pods (non-root uid,
 //! read-only root filesystem, no capabilities, no privilege escalation,
-//! seccomp RuntimeDefault) and the volumes it mounts, and serves what it
+//! seccomp RuntimeDefault) and the volumes it mounts (Redis and PostgreSQL
+//! data on claims of the node's default StorageClass), and serves what it
 //! should to this machine (which reaches pod IPs through the node's bridge).
 //!
 //! Where the machine cannot run a node, the test says why and passes,
@@ -17,7 +18,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use kube::Api;
 use kube::api::{LogParams, PostParams};
 use serde_json::json;
@@ -80,6 +81,21 @@ fn secret(name: &str, data: serde_json::Value) -> Secret {
         "kind": "Secret",
         "metadata": { "name": name },
         "stringData": data,
+    }))
+    .unwrap()
+}
+
+/// A claim of the node's default StorageClass, as a StatefulSet's
+/// `volumeClaimTemplates` make them.
+fn claim(name: &str) -> PersistentVolumeClaim {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": { "name": name },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": { "requests": { "storage": "1Gi" } },
+        },
     }))
     .unwrap()
 }
@@ -181,11 +197,13 @@ async fn the_operators_images_run_with_its_security_context() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
     let pp = PostParams::default();
 
     // Redis as the operator runs it: its redis.conf from a ConfigMap, the
     // password from a Secret (auth.conf, REDISCLI_AUTH for the probe), AOF
-    // in /data.
+    // in /data on a claimed volume.
+    claims.create(&pp, &claim("redis-data")).await.unwrap();
     let conf: ConfigMap = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -229,7 +247,7 @@ async fn the_operators_images_run_with_its_security_context() {
                 ],
             }],
             "volumes": [
-                empty_dir("data"),
+                { "name": "data", "persistentVolumeClaim": { "claimName": "redis-data" } },
                 { "name": "config", "configMap": { "name": "redis" } },
                 { "name": "auth", "secret": { "secretName": "redis-auth", "defaultMode": 0o440 } },
             ],
@@ -237,11 +255,12 @@ async fn the_operators_images_run_with_its_security_context() {
     );
     pods.create(&pp, &redis_pod).await.unwrap();
 
-    // PostgreSQL with the operator's env and mounts (data in an emptyDir
-    // here, a PVC there).
+    // PostgreSQL with the operator's env and mounts, data on a claimed
+    // volume.
+    claims.create(&pp, &claim("postgres-data")).await.unwrap();
     let pg_secret = secret("postgres", json!({ "password": PG_PASSWORD }));
     secrets.create(&pp, &pg_secret).await.unwrap();
-    let pg_pod = |name: &str, password: serde_json::Value| {
+    let pg_pod = |name: &str, password: serde_json::Value, data: serde_json::Value| {
         pod(
             name,
             Some(SERVICE_UID),
@@ -267,7 +286,7 @@ async fn the_operators_images_run_with_its_security_context() {
                         { "name": "tmp", "mountPath": "/tmp" },
                     ],
                 }],
-                "volumes": [empty_dir("data"), empty_dir("run"), empty_dir("tmp")],
+                "volumes": [data, empty_dir("run"), empty_dir("tmp")],
             }),
         )
     };
@@ -275,12 +294,13 @@ async fn the_operators_images_run_with_its_security_context() {
         "name": "POSTGRES_PASSWORD",
         "valueFrom": { "secretKeyRef": { "name": "postgres", "key": "password" } },
     });
-    pods.create(&pp, &pg_pod("postgres", from_secret))
+    let pvc = json!({ "name": "data", "persistentVolumeClaim": { "claimName": "postgres-data" } });
+    pods.create(&pp, &pg_pod("postgres", from_secret, pvc))
         .await
         .unwrap();
     // Without a password the entrypoint refuses to initialise.
     let empty = json!({ "name": "POSTGRES_PASSWORD", "value": "" });
-    pods.create(&pp, &pg_pod("postgres-nopass", empty))
+    pods.create(&pp, &pg_pod("postgres-nopass", empty, empty_dir("data")))
         .await
         .unwrap();
 
