@@ -30,8 +30,8 @@
 
 pub mod images;
 mod oci;
-mod volumes;
 pub mod pods;
+mod volumes;
 
 pub use images::{
     LocalImage, PodImages, build_all, operator_image, postgres_image, redis_image,
