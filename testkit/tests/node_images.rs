@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use kube::Api;
-use kube::api::{LogParams, PostParams};
+use kube::api::{DeleteParams, LogParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
 use serde_json::json;
 use switchboard_testkit::node::images::{
     self, LocalImage, SERVICE_UID, SWITCHBOARD_UID, operator_image_name, switchboard_image_name,
@@ -410,6 +411,47 @@ async fn the_operators_images_run_with_its_security_context() {
         "postgres Ready after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+
+    // A restart (as a StatefulSet's pod is replaced) keeps the data: the
+    // entrypoint finds PGDATA initialised and starts the server as is. The
+    // old pod goes well within its 30 s grace period: SIGTERM reaches
+    // postgres (the entrypoint execs it), which shuts down.
+    let old = pods.get("postgres").await.unwrap();
+    let uid = old.metadata.uid.clone().unwrap();
+    let t = Instant::now();
+    pods.delete("postgres", &DeleteParams::default())
+        .await
+        .unwrap();
+    let gone = tokio::time::timeout(
+        Duration::from_secs(20),
+        await_condition(pods.clone(), "postgres", conditions::is_deleted(&uid)),
+    )
+    .await;
+    assert!(
+        matches!(gone, Ok(Ok(_))),
+        "postgres not gone within 20 s of SIGTERM: {gone:?}\n{}",
+        n.log_tails()
+    );
+    eprintln!("postgres stopped in {:.1} s", t.elapsed().as_secs_f64());
+    let pvc = json!({ "name": "data", "persistentVolumeClaim": { "claimName": "postgres-data" } });
+    let from_secret = json!({
+        "name": "POSTGRES_PASSWORD",
+        "valueFrom": { "secretKeyRef": { "name": "postgres", "key": "password" } },
+    });
+    pods.create(&pp, &pg_pod("postgres", from_secret, pvc))
+        .await
+        .unwrap();
+    let ip = ready_ip(&pods, "postgres", &n).await;
+    let again = psql(&ip, PG_PASSWORD, "SELECT x FROM t;");
+    assert!(
+        again.status.success() && String::from_utf8_lossy(&again.stdout).trim() == "42",
+        "the table after a restart: {}{}\n{}",
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&again.stderr),
+        pod_report(&pods, "postgres", &n).await
+    );
+    let logs = pods.logs("postgres", &LogParams::default()).await.unwrap();
+    assert!(!logs.contains("initialised"), "initialised again: {logs}");
 
     // (3) The data plane answers its health and readiness endpoints.
     let ip = ready_ip(&pods, "switchboard", &n).await;
