@@ -7,6 +7,9 @@
 //! in args expanded from the container's variables, and every variable fed
 //! to the argument that reads it (`#[arg(env = …)]`).
 //!
+//! It also checks that the local images (`switchboard_testkit::node::images`)
+//! carry the names the operator and the chart run by default.
+//!
 //! It fails when the operator writes a flag the binary does not accept, or
 //! a variable no argument reads (only `RUST_LOG`, read by the logger, is
 //! known to be read elsewhere), and when what the binary would run with
@@ -319,4 +322,40 @@ fn an_unknown_variable_or_flag_fails_the_contract() {
     let vars = variables(&c, &d, &at);
     let argv = argv(&GatewayCli::command(), None, &c, &vars, &at);
     assert!(GatewayCli::try_parse_from(&argv).is_err());
+}
+
+/// The images the local node builds (`switchboard_testkit::node::images`)
+/// carry the names the operator and the chart run by default, so an e2e
+/// ChatCluster without `spec.image` and the chart's default operator pod
+/// find them.
+#[test]
+fn the_local_images_have_the_default_names() {
+    use switchboard_testkit::image_names;
+    assert_eq!(
+        image_names::switchboard_image_name(),
+        switchboard_operator::crd::DEFAULT_IMAGE
+    );
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/switchboard-operator");
+    let values = std::fs::read_to_string(chart.join("values.yaml")).unwrap();
+    let chart_yaml = std::fs::read_to_string(chart.join("Chart.yaml")).unwrap();
+    // The `image:` block: its indented lines.
+    let image: Vec<&str> = values
+        .lines()
+        .skip_while(|l| *l != "image:")
+        .skip(1)
+        .take_while(|l| l.starts_with(' ') || l.is_empty())
+        .map(str::trim)
+        .collect();
+    let repo = format!("repository: {}", image_names::OPERATOR_IMAGE_REPO);
+    assert!(
+        image.contains(&repo.as_str()) && image.contains(&"tag: \"\""),
+        "the chart's image is {} with the tag from appVersion: {image:?}",
+        image_names::OPERATOR_IMAGE_REPO
+    );
+    let name = image_names::operator_image_name();
+    let (_, tag) = name.rsplit_once(':').unwrap();
+    assert!(
+        chart_yaml.contains(&format!("\nappVersion: \"{tag}\"\n")),
+        "the chart's appVersion is {tag}"
+    );
 }

@@ -16,6 +16,7 @@
 
 #[cfg(feature = "kube")]
 pub mod controlplane;
+pub mod image_names;
 #[cfg(feature = "node")]
 pub mod node;
 mod postgres;

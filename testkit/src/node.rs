@@ -2,8 +2,9 @@
 //! [`ControlPlane`]: kube-scheduler, containerd (runc, CNI bridge), kubelet
 //! and kube-proxy at the control plane's Kubernetes release, built from
 //! pinned modules by `e2e/node/build.sh`. Pods run for real: images come
-//! from OCI archives made locally ([`write_image_archive`]) and imported
-//! with [`Node::import_image`]; no registry is ever contacted.
+//! from OCI archives made locally ([`write_image_archive`], [`write_image`];
+//! the operator's pods' images: [`images`]) and imported with
+//! [`Node::import_image`]; no registry is ever contacted.
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), switchboard_testkit::TestkitError> {
@@ -27,10 +28,18 @@
 //! cgroups and the bridge, runs `kube-proxy --cleanup`, and restores the
 //! sysctls kubelet, kube-proxy and the bridge plugin change.
 
+pub mod images;
 mod oci;
+pub mod pods;
 mod volumes;
 
-pub use oci::{ImageFile, oci_arch, write_image_archive};
+pub use images::{
+    LocalImage, PodImages, build_all, operator_image, postgres_image, redis_image,
+    switchboard_image,
+};
+pub use oci::{
+    DEFAULT_PATH, ImageConfig, ImageFile, LayerEntry, oci_arch, write_image, write_image_archive,
+};
 pub use volumes::{PROVISIONER, STORAGE_CLASS};
 
 use std::fs;
@@ -135,6 +144,23 @@ pub fn unsupported() -> Option<String> {
         }
     }
     (!missing.is_empty()).then(|| format!("missing: {}", missing.join("; ")))
+}
+
+/// Env var: set, a test that needs a node fails where this machine cannot
+/// run one (see [`skip_reason`]) instead of skipping.
+pub const NODE_REQUIRED_ENV: &str = "SWITCHBOARD_NODE_REQUIRED";
+
+/// For tests that need a node: `Ok(None)` when this machine can run one,
+/// `Ok(Some(why))` when it cannot (the test says why and passes), an error
+/// when it cannot but [`NODE_REQUIRED_ENV`] is set.
+pub fn skip_reason() -> Result<Option<String>, TestkitError> {
+    match unsupported() {
+        None => Ok(None),
+        Some(why) if std::env::var_os(NODE_REQUIRED_ENV).is_some() => Err(TestkitError::Other(
+            format!("{NODE_REQUIRED_ENV} is set but {why}"),
+        )),
+        Some(why) => Ok(Some(why)),
+    }
 }
 
 fn on_path(name: &str) -> bool {

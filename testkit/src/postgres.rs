@@ -318,7 +318,7 @@ fn chown_to_service_user(dir: &Path) -> Result<(), TestkitError> {
 /// The directory holding `initdb` and `postgres`: `PG_BIN_DIR`, else the one
 /// holding `initdb` on PATH, else the newest `/usr/lib/postgresql/*/bin`
 /// (Debian keeps the server binaries off PATH).
-fn find_bin_dir() -> Result<PathBuf, TestkitError> {
+pub(crate) fn find_bin_dir() -> Result<PathBuf, TestkitError> {
     if let Some(p) = std::env::var_os("PG_BIN_DIR") {
         return Ok(PathBuf::from(p));
     }

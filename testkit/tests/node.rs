@@ -21,21 +21,10 @@ use kube::api::{DeleteParams, LogParams, PostParams};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
 use switchboard_testkit::ControlPlane;
+use switchboard_testkit::node::pods::{pod_finished, pod_ready, wait_for_pod};
 use switchboard_testkit::node::{self, ImageFile, Node, write_image_archive};
 
 const IMAGE: &str = "switchboard.local/netcheck:test";
-
-fn pod_ready(p: Option<&Pod>) -> bool {
-    p.and_then(|p| p.status.as_ref())
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn pod_finished(p: Option<&Pod>) -> bool {
-    p.and_then(|p| p.status.as_ref())
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(|ph| ph == "Succeeded" || ph == "Failed")
-}
 
 fn pod(name: &str, labels: serde_json::Value, spec: serde_json::Value) -> Pod {
     serde_json::from_value(json!({
@@ -54,21 +43,9 @@ async fn wait_for(
     cond: fn(Option<&Pod>) -> bool,
     node: &Node,
 ) -> Pod {
-    let waited = tokio::time::timeout(
-        Duration::from_secs(120),
-        await_condition(pods.clone(), name, cond),
-    )
-    .await;
-    match waited {
-        Ok(Ok(Some(p))) => p,
-        other => {
-            let status = pods.get(name).await.ok().and_then(|p| p.status);
-            panic!(
-                "pod {name} not {what}: {other:?}\nstatus: {status:#?}\n{}",
-                node.log_tails()
-            )
-        }
-    }
+    wait_for_pod(pods, name, what, cond, Duration::from_secs(120), node)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn nat_services() -> String {
@@ -105,11 +82,7 @@ fn host_state() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_runs_serves_through_a_service_and_the_node_cleans_up() {
-    if let Some(why) = node::unsupported() {
-        assert!(
-            std::env::var_os("SWITCHBOARD_NODE_REQUIRED").is_none(),
-            "SWITCHBOARD_NODE_REQUIRED is set but {why}"
-        );
+    if let Some(why) = node::skip_reason().unwrap_or_else(|e| panic!("{e}")) {
         eprintln!("SKIPPED: this machine cannot run a local node: {why}");
         return;
     }

@@ -2,7 +2,7 @@
 //! on this machine (pods really run) in the foreground until Ctrl-C /
 //! SIGTERM, then tear everything down. Needs root.
 //!
-//! cargo run -p switchboard-testkit --features node --bin switchboard-node -- [--kubeconfig PATH]
+//! cargo run -p switchboard-testkit --features node --bin switchboard-node -- [--kubeconfig PATH] [--images]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use switchboard_testkit::ControlPlane;
-use switchboard_testkit::node::{self, Node};
+use switchboard_testkit::node::{self, Node, images};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Start the local control plane (e2e/controlplane) and a node next to it
@@ -26,6 +26,12 @@ struct Args {
     /// and exit 1, or print "ok" and exit 0.
     #[arg(long)]
     check: bool,
+    /// Also build the operator's pods' images and import them: the data
+    /// plane and the operator from SWITCHBOARD_E2E_BIN_DIR (default: the
+    /// workspace's target/debug; `cargo build` first), Redis and PostgreSQL
+    /// from this machine's packages.
+    #[arg(long)]
+    images: bool,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +73,25 @@ fn main() -> ExitCode {
         },
         None => cp.kubeconfig_path().to_path_buf(),
     };
+    if args.images {
+        let built = images::build_all(&images::workspace_bin_dir(), n.dir()).and_then(|b| {
+            b.all()
+                .iter()
+                .try_for_each(|i| n.import_image(&i.archive))
+                .map(|()| b)
+        });
+        match built {
+            Ok(b) => {
+                for i in b.all() {
+                    println!("image imported: {}", i.name);
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     println!("control plane ready at {}", cp.server_url());
     println!("node {} Ready (InternalIP {})", n.name(), n.ip());
     println!("kubeconfig: {}", kubeconfig.display());
