@@ -127,6 +127,9 @@ pub fn switchboard_image(
     for bin in SWITCHBOARD_BINARIES {
         root.workspace_binary(bin_dir, bin)?;
     }
+    // The Dockerfile's base (Debian slim) has coreutils; a client pod of the
+    // e2e suite idles in `sleep` while the CLI runs in it through exec.
+    root.host(Path::new("/bin/sleep"))?;
     root.finish(
         out_dir,
         "switchboard",
