@@ -13,7 +13,8 @@
 #   2. applies examples/chatcluster-minimal.yaml with spec.gateway.image and
 #      spec.worker.image set to the data-plane image (and the Redis and
 #      PostgreSQL images when given) and waits for its Ready condition, then
-#      for every pod of the cluster to be Running and Ready;
+#      for every pod of the cluster to be Running and Ready, none of them
+#      (nor the operator) having restarted;
 #   3. smoke check: the gateway and worker Deployments run the data-plane
 #      image; through a port-forward to the gateway Service, GET /readyz
 #      answers "ready" and GET /metrics is not served there; the pods'
@@ -152,6 +153,15 @@ kubectl -n "$CHAT_NS" get "chatcluster/$CHAT"
 # Ready counts what the operator checks; every pod it made must also run.
 kubectl -n "$CHAT_NS" wait pods -l "app.kubernetes.io/instance=$CHAT" --for=condition=Ready --timeout=3m
 kubectl -n "$CHAT_NS" get pods,pvc -o wide
+# Started together with their Redis and PostgreSQL, the gateways and
+# workers wait for them instead of exiting: a fresh install restarts
+# nothing (neither does the operator).
+restarted=$(
+  for ns in "$CHAT_NS" "$OPERATOR_NS"; do
+    kubectl -n "$ns" get pods -o jsonpath='{range .items[*]}{.metadata.name}{range .status.containerStatuses[*]}{" "}{.restartCount}{end}{"\n"}{end}'
+  done | awk '{ for (i = 2; i <= NF; i++) if ($i != 0) { print $1; break } }'
+)
+[ -z "$restarted" ] || die "containers restarted during the install: $restarted"
 
 section "smoke check"
 for component in gateway worker; do

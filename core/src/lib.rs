@@ -12,6 +12,7 @@ pub mod env;
 pub mod redact;
 pub mod relay;
 pub mod reserved;
+pub mod startup;
 pub mod store;
 pub mod telemetry;
 

@@ -13,6 +13,7 @@ use switchboard_core::broker::{
     BrokerConfig, ClusterRef, DynBroker, GatewayIdentity, MemoryBroker, RedisBroker, RedisTarget,
 };
 use switchboard_core::redact_url as redact;
+use switchboard_core::startup::STARTUP_WAIT;
 use switchboard_core::store::{DynStore, PgStore};
 use tokio::net::TcpListener;
 
@@ -44,7 +45,7 @@ pub async fn connect(args: &GatewayArgs, migrate: bool) -> anyhow::Result<Engine
                     "--database-url needs --redis-url: the worker reads the messages to store from Redis streams"
                 );
             }
-            let s = PgStore::connect(url, 8)
+            let s = PgStore::connect_within(url, 8, STARTUP_WAIT)
                 .await
                 .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
             if migrate {
@@ -75,7 +76,7 @@ pub async fn connect(args: &GatewayArgs, migrate: bool) -> anyhow::Result<Engine
                 );
             }
             let target = RedisTarget::new(url.as_str(), args.redis_password.clone());
-            let b = RedisBroker::connect_to(&target, broker_config.clone())
+            let b = RedisBroker::connect_within(&target, broker_config.clone(), STARTUP_WAIT)
                 .await
                 .with_context(|| format!("cannot connect to Redis at {target}"))?;
             (Arc::new(b), format!("redis ({target})"))

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchboard_core::startup::STARTUP_WAIT;
 use switchboard_core::store::partitions;
 use switchboard_core::store::{PgStore, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -78,8 +79,9 @@ pub async fn execute(cmd: Cmd) -> Result<(), CommandError> {
 }
 
 /// The store the arguments name, with the binary's pool size.
+/// Waits for PostgreSQL at start-up (see `switchboard_core::startup`).
 pub async fn connect(db: &DbArgs) -> Result<PgStore, CommandError> {
-    PgStore::connect(&db.database_url, 8)
+    PgStore::connect_within(&db.database_url, 8, STARTUP_WAIT)
         .await
         .map_err(CommandError::Database)
 }
@@ -106,7 +108,7 @@ pub async fn run(args: RunArgs) -> Result<(), CommandError> {
         ..WorkerConfig::default()
     };
     let redis = RedisTarget::new(args.redis_url.clone(), args.redis_password.clone());
-    let worker = Worker::connect_to(&redis, store.clone(), cfg)
+    let worker = Worker::connect_within(&redis, store.clone(), cfg, STARTUP_WAIT)
         .await
         .map_err(|source| CommandError::Redis {
             redis: redis.to_string(),

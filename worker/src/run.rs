@@ -133,8 +133,21 @@ impl Worker {
         store: PgStore,
         cfg: WorkerConfig,
     ) -> Result<Self, WorkerError> {
-        let streams = Streams::connect_to(redis, cfg.shards, cfg.consumer.clone()).await?;
+        Self::connect_within(redis, store, cfg, Duration::ZERO).await
+    }
+
+    /// [`connect_to`](Self::connect_to), waiting up to `wait` while Redis is
+    /// unreachable (see `switchboard_core::startup`).
+    pub async fn connect_within(
+        redis: &RedisTarget,
+        store: PgStore,
+        cfg: WorkerConfig,
+        wait: Duration,
+    ) -> Result<Self, WorkerError> {
+        let streams =
+            Streams::connect_within(redis, cfg.shards, cfg.consumer.clone(), wait).await?;
         streams.ensure_groups().await?;
+        // Reachable by now: the broker's own connect need not wait.
         let broker = RedisBroker::connect_to(
             redis,
             BrokerConfig {

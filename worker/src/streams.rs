@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
@@ -62,12 +63,22 @@ impl Streams {
         shards: u16,
         consumer: String,
     ) -> Result<Self, Error> {
+        Self::connect_within(redis, shards, consumer, Duration::ZERO).await
+    }
+
+    /// [`connect_to`](Self::connect_to), waiting up to `wait` while Redis is
+    /// unreachable (see `switchboard_core::startup`).
+    pub async fn connect_within(
+        redis: &RedisTarget,
+        shards: u16,
+        consumer: String,
+        wait: Duration,
+    ) -> Result<Self, Error> {
         // An unusable URL or password (the message never shows it).
         let config = redis
             .config()
             .map_err(|e| Error::new(ErrorKind::Config, e.to_string()))?;
-        let pool = switchboard_core::broker::redis_builder(&config).build_pool(2)?;
-        pool.init().await?;
+        let pool = switchboard_core::broker::connect_pool(redis, &config, 2, wait).await?;
         Ok(Streams {
             pool,
             shards,

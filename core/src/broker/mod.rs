@@ -31,7 +31,7 @@ use switchboard_proto::ids::{Address, ConvId, ConvKind, MsgId};
 use switchboard_proto::model::Conversation;
 
 pub use self::memory::MemoryBroker;
-pub use self::redis::{RedisBroker, redis_builder};
+pub use self::redis::{RedisBroker, connect_pool, redis_builder};
 pub use self::reports::{
     ClusterRef, ConnectionReport, ConnectionReports, GatewayIdentity, IdentityError,
 };

@@ -260,10 +260,22 @@ impl RedisBroker {
     /// Connect to `target`: a URL as for [`connect`](Self::connect) and the
     /// password if the server wants one and the URL names none.
     pub async fn connect_to(target: &super::RedisTarget, cfg: BrokerConfig) -> Result<Self> {
+        Self::connect_within(target, cfg, Duration::ZERO).await
+    }
+
+    /// [`connect_to`](Self::connect_to), waiting up to `wait` while the
+    /// server is unreachable (see [`crate::startup`]); a refused password or
+    /// a bad URL fails at once.
+    pub async fn connect_within(
+        target: &super::RedisTarget,
+        cfg: BrokerConfig,
+        wait: Duration,
+    ) -> Result<Self> {
         let config = target.config()?;
         let cluster = config.server.is_clustered();
-        let pool = redis_builder(&config).build_pool(2).map_err(unavailable)?;
-        pool.init().await.map_err(unavailable)?;
+        let pool = connect_pool(target, &config, 2, wait)
+            .await
+            .map_err(unavailable)?;
         Ok(RedisBroker {
             pool,
             builder_config: config,
@@ -539,6 +551,31 @@ pub fn redis_builder(config: &Config) -> Builder {
         c.max_command_attempts = 2;
     });
     b
+}
+
+/// A connected pool of `size` clients ([`redis_builder`]'s policy) for
+/// `target` (its `config`), waiting up to `wait` while the server is
+/// unreachable (see [`crate::startup`]).
+pub async fn connect_pool(
+    target: &super::RedisTarget,
+    config: &Config,
+    size: usize,
+    wait: Duration,
+) -> std::result::Result<Pool, fred::error::Error> {
+    crate::startup::wait_for(
+        &format!("Redis at {target}"),
+        wait,
+        crate::startup::redis_transient,
+        || async {
+            // A pool whose first connection failed is not reused: each
+            // attempt starts clean. (Its clients stop when that connection
+            // fails: nothing is left reconnecting in the background.)
+            let pool = redis_builder(config).build_pool(size)?;
+            pool.init().await?;
+            Ok(pool)
+        },
+    )
+    .await
 }
 
 /// Wait until Redis has applied the (un)subscribe just sent on `sub`. fred

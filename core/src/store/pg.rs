@@ -77,8 +77,20 @@ impl PgStore {
 
     /// Connect and fail at once if PostgreSQL does not answer.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        Self::connect_within(url, max_connections, Duration::ZERO).await
+    }
+
+    /// Connect, waiting up to `wait` while PostgreSQL is unreachable (see
+    /// [`crate::startup`]); an invalid URL or a refused login fails at once.
+    pub async fn connect_within(url: &str, max_connections: u32, wait: Duration) -> Result<Self> {
         let store = Self::connect_lazy(url, max_connections)?;
-        store.ping().await?;
+        crate::startup::wait_for(
+            &format!("PostgreSQL at {}", crate::redact_url(url)),
+            wait,
+            StoreError::is_transient,
+            || store.ping(),
+        )
+        .await?;
         Ok(store)
     }
 

@@ -15,9 +15,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvFromSource, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec,
-    PodTemplateSpec, Probe, Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec,
-    SleepAction, TopologySpreadConstraint, Volume, VolumeMount,
+    EmptyDirVolumeSource, EnvFromSource, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec,
+    Probe, Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec, SleepAction,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -253,6 +253,7 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
         // Alive as long as the process serves HTTP; Redis trouble must not
         // restart gateways (they would all restart at once).
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        startup_probe: Some(super::startup_probe("http")),
         lifecycle: Some(Lifecycle {
             // Sleep before SIGTERM so endpoints controllers and load
             // balancers drop the pod while it still serves. The sleep action
@@ -322,17 +323,7 @@ pub fn deployment(ctx: &Ctx, observed: &Observed, config_hash: &str) -> Deployme
 }
 
 fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("http".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        timeout_seconds: Some(2),
-        ..Probe::default()
-    }
+    super::http_get_probe(path, "http", period, failures)
 }
 
 /// Spread the gateways across zones, so a zone outage drops as few

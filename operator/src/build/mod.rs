@@ -22,9 +22,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMap, EnvVar, EnvVarSource, ObjectFieldSelector, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodTemplateSpec, ResourceRequirements, SeccompProfile,
-    Secret, SecretKeySelector, SecurityContext, Service, WeightedPodAffinityTerm,
+    Affinity, Capabilities, ConfigMap, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -341,6 +342,33 @@ fn pod_security(uid: i64) -> PodSecurityContext {
         }),
         ..PodSecurityContext::default()
     }
+}
+
+/// An HTTP GET probe of `path` on the container port named `port`.
+fn http_get_probe(path: &str, port: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(port.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// The startup probe of gateways and workers: `/healthz` every 2 s for as
+/// long as the binaries wait for PostgreSQL and Redis at start
+/// ([`switchboard_core::startup::STARTUP_WAIT`]) plus 30 s. Liveness
+/// applies only once it passed, so a pod waiting for its database is not
+/// restarted (nor is one whose database never comes: it exits by itself).
+fn startup_probe(port: &str) -> Probe {
+    const PERIOD: u64 = 2;
+    let budget = switchboard_core::startup::STARTUP_WAIT.as_secs() + 30;
+    let failures = i32::try_from(budget.div_ceil(PERIOD)).unwrap_or(i32::MAX);
+    http_get_probe("/healthz", port, PERIOD as i32, failures)
 }
 
 /// Container security context: read-only root, no privilege escalation, no

@@ -10,11 +10,10 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
-    Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, PodSpec, PodTemplateSpec, Probe, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     Ctx, Desired, container_security, env, names, pdb, pod_name_env, pod_security, resources,
@@ -70,6 +69,7 @@ pub fn deployment(ctx: &Ctx) -> Deployment {
         env: Some(env_vars),
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/healthz", 10)),
+        startup_probe: Some(super::startup_probe(super::METRICS_PORT_NAME)),
         resources: Some(resources(&spec.worker.resources, "100m", "128Mi", "256Mi")),
         security_context: Some(container_security()),
         volume_mounts: Some(vec![VolumeMount {
@@ -117,15 +117,5 @@ pub fn deployment(ctx: &Ctx) -> Deployment {
 }
 
 fn probe(path: &str, period: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String(super::METRICS_PORT_NAME.into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(2),
-        failure_threshold: Some(3),
-        ..Probe::default()
-    }
+    super::http_get_probe(path, super::METRICS_PORT_NAME, period, 3)
 }
