@@ -12,10 +12,12 @@
 #                        OUT; sets SB_BG_PID to something `wait` can wait for
 #   disrupt              what to do after half the messages
 # and calls:
-#   chat_check ALICE_SERVER BOB_SERVER DOMAIN KEY_DIR N WORKDIR
+#   chat_check ALICE_SERVER BOB_SERVER DOMAIN KEY_DIR N WORKDIR [NAME_PREFIX]
 # *_SERVER is the gateway URL each client uses (the same Service in kind, two
 # gateways locally), KEY_DIR a directory for the key files as the clients see
-# it, WORKDIR a local scratch directory.
+# it (named NAME_PREFIX{alice,bob}.key: a fresh prefix is a fresh pair of
+# wallets, whose conversation holds nothing yet), WORKDIR a local scratch
+# directory.
 
 # The address `switchboard login` prints ("logged in as 0x… until …").
 chat_login() {
@@ -26,9 +28,10 @@ chat_login() {
 
 chat_check() {
   local alice_server=$1 bob_server=$2 domain=$3 keys=$4 n=$5 work=$6
+  local alice_key="$keys/${7:-}alice.key" bob_key="$keys/${7:-}bob.key"
   local alice bob i out sent_log="$work/sent.log" got="$work/listen.out"
-  alice=$(chat_login "$alice_server" "$domain" "$keys/alice.key") || return 1
-  bob=$(chat_login "$bob_server" "$domain" "$keys/bob.key") || return 1
+  alice=$(chat_login "$alice_server" "$domain" "$alice_key") || return 1
+  bob=$(chat_login "$bob_server" "$domain" "$bob_key") || return 1
   [ -n "$alice" ] && [ -n "$bob" ] || {
     echo "chat check: sign-in printed no address" >&2
     return 1
@@ -37,14 +40,14 @@ chat_check() {
 
   # Bob listens first; --conv replays the conversation's history, so
   # messages sent before his socket is up are not missed either.
-  sb_bg "$got" listen --key-file "$keys/bob.key" --server "$bob_server" --conv "$alice" --count "$n"
+  sb_bg "$got" listen --key-file "$bob_key" --server "$bob_server" --conv "$alice" --count "$n"
   local listener=$SB_BG_PID
 
   : >"$sent_log"
   for i in $(seq 1 "$n"); do
     # One CLI process per message: each signs the session in from its file,
     # opens a socket, sends with a fresh client id and waits for `sent`.
-    if ! out=$(sb send --key-file "$keys/alice.key" --server "$alice_server" --to "$bob" "m-$i"); then
+    if ! out=$(sb send --key-file "$alice_key" --server "$alice_server" --to "$bob" "m-$i"); then
       echo "chat check: send m-$i failed: $out" >&2
       return 1
     fi

@@ -27,7 +27,9 @@
 #      pod holding the listener's socket (the one whose metrics show an open
 #      connection) is deleted; every send must be answered and every message
 #      received exactly once, in seq order;
-#   6. turns the gateway Service into a NodePort and, from this machine at the
+#   6. with E2E_DATA_IMAGE_NEXT, the same chat check while the gateways roll
+#      to that image (the Deployment's rolling update, each old pod draining);
+#   7. turns the gateway Service into a NodePort and, from this machine at the
 #      node's InternalIP, GET /readyz, and (with E2E_CLI) the same chat check
 #      with the CLI here.
 # On failure it prints `kubectl get all,chatclusters,pvc,events -A`, the
@@ -38,6 +40,7 @@
 #   KUBECONFIG           the cluster (required)
 #   E2E_DATA_IMAGE       the data-plane image (gateway, worker, CLI), present on the nodes (required)
 #   E2E_OPERATOR_IMAGE   the operator image, present on the nodes (required)
+#   E2E_DATA_IMAGE_NEXT  the data-plane image under another name, for the rolling update (step 6)
 #   E2E_REDIS_IMAGE      spec.redis.managed.image (default: the CRD's default)
 #   E2E_POSTGRES_IMAGE   spec.postgres.managed.image (default: the CRD's default)
 #   E2E_CLI              a `switchboard` CLI binary on this machine (step 6; default: probe only)
@@ -258,6 +261,31 @@ gateway_url="http://$CHAT-gateway.$CHAT_NS.svc"
 domain=$(kubectl -n "$CHAT_NS" get "chatcluster/$CHAT" -o jsonpath='{.spec.auth.domain}')
 mkdir -p "$workdir/chat"
 chat_check "$gateway_url" "$gateway_url" "$domain" /tmp 20 "$workdir/chat"
+
+section "chat across a rolling update of the gateways"
+# A new gateway image mid-conversation: the Deployment replaces its pods one
+# by one (maxUnavailable 0), each old one draining its sockets with 1012;
+# the clients reconnect and resync, and nothing may be lost or repeated.
+if [ -n "${E2E_DATA_IMAGE_NEXT:-}" ]; then
+  disrupt() {
+    echo "chat check: rolling the gateways to $E2E_DATA_IMAGE_NEXT"
+    kubectl -n "$CHAT_NS" patch "chatcluster/$CHAT" --type merge \
+      -p "{\"spec\":{\"gateway\":{\"image\":\"$E2E_DATA_IMAGE_NEXT\"}}}"
+  }
+  mkdir -p "$workdir/chat-roll"
+  chat_check "$gateway_url" "$gateway_url" "$domain" /tmp 20 "$workdir/chat-roll" roll-
+  kubectl -n "$CHAT_NS" rollout status "deployment/$CHAT-gateway" --timeout=3m
+  # Old pods still draining are Running too, but being deleted.
+  images=$(kubectl -n "$CHAT_NS" get pods \
+    -l "app.kubernetes.io/instance=$CHAT,app.kubernetes.io/component=gateway" \
+    --field-selector=status.phase=Running \
+    -o jsonpath='{range .items[*]}{.metadata.deletionTimestamp}{"\t"}{.spec.containers[0].image}{"\n"}{end}' |
+    awk -F '\t' '$1 == "" { print $2 }' | sort -u)
+  [ "$images" = "$E2E_DATA_IMAGE_NEXT" ] || die "after the rollout the gateways run: $images"
+  echo "every gateway runs $E2E_DATA_IMAGE_NEXT"
+else
+  echo "(E2E_DATA_IMAGE_NEXT unset: no rolling update)"
+fi
 kubectl -n "$CHAT_NS" delete pod chat-client --wait=false
 
 section "from this machine through a NodePort"

@@ -178,6 +178,7 @@ tag="${E2E_IMAGE_TAG:-e2e}"
 # Not :latest, so the kubelet's default pull policy (IfNotPresent) uses the
 # loaded image for the gateway and worker pods the operator creates.
 DATA_IMAGE="switchboard:$tag"
+DATA_IMAGE_NEXT="switchboard:$tag-next"
 OPERATOR_IMAGE="switchboard-operator:$tag"
 
 # ---------------------------------------------------------------- cleanup
@@ -261,10 +262,14 @@ kubectl wait --for=condition=Ready nodes --all --timeout=3m
 kubectl get nodes -o wide
 
 section "load images"
-kind load docker-image --name "$cluster" "$DATA_IMAGE" "$OPERATOR_IMAGE"
+# The data plane once more under another tag: the suite rolls the gateways
+# to it mid-conversation.
+docker tag "$DATA_IMAGE" "$DATA_IMAGE_NEXT"
+kind load docker-image --name "$cluster" "$DATA_IMAGE" "$DATA_IMAGE_NEXT" "$OPERATOR_IMAGE"
 
 section "the e2e suite (e2e/suite.sh)"
-E2E_DATA_IMAGE="$DATA_IMAGE" E2E_OPERATOR_IMAGE="$OPERATOR_IMAGE" E2E_ARTIFACTS="$artifacts" \
+E2E_DATA_IMAGE="$DATA_IMAGE" E2E_DATA_IMAGE_NEXT="$DATA_IMAGE_NEXT" \
+  E2E_OPERATOR_IMAGE="$OPERATOR_IMAGE" E2E_ARTIFACTS="$artifacts" \
   "$ROOT/e2e/suite.sh"
 
 printf '\nkind e2e passed in %ss\n' "$(($(date +%s) - start))"

@@ -729,6 +729,34 @@ conntrack:
         Ok(())
     }
 
+    /// Give an imported image a second name (`ctr images tag`): the same
+    /// content, e.g. for a rolling update to "another" image.
+    pub fn tag_image(&self, name: &str, new_name: &str) -> Result<(), TestkitError> {
+        let out = Command::new(self.bins.join("ctr"))
+            .arg("--address")
+            .arg(&self.containerd_socket)
+            .args([
+                "--namespace",
+                CRI_NAMESPACE,
+                "images",
+                "tag",
+                "--force",
+                name,
+                new_name,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io("run ctr images tag"))?;
+        if !out.status.success() {
+            return Err(TestkitError::Other(format!(
+                "ctr images tag {name} {new_name} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
     /// The Node object's name (`sb-node-<random>`).
     pub fn name(&self) -> &str {
         &self.name

@@ -36,7 +36,8 @@ struct Args {
     /// workspace's target/debug; `cargo build` first), Redis and PostgreSQL
     /// from this machine's packages. COMMAND gets their names as
     /// E2E_DATA_IMAGE, E2E_OPERATOR_IMAGE, E2E_REDIS_IMAGE and
-    /// E2E_POSTGRES_IMAGE (what e2e/suite.sh reads).
+    /// E2E_POSTGRES_IMAGE, and the data plane tagged `<tag>-next` as
+    /// E2E_DATA_IMAGE_NEXT (what e2e/suite.sh reads).
     #[arg(long)]
     images: bool,
     /// Run this against the cluster, then stop everything.
@@ -122,7 +123,12 @@ fn import_images(n: &Node) -> Result<Vec<(String, String)>, String> {
         n.import_image(&image.archive).map_err(|e| e.to_string())?;
         println!("image imported: {}", image.name);
     }
-    Ok([
+    // The data plane under a second name: "a new version" to roll to.
+    let next = format!("{}-next", built.switchboard.name);
+    n.tag_image(&built.switchboard.name, &next)
+        .map_err(|e| e.to_string())?;
+    println!("image tagged: {next}");
+    let mut env: Vec<(String, String)> = [
         ("E2E_DATA_IMAGE", &built.switchboard),
         ("E2E_OPERATOR_IMAGE", &built.operator),
         ("E2E_REDIS_IMAGE", &built.redis),
@@ -130,7 +136,9 @@ fn import_images(n: &Node) -> Result<Vec<(String, String)>, String> {
     ]
     .into_iter()
     .map(|(var, image)| (var.to_string(), image.name.clone()))
-    .collect())
+    .collect();
+    env.push(("E2E_DATA_IMAGE_NEXT".into(), next));
+    Ok(env)
 }
 
 /// Runs `command` until it exits (its status is ours) or a component of the
