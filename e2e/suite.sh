@@ -31,7 +31,13 @@
 #      to that image (the Deployment's rolling update, each old pod draining);
 #   7. turns the gateway Service into a NodePort and, from this machine at the
 #      node's InternalIP, GET /readyz, and (with E2E_CLI) the same chat check
-#      with the CLI here.
+#      with the CLI here;
+#   8. deletes that ChatCluster and applies examples/chatcluster-redis-cluster.yaml
+#      (3 shards, 1 replica each): Ready with every Redis node seeing the
+#      whole cluster, a chat, then a primary's pod killed without grace; the
+#      replica takes over, the pod comes back, the cluster is whole and the
+#      ChatCluster Ready again, the messages from before the kill replay
+#      whole, and a fresh pair chats.
 # On failure it prints `kubectl get all,chatclusters,pvc,events -A`, the
 # ChatCluster's description, the pods' descriptions and the operator's and
 # data plane's logs, and saves them under E2E_ARTIFACTS.
@@ -63,6 +69,8 @@ RELEASE=switchboard-operator
 CHAT_NS=switchboard-e2e
 EXAMPLE="$ROOT/examples/chatcluster-minimal.yaml"
 CHAT=chat # metadata.name in the example; its gateway Service is "$CHAT-gateway"
+RC_EXAMPLE="$ROOT/examples/chatcluster-redis-cluster.yaml"
+RC=chat-rc # metadata.name there
 
 section() { printf '\n==== %s ====\n' "$*"; }
 die() {
@@ -234,13 +242,27 @@ kubectl -n "$CHAT_NS" run chat-client --image="$DATA_IMAGE" --image-pull-policy=
   --restart=Never --command -- sleep 3600
 kubectl -n "$CHAT_NS" wait pod/chat-client --for=condition=Ready --timeout=2m
 . "$ROOT/e2e/chat-check.sh"
-sb() { kubectl -n "$CHAT_NS" exec chat-client -- switchboard "$@"; }
-sb_bg() {
-  local out=$1
-  shift
-  kubectl -n "$CHAT_NS" exec chat-client -- switchboard "$@" >"$out" 2>"$workdir/listen.err" &
-  SB_BG_PID=$!
+# sb/sb_bg (what chat-check.sh calls) run the CLI in the client pod, or
+# (step 7) on this machine.
+use_pod_cli() {
+  sb() { kubectl -n "$CHAT_NS" exec chat-client -- switchboard "$@"; }
+  sb_bg() {
+    local out=$1
+    shift
+    kubectl -n "$CHAT_NS" exec chat-client -- switchboard "$@" >"$out" 2>"$workdir/listen.err" &
+    SB_BG_PID=$!
+  }
 }
+use_host_cli() {
+  sb() { "$E2E_CLI" "$@"; }
+  sb_bg() {
+    local out=$1
+    shift
+    "$E2E_CLI" "$@" >"$out" 2>"$workdir/host-listen.err" &
+    SB_BG_PID=$!
+  }
+}
+use_pod_cli
 # The gateway pod with an open connection: the listener's (each send is a
 # short-lived process that has closed its socket by then). Read through the
 # API server's pod proxy from the pod's metrics port.
@@ -286,7 +308,6 @@ if [ -n "${E2E_DATA_IMAGE_NEXT:-}" ]; then
 else
   echo "(E2E_DATA_IMAGE_NEXT unset: no rolling update)"
 fi
-kubectl -n "$CHAT_NS" delete pod chat-client --wait=false
 
 section "from this machine through a NodePort"
 # As a client outside the cluster reaches it without an Ingress: the
@@ -307,18 +328,108 @@ ready=$(curl -fsS --max-time 5 --retry 10 --retry-delay 1 --retry-all-errors "$n
 echo "GET $node_url/readyz: $ready"
 if [ -n "${E2E_CLI:-}" ]; then
   # The same chat check with the CLI on this machine, nothing disrupted.
-  sb() { "$E2E_CLI" "$@"; }
-  sb_bg() {
-    local out=$1
-    shift
-    "$E2E_CLI" "$@" >"$out" 2>"$workdir/host-listen.err" &
-    SB_BG_PID=$!
-  }
+  use_host_cli
   disrupt() { :; }
   mkdir -p "$workdir/host-chat"
   chat_check "$node_url" "$node_url" "$domain" "$workdir/host-chat" 6 "$workdir/host-chat"
+  use_pod_cli
 else
   echo "(E2E_CLI unset: no chat from this machine, only the probe)"
 fi
+
+section "a Redis Cluster: formed, a primary killed, healed, nothing lost"
+# Room on the node first: the first ChatCluster goes, and its pods with it.
+kubectl -n "$CHAT_NS" delete "chatcluster/$CHAT" --timeout=3m
+for _ in $(seq 1 180); do
+  [ -z "$(kubectl -n "$CHAT_NS" get pods -l "app.kubernetes.io/instance=$CHAT" -o name)" ] && break
+  sleep 1
+done
+[ -z "$(kubectl -n "$CHAT_NS" get pods -l "app.kubernetes.io/instance=$CHAT" -o name)" ] ||
+  die "the pods of chatcluster/$CHAT outlived it by 3 minutes"
+rc_patch="{\"spec\":{\"gateway\":{\"image\":\"$DATA_IMAGE\"},\"worker\":{\"image\":\"$DATA_IMAGE\"}"
+[ -n "${E2E_REDIS_IMAGE:-}" ] && rc_patch+=",\"redis\":{\"managed\":{\"image\":\"$E2E_REDIS_IMAGE\"}}"
+[ -n "${E2E_POSTGRES_IMAGE:-}" ] && rc_patch+=",\"postgres\":{\"managed\":{\"image\":\"$E2E_POSTGRES_IMAGE\"}}"
+rc_patch+="}}"
+kubectl patch --local -f "$RC_EXAMPLE" --type merge -p "$rc_patch" -o yaml >"$workdir/chatcluster-rc.yaml"
+kubectl apply -n "$CHAT_NS" -f "$workdir/chatcluster-rc.yaml"
+kubectl -n "$CHAT_NS" wait "chatcluster/$RC" --for=condition=Ready --timeout="${E2E_READY_TIMEOUT:-10m}"
+kubectl -n "$CHAT_NS" get "chatcluster/$RC" -o jsonpath='{.status.redis}{"\n"}'
+rc_pods() {
+  kubectl -n "$CHAT_NS" get pods -l "app.kubernetes.io/instance=$RC,app.kubernetes.io/component=redis" \
+    -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'
+}
+# Every node's own view: the cluster ok, all six nodes known, three
+# primaries. redis-cli in the pod authenticates from its REDISCLI_AUTH.
+cluster_whole() {
+  local pod info masters
+  for pod in $(rc_pods); do
+    info=$(kubectl -n "$CHAT_NS" exec "$pod" -- redis-cli cluster info 2>/dev/null) || return 1
+    grep -q '^cluster_state:ok' <<<"$info" || return 1
+    grep -q '^cluster_known_nodes:6' <<<"$info" || return 1
+    masters=$(kubectl -n "$CHAT_NS" exec "$pod" -- redis-cli cluster nodes 2>/dev/null |
+      awk '$3 ~ /master/ && $3 !~ /fail/ { n++ } END { print n + 0 }')
+    [ "$masters" = 3 ] || return 1
+  done
+}
+cluster_whole || die "the Redis Cluster is not whole after Ready"
+echo "every Redis node: cluster_state ok, 6 nodes, 3 primaries"
+
+rc_url="http://$RC-gateway.$CHAT_NS.svc"
+disrupt() { :; }
+mkdir -p "$workdir/chat-rc"
+chat_check "$rc_url" "$rc_url" "$domain" /tmp 10 "$workdir/chat-rc" rc-
+
+# A primary, killed: no grace, as a node crash would.
+victim=""
+for pod in $(rc_pods); do
+  if kubectl -n "$CHAT_NS" exec "$pod" -- redis-cli role 2>/dev/null | head -1 | grep -qx master; then
+    victim=$pod
+    break
+  fi
+done
+[ -n "$victim" ] || die "no Redis pod says it is a primary"
+old_uid=$(kubectl -n "$CHAT_NS" get pod "$victim" -o jsonpath='{.metadata.uid}')
+echo "killing $victim (a primary)"
+kubectl -n "$CHAT_NS" delete pod "$victim" --grace-period=0 --force
+# Its replica takes over, the StatefulSet brings the pod back, and the
+# operator's checks see the cluster through it: whole again, and Ready.
+for _ in $(seq 1 180); do
+  uid=$(kubectl -n "$CHAT_NS" get pod "$victim" -o jsonpath='{.metadata.uid}' 2>/dev/null || true)
+  [ -n "$uid" ] && [ "$uid" != "$old_uid" ] && break
+  sleep 1
+done
+kubectl -n "$CHAT_NS" wait "pod/$victim" --for=condition=Ready --timeout=3m
+healed=0
+for _ in $(seq 1 90); do
+  if cluster_whole; then
+    healed=1
+    break
+  fi
+  sleep 2
+done
+[ "$healed" = 1 ] || die "the Redis Cluster did not heal within 3 minutes of losing $victim"
+kubectl -n "$CHAT_NS" wait "chatcluster/$RC" --for=condition=Ready --timeout=3m
+kubectl -n "$CHAT_NS" get "chatcluster/$RC" -o jsonpath='{.status.redis}{"\n"}'
+echo "healed: every Redis node sees the whole cluster again"
+
+# Nothing acknowledged before the kill is lost: the first pair's history
+# replays whole, and a fresh pair chats.
+alice_rc=$(chat_login "$rc_url" "$domain" /tmp/rc-alice.key)
+sb_bg "$workdir/rc-replay.out" listen --key-file /tmp/rc-bob.key --server "$rc_url" --conv "$alice_rc" --count 10
+replay=$SB_BG_PID
+deadline=$((SECONDS + 60))
+while kill -0 "$replay" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+if kill -0 "$replay" 2>/dev/null; then
+  kill "$replay" 2>/dev/null || true
+  die "the history before the kill did not replay within 60 s: $(cat "$workdir/rc-replay.out")"
+fi
+for i in $(seq 1 10); do
+  [ "$(grep -c " m-$i\$" "$workdir/rc-replay.out")" = 1 ] ||
+    die "m-$i not replayed exactly once after the kill: $(cat "$workdir/rc-replay.out")"
+done
+echo "the 10 messages from before the kill replay, each once"
+mkdir -p "$workdir/chat-rc2"
+chat_check "$rc_url" "$rc_url" "$domain" /tmp 10 "$workdir/chat-rc2" rc2-
+kubectl -n "$CHAT_NS" delete pod chat-client --wait=false
 
 printf '\ne2e suite passed in %ss\n' "$(($(date +%s) - start))"

@@ -61,7 +61,7 @@ fn examples_are_valid_chatclusters_and_ingresses() {
             other => panic!("{}: unexpected kind {other}", path.display()),
         }
     }
-    assert_eq!(clusters.len(), 3, "every ChatCluster example checked");
+    assert_eq!(clusters.len(), 4, "every ChatCluster example checked");
     assert_eq!(ingresses.len(), 1, "every Ingress example checked");
 
     for (path, ingress) in &ingresses {
