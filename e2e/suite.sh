@@ -37,7 +37,12 @@
 #      whole cluster, a chat, then a primary's pod killed without grace; the
 #      replica takes over, the pod comes back, the cluster is whole and the
 #      ChatCluster Ready again, the messages from before the kill replay
-#      whole, and a fresh pair chats.
+#      whole, and a fresh pair chats;
+#   9. autoscaling by connections on that cluster (3 per gateway, 1-2
+#      gateways): idle it scales in to 1, 6 CLI listeners scale it out to 2,
+#      6 more spread over both, then a target of 12 scales in to 1: the
+#      least loaded gateway goes, and exactly the sockets it held see 1012
+#      and reconnect, so the survivor holds all 12.
 # On failure it prints `kubectl get all,chatclusters,pvc,events -A`, the
 # ChatCluster's description, the pods' descriptions and the operator's and
 # data plane's logs, and saves them under E2E_ARTIFACTS.
@@ -119,6 +124,10 @@ cleanup() {
   set +e
   trap - EXIT INT TERM
   stop_port_forward
+  # Background CLI listeners, if any are left.
+  local jobs_left
+  jobs_left=$(jobs -p)
+  [ -z "$jobs_left" ] || kill $jobs_left 2>/dev/null
   if [ "$rc" -ne 0 ]; then
     dump_diagnostics
     echo "FAILED (exit $rc); diagnostics in $artifacts" >&2
@@ -430,6 +439,96 @@ done
 echo "the 10 messages from before the kill replay, each once"
 mkdir -p "$workdir/chat-rc2"
 chat_check "$rc_url" "$rc_url" "$domain" /tmp 10 "$workdir/chat-rc2" rc2-
+section "autoscaling by connections, and a scale-in drained with 1012"
+# Small numbers so a few CLI listeners move the fleet: 3 connections per
+# gateway, between 1 and 2 gateways, a 5 s scale-down window.
+gw_sel="app.kubernetes.io/instance=$RC,app.kubernetes.io/component=gateway"
+kubectl -n "$CHAT_NS" patch "chatcluster/$RC" --type merge -p '{"spec":{"gateway":{
+  "replicas":{"min":1,"max":2},
+  "autoscaling":{"targetConnectionsPerReplica":3,"tolerancePercent":0,"scaleDownStabilizationSeconds":5}}}}'
+# Gateway pods that are not being deleted, and their count.
+live_gateways() {
+  kubectl -n "$CHAT_NS" get pods -l "$gw_sel" \
+    -o jsonpath='{range .items[*]}{.metadata.deletionTimestamp}{"\t"}{.metadata.name}{"\n"}{end}' |
+    awk -F '\t' '$1 == "" { print $2 }'
+}
+# A gateway pod's open sockets (its metrics port, through the API server);
+# 0 while it does not answer.
+connections_of() {
+  local n
+  n=$(kubectl get --raw "/api/v1/namespaces/$CHAT_NS/pods/$1:9090/proxy/metrics" 2>/dev/null |
+    awk '$1 == "switchboard_gateway_connections" { print $2 + 0; exit }') || true
+  echo "${n:-0}"
+}
+# Waits (up to $2 s) until there are exactly $1 gateway pods, all ready.
+wait_gateways() {
+  local want=$1 i n ready
+  for i in $(seq 1 "$2"); do
+    n=$(live_gateways | wc -l)
+    ready=$(kubectl -n "$CHAT_NS" get "deployment/$RC-gateway" -o jsonpath='{.status.readyReplicas}')
+    [ "$n" = "$want" ] && [ "${ready:-0}" = "$want" ] && return 0
+    sleep 1
+  done
+  kubectl -n "$CHAT_NS" get "chatcluster/$RC" -o jsonpath='{.status.gateway}{"\n"}' >&2
+  die "expected $want ready gateway pods within $2 s, have $n (ready ${ready:-0})"
+}
+# Idle: the operator scales in to 1 (after the window; each scale-in step
+# waits 60 s after the previous one).
+wait_gateways 1 120
+echo "idle: 1 gateway ($(kubectl -n "$CHAT_NS" get "chatcluster/$RC" -o jsonpath='{.status.gateway.lastScaleReason}'))"
+listener_pids=()
+listen_n() {
+  local i
+  for i in $(seq "$1" "$2"); do
+    kubectl -n "$CHAT_NS" exec chat-client -- switchboard listen --key-file /tmp/rc-bob.key \
+      --server "$rc_url" >"$workdir/scale-listen-$i.out" 2>"$workdir/scale-listen-$i.err" &
+    listener_pids+=($!)
+  done
+}
+stop_listeners() {
+  local pid
+  for pid in "${listener_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${listener_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  listener_pids=()
+}
+# Waits (up to 60 s) until the live gateways hold $1 connections in all.
+wait_connections() {
+  local i pod total
+  for i in $(seq 1 60); do
+    total=0
+    for pod in $(live_gateways); do total=$((total + $(connections_of "$pod"))); done
+    [ "$total" = "$1" ] && return 0
+    sleep 1
+  done
+  die "the gateways hold $total connections, expected $1"
+}
+# 6 sockets on one gateway, target 3: a second one.
+listen_n 1 6
+wait_connections 6
+wait_gateways 2 90
+echo "scaled out: $(kubectl -n "$CHAT_NS" get "chatcluster/$RC" -o jsonpath='{.status.gateway.lastScaleReason}')"
+# 6 more, spread by the Service over both; then a target of 12 asks for one
+# gateway: the least loaded goes, draining its sockets with 1012, and its
+# clients reconnect to the other.
+listen_n 7 12
+wait_connections 12
+declare -A held
+for pod in $(live_gateways); do held[$pod]=$(connections_of "$pod"); done
+echo "before scale-in: $(for p in "${!held[@]}"; do printf '%s=%s ' "$p" "${held[$p]}"; done)"
+kubectl -n "$CHAT_NS" patch "chatcluster/$RC" --type merge \
+  -p '{"spec":{"gateway":{"autoscaling":{"targetConnectionsPerReplica":12}}}}'
+wait_gateways 1 120
+survivor=$(live_gateways)
+moved=0
+for pod in "${!held[@]}"; do [ "$pod" = "$survivor" ] || moved=$((moved + held[$pod])); done
+wait_connections 12
+drained=$(cat "$workdir"/scale-listen-*.err | grep -c '^disconnected (1012)' || true)
+[ "$drained" = "$moved" ] ||
+  die "$moved sockets were on the removed gateway, $drained listeners saw 1012: $(cat "$workdir"/scale-listen-*.err)"
+echo "scaled in: $(kubectl -n "$CHAT_NS" get "chatcluster/$RC" -o jsonpath='{.status.gateway.lastScaleReason}')"
+echo "$moved sockets drained with 1012 and reconnected; $survivor holds all 12"
+stop_listeners
+
 kubectl -n "$CHAT_NS" delete pod chat-client --wait=false
 
 printf '\ne2e suite passed in %ss\n' "$(($(date +%s) - start))"
