@@ -160,11 +160,16 @@ kubectl -n "$OPERATOR_NS" rollout status "deployment/$RELEASE" --timeout=5m
 section "apply $(basename "$EXAMPLE") with image $DATA_IMAGE"
 # The minimal example needs no Secret (managed Redis and PostgreSQL; the
 # operator generates the session key and the database password).
-patch="{\"spec\":{\"gateway\":{\"image\":\"$DATA_IMAGE\"},\"worker\":{\"image\":\"$DATA_IMAGE\"}"
-[ -n "${E2E_REDIS_IMAGE:-}" ] && patch+=",\"redis\":{\"managed\":{\"image\":\"$E2E_REDIS_IMAGE\"}}"
-[ -n "${E2E_POSTGRES_IMAGE:-}" ] && patch+=",\"postgres\":{\"managed\":{\"image\":\"$E2E_POSTGRES_IMAGE\"}}"
-patch+="}}"
-kubectl patch --local -f "$EXAMPLE" --type merge -p "$patch" -o yaml >"$workdir/chatcluster.yaml"
+# An example with the images of this run: the data plane's, and Redis's and
+# PostgreSQL's when given; the patched YAML on stdout.
+with_images() {
+  local patch="{\"spec\":{\"gateway\":{\"image\":\"$DATA_IMAGE\"},\"worker\":{\"image\":\"$DATA_IMAGE\"}"
+  [ -n "${E2E_REDIS_IMAGE:-}" ] && patch+=",\"redis\":{\"managed\":{\"image\":\"$E2E_REDIS_IMAGE\"}}"
+  [ -n "${E2E_POSTGRES_IMAGE:-}" ] && patch+=",\"postgres\":{\"managed\":{\"image\":\"$E2E_POSTGRES_IMAGE\"}}"
+  patch+="}}"
+  kubectl patch --local -f "$1" --type merge -p "$patch" -o yaml
+}
+with_images "$EXAMPLE" >"$workdir/chatcluster.yaml"
 kubectl apply -n "$CHAT_NS" -f "$workdir/chatcluster.yaml"
 
 section "wait for chatcluster/$CHAT Ready (up to ${E2E_READY_TIMEOUT:-10m})"
@@ -191,18 +196,22 @@ for component in gateway worker; do
   echo "$CHAT-$component runs $image"
 done
 
-# A free local port chosen by kubectl (":80"), read back from its output.
-kubectl -n "$CHAT_NS" port-forward --address 127.0.0.1 "service/$CHAT-gateway" :80 \
-  >"$workdir/port-forward.log" 2>&1 &
-pf_pid=$!
-port=""
-for _ in $(seq 1 60); do
-  port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$workdir/port-forward.log" | head -1)
-  [ -n "$port" ] && break
-  kill -0 "$pf_pid" 2>/dev/null || break
-  sleep 0.5
-done
-[ -n "$port" ] || die "port-forward to service/$CHAT-gateway did not start: $(cat "$workdir/port-forward.log")"
+# Forwards a free local port chosen by kubectl to port $2 of $1 (in the
+# chat namespace) and sets `port` to it, read back from kubectl's output.
+port_forward() {
+  local target=$1 remote=$2 log="$workdir/port-forward-$2.log"
+  kubectl -n "$CHAT_NS" port-forward --address 127.0.0.1 "$target" ":$remote" >"$log" 2>&1 &
+  pf_pid=$!
+  port=""
+  for _ in $(seq 1 60); do
+    port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$log" | head -1)
+    [ -n "$port" ] && return 0
+    kill -0 "$pf_pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  die "port-forward to $target:$remote did not start: $(cat "$log")"
+}
+port_forward "service/$CHAT-gateway" 80
 base="http://127.0.0.1:$port"
 echo "gateway Service forwarded to $base"
 
@@ -215,17 +224,7 @@ echo "GET /readyz: $ready"
 public_metrics=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$base/metrics")
 [ "$public_metrics" = 404 ] || die "GET /metrics on the gateway Service answered $public_metrics, expected 404"
 stop_port_forward
-kubectl -n "$CHAT_NS" port-forward --address 127.0.0.1 "deployment/$CHAT-gateway" :9090 \
-  >"$workdir/port-forward-metrics.log" 2>&1 &
-pf_pid=$!
-port=""
-for _ in $(seq 1 60); do
-  port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$workdir/port-forward-metrics.log" | head -1)
-  [ -n "$port" ] && break
-  kill -0 "$pf_pid" 2>/dev/null || break
-  sleep 0.5
-done
-[ -n "$port" ] || die "port-forward to the gateway's metrics port did not start: $(cat "$workdir/port-forward-metrics.log")"
+port_forward "deployment/$CHAT-gateway" 9090
 curl -fsS --max-time 5 --retry 5 --retry-delay 1 --retry-all-errors "http://127.0.0.1:$port/metrics" >"$workdir/metrics.txt"
 grep -q '^switchboard_gateway_' "$workdir/metrics.txt" ||
   die "GET /metrics has no switchboard_gateway_* sample: $(head -c 2000 "$workdir/metrics.txt")"
@@ -355,11 +354,7 @@ for _ in $(seq 1 180); do
 done
 [ -z "$(kubectl -n "$CHAT_NS" get pods -l "app.kubernetes.io/instance=$CHAT" -o name)" ] ||
   die "the pods of chatcluster/$CHAT outlived it by 3 minutes"
-rc_patch="{\"spec\":{\"gateway\":{\"image\":\"$DATA_IMAGE\"},\"worker\":{\"image\":\"$DATA_IMAGE\"}"
-[ -n "${E2E_REDIS_IMAGE:-}" ] && rc_patch+=",\"redis\":{\"managed\":{\"image\":\"$E2E_REDIS_IMAGE\"}}"
-[ -n "${E2E_POSTGRES_IMAGE:-}" ] && rc_patch+=",\"postgres\":{\"managed\":{\"image\":\"$E2E_POSTGRES_IMAGE\"}}"
-rc_patch+="}}"
-kubectl patch --local -f "$RC_EXAMPLE" --type merge -p "$rc_patch" -o yaml >"$workdir/chatcluster-rc.yaml"
+with_images "$RC_EXAMPLE" >"$workdir/chatcluster-rc.yaml"
 kubectl apply -n "$CHAT_NS" -f "$workdir/chatcluster-rc.yaml"
 kubectl -n "$CHAT_NS" wait "chatcluster/$RC" --for=condition=Ready --timeout="${E2E_READY_TIMEOUT:-10m}"
 kubectl -n "$CHAT_NS" get "chatcluster/$RC" -o jsonpath='{.status.redis}{"\n"}'
