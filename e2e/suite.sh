@@ -60,6 +60,9 @@
 #
 # Needs: helm, kubectl, curl on PATH.
 set -euo pipefail
+# With pipefail, a reader that stops early (`head`, `awk … exit`, `grep -q`)
+# can fail the whole pipeline when the writer then gets SIGPIPE (exit 141):
+# readers of a command's output here read it to the end.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -204,7 +207,7 @@ port_forward() {
   pf_pid=$!
   port=""
   for _ in $(seq 1 60); do
-    port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$log" | head -1)
+    port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$log" | awk 'NR == 1')
     [ -n "$port" ] && return 0
     kill -0 "$pf_pid" 2>/dev/null || break
     sleep 0.5
@@ -280,7 +283,7 @@ disrupt() {
     -l "app.kubernetes.io/instance=$CHAT,app.kubernetes.io/component=gateway" \
     --field-selector=status.phase=Running -o jsonpath='{.items[*].metadata.name}'); do
     conns=$(kubectl get --raw "/api/v1/namespaces/$CHAT_NS/pods/$pod:9090/proxy/metrics" |
-      awk '$1 == "switchboard_gateway_connections" { print $2; exit }')
+      awk '$1 == "switchboard_gateway_connections" && !seen { print $2; seen = 1 }')
     if [ "${conns%.*}" -ge 1 ] 2>/dev/null; then victim=$pod; fi
   done
   [ -n "$victim" ] || die "no gateway pod reports the listener's connection"
@@ -386,7 +389,8 @@ chat_check "$rc_url" "$rc_url" "$domain" /tmp 10 "$workdir/chat-rc" rc-
 # A primary, killed: no grace, as a node crash would.
 victim=""
 for pod in $(rc_pods); do
-  if kubectl -n "$CHAT_NS" exec "$pod" -- redis-cli role 2>/dev/null | head -1 | grep -qx master; then
+  if kubectl -n "$CHAT_NS" exec "$pod" -- redis-cli role 2>/dev/null |
+    awk 'NR == 1 && $0 == "master" { primary = 1 } END { exit !primary }'; then
     victim=$pod
     break
   fi
@@ -452,7 +456,7 @@ live_gateways() {
 connections_of() {
   local n
   n=$(kubectl get --raw "/api/v1/namespaces/$CHAT_NS/pods/$1:9090/proxy/metrics" 2>/dev/null |
-    awk '$1 == "switchboard_gateway_connections" { print $2 + 0; exit }') || true
+    awk '$1 == "switchboard_gateway_connections" && !seen { print $2 + 0; seen = 1 }') || true
   echo "${n:-0}"
 }
 # Waits (up to $2 s) until there are exactly $1 gateway pods, all ready.

@@ -110,7 +110,7 @@ check_tools() {
 fetch_verified() {
   local url=$1 sum_url=$2 out=$3 want have
   curl -fsSL --proto '=https' --retry 3 -o "$out" "$url"
-  want=$(curl -fsSL --proto '=https' --retry 3 "$sum_url" | awk '{ print $1; exit }')
+  want=$(curl -fsSL --proto '=https' --retry 3 "$sum_url" | awk 'NR == 1 { print $1 }')
   have=$(sha256sum "$out" | awk '{ print $1 }')
   if [ -z "$want" ] || [ "$want" != "$have" ]; then
     die "checksum mismatch for $url (want '$want', got '$have')"
