@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use switchboard_core::broker::{
-    BrokerConfig, BrokerError, ClusterRef, DynBroker, GatewayIdentity, Mark, MemoryBroker,
-    RedisBroker, Routed, SendOutcome, SendRequest, Watermarks, shard_of,
+    BrokerConfig, BrokerError, ClusterRef, DynBroker, GatewayIdentity, Mark, MarkRequest,
+    MemoryBroker, RedisBroker, Routed, SendOutcome, SendRequest, Watermarks, shard_of,
 };
 use switchboard_proto::ids::{Address, ConvId, ConvKind, MsgId};
 use switchboard_proto::model::{Conversation, Visibility};
@@ -745,6 +745,68 @@ async fn marks(e: &Engine) {
     assert_eq!(b.watermarks(&dm, &x).await.unwrap(), wm(5, 5));
 }
 
+/// Many marks in one call (the gateway's gathered acks): each answered as
+/// `mark` would have answered it, in order, across conversations (other
+/// slots on a cluster), with repeats of one user and conversation applied
+/// one after the other; more marks than one script call takes.
+async fn many_marks(e: &Engine) {
+    let b = e.broker(BrokerConfig::default()).await;
+    let x = addr();
+    let (y, z) = (addr(), addr());
+    let (xy, xz) = (
+        ConvId::direct(&x, &y).unwrap(),
+        ConvId::direct(&x, &z).unwrap(),
+    );
+    for i in 1..=3 {
+        b.send(req(&xy, &format!("a{i}"), x, "1")).await.unwrap();
+        b.send(req(&xz, &format!("b{i}"), x, "1")).await.unwrap();
+    }
+    let m = |conv: &ConvId, user: Address, mark: Mark, seq: u64| MarkRequest {
+        conv: conv.clone(),
+        user,
+        mark,
+        seq,
+    };
+    assert_eq!(b.mark_many(&[]).await.unwrap(), vec![]);
+    let moved = b
+        .mark_many(&[
+            m(&xy, y, Mark::Delivered, 2),
+            m(&xz, z, Mark::Delivered, 9), // clamped to 3
+            m(&xy, y, Mark::Delivered, 1), // below the first: no move
+            m(&xy, y, Mark::Read, 1),
+            m(&xz, x, Mark::Read, 2),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        moved,
+        vec![
+            Some(wm(2, 0)),
+            Some(wm(3, 0)),
+            None,
+            Some(wm(2, 1)),
+            Some(wm(2, 2))
+        ]
+    );
+    assert_eq!(b.watermarks(&xy, &y).await.unwrap(), wm(2, 1));
+    assert_eq!(b.watermarks(&xz, &z).await.unwrap(), wm(3, 0));
+    assert_eq!(b.watermarks(&xz, &x).await.unwrap(), wm(2, 2));
+    // 150 conversations, one new mark each: past any one call's batch.
+    let mut convs = Vec::new();
+    for _ in 0..150 {
+        let c = ConvId::direct(&x, &addr()).unwrap();
+        b.send(req(&c, "m", x, "1")).await.unwrap();
+        convs.push(c);
+    }
+    let marks: Vec<MarkRequest> = convs.iter().map(|c| m(c, x, Mark::Read, 1)).collect();
+    let moved = b.mark_many(&marks).await.unwrap();
+    assert_eq!(moved, vec![Some(wm(1, 1)); 150]);
+    for c in [&convs[0], &convs[70], &convs[149]] {
+        assert_eq!(b.watermarks(c, &x).await.unwrap(), wm(1, 1));
+    }
+    assert_eq!(b.mark_many(&marks).await.unwrap(), vec![None; 150]);
+}
+
 async fn routing(e: &Engine) {
     let b = e
         .broker(BrokerConfig {
@@ -1274,6 +1336,42 @@ async fn persist_stream(e: &Engine) {
     assert_eq!(got[0]["t"], "msg");
     assert_eq!(got[0]["from"], y.lower());
     assert_eq!(got[0]["body"], "7");
+    // Marks applied together append each move to its own shard's stream.
+    let both = [
+        MarkRequest {
+            conv: g.id.clone(),
+            user: x,
+            mark: Mark::Read,
+            seq: 1,
+        },
+        MarkRequest {
+            conv: dm.clone(),
+            user: x,
+            mark: Mark::Delivered,
+            seq: 2,
+        },
+    ];
+    assert_eq!(
+        on.mark_many(&both).await.unwrap(),
+        vec![Some(wm(1, 1)), Some(wm(2, 0))]
+    );
+    let gs = format!("sb:{{{}}}:persist", shard_of(&g.id, 64));
+    let got = entries(g.id.clone(), gs).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        (
+            got[1]["t"].as_str(),
+            got[1]["user"].clone(),
+            got[1]["read"].as_str()
+        ),
+        ("wm", x.lower(), "1")
+    );
+    let got = entries(dm.clone(), stream.clone()).await;
+    assert_eq!(got.len(), 3);
+    assert_eq!(
+        (got[2]["user"].clone(), got[2]["delivered"].as_str()),
+        (x.lower(), "2")
+    );
 }
 
 /// The first message of a direct conversation adds it to both users' lists
@@ -1429,7 +1527,7 @@ macro_rules! suite {
 }
 
 suite!(
-    common: [nonces, conversations, sends, dedupe, bodies, logs, snapshot_reads, trimming, age_trimming, marks, routing, channels, presence, revocations, connection_reports],
+    common: [nonces, conversations, sends, dedupe, bodies, logs, snapshot_reads, trimming, age_trimming, marks, many_marks, routing, channels, presence, revocations, connection_reports],
     redis_only: [persist_stream, direct_list_repair, connection_report_keys, legacy_dedupe_records, registry_moves],
 );
 

@@ -228,6 +228,7 @@ impl Gateway {
         };
         tracing::info!(%addr, %metrics_addr, gateway = %state.cfg.gateway_id, "gateway listening");
         log_relay(state.cfg.relay.as_ref());
+        let ack_flusher = state.chat.spawn_ack_flusher();
         let relay_tasks = crate::degraded::spawn(&state);
         let reporter = report::spawn(state.clone());
         Ok(Gateway {
@@ -235,7 +236,7 @@ impl Gateway {
             addr,
             metrics_addr,
             server,
-            background: [dispatcher, liveness, expiry, metrics, pruner]
+            background: [dispatcher, liveness, expiry, metrics, pruner, ack_flusher]
                 .into_iter()
                 .chain(relay_tasks)
                 .collect(),
@@ -287,6 +288,9 @@ impl Gateway {
             "drained"
         );
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        // Acks of the sockets that just closed: their watermarks and
+        // receipts, before the flusher stops with the other tasks.
+        self.state.chat.flush_delivered().await;
         if let Some(r) = self.reporter {
             // It withdrew the report when the drain began; this only waits
             // for a slow broker, briefly.

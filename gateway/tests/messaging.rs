@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use switchboard_proto::ids::ConvId;
 
 /// A on gateway 1 and B on gateway 2 exchange direct messages: seqs 1..n in
@@ -263,6 +263,83 @@ async fn user_moves_between_gateways(backend: Backend) {
     g2.shutdown().await;
 }
 
+/// Delivered acks are gathered gateway-wide and applied together: acks of
+/// eight recipients' sockets, each closed right after its ack, all move
+/// their watermarks and reach the sender as receipts; a user's acking
+/// device gets no receipt of its own ack, their other device does.
+async fn acks_of_many_sockets(backend: Backend) {
+    let g1 = start_gateway(&backend, fast_config()).await;
+    let g2 = start_gateway(&backend, fast_config()).await;
+    let a = Wallet::random();
+    let mut wa = Ws::connect(&g1, &login(&http(&g1), &a).await).await;
+    let mut expected = std::collections::HashMap::new();
+    let mut seen = std::collections::HashMap::new();
+    fn note_receipt(seen: &mut std::collections::HashMap<String, u64>, r: &Value) {
+        seen.insert(
+            r["user"].as_str().unwrap().to_owned(),
+            r["delivered"].as_u64().unwrap(),
+        );
+    }
+    for i in 0..8u64 {
+        let b = Wallet::random();
+        let tb = login(&http(&g2), &b).await;
+        let mut wb = Ws::connect(&g2, &tb).await;
+        let mut wb2 = Ws::connect(&g1, &tb).await; // b's other device
+        let conv = ConvId::direct(&a.addr, &b.addr).unwrap();
+        for n in 1..=i + 1 {
+            wa.send(json!({"type":"send","conv":conv,"id":format!("m{n}"),"body":n}))
+                .await;
+            // Receipts of the earlier recipients may come first: keep them.
+            loop {
+                let f = wa.recv().await;
+                match f["type"].as_str() {
+                    Some("sent") => break assert_eq!(f["seq"], n),
+                    Some("receipt") => note_receipt(&mut seen, &f),
+                    _ => {}
+                }
+            }
+        }
+        let mut last = Value::Null;
+        for n in 1..=i + 1 {
+            last = wb.recv_type("msg").await;
+            assert_eq!(last["seq"], n);
+            assert_eq!(wb2.recv_type("msg").await["seq"], n);
+        }
+        // Only the last message is acked, and the socket closes at once.
+        wb.ack(&last).await;
+        wb.inner.close(None).await.unwrap();
+        let r = wb2.recv_type("receipt").await;
+        assert_eq!(
+            (r["user"].as_str(), r["delivered"].as_u64()),
+            (Some(b.addr.to_string().as_str()), Some(i + 1)),
+            "{r}"
+        );
+        expected.insert(b.addr.to_string(), i + 1);
+    }
+    while seen.len() < expected.len() {
+        let r = wa.recv_type("receipt").await;
+        note_receipt(&mut seen, &r);
+    }
+    assert_eq!(seen, expected);
+    // And the acking device itself: no receipt of its own ack.
+    let b = Wallet::random();
+    let tb = login(&http(&g2), &b).await;
+    let mut wb = Ws::connect(&g2, &tb).await;
+    let conv = ConvId::direct(&a.addr, &b.addr).unwrap();
+    wa.send(json!({"type":"send","conv":conv,"id":"x","body":1}))
+        .await;
+    let m = wb.recv_type("msg").await;
+    wb.ack(&m).await;
+    assert_eq!(wa.recv_type("receipt").await["user"], b.addr.to_string());
+    assert!(
+        wb.collect_type("receipt", Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+    g1.shutdown().await;
+    g2.shutdown().await;
+}
+
 macro_rules! on_every_engine {
     ($($name:ident),* $(,)?) => {
         mod memory { use super::*; $( #[tokio::test] async fn $name() { super::$name(Backend::memory()).await } )* }
@@ -278,4 +355,5 @@ on_every_engine!(
     retries_until_acked,
     resync_after_disconnect,
     typing_and_presence,
+    acks_of_many_sockets,
 );

@@ -170,6 +170,15 @@ pub enum Mark {
     Read,
 }
 
+/// One watermark move, for [`Broker::mark_many`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkRequest {
+    pub conv: ConvId,
+    pub user: Address,
+    pub mark: Mark,
+    pub seq: u64,
+}
+
 /// A member's high-water marks in one conversation. `read <= delivered` always:
 /// reading implies delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -246,6 +255,18 @@ pub trait Broker: Send + Sync + 'static {
         mark: Mark,
         seq: u64,
     ) -> Result<Option<Watermarks>>;
+    /// [`Broker::mark`] for each of `marks`, answered in the same order.
+    /// Engines that can apply several in one round trip do (the gateway
+    /// gathers its sockets' acks and moves their watermarks together); any
+    /// failure fails the whole call, which may have applied some of them
+    /// (each move is monotonic, so applying it again is harmless).
+    async fn mark_many(&self, marks: &[MarkRequest]) -> Result<Vec<Option<Watermarks>>> {
+        let mut moved = Vec::with_capacity(marks.len());
+        for m in marks {
+            moved.push(self.mark(&m.conv, &m.user, m.mark, m.seq).await?);
+        }
+        Ok(moved)
+    }
     /// Current watermarks of `user` in `conv`.
     async fn watermarks(&self, conv: &ConvId, user: &Address) -> Result<Watermarks>;
 

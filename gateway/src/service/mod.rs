@@ -54,6 +54,7 @@ pub use self::conversations::{ListPage, MemberView};
 pub use self::error::{ChatError, Engine};
 pub use self::history::Replay;
 pub use self::presence::{Liveness, MAX_PRESENCE_USERS, status_for};
+use self::receipts::DeliveredAcks;
 pub use self::relay::PROBE_TIMEOUT;
 use self::relay::Relaying;
 use crate::relay::RelayError;
@@ -92,6 +93,8 @@ pub struct ChatService {
     reassert_due: AtomicBool,
     /// The fallback relay, when one is configured.
     relay: Option<Relaying>,
+    /// Delivered acks waiting for the next flush (`receipts`).
+    acks: DeliveredAcks,
 }
 
 impl ChatService {
@@ -127,6 +130,7 @@ impl ChatService {
             members: Mutex::default(),
             channels: Mutex::default(),
             reassert_due: AtomicBool::new(false),
+            acks: DeliveredAcks::default(),
         })
     }
 

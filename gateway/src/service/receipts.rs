@@ -2,17 +2,139 @@
 //! read marks only move forward, and each move goes to every member's
 //! devices as one `receipt`. Typing indicators go to the other members;
 //! they are ephemeral and never stored.
+//!
+//! Delivered acks are gathered gateway-wide ([`DeliveredAcks`]) for up to
+//! `receipt_delay` and applied together: one mark script call for all of
+//! them (per conversation on a Redis Cluster), then one receipt per
+//! watermark that moved. A socket only records its ack; it arms no timer
+//! and makes no Redis call of its own.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use switchboard_core::broker::Mark;
+use switchboard_core::broker::{Mark, MarkRequest, Watermarks};
 use switchboard_proto::frames::ServerFrame;
 use switchboard_proto::ids::{Address, ConvId};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use super::{ChatService, Result};
 use crate::hub::ConnHandle;
 
+/// Gathered `(conversation, user, connection)` acks past which a flush
+/// starts at once rather than at the end of `receipt_delay`: bounds the
+/// map whatever the clients send (acks are exempt from the frame limit).
+const MAX_GATHERED: usize = 50_000;
+
+/// `(conversation, user, connection id)` → (highest acked seq, connection).
+type Gathered = HashMap<(ConvId, Address, u64), (u64, Arc<ConnHandle>)>;
+
+/// The highest delivered seq acked per `(conversation, user, connection)`
+/// since the last flush, and the connection (whose own receipt is skipped).
+/// Keyed by connection too so that two devices of one user acking the same
+/// message behave as they would one after the other: the first moves the
+/// watermark (its receipt skips it, reaches the other), the second moves
+/// nothing.
+#[derive(Default)]
+pub struct DeliveredAcks {
+    gathered: Mutex<Gathered>,
+    /// The first ack after a flush arrived: start the delay.
+    first: Notify,
+    /// The map reached [`MAX_GATHERED`]: flush now.
+    full: Notify,
+    /// Held by a flush, so the last one at shutdown runs after any that is
+    /// under way and finds every ack that arrived before it.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl DeliveredAcks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gathered> {
+        self.gathered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl ChatService {
+    /// Record that `conn` (a socket of `user`) acked `conv` up to `seq`:
+    /// the delivered watermark moves, and its receipt goes out, at the next
+    /// flush (within `receipt_delay`). The caller has checked membership.
+    pub fn delivered(&self, conv: ConvId, user: Address, seq: u64, conn: &Arc<ConnHandle>) {
+        let (first, full) = {
+            let mut gathered = self.acks.lock();
+            let first = gathered.is_empty();
+            let entry = gathered
+                .entry((conv, user, conn.id))
+                .or_insert_with(|| (seq, conn.clone()));
+            entry.0 = entry.0.max(seq);
+            (first, gathered.len() >= MAX_GATHERED)
+        };
+        if first {
+            self.acks.first.notify_one();
+        }
+        if full {
+            self.acks.full.notify_one();
+        }
+    }
+
+    /// The task that flushes gathered acks `receipt_delay` after the first
+    /// of them. It runs until aborted; the gateway's shutdown calls
+    /// [`ChatService::flush_delivered`] once more after its sockets closed.
+    pub fn spawn_ack_flusher(self: &Arc<Self>) -> JoinHandle<()> {
+        let chat = self.clone();
+        tokio::spawn(async move {
+            loop {
+                chat.acks.first.notified().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(chat.cfg.receipt_delay) => {}
+                    _ = chat.acks.full.notified() => {}
+                }
+                chat.flush_delivered().await;
+            }
+        })
+    }
+
+    /// Apply every gathered ack now: the marks in as few broker calls as it
+    /// takes, then a receipt per watermark that moved. A failure is logged
+    /// (the watermark moves with the next ack of that conversation; each
+    /// move is monotonic).
+    pub async fn flush_delivered(&self) {
+        let _one_at_a_time = self.acks.flushing.lock().await;
+        let gathered = std::mem::take(&mut *self.acks.lock());
+        if gathered.is_empty() {
+            return;
+        }
+        if self.broker_down() {
+            tracing::warn!(
+                acks = gathered.len(),
+                "delivered watermarks not recorded: broker unavailable"
+            );
+            return;
+        }
+        let (marks, conns): (Vec<MarkRequest>, Vec<Arc<ConnHandle>>) = gathered
+            .into_iter()
+            .map(|((conv, user, _), (seq, conn))| {
+                let mark = MarkRequest {
+                    conv,
+                    user,
+                    mark: Mark::Delivered,
+                    seq,
+                };
+                (mark, conn)
+            })
+            .unzip();
+        let moved = match self.broker.mark_many(&marks).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, acks = marks.len(), "delivered watermarks not recorded");
+                return;
+            }
+        };
+        for ((m, conn), w) in marks.into_iter().zip(conns).zip(moved) {
+            if let Some(w) = w {
+                self.announce_receipt(m.conv, m.user, w, Some(&conn)).await;
+            }
+        }
+    }
+
     /// Raise `user`'s `mark` in `conv` to `seq` and, when it moved, send the
     /// receipt to every member's devices but `skip` (the connection that
     /// asked). The caller has checked membership.
@@ -33,16 +155,48 @@ impl ChatService {
         let Some(members) = self.members(conv).await? else {
             return Ok(());
         };
+        self.route_receipt(conv.clone(), user, w, members.as_ref().clone(), skip)
+            .await;
+        Ok(())
+    }
+
+    /// The receipt of a move that `flush_delivered` made. A failed members
+    /// look-up drops it (the members see the watermark with their next
+    /// conversation read).
+    async fn announce_receipt(
+        &self,
+        conv: ConvId,
+        user: Address,
+        w: Watermarks,
+        skip: Option<&Arc<ConnHandle>>,
+    ) {
+        match self.members(&conv).await {
+            Ok(Some(members)) => {
+                self.route_receipt(conv, user, w, members.as_ref().clone(), skip)
+                    .await
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, %conv, "receipt not sent"),
+        }
+    }
+
+    /// Send `user`'s new watermarks in `conv` to `members`' devices but `skip`.
+    async fn route_receipt(
+        &self,
+        conv: ConvId,
+        user: Address,
+        w: Watermarks,
+        members: Vec<Address>,
+        skip: Option<&Arc<ConnHandle>>,
+    ) {
         let frame = ServerFrame::Receipt {
-            conv: conv.clone(),
+            conv,
             user,
             delivered: w.delivered,
             read: w.read,
         }
         .to_json();
-        self.route(members.as_ref().clone(), frame, None, skip)
-            .await;
-        Ok(())
+        self.route(members, frame, None, skip).await;
     }
 
     /// Tell the other members of `conv` that `user` is typing. Best effort:

@@ -1,6 +1,6 @@
 //! One WebSocket connection after authentication: a single task multiplexes
-//! the socket's inbound frames, the hub's outbound queue, ack-retry timers,
-//! the gathered-acks flush and the idle and close signals. One task per
+//! the socket's inbound frames, the hub's outbound queue, ack-retry timers
+//! and the idle and close signals. One task per
 //! socket (rather than a reader and a writer task) keeps idle connections
 //! small, and handling a client's frames in order keeps its sends in the
 //! order it wrote them.
@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use switchboard_core::broker::Mark;
 use switchboard_proto::frames::{ErrorCode, ServerFrame, close};
 use switchboard_proto::ids::{Address, ConvId};
 use switchboard_proto::time::now_ms;
@@ -81,8 +80,6 @@ pub fn serve(
             refused_in_row: 0,
             typing: BTreeMap::new(),
             last_touch: Instant::now(),
-            acked: BTreeMap::new(),
-            flush_at: None,
             channels: BTreeMap::new(),
         };
         let exit = if socket.send(text(&ready.to_json())).await.is_err() {
@@ -116,21 +113,15 @@ pub(super) struct Conn {
     /// When this socket last relayed typing, per conversation.
     pub(super) typing: BTreeMap<ConvId, Instant>,
     last_touch: Instant,
-    /// Highest acked seq per conversation since the last flush: delivered
-    /// watermarks and their receipts go out once per `receipt_delay`, not
-    /// once per message.
-    acked: BTreeMap<ConvId, u64>,
-    flush_at: Option<Instant>,
     /// Subscribed channels and where this socket stands in each.
     pub(super) channels: BTreeMap<ConvId, SeqCursor>,
 }
 
 impl Conn {
-    /// After the loop: gathered acks, channels, the close frame, and the
-    /// hub and registry.
+    /// After the loop: channels, the close frame, and the hub and registry.
+    /// (Its acks were handed to the chat service as they came: they count
+    /// after the socket ends too.)
     async fn finish(mut self, socket: &mut WebSocket, exit: Exit) {
-        // Acks that arrived just before the socket ended still count.
-        self.flush_acks().await;
         let state = self.state.clone();
         for channel in std::mem::take(&mut self.channels).into_keys() {
             state.chat.leave_channel(&channel, &self.handle).await;
@@ -157,13 +148,10 @@ impl Conn {
         let close = &handle.close;
         loop {
             let next_retry = self.timers.front().map(|t| t.0);
-            // One timer for the earliest of the idle deadline, the receipt
-            // flush and the next retry: each `Sleep` in a `select!` is ~100
-            // bytes of this future, held by every idle socket.
-            let wake = [self.flush_at, next_retry]
-                .into_iter()
-                .flatten()
-                .fold(idle_at, Instant::min);
+            // One timer for the earlier of the idle deadline and the next
+            // retry: each `Sleep` in a `select!` is ~100 bytes of this
+            // future, held by every idle socket.
+            let wake = next_retry.map_or(idle_at, |at| at.min(idle_at));
             tokio::select! {
                 biased;
                 _ = close.closed() => {
@@ -181,9 +169,6 @@ impl Conn {
                     let now = Instant::now();
                     if idle_at <= now {
                         return Exit::Close(close::IDLE_TIMEOUT, "idle timeout: send ping frames");
-                    }
-                    if self.flush_at.is_some_and(|at| at <= now) {
-                        Box::pin(self.flush_acks()).await;
                     }
                     if next_retry.is_some_and(|at| at <= now)
                         && Box::pin(self.retry_due(socket)).await.is_err()
@@ -310,12 +295,12 @@ impl Conn {
         }
     }
 
-    /// An `ack`: stop resending, and gather it for the next flush.
-    pub(super) fn acked(&mut self, conv: ConvId, seq: u64) {
-        let hw = self.acked.entry(conv).or_default();
-        *hw = (*hw).max(seq);
-        self.flush_at
-            .get_or_insert_with(|| Instant::now() + self.state.cfg.receipt_delay);
+    /// An `ack`: the chat service gathers it with every socket's for its
+    /// next watermark flush.
+    pub(super) fn acked(&self, conv: ConvId, seq: u64) {
+        self.state
+            .chat
+            .delivered(conv, self.user, seq, &self.handle);
     }
 
     /// Forget a `msg` that was acked: no more resends.
@@ -351,21 +336,6 @@ impl Conn {
             self.write(socket, &frame).await?;
         }
         Ok(())
-    }
-
-    /// Apply the acks gathered since the last flush: one delivered
-    /// watermark move (and receipt) per conversation.
-    async fn flush_acks(&mut self) {
-        self.flush_at = None;
-        for (conv, seq) in std::mem::take(&mut self.acked) {
-            let chat = &self.state.chat;
-            if let Err(e) = chat
-                .mark(&conv, self.user, Mark::Delivered, seq, Some(&self.handle))
-                .await
-            {
-                tracing::warn!(error = %e, %conv, "delivered watermark not recorded");
-            }
-        }
     }
 
     /// Refresh `last_seen`, at most twice per heartbeat interval.
