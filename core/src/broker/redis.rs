@@ -403,8 +403,6 @@ impl RedisBroker {
             .collect()
     }
 
-    /// Registry look-up, then one publish per live gateway; the share for
-    /// `local` (if given) is returned rather than published.
     /// One mark script call for `marks` (all in one slot on a cluster; see
     /// `lua/mark.lua`), answered in their order.
     async fn mark_batch(&self, marks: &[MarkRequest]) -> Result<Vec<Option<Watermarks>>> {
@@ -459,6 +457,8 @@ impl RedisBroker {
             .collect()
     }
 
+    /// Registry look-up, then one publish per live gateway; the share for
+    /// `local` (if given) is returned rather than published.
     async fn route_inner(&self, ev: Routed, local: Option<&str>) -> Result<Option<Routed>> {
         // A revocation must reach a socket that registered a moment ago:
         // it reads the registry itself.

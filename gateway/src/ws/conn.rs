@@ -16,6 +16,7 @@ use switchboard_proto::ids::{Address, ConvId};
 use switchboard_proto::time::now_ms;
 use tokio::time::{Instant, sleep_until};
 
+use super::sparse::SparseMap;
 use crate::cursor::SeqCursor;
 use crate::hub::{ConnHandle, Outbound};
 use crate::service::{Liveness, Principal};
@@ -78,9 +79,9 @@ pub fn serve(
             pending: BTreeMap::new(),
             timers: VecDeque::new(),
             refused_in_row: 0,
-            typing: BTreeMap::new(),
+            typing: SparseMap::default(),
             last_touch: Instant::now(),
-            channels: BTreeMap::new(),
+            channels: SparseMap::default(),
         };
         let exit = if socket.send(text(&ready.to_json())).await.is_err() {
             Exit::Gone
@@ -100,7 +101,8 @@ pub(super) struct Conn {
     pub(super) user: Address,
     pub(super) handle: Arc<ConnHandle>,
     // The maps are `BTreeMap`s: 24 bytes inline and no allocation while
-    // empty (a `HashMap` is 48 with its hasher), on every idle socket.
+    // empty (a `HashMap` is 48 with its hasher), on every idle socket; the
+    // ones few sockets use are `SparseMap`s, 8 bytes.
     pending: BTreeMap<(ConvId, u64), Pending>,
     /// Retry deadlines in the order they fall due (every retry waits the same
     /// interval, so pushing to the back keeps the queue sorted). Entries for
@@ -111,10 +113,10 @@ pub(super) struct Conn {
     /// Frames refused by `frames` since the last one it admitted.
     pub(super) refused_in_row: u32,
     /// When this socket last relayed typing, per conversation.
-    pub(super) typing: BTreeMap<ConvId, Instant>,
+    pub(super) typing: SparseMap<ConvId, Instant>,
     last_touch: Instant,
     /// Subscribed channels and where this socket stands in each.
-    pub(super) channels: BTreeMap<ConvId, SeqCursor>,
+    pub(super) channels: SparseMap<ConvId, SeqCursor>,
 }
 
 impl Conn {
@@ -147,11 +149,11 @@ impl Conn {
         let handle = self.handle.clone();
         let close = &handle.close;
         loop {
-            let next_retry = self.timers.front().map(|t| t.0);
             // One timer for the earlier of the idle deadline and the next
             // retry: each `Sleep` in a `select!` is ~100 bytes of this
-            // future, held by every idle socket.
-            let wake = next_retry.map_or(idle_at, |at| at.min(idle_at));
+            // future, held by every idle socket. (Nothing else derived from
+            // the timers is kept across the wait: it would be more bytes.)
+            let wake = self.timers.front().map_or(idle_at, |t| t.0.min(idle_at));
             tokio::select! {
                 biased;
                 _ = close.closed() => {
@@ -170,7 +172,7 @@ impl Conn {
                     if idle_at <= now {
                         return Exit::Close(close::IDLE_TIMEOUT, "idle timeout: send ping frames");
                     }
-                    if next_retry.is_some_and(|at| at <= now)
+                    if self.timers.front().is_some_and(|t| t.0 <= now)
                         && Box::pin(self.retry_due(socket)).await.is_err()
                     {
                         return Exit::Gone;
