@@ -873,6 +873,34 @@ async fn routing(e: &Engine) {
     );
     check(&recv(&mut ra).await, &[x]);
     assert_quiet(&mut [&mut ra, &mut rb]).await;
+    // Several events at once: each gateway gets each event with its own
+    // users there, in order; the caller's shares come back, in order.
+    let second = Routed {
+        frame: Arc::from(r#"{"type":"receipt","n":2}"#),
+        ..for_users(&ev, &[y])
+    };
+    let third = for_users(&ev, &[nobody]);
+    let mine = b
+        .route_local_many(vec![ev.clone(), third, second.clone()], &gb)
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    check(&mine[0], &[y]);
+    assert_eq!(
+        (&*mine[1].frame, user_set(&mine[1])),
+        (&*second.frame, [y].into())
+    );
+    check(&recv(&mut ra).await, &[x, y]);
+    let got = recv(&mut ra).await;
+    assert_eq!((&*got.frame, user_set(&got)), (&*second.frame, [y].into()));
+    assert_eq!(got.skip_conn, ev.skip_conn);
+    assert!(
+        b.route_local_many(Vec::new(), &gb)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_quiet(&mut [&mut ra, &mut rb]).await;
     // Unregistered: no longer routed there.
     b.unregister(&y, &ga).await.unwrap();
     b.route(ev.clone()).await.unwrap();

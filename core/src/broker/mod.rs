@@ -299,6 +299,16 @@ pub trait Broker: Send + Sync + 'static {
         let _ = local;
         self.route(ev).await.map(|()| None)
     }
+    /// [`Broker::route_local`] for several events at once (a gateway's
+    /// receipts of one ack flush): engines that publish send each other
+    /// gateway one payload with all of its share. Returns the local shares.
+    async fn route_local_many(&self, evs: Vec<Routed>, local: &str) -> Result<Vec<Routed>> {
+        let mut mine = Vec::new();
+        for ev in evs {
+            mine.extend(self.route_local(ev, local).await?);
+        }
+        Ok(mine)
+    }
 
     /// Start delivering `conv`'s channel events to `gateway`'s feed (the
     /// receiver [`Broker::attach`] returned). Gateways subscribe a channel

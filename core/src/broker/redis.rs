@@ -460,19 +460,41 @@ impl RedisBroker {
     /// Registry look-up, then one publish per live gateway; the share for
     /// `local` (if given) is returned rather than published.
     async fn route_inner(&self, ev: Routed, local: Option<&str>) -> Result<Option<Routed>> {
+        Ok(self.route_many(vec![ev], local).await?.pop())
+    }
+
+    /// [`RedisBroker::route_inner`] for several events: one registry
+    /// look-up for all their users and one publish per live gateway,
+    /// carrying every event with a recipient there. The shares for `local`
+    /// come back, in the events' order.
+    async fn route_many(&self, evs: Vec<Routed>, local: Option<&str>) -> Result<Vec<Routed>> {
         // A revocation must reach a socket that registered a moment ago:
         // it reads the registry itself.
-        let lists = self.registry_lookup(&ev.users, ev.revoke.is_none()).await?;
-        let mut per_gw: HashMap<String, Vec<Address>> = HashMap::new();
-        for (u, gws) in ev.users.iter().zip(lists) {
-            for g in gws.iter() {
-                per_gw.entry(g.clone()).or_default().push(*u);
+        let cacheable = evs.iter().all(|ev| ev.revoke.is_none());
+        let users: Vec<Address> = evs.iter().flat_map(|ev| ev.users.iter().copied()).collect();
+        let mut lists = self.registry_lookup(&users, cacheable).await?.into_iter();
+        // Gateway → (event, its users there), events in order.
+        let mut per_gw: HashMap<String, Vec<(usize, Vec<Address>)>> = HashMap::new();
+        for (i, ev) in evs.iter().enumerate() {
+            for (u, gws) in ev.users.iter().zip(lists.by_ref()) {
+                for g in gws.iter() {
+                    let shares = per_gw.entry(g.clone()).or_default();
+                    match shares.last_mut() {
+                        Some((at, users)) if *at == i => users.push(*u),
+                        _ => shares.push((i, vec![*u])),
+                    }
+                }
             }
         }
-        let mine = local.and_then(|l| per_gw.remove(l)).map(|users| Routed {
-            users,
-            ..ev.clone()
-        });
+        let mine: Vec<Routed> = local
+            .and_then(|l| per_gw.remove(l))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(i, users)| Routed {
+                users,
+                ..evs[i].clone()
+            })
+            .collect();
         if per_gw.is_empty() {
             return Ok(mine);
         }
@@ -482,11 +504,21 @@ impl RedisBroker {
             live = self.live_gateways(true).await?;
         }
         let mut sends = Vec::with_capacity(per_gw.len());
-        for (gw, users) in per_gw {
+        for (gw, shares) in per_gw {
             if !live.contains(&gw) {
                 continue;
             }
-            let payload = ev.encode(&users).map_err(corrupt)?;
+            let payload = match shares.as_slice() {
+                [(i, users)] => evs[*i].encode(users),
+                _ => {
+                    let parts: Vec<(&Routed, &[Address])> = shares
+                        .iter()
+                        .map(|(i, users)| (&evs[*i], users.as_slice()))
+                        .collect();
+                    Routed::encode_many(&parts)
+                }
+            }
+            .map_err(corrupt)?;
             let channel = gateway_channel(&gw);
             let pool = &self.pool;
             let cluster = self.cluster;
@@ -1181,7 +1213,7 @@ impl Broker for RedisBroker {
             // Keep the subscriber alive as long as the gateway listens.
             let _sub = sub;
             let mut reconnects_open = true;
-            loop {
+            'feed: loop {
                 let received = tokio::select! {
                     r = rx.recv() => r,
                     r = reconnects.recv(), if reconnects_open => {
@@ -1209,10 +1241,12 @@ impl Broker for RedisBroker {
                             }
                             continue;
                         }
-                        match Routed::decode(&text) {
-                            Ok(ev) => {
-                                if tx.send(ev).await.is_err() {
-                                    break;
+                        match Routed::decode_all(&text) {
+                            Ok(evs) => {
+                                for ev in evs {
+                                    if tx.send(ev).await.is_err() {
+                                        break 'feed;
+                                    }
                                 }
                             }
                             Err(e) => {
@@ -1324,6 +1358,10 @@ impl Broker for RedisBroker {
 
     async fn route_local(&self, ev: Routed, local: &str) -> Result<Option<Routed>> {
         self.route_inner(ev, Some(local)).await
+    }
+
+    async fn route_local_many(&self, evs: Vec<Routed>, local: &str) -> Result<Vec<Routed>> {
+        self.route_many(evs, Some(local)).await
     }
 
     async fn subscribe_channel(&self, gateway: &str, conv: &ConvId) -> Result<()> {

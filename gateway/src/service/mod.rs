@@ -250,20 +250,55 @@ impl ChatService {
         if users.is_empty() {
             return;
         }
-        let ev = Routed {
-            users,
-            frame: frame.into(),
-            ack,
-            skip_conn: skip_conn.map(|h| self.hub.conn_name(h)),
-            channel: None,
-            revoke: None,
-        };
+        let ev = self.routed(users, frame, ack, skip_conn);
         if self.broker_down() {
             return self.relay_route(ev).await;
         }
         match self.broker.route_local(ev, &self.cfg.gateway_id).await {
             Ok(Some(mine)) => self.hub.deliver(&mine),
             Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "fan-out failed; recipients will catch up by sync")
+            }
+        }
+    }
+
+    /// The event [`ChatService::route`] sends.
+    fn routed(
+        &self,
+        users: Vec<Address>,
+        frame: String,
+        ack: Option<(ConvId, u64)>,
+        skip_conn: Option<&Arc<ConnHandle>>,
+    ) -> Routed {
+        Routed {
+            users,
+            frame: frame.into(),
+            ack,
+            skip_conn: skip_conn.map(|h| self.hub.conn_name(h)),
+            channel: None,
+            revoke: None,
+        }
+    }
+
+    /// [`ChatService::route`] for several events: each other gateway gets
+    /// all of its share in one broker publish.
+    async fn route_many(&self, evs: Vec<Routed>) {
+        if evs.is_empty() {
+            return;
+        }
+        if self.broker_down() {
+            for ev in evs {
+                self.relay_route(ev).await;
+            }
+            return;
+        }
+        match self
+            .broker
+            .route_local_many(evs, &self.cfg.gateway_id)
+            .await
+        {
+            Ok(mine) => mine.iter().for_each(|ev| self.hub.deliver(ev)),
             Err(e) => {
                 tracing::warn!(error = %e, "fan-out failed; recipients will catch up by sync")
             }

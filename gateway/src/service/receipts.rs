@@ -6,7 +6,8 @@
 //! Delivered acks are gathered gateway-wide ([`DeliveredAcks`]) for up to
 //! `receipt_delay` and applied together: one mark script call for all of
 //! them (per conversation on a Redis Cluster), then one receipt per
-//! watermark that moved. A socket only records its ack; it arms no timer
+//! watermark that moved, all routed together (each other gateway gets its
+//! share in one publish). A socket only records its ack; it arms no timer
 //! and makes no Redis call of its own.
 
 use std::collections::HashMap;
@@ -128,11 +129,22 @@ impl ChatService {
                 return;
             }
         };
+        let mut receipts = Vec::new();
         for ((m, conn), w) in marks.into_iter().zip(conns).zip(moved) {
-            if let Some(w) = w {
-                self.announce_receipt(m.conv, m.user, w, Some(&conn)).await;
+            let Some(w) = w else { continue };
+            // A failed members look-up drops that receipt (the members see
+            // the watermark with their next read of the conversation).
+            match self.members(&m.conv).await {
+                Ok(Some(members)) => {
+                    let frame = receipt_frame(m.conv, m.user, w);
+                    let to = members.as_ref().clone();
+                    receipts.push(self.routed(to, frame, None, Some(&conn)));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, conv = %m.conv, "receipt not sent"),
             }
         }
+        self.route_many(receipts).await;
     }
 
     /// Raise `user`'s `mark` in `conv` to `seq` and, when it moved, send the
@@ -155,48 +167,10 @@ impl ChatService {
         let Some(members) = self.members(conv).await? else {
             return Ok(());
         };
-        self.route_receipt(conv.clone(), user, w, members.as_ref().clone(), skip)
+        let frame = receipt_frame(conv.clone(), user, w);
+        self.route(members.as_ref().clone(), frame, None, skip)
             .await;
         Ok(())
-    }
-
-    /// The receipt of a move that `flush_delivered` made. A failed members
-    /// look-up drops it (the members see the watermark with their next
-    /// conversation read).
-    async fn announce_receipt(
-        &self,
-        conv: ConvId,
-        user: Address,
-        w: Watermarks,
-        skip: Option<&Arc<ConnHandle>>,
-    ) {
-        match self.members(&conv).await {
-            Ok(Some(members)) => {
-                self.route_receipt(conv, user, w, members.as_ref().clone(), skip)
-                    .await
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, %conv, "receipt not sent"),
-        }
-    }
-
-    /// Send `user`'s new watermarks in `conv` to `members`' devices but `skip`.
-    async fn route_receipt(
-        &self,
-        conv: ConvId,
-        user: Address,
-        w: Watermarks,
-        members: Vec<Address>,
-        skip: Option<&Arc<ConnHandle>>,
-    ) {
-        let frame = ServerFrame::Receipt {
-            conv,
-            user,
-            delivered: w.delivered,
-            read: w.read,
-        }
-        .to_json();
-        self.route(members, frame, None, skip).await;
     }
 
     /// Tell the other members of `conv` that `user` is typing. Best effort:
@@ -210,4 +184,15 @@ impl ChatService {
         let frame = ServerFrame::Typing { conv, user }.to_json();
         self.route(others, frame, None, None).await;
     }
+}
+
+/// The `receipt` frame announcing `user`'s watermarks `w` in `conv`.
+fn receipt_frame(conv: ConvId, user: Address, w: Watermarks) -> String {
+    ServerFrame::Receipt {
+        conv,
+        user,
+        delivered: w.delivered,
+        read: w.read,
+    }
+    .to_json()
 }
