@@ -27,6 +27,12 @@ use crate::keys::ApiKey;
     about = "Switchboard WebSocket/REST gateway"
 )]
 pub struct GatewayCli {
+    /// Runtime worker threads [default: the CPUs this process may use,
+    /// which counts a container's CPU limit; or TOKIO_WORKER_THREADS].
+    /// Fewer threads cost less CPU per message at moderate load (fewer
+    /// cross-thread wake-ups; docs/benchmarks.md); scale out with replicas
+    #[arg(long)]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
     #[command(flatten)]
     pub args: GatewayArgs,
     #[command(flatten)]

@@ -24,7 +24,13 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    let result = tokio::runtime::Runtime::new()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = cli.worker_threads {
+        runtime.worker_threads(n.get());
+    }
+    let result = runtime
+        .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(run(cli.args)));
     match result {

@@ -236,6 +236,22 @@ impl Metrics {
         }
     }
 
+    /// Export the async runtime's worker threads
+    /// (`switchboard_gateway_runtime_worker_threads`; fixed for the process
+    /// lifetime: `--worker-threads`, or the CPUs the process may use). 0
+    /// outside a runtime.
+    pub fn describe_runtime(&mut self) {
+        let workers = Gauge::<i64>::default();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            workers.set(i64::try_from(rt.metrics().num_workers()).unwrap_or(i64::MAX));
+        }
+        self.registry.register(
+            "runtime_worker_threads",
+            "Worker threads of the gateway's async runtime",
+            workers,
+        );
+    }
+
     /// Export the fallback relay configuration (read-only, fixed for the
     /// process lifetime): `switchboard_gateway_relay_configured` 0 or 1 and,
     /// with a relay, `switchboard_gateway_relay_info{provider,hosts,fallback_hosts}`.

@@ -37,6 +37,7 @@ impl AppState {
     ) -> Result<AppRef, RelayError> {
         let mut metrics = Metrics::new();
         metrics.describe_relay(cfg.relay.as_ref());
+        metrics.describe_runtime();
         let metrics = Arc::new(metrics);
         let limits = Arc::new(Limits::new(cfg.limits.clone(), metrics.clone()));
         let cfg = Arc::new(cfg);
