@@ -123,17 +123,23 @@ impl Outbox {
     /// The next queued item, waiting for one if needed.
     pub async fn pop(&self) -> Outbound {
         loop {
-            {
-                let mut q = self.lock();
-                if let Some(item) = q.pop_front() {
-                    if q.is_empty() && q.capacity() > KEEP_CAPACITY {
-                        q.shrink_to(KEEP_CAPACITY);
-                    }
-                    return item;
-                }
+            if let Some(item) = self.try_pop() {
+                return item;
             }
             self.ready.notified().await;
         }
+    }
+
+    /// The next queued item, if there is one now. (A permit that its push
+    /// stored stays behind: the next `pop` then finds the queue empty once
+    /// and waits again.)
+    pub fn try_pop(&self) -> Option<Outbound> {
+        let mut q = self.lock();
+        let item = q.pop_front();
+        if q.is_empty() && q.capacity() > KEEP_CAPACITY {
+            q.shrink_to(KEEP_CAPACITY);
+        }
+        item
     }
 }
 
@@ -434,7 +440,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{CloseSignal, Hub};
+    use super::{CloseSignal, Hub, Outbound, Outbox};
     use crate::metrics::Metrics;
 
     #[test]
@@ -466,5 +472,47 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), signal.closed())
             .await
             .expect("closed() returns at once once closed");
+    }
+
+    fn frame(o: Outbound) -> String {
+        match o {
+            Outbound::Frame(f) => f.to_string(),
+            _ => panic!("a frame was queued"),
+        }
+    }
+
+    /// The socket task writes what `pop` returns and then drains the rest
+    /// with `try_pop`: together they hand out every item once, in order,
+    /// and a push after the drain still wakes a waiting `pop`.
+    #[tokio::test]
+    async fn pop_and_try_pop_drain_in_order_and_later_pushes_wake() {
+        let outbox = Arc::new(Outbox::new(3));
+        for f in ["a", "b", "c"] {
+            outbox.push(Outbound::Frame(f.into())).expect("room");
+        }
+        assert!(
+            outbox.push(Outbound::Frame("d".into())).is_err(),
+            "full at 3"
+        );
+        assert_eq!(frame(outbox.pop().await), "a");
+        assert_eq!(outbox.try_pop().map(frame).as_deref(), Some("b"));
+        assert_eq!(outbox.try_pop().map(frame).as_deref(), Some("c"));
+        assert!(outbox.try_pop().is_none());
+        // The pushes' stored permit is still there: this `pop` finds the
+        // queue empty, waits again, and wakes for the push.
+        let waiter = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { frame(outbox.pop().await) }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "nothing to pop yet");
+        outbox
+            .push(Outbound::Frame("e".into()))
+            .expect("room again");
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the push wakes the waiter")
+            .expect("no panic");
+        assert_eq!(got, "e");
     }
 }

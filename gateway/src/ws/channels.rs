@@ -77,8 +77,8 @@ impl Conn {
             .await
     }
 
-    /// A live channel message from the hub: written if it is the next seq
-    /// for this socket, after filling a gap from the log.
+    /// A live channel message from the hub: fed (the caller flushes) if it
+    /// is the next seq for this socket, after filling a gap from the log.
     pub(super) async fn write_channel_msg(
         &mut self,
         socket: &mut WebSocket,
@@ -93,7 +93,7 @@ impl Conn {
             // Relayed while Redis is down (`relayed: true`): no place in the
             // seq order yet. Written as it comes; its sequenced copy follows
             // in order once Redis is back (clients keep one per id).
-            self.write(socket, frame).await?;
+            self.feed(socket, frame).await?;
             self.state.metrics.messages_out.inc();
             return Ok(());
         }
@@ -115,7 +115,7 @@ impl Conn {
             }
         }
         self.observe_latency(frame);
-        self.write(socket, frame).await?;
+        self.feed(socket, frame).await?;
         self.state.metrics.messages_out.inc();
         if let Some(c) = self.channels.get_mut(channel) {
             c.advance(seq);
@@ -147,12 +147,14 @@ impl Conn {
             let got = page.messages.len();
             for m in page.messages.into_iter().take_while(|m| m.seq <= upto) {
                 let seq = m.seq;
-                self.write(socket, &ServerFrame::Msg(m).to_json()).await?;
+                self.feed(socket, &ServerFrame::Msg(m).to_json()).await?;
                 self.state.metrics.messages_out.inc();
                 if let Some(c) = self.channels.get_mut(channel) {
                     c.advance(seq);
                 }
             }
+            // Out before the next page's read: no frame waits on Redis.
+            self.flush(socket).await?;
             let now = self.channels.get(channel).map_or(last, SeqCursor::last);
             if got < limit || !page.recovered || now >= upto || now == last {
                 return Ok((page.last_seq, page.recovered));

@@ -10,6 +10,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use futures_util::SinkExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use switchboard_proto::frames::{ErrorCode, ServerFrame, close};
 use switchboard_proto::ids::{Address, ConvId};
@@ -29,6 +30,11 @@ pub(super) enum Exit {
     /// Close with this code and reason.
     Close(u16, &'static str),
 }
+
+/// Queued outbound items written with one flush ([`Conn::write_outbound`]).
+/// Bounded so that a socket with a full queue still gets back to reading
+/// its own frames and to its timers between batches.
+const OUTBOX_BATCH: usize = 64;
 
 /// A `msg` frame waiting for its ack.
 struct Pending {
@@ -208,13 +214,32 @@ impl Conn {
         }
     }
 
-    /// Write one frame. A peer that stops reading fills its TCP window and
-    /// this write would wait forever, so it also ends when the socket is told
-    /// to close (the hub does that when the send queue fills).
+    /// Write one frame now: [`Conn::feed`], then [`Conn::flush`].
     pub(super) async fn write(&self, socket: &mut WebSocket, s: &str) -> Result<(), axum::Error> {
+        self.feed(socket, s).await?;
+        self.flush(socket).await
+    }
+
+    /// Queue one frame in the socket's write buffer: it goes out when the
+    /// buffer passes `ws_write_buffer` bytes or at the next flush, so a
+    /// burst of frames costs a few system calls rather than one each.
+    /// Whoever feeds flushes before the task waits for anything else.
+    ///
+    /// A peer that stops reading fills its TCP window and a write would wait
+    /// forever, so this (and `flush`) also ends when the socket is told to
+    /// close (the hub does that when the send queue fills).
+    pub(super) async fn feed(&self, socket: &mut WebSocket, s: &str) -> Result<(), axum::Error> {
         tokio::select! {
-            r = socket.send(text(s)) => r,
-            _ = self.handle.close.closed() => Err(axum::Error::new("socket closed while writing")),
+            r = socket.feed(text(s)) => r,
+            _ = self.handle.close.closed() => Err(closed_while_writing()),
+        }
+    }
+
+    /// Write out what [`Conn::feed`] queued.
+    pub(super) async fn flush(&self, socket: &mut WebSocket) -> Result<(), axum::Error> {
+        tokio::select! {
+            r = SinkExt::flush(socket) => r,
+            _ = self.handle.close.closed() => Err(closed_while_writing()),
         }
     }
 
@@ -234,7 +259,7 @@ impl Conn {
         .await
     }
 
-    /// Write a `msg` and start waiting for its ack.
+    /// Feed a `msg` (the caller flushes) and start waiting for its ack.
     pub(super) async fn write_msg(
         &mut self,
         socket: &mut WebSocket,
@@ -242,7 +267,7 @@ impl Conn {
         seq: u64,
         frame: Arc<str>,
     ) -> Result<(), axum::Error> {
-        self.write(socket, &frame).await?;
+        self.feed(socket, &frame).await?;
         self.state.metrics.messages_out.inc();
         let key = (conv, seq);
         if !self.pending.contains_key(&key) && self.pending.len() >= self.max_pending() {
@@ -271,13 +296,32 @@ impl Conn {
         cfg.sync_limit.max(1) + cfg.send_queue.saturating_mul(4)
     }
 
+    /// Write `item` and whatever else is queued by now (up to
+    /// [`OUTBOX_BATCH`] items), flushing once: a group's or channel's burst,
+    /// or receipts arriving together, go out in as few writes as the
+    /// buffer allows.
     async fn write_outbound(
         &mut self,
         socket: &mut WebSocket,
         item: Outbound,
     ) -> Result<(), axum::Error> {
+        self.feed_outbound(socket, item).await?;
+        for _ in 1..OUTBOX_BATCH {
+            let Some(next) = self.handle.outbox.try_pop() else {
+                break;
+            };
+            self.feed_outbound(socket, next).await?;
+        }
+        self.flush(socket).await
+    }
+
+    async fn feed_outbound(
+        &mut self,
+        socket: &mut WebSocket,
+        item: Outbound,
+    ) -> Result<(), axum::Error> {
         match item {
-            Outbound::Frame(f) => self.write(socket, &f).await,
+            Outbound::Frame(f) => self.feed(socket, &f).await,
             Outbound::Msg { ack, frame } => {
                 let (conv, seq) = (ack.0.clone(), ack.1);
                 self.observe_latency(&frame);
@@ -335,9 +379,9 @@ impl Conn {
             self.state.metrics.retries.inc();
             self.timers
                 .push_back((now + self.state.cfg.ack_timeout, key.0, key.1));
-            self.write(socket, &frame).await?;
+            self.feed(socket, &frame).await?;
         }
-        Ok(())
+        self.flush(socket).await
     }
 
     /// Refresh `last_seen`, at most twice per heartbeat interval.
@@ -352,12 +396,16 @@ impl Conn {
 /// `ts` of a serialized `msg` frame, for the latency histogram. The frame was
 /// produced by us, so a cheap scan for the last `"ts":` suffices.
 fn frame_ts(frame: &str) -> Option<u64> {
-    let i = frame.rfind("\"ts\":")?;
-    let digits: String = frame[i + 5..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
+    let rest = &frame[frame.rfind("\"ts\":")? + 5..];
+    let end = rest
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn closed_while_writing() -> axum::Error {
+    axum::Error::new("socket closed while writing")
 }
 
 fn classify_read_error(e: axum::Error) -> Exit {

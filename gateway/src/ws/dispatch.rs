@@ -193,10 +193,11 @@ impl Conn {
             if acked {
                 self.write_msg(socket, conv.clone(), seq, frame).await?;
             } else {
-                self.write(socket, &frame).await?;
+                self.feed(socket, &frame).await?;
                 self.state.metrics.messages_out.inc();
             }
         }
+        // The page went into the write buffer; `synced` flushes it.
         let synced = ServerFrame::Synced {
             conv,
             recovered,
