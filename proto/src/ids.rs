@@ -28,25 +28,47 @@ pub struct Address(pub [u8; 20]);
 impl Address {
     /// Lowercase `0x…` form, the canonical form inside ids and storage keys.
     pub fn lower(&self) -> String {
-        format!("0x{}", hex::encode(self.0))
+        self.lower_buf().as_str().to_owned()
     }
 
     /// EIP-55 mixed-case checksum form: a hex digit is upper-cased when the
     /// matching nibble of keccak256(lowercase hex) is >= 8.
     pub fn checksummed(&self) -> String {
-        let lower = hex::encode(self.0);
-        let hash = Keccak256::digest(lower.as_bytes());
-        let mut out = String::with_capacity(42);
-        out.push_str("0x");
-        for (i, c) in lower.chars().enumerate() {
+        self.checksummed_buf().as_str().to_owned()
+    }
+
+    /// [`Address::lower`] on the stack: keys and frames are built from it
+    /// on every message, without a heap allocation of their own.
+    pub fn lower_buf(&self) -> AddressText {
+        let mut out = [0u8; 42];
+        out[..2].copy_from_slice(b"0x");
+        // 40 bytes for 20: the only way encoding can fail is a wrong length.
+        let _ = hex::encode_to_slice(self.0, &mut out[2..]);
+        AddressText(out)
+    }
+
+    /// [`Address::checksummed`] on the stack.
+    pub fn checksummed_buf(&self) -> AddressText {
+        let mut text = self.lower_buf();
+        let hash = Keccak256::digest(&text.0[2..]);
+        for (i, c) in text.0[2..].iter_mut().enumerate() {
             let nibble = (hash[i / 2] >> (if i % 2 == 0 { 4 } else { 0 })) & 0x0f;
             if c.is_ascii_alphabetic() && nibble >= 8 {
-                out.push(c.to_ascii_uppercase());
-            } else {
-                out.push(c);
+                c.make_ascii_uppercase();
             }
         }
-        out
+        text
+    }
+}
+
+/// An address's 42 characters (`0x` and 40 hex digits), on the stack.
+#[derive(Clone, Copy)]
+pub struct AddressText([u8; 42]);
+
+impl AddressText {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written into it (`0x` and hex digits).
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -68,19 +90,19 @@ impl FromStr for Address {
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.checksummed())
+        f.write_str(self.checksummed_buf().as_str())
     }
 }
 
 impl fmt::Debug for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Address({})", self.lower())
+        write!(f, "Address({})", self.lower_buf().as_str())
     }
 }
 
 impl Serialize for Address {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.checksummed())
+        s.serialize_str(self.checksummed_buf().as_str())
     }
 }
 

@@ -209,6 +209,37 @@ pub struct RedisBroker {
     /// Each attached gateway's subscriber connection, for its channel
     /// subscriptions.
     subs: Arc<Mutex<HashMap<String, SubscriberClient>>>,
+    /// The send script's arguments that come from the configuration.
+    send_args: Arc<SendArgs>,
+}
+
+/// The send script's arguments that are the same for every message,
+/// formatted once: each send clones them (a reference count) instead of
+/// formatting half a dozen numbers and flags again.
+struct SendArgs {
+    /// ARGV[4], unused.
+    unused: Value,
+    log_max_len: Value,
+    dedupe_ttl: Value,
+    persist: Value,
+    seed: Value,
+    log_max_age: Value,
+    backlog_max: Value,
+}
+
+impl SendArgs {
+    fn new(cfg: &BrokerConfig) -> Self {
+        let flag = |on: bool| Value::from_static_str(if on { "1" } else { "0" });
+        SendArgs {
+            unused: Value::from_static_str(""),
+            log_max_len: Value::from(cfg.log_max_len.to_string()),
+            dedupe_ttl: Value::from(millis(cfg.dedupe_ttl).to_string()),
+            persist: flag(cfg.persist),
+            seed: flag(cfg.seed_from_store),
+            log_max_age: Value::from(millis(cfg.log_max_age).to_string()),
+            backlog_max: Value::from(cfg.persist_backlog_max.to_string()),
+        }
+    }
 }
 
 impl RedisBroker {
@@ -284,6 +315,7 @@ impl RedisBroker {
         Ok(RedisBroker {
             pool,
             builder_config: config,
+            send_args: Arc::new(SendArgs::new(&cfg)),
             cfg,
             cluster,
             send_script: Arc::new(Script::from_lua(SEND_LUA.as_str())),
@@ -909,28 +941,28 @@ impl Broker for RedisBroker {
         if !self.cluster {
             key_list.push(REGISTRY_VERSION_KEY.to_owned());
         }
-        let args: Vec<String> = vec![
-            from,
-            req.id.to_string(),
-            req.body.get().to_owned(),
+        let fixed = &*self.send_args;
+        let args: Vec<Value> = vec![
+            from.into(),
+            req.id.as_str().into(),
+            req.body.get().into(),
             // ARGV[4] is unused: the timestamp comes from the Redis clock
             // inside the script so every gateway stamps from one clock.
-            String::new(),
-            self.cfg.log_max_len.to_string(),
-            millis(self.cfg.dedupe_ttl).to_string(),
-            if self.cfg.persist { "1" } else { "0" }.into(),
-            match req.conv.kind() {
+            fixed.unused.clone(),
+            fixed.log_max_len.clone(),
+            fixed.dedupe_ttl.clone(),
+            fixed.persist.clone(),
+            Value::from_static_str(match req.conv.kind() {
                 ConvKind::Direct => "dm",
                 ConvKind::Group => "g",
                 // `chx`: a privileged sender, no publisher check.
                 ConvKind::Channel if req.privileged => "chx",
                 ConvKind::Channel => "ch",
-            }
-            .into(),
-            req.conv.to_string(),
-            if self.cfg.seed_from_store { "1" } else { "0" }.into(),
-            millis(self.cfg.log_max_age).to_string(),
-            self.cfg.persist_backlog_max.to_string(),
+            }),
+            req.conv.as_str().into(),
+            fixed.seed.clone(),
+            fixed.log_max_age.clone(),
+            fixed.backlog_max.clone(),
         ];
         let out: Vec<Value> = self
             .send_script

@@ -31,8 +31,10 @@ for i = 0, n - 1 do
   local user = ARGV[a + 1]
   local last = tonumber(redis.call('GET', KEYS[k + 2]) or '0')
   local s = math.min(tonumber(ARGV[a + 3]), last)
-  local d = tonumber(redis.call('HGET', KEYS[k + 1], user .. ':d') or '0')
-  local r = tonumber(redis.call('HGET', KEYS[k + 1], user .. ':r') or '0')
+  -- Both marks in one command (a missing field comes back as false).
+  local dr = redis.call('HMGET', KEYS[k + 1], user .. ':d', user .. ':r')
+  local d = tonumber(dr[1] or '0')
+  local r = tonumber(dr[2] or '0')
   local nr = r
   local nd = math.max(d, s)
   if ARGV[a + 2] == 'r' then
