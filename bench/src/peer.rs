@@ -50,7 +50,8 @@ use crate::client::Ws;
 use crate::eio;
 use crate::sio::{SioProc, ensure_packages};
 use crate::target::{
-    GatewayBin, bench_redis, default_gateway_bin, redis_commandstats, redis_cpu_seconds,
+    CpuTimes, GatewayBin, bench_redis, default_gateway_bin, proc_cpu_times, redis_commandstats,
+    redis_cpu_seconds,
 };
 
 // The `peer` subcommand's flags.
@@ -184,10 +185,13 @@ impl Servers {
     }
 
     fn cpu_seconds(&self) -> Result<f64> {
-        match self {
-            Servers::Switchboard(v) => v.iter().map(GatewayBin::cpu_seconds).sum(),
-            Servers::SocketIo(v) => v.iter().map(SioProc::cpu_seconds).sum(),
-        }
+        let t = self.cpu_times()?;
+        Ok(t.user + t.system)
+    }
+
+    /// User and kernel CPU seconds, summed over the server processes.
+    fn cpu_times(&self) -> Result<CpuTimes> {
+        self.pids().into_iter().map(proc_cpu_times).sum()
     }
 
     fn rss_kib(&self, i: usize) -> Result<u64> {
@@ -617,6 +621,9 @@ struct RunResult {
     p99: f64,
     max: f64,
     cpu_s: f64,
+    /// Of `cpu_s`, the kernel's (system time: system calls, the network
+    /// stack, scheduling).
+    kernel_s: f64,
     redis_cpu_s: f64,
     /// Redis calls per delivery, by command.
     calls: BTreeMap<String, f64>,
@@ -644,6 +651,15 @@ impl RunResult {
         }
     }
 
+    /// Server CPU µs per delivery: (user space, kernel).
+    fn us_per_delivery(&self) -> (f64, f64) {
+        if self.delivered == 0 {
+            return (f64::NAN, f64::NAN);
+        }
+        let per = |s: f64| s / self.delivered as f64 * 1e6;
+        (per(self.cpu_s - self.kernel_s), per(self.kernel_s))
+    }
+
     fn redis_us_per_delivery(&self) -> f64 {
         if self.delivered > 0 {
             self.redis_cpu_s / self.delivered as f64 * 1e6
@@ -654,7 +670,7 @@ impl RunResult {
 
     fn row(&self) -> String {
         format!(
-            "| {} | {} | {} | {} / {} / {} / {} | {:.0} | {:.2} / {:.2} / {:.2} / {:.1} | {:.2} | {:.1} | {} | {:.2} |{}",
+            "| {} | {} | {} | {} / {} / {} / {} | {:.0} | {:.2} / {:.2} / {:.2} / {:.1} | {:.2} | {:.0} / {:.0} | {:.1} | {} | {:.2} |{}",
             self.round + 1,
             self.label,
             self.gateways,
@@ -672,6 +688,8 @@ impl RunResult {
             self.p99,
             self.max,
             self.cpu_s,
+            self.us_per_delivery().0,
+            self.us_per_delivery().1,
             self.redis_us_per_delivery(),
             match &self.idle {
                 Some(i) => format!(
@@ -760,9 +778,9 @@ pub async fn run(args: PeerArgs) -> Result<()> {
         args.gateways
     );
     println!(
-        "| round | system | processes | sent / `sent` answers / delivered / receipts | deliveries per server CPU-s | latency p50 / p95 / p99 / max ms | server CPU-s | Redis CPU µs per delivery | RSS per idle connection | sign-in server CPU ms per user |"
+        "| round | system | processes | sent / `sent` answers / delivered / receipts | deliveries per server CPU-s | latency p50 / p95 / p99 / max ms | server CPU-s | server CPU µs per delivery: user / kernel | Redis CPU µs per delivery | RSS per idle connection | sign-in server CPU ms per user |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut results = vec![];
     for round in 0..args.rounds {
         for &n in &args.gateways {
@@ -949,7 +967,7 @@ async fn one_run(
         // perf needs a moment to attach before the load starts.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let cpu0 = servers.cpu_seconds()?;
+    let cpu0 = servers.cpu_times()?;
     let redis0 = redis_cpu_seconds(&ctx.redis)?;
     let calls0 = redis_commandstats(&ctx.redis)?;
     let total = args.rate * args.seconds;
@@ -984,7 +1002,7 @@ async fn one_run(
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu_s = servers.cpu_seconds()? - cpu0;
+    let cpu = servers.cpu_times()? - cpu0;
     let redis_cpu_s = redis_cpu_seconds(&ctx.redis)? - redis0;
     let calls1 = redis_commandstats(&ctx.redis)?;
     drop(perf);
@@ -1035,7 +1053,8 @@ async fn one_run(
         p95: pct(0.95),
         p99: pct(0.99),
         max: s.last().copied().unwrap_or(0) as f64 / 1000.0,
-        cpu_s,
+        cpu_s: cpu.user + cpu.system,
+        kernel_s: cpu.system,
         redis_cpu_s,
         calls,
         perf: args.perf_dir.is_some() && system == System::Switchboard,

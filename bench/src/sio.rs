@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 
-use crate::target::{proc_cpu_seconds, proc_rss_kib};
+use crate::target::proc_rss_kib;
 
 /// The peer's npm packages, pinned.
 pub const PACKAGES: &[&str] = &[
@@ -119,10 +119,6 @@ impl SioProc {
 
     pub fn rss_kib(&self) -> Result<u64> {
         proc_rss_kib(self.child.id())
-    }
-
-    pub fn cpu_seconds(&self) -> Result<f64> {
-        proc_cpu_seconds(self.child.id())
     }
 }
 

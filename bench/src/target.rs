@@ -349,14 +349,86 @@ pub fn proc_rss_kib(pid: u32) -> Result<u64> {
 /// User + system CPU seconds of process `pid` so far (utime + stime of
 /// /proc/<pid>/stat, in 100 Hz clock ticks).
 pub fn proc_cpu_seconds(pid: u32) -> Result<f64> {
+    let t = proc_cpu_times(pid)?;
+    Ok(t.user + t.system)
+}
+
+/// CPU seconds a process has used, in user space and in the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuTimes {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl std::ops::Add for CpuTimes {
+    type Output = CpuTimes;
+    fn add(self, o: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user + o.user,
+            system: self.system + o.system,
+        }
+    }
+}
+
+impl std::ops::Sub for CpuTimes {
+    type Output = CpuTimes;
+    fn sub(self, o: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - o.user,
+            system: self.system - o.system,
+        }
+    }
+}
+
+impl std::iter::Sum for CpuTimes {
+    fn sum<I: Iterator<Item = CpuTimes>>(it: I) -> CpuTimes {
+        it.fold(CpuTimes::default(), |a, b| a + b)
+    }
+}
+
+/// utime and stime of process `pid` (/proc/<pid>/stat, in clock ticks of
+/// 1/100 s).
+pub fn proc_cpu_times(pid: u32) -> Result<CpuTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are
-    // fields 14 and 15 (1-based).
+    parse_cpu_times(&stat)
+}
+
+fn parse_cpu_times(stat: &str) -> Result<CpuTimes> {
+    // Fields after the parenthesised command name (which may hold spaces
+    // and parentheses); utime and stime are fields 14 and 15 (1-based).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat")?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok(ticks as f64 / 100.0)
+    let ticks = |i: usize| -> Result<f64> {
+        let t: u64 = f
+            .get(i)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("stat: field {} is not a tick count", i + 3))?;
+        Ok(t as f64 / 100.0)
+    };
+    Ok(CpuTimes {
+        user: ticks(11)?,
+        system: ticks(12)?,
+    })
+}
+
+#[cfg(test)]
+mod cpu_times_tests {
+    use super::{CpuTimes, parse_cpu_times};
+
+    #[test]
+    fn utime_and_stime_after_a_command_name_with_spaces_and_parens() {
+        let stat =
+            "4242 (gw (x) 1) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 125 0 0 20 0 4 0 99 1000 50";
+        assert_eq!(
+            parse_cpu_times(stat).expect("parses"),
+            CpuTimes {
+                user: 2.5,
+                system: 1.25
+            }
+        );
+        assert!(parse_cpu_times("4242 (gw) S 1 2").is_err(), "too short");
+        assert!(parse_cpu_times("no parens").is_err());
+    }
 }
 
 impl Drop for GatewayBin {
