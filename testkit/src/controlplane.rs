@@ -386,7 +386,9 @@ impl ControlPlane {
         &self.admin_token
     }
 
-    /// A TLS client configuration trusting this control plane's CA.
+    /// A TLS client configuration trusting this control plane's CA (for
+    /// the node's kubelet, the only user).
+    #[cfg(feature = "node")]
     pub(crate) fn tls(&self) -> Arc<ClientConfig> {
         Arc::clone(&self.tls)
     }
