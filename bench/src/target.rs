@@ -411,26 +411,6 @@ fn parse_cpu_times(stat: &str) -> Result<CpuTimes> {
     })
 }
 
-#[cfg(test)]
-mod cpu_times_tests {
-    use super::{CpuTimes, parse_cpu_times};
-
-    #[test]
-    fn utime_and_stime_after_a_command_name_with_spaces_and_parens() {
-        let stat =
-            "4242 (gw (x) 1) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 125 0 0 20 0 4 0 99 1000 50";
-        assert_eq!(
-            parse_cpu_times(stat).expect("parses"),
-            CpuTimes {
-                user: 2.5,
-                system: 1.25
-            }
-        );
-        assert!(parse_cpu_times("4242 (gw) S 1 2").is_err(), "too short");
-        assert!(parse_cpu_times("no parens").is_err());
-    }
-}
-
 impl Drop for GatewayBin {
     fn drop(&mut self) {
         let _ = Command::new("kill")
@@ -461,4 +441,24 @@ pub fn default_gateway_bin() -> Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+#[cfg(test)]
+mod cpu_times_tests {
+    use super::{CpuTimes, parse_cpu_times};
+
+    #[test]
+    fn utime_and_stime_after_a_command_name_with_spaces_and_parens() {
+        let stat =
+            "4242 (gw (x) 1) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 125 0 0 20 0 4 0 99 1000 50";
+        assert_eq!(
+            parse_cpu_times(stat).expect("parses"),
+            CpuTimes {
+                user: 2.5,
+                system: 1.25
+            }
+        );
+        assert!(parse_cpu_times("4242 (gw) S 1 2").is_err(), "too short");
+        assert!(parse_cpu_times("no parens").is_err());
+    }
 }
