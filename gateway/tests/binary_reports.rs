@@ -4,37 +4,29 @@
 //! the report on SIGTERM.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::process::{free_addr, gateway_command};
 use switchboard_core::broker::{Broker, BrokerConfig, ClusterRef, RedisBroker};
+use switchboard_core::env;
 use tokio::process::Command;
 use tokio::time::{Instant, sleep, timeout};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard-gateway");
 const WAIT: Duration = Duration::from_secs(15);
 
 #[tokio::test]
 async fn gateway_reports_as_its_pod() {
     let redis = switchboard_testkit::RedisServer::start().expect("redis-server");
     let dir = tempfile::tempdir().unwrap();
-    let port = switchboard_testkit::free_port().unwrap();
-    let mut gw = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--redis-url", &redis.url()])
-        .arg("--token-secret-file")
-        .arg(dir.path().join("secret"))
+    let mut gw = gateway_command(free_addr(), &redis.url(), &dir.path().join("secret"))
         .args(["--report-interval-seconds", "1"])
-        .env("POD_NAME", "chat-gateway-5f7c9-x2x4q")
-        .env("POD_NAMESPACE", "team-a")
-        .env("SWITCHBOARD_CLUSTER", "chat")
-        .env_remove("SWITCHBOARD_REDIS_URL")
-        .env_remove("SWITCHBOARD_DATABASE_URL")
-        .env_remove("SWITCHBOARD_REPORT_INTERVAL_SECONDS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .env(env::POD_NAME, "chat-gateway-5f7c9-x2x4q")
+        .env(env::POD_NAMESPACE, "team-a")
+        .env(env::CLUSTER, "chat")
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let broker = RedisBroker::connect(&redis.url(), BrokerConfig::default())

@@ -7,21 +7,22 @@
 //! meanwhile; A exits within its window plus the close grace.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::{free_addr, gateway_command};
 use k256::ecdsa::SigningKey;
 use serde_json::json;
 use switchboard_client::{Client, ClientOptions, Event, Session, SignInOptions, sign_in};
 use switchboard_proto::ids::ConvId;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::time::{Instant, timeout};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard-gateway");
 /// The drain window both gateways run with.
 const WINDOW: Duration = Duration::from_secs(2);
 
@@ -66,23 +67,12 @@ impl Balancer {
 
 /// A `switchboard-gateway` process, ready (its /readyz answers 200).
 async fn gateway(redis_url: &str, secret_file: &std::path::Path) -> (Child, SocketAddr) {
-    let port = switchboard_testkit::free_port().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let child = Command::new(BIN)
-        .args(["--listen", &addr.to_string()])
-        .args(["--redis-url", redis_url])
-        .arg("--token-secret-file")
-        .arg(secret_file)
+    let addr = free_addr();
+    let child = gateway_command(addr, redis_url, secret_file)
         .args(["--drain-seconds", &WINDOW.as_secs().to_string()])
         // 40 clients from one address sign in and reconnect within a second
         // or two: ~160 requests, past the default per-address burst (100).
         .args(["--rest-burst", "1000"])
-        .env_remove("SWITCHBOARD_DATABASE_URL")
-        .env_remove("POD_NAME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();

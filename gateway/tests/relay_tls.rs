@@ -11,17 +11,15 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::process::{free_addr, gateway_command};
 use common::relay::*;
 use common::*;
 use serde_json::json;
 use switchboard_proto::ids::ConvId;
 use switchboard_testkit::tls::{TestCa, TlsProxy};
-use tokio::process::{Child, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard-gateway");
+use tokio::process::Child;
 
 /// A gateway process using the relay file `relay`; returns it with its
 /// public and metrics addresses once it answers `/readyz`.
@@ -31,30 +29,15 @@ async fn gateway(
     relay: &Path,
     ca_file: &Path,
 ) -> (Child, SocketAddr, SocketAddr) {
-    let free = || -> SocketAddr {
-        format!("127.0.0.1:{}", switchboard_testkit::free_port().unwrap())
-            .parse()
-            .unwrap()
-    };
-    let (addr, metrics) = (free(), free());
+    let (addr, metrics) = (free_addr(), free_addr());
     let secret = dir.join("secret");
     std::fs::write(&secret, SECRET).unwrap();
-    let child = Command::new(BIN)
-        .args(["--listen", &addr.to_string()])
+    let child = gateway_command(addr, redis_url, &secret)
         .args(["--metrics-listen", &metrics.to_string()])
-        .args(["--redis-url", redis_url])
-        .arg("--token-secret-file")
-        .arg(&secret)
         .arg("--relay-config")
         .arg(relay)
         .args(["--relay-api-key", RELAY_KEY])
         .env("SSL_CERT_FILE", ca_file)
-        .env_remove("SWITCHBOARD_DATABASE_URL")
-        .env_remove("POD_NAME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     until("the gateway process", Duration::from_secs(20), || async {

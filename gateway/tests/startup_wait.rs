@@ -4,15 +4,14 @@
 //! refused password still stops it at once (`redis_password.rs`).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
-use switchboard_core::env;
+use common::process::{free_addr, gateway_command};
 use switchboard_testkit::{Postgres, RedisServer};
-use tokio::process::Command;
 use tokio::time::{Instant, sleep};
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard-gateway");
 
 async fn ready(port: u16) -> bool {
     let url = format!("http://127.0.0.1:{port}/readyz");
@@ -27,20 +26,12 @@ async fn the_gateway_waits_for_postgres_and_redis_at_start() {
     pg.stop();
     redis.stop();
     let dir = tempfile::tempdir().unwrap();
-    let port = switchboard_testkit::free_port().unwrap();
-    let mut gw = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--redis-url", &redis.url()])
+    let listen = free_addr();
+    let port = listen.port();
+    let mut gw = gateway_command(listen, &redis.url(), &dir.path().join("secret"))
         .args(["--database-url", &pg.url()])
-        .arg("--token-secret-file")
-        .arg(dir.path().join("secret"))
-        .env_remove(env::REDIS_URL)
-        .env_remove(env::REDIS_PASSWORD)
-        .env_remove(env::DATABASE_URL)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
 

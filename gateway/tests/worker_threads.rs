@@ -3,44 +3,30 @@
 //! the process may use; 0 is refused with a clear message.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
-use switchboard_core::env;
+use common::process::{GATEWAY_BIN, free_addr, gateway_command};
 use switchboard_testkit::RedisServer;
 use tokio::process::Command;
 use tokio::time::{Instant, sleep};
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard-gateway");
 
 /// Start the gateway with `extra` flags; once ready, the worker threads its
 /// `/metrics` reports.
 async fn workers_reported(redis: &RedisServer, extra: &[&str]) -> i64 {
     let dir = tempfile::tempdir().unwrap();
-    let (port, metrics) = (
-        switchboard_testkit::free_port().unwrap(),
-        switchboard_testkit::free_port().unwrap(),
-    );
-    let mut gw = Command::new(BIN)
+    let metrics = free_addr();
+    let mut gw = gateway_command(free_addr(), &redis.url(), &dir.path().join("secret"))
         .args(extra)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-        .args(["--redis-url", &redis.url()])
-        .arg("--token-secret-file")
-        .arg(dir.path().join("secret"))
-        .env_remove(env::REDIS_URL)
-        .env_remove(env::REDIS_PASSWORD)
-        .env_remove(env::DATABASE_URL)
-        .env_remove("TOKIO_WORKER_THREADS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .args(["--metrics-listen", &metrics.to_string()])
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
-        let url = format!("http://127.0.0.1:{metrics}/metrics");
+        let url = format!("http://{metrics}/metrics");
         if let Ok(r) = reqwest::get(&url).await
             && r.status() == 200
         {
@@ -76,7 +62,7 @@ async fn worker_threads_follow_the_flag() {
 
 #[tokio::test]
 async fn zero_worker_threads_is_refused() {
-    let out = Command::new(BIN)
+    let out = Command::new(GATEWAY_BIN)
         .args(["--worker-threads", "0"])
         .output()
         .await

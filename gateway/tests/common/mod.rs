@@ -2,6 +2,7 @@
 //! speaks the documented JSON frames over a real WebSocket.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod process;
 pub mod relay;
 
 use std::sync::Arc;
