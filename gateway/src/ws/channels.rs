@@ -133,6 +133,9 @@ impl Conn {
         upto: u64,
     ) -> Result<(u64, bool), axum::Error> {
         let limit = self.state.cfg.sync_limit.max(1);
+        // Frames fed before (earlier items of an outbox batch) go out now,
+        // not after the replay's round trip.
+        self.flush(socket).await?;
         loop {
             let Some(last) = self.channels.get(channel).map(SeqCursor::last) else {
                 return Ok((0, true));
