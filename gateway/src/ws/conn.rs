@@ -214,10 +214,13 @@ impl Conn {
         }
     }
 
-    /// Write one frame now: [`Conn::feed`], then [`Conn::flush`].
+    /// Write one frame now: [`Conn::feed`] and [`Conn::flush`] in one
+    /// wait (one race with the close signal, not two).
     pub(super) async fn write(&self, socket: &mut WebSocket, s: &str) -> Result<(), axum::Error> {
-        self.feed(socket, s).await?;
-        self.flush(socket).await
+        tokio::select! {
+            r = socket.send(text(s)) => r,
+            _ = self.handle.close.closed() => Err(closed_while_writing()),
+        }
     }
 
     /// Queue one frame in the socket's write buffer: it goes out when the
