@@ -26,9 +26,12 @@
 //! its shims and every container (by cgroup), unmounts whatever was mounted
 //! under the node's temp dir (netns, volumes, rootfs), removes the pods'
 //! cgroups and the bridge, runs `kube-proxy --cleanup`, and restores the
-//! sysctls kubelet, kube-proxy and the bridge plugin change.
+//! sysctls kubelet, kube-proxy and the bridge plugin change. When that
+//! clean-up process is killed too, the next node to start on the machine
+//! runs it (the machine lock records it; see `machine.rs`).
 
 pub mod images;
+mod machine;
 mod oci;
 pub mod pods;
 mod volumes;
@@ -37,6 +40,7 @@ pub use images::{
     LocalImage, PodImages, build_all, operator_image, postgres_image, redis_image,
     switchboard_image,
 };
+pub use machine::{host_state, reclaim_dead_node};
 pub use oci::{
     DEFAULT_PATH, ImageConfig, ImageFile, LayerEntry, oci_arch, write_image, write_image_archive,
 };
@@ -84,8 +88,6 @@ pub const POD_SUBNET: &str = "10.244.0.0/24";
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
 /// The containerd namespace the CRI (hence kubelet) uses.
 pub const CRI_NAMESPACE: &str = "k8s.io";
-/// Marks the machine's one running node (pid inside).
-const LOCK_FILE: &str = "/run/switchboard-node.pid";
 
 /// Host settings kubelet (`setupKernelTunables`), kube-proxy and the CNI
 /// bridge plugin may change; saved at start and restored on clean-up.
@@ -273,85 +275,6 @@ pub struct Node {
     volumes: Option<volumes::Provisioner>,
 }
 
-/// The clean-up, run by `sh` when its stdin closes (drop, or death of the
-/// process that started the node). $1 dir, $2 cgroup root name, $3 bridge,
-/// $4 kube-proxy binary, $5 CNI network name, then `path=value` sysctls to
-/// restore.
-const TEARDOWN: &str = r#"
-trap '' INT TERM HUP
-dir=$1 cg=$2 bridge=$3 proxy=$4 net=$5
-shift 5
-groups=
-while read -r pg; do groups="$groups $pg"; done
-for pg in $groups; do kill -s KILL -- "-$pg" 2>/dev/null; done
-# containerd's shims left its process group (setsid); their command line
-# names the node's containerd socket.
-for f in /proc/[0-9]*/cmdline; do
-  pid=${f#/proc/}; pid=${pid%/cmdline}
-  [ "$pid" = "$$" ] && continue
-  if tr '\0' ' ' <"$f" 2>/dev/null | grep -q -- "-address $dir/"; then kill -s KILL "$pid" 2>/dev/null; fi
-done
-# Every container process lives in a cgroup under the node's cgroup root.
-i=0
-while [ "$i" -lt 50 ]; do
-  pids=$(cat /sys/fs/cgroup/*/"$cg"/cgroup.procs /sys/fs/cgroup/*/"$cg"/*/cgroup.procs \
-    $(find /sys/fs/cgroup/*/"$cg" -name cgroup.procs 2>/dev/null) 2>/dev/null | sort -u)
-  [ -z "$pids" ] && break
-  for pid in $pids; do kill -s KILL "$pid" 2>/dev/null; done
-  sleep 0.1; i=$((i + 1))
-done
-# Mounts under the node's dir (netns, volumes, container root filesystems),
-# deepest first.
-awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
-  while read -r m; do umount -l "$m" 2>/dev/null; done
-for c in /sys/fs/cgroup/*/"$cg"; do
-  [ -d "$c" ] || continue
-  i=0
-  while [ -d "$c" ] && [ "$i" -lt 50 ]; do
-    find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || sleep 0.1
-    i=$((i + 1))
-  done
-done
-# Shim sockets and runc state containerd keeps outside its own state dir
-# (/run/containerd/s/<sha256 of address/namespace/id>), and the CNI result
-# cache (/var/lib/cni/results) of the node's network and its sandboxes.
-tasks="$dir/containerd/state/io.containerd.runtime.v2.task"
-for t in "$tasks"/*/*; do
-  [ -d "$t" ] || continue
-  ns=${t%/*}; ns=${ns##*/}; id=${t##*/}
-  h=$(printf '%s' "$dir/containerd.sock/$ns/$id" | sha256sum | cut -d' ' -f1)
-  rm -f "/run/containerd/s/$h"
-done
-for r in /var/lib/cni/results/"$net"-*; do
-  [ -e "$r" ] || continue
-  id=${r#/var/lib/cni/results/"$net"-}; id=${id%-*}
-  rm -f "$r" "/var/lib/cni/results/cni-loopback-$id-lo"
-done
-rmdir /run/containerd/s /run/containerd /var/lib/cni/results /var/lib/cni 2>/dev/null
-ip link del "$bridge" 2>/dev/null
-"$proxy" --cleanup >/dev/null 2>&1
-# kubelet's own chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY,
-# KUBE-IPTABLES-HINT) and what is left of kube-proxy's: the jumps to them
-# from built-in chains, then the chains (one node per machine: all KUBE-*).
-for ipt in iptables ip6tables; do
-  command -v "$ipt" >/dev/null 2>&1 || continue
-  for t in filter nat mangle; do
-    "$ipt-save" -t "$t" 2>/dev/null | grep -E '^-A [A-Z]+ -j KUBE-[A-Z0-9-]+$' |
-      while read -r _ chain _ target; do "$ipt" -w -t "$t" -D "$chain" -j "$target"; done
-    for c in $("$ipt-save" -t "$t" 2>/dev/null | sed -n 's/^:\(KUBE-[A-Z0-9-]*\) .*/\1/p'); do
-      "$ipt" -w -t "$t" -F "$c" 2>/dev/null
-    done
-    for c in $("$ipt-save" -t "$t" 2>/dev/null | sed -n 's/^:\(KUBE-[A-Z0-9-]*\) .*/\1/p'); do
-      "$ipt" -w -t "$t" -X "$c" 2>/dev/null
-    done
-  done
-done
-for s in "$@"; do echo "${s#*=}" >"/proc/sys/${s%%=*}" 2>/dev/null; done
-i=0
-while [ -e "$dir" ] && [ "$i" -lt 50 ]; do rm -rf -- "$dir" 2>/dev/null || sleep 0.1; i=$((i + 1)); done
-rm -f /run/switchboard-node.pid
-"#;
-
 impl Node {
     /// Start a node registered with `cp` (started with
     /// [`control_plane_options`]), with [`NodeOptions::default`].
@@ -367,7 +290,7 @@ impl Node {
         }
         let bins = bin_dir()?;
         let deadline = Instant::now() + opts.ready_timeout;
-        take_machine_lock()?;
+        machine::take()?;
         let dir = tempfile::Builder::new()
             .prefix("sb-node-")
             .tempdir()
@@ -380,20 +303,28 @@ impl Node {
         let ip = node_ip()?;
         let d = dir.path().to_path_buf();
 
-        let mut teardown_args: Vec<std::ffi::OsString> = vec![
-            d.clone().into(),
-            cgroup_root.clone().into(),
-            bridge.clone().into(),
-            bins.join("kube-proxy").into(),
-            network.clone().into(),
+        // Read after `machine::take`: a dead node's clean-up restores what
+        // it had changed, and these are the values to restore in turn.
+        let utf8 = |p: &Path| {
+            p.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| TestkitError::Other(format!("{} is not UTF-8", p.display())))
+        };
+        let mut teardown_args = vec![
+            utf8(&d)?,
+            cgroup_root.clone(),
+            bridge.clone(),
+            utf8(&bins.join("kube-proxy"))?,
+            network.clone(),
         ];
         for s in SYSCTLS {
             if let Ok(v) = fs::read_to_string(Path::new("/proc/sys").join(s)) {
-                teardown_args.push(format!("{s}={}", v.trim()).into());
+                teardown_args.push(format!("{s}={}", v.trim()));
             }
         }
-        let args: Vec<&std::ffi::OsStr> = teardown_args.iter().map(|a| a.as_os_str()).collect();
-        let reaper = Reaper::spawn_script(TEARDOWN, "switchboard-node-teardown", &args)?;
+        machine::record(&teardown_args)?;
+        let args: Vec<&std::ffi::OsStr> = teardown_args.iter().map(std::ffi::OsStr::new).collect();
+        let reaper = Reaper::spawn_script(machine::TEARDOWN, "switchboard-node-teardown", &args)?;
         let mut node = Node {
             containerd_socket: d.join("containerd.sock"),
             dir,
@@ -818,20 +749,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// One node per machine: kube-proxy's chains and the pod subnet are shared.
-fn take_machine_lock() -> Result<(), TestkitError> {
-    let me = std::process::id().to_string();
-    if let Ok(pid) = fs::read_to_string(LOCK_FILE) {
-        let pid = pid.trim();
-        if !pid.is_empty() && pid != me && Path::new("/proc").join(pid).exists() {
-            return Err(TestkitError::Other(format!(
-                "another local node runs on this machine (pid {pid}, {LOCK_FILE}); one at a time"
-            )));
-        }
-    }
-    fs::write(LOCK_FILE, &me).map_err(io(format!("write {LOCK_FILE}")))
 }
 
 /// This machine's source address on its default route.

@@ -21,10 +21,10 @@ use kube::api::{DeleteParams, LogParams, PostParams};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
 use switchboard_testkit::ControlPlane;
-use switchboard_testkit::node::pods::{pod_finished, pod_ready, wait_for_pod};
-use switchboard_testkit::node::{self, ImageFile, Node, write_image_archive};
-
-const IMAGE: &str = "switchboard.local/netcheck:test";
+use switchboard_testkit::node::pods::{
+    NETCHECK_IMAGE, import_netcheck, netcheck_server, pod_finished, pod_ready, wait_for_pod,
+};
+use switchboard_testkit::node::{self, Node};
 
 fn pod(name: &str, labels: serde_json::Value, spec: serde_json::Value) -> Pod {
     serde_json::from_value(json!({
@@ -56,55 +56,22 @@ fn nat_services() -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// What a node leaves on the machine outside its temp dir if it does not
-/// clean up: iptables chains (kubelet's and kube-proxy's), containerd shim
-/// sockets, CNI result files.
-fn host_state() -> Vec<String> {
-    let mut state = vec![];
-    for save in ["iptables-save", "ip6tables-save"] {
-        if let Ok(out) = Command::new(save).output() {
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            state.extend(
-                text.lines()
-                    .filter(|l| l.contains("KUBE-") || l.contains("CNI-"))
-                    .map(|l| format!("{save}: {l}")),
-            );
-        }
-    }
-    for dir in ["/run/containerd/s", "/var/lib/cni/results"] {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            state.extend(entries.flatten().map(|e| e.path().display().to_string()));
-        }
-    }
-    state.sort();
-    state
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_runs_serves_through_a_service_and_the_node_cleans_up() {
     if let Some(why) = node::skip_reason().unwrap_or_else(|e| panic!("{e}")) {
         eprintln!("SKIPPED: this machine cannot run a local node: {why}");
         return;
     }
-    let before = host_state();
+    // A node killed earlier with its clean-up is cleaned up before the
+    // snapshot, not between it and the comparison.
+    node::reclaim_dead_node().unwrap_or_else(|e| panic!("{e}"));
+    let before = node::host_state();
     let cp =
         ControlPlane::start_with(node::control_plane_options()).unwrap_or_else(|e| panic!("{e}"));
     let n = Node::start(&cp).unwrap_or_else(|e| panic!("{e}"));
 
     // An image without a registry: the static netcheck binary, one layer.
-    let archive = n.dir().join("netcheck.oci.tar");
-    write_image_archive(
-        &archive,
-        IMAGE,
-        &[ImageFile {
-            path: "/netcheck".into(),
-            source: n.bin_dir().join("netcheck"),
-            mode: 0o755,
-        }],
-        &["/netcheck"],
-    )
-    .unwrap();
-    n.import_image(&archive).unwrap();
+    import_netcheck(&n).unwrap();
 
     let client = cp.client().await.unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -112,23 +79,7 @@ async fn a_pod_runs_serves_through_a_service_and_the_node_cleans_up() {
 
     // The server: scheduled by kube-scheduler (no nodeName), Ready once its
     // HTTP readiness probe answers.
-    let server = pod(
-        "server",
-        json!({ "app": "netcheck" }),
-        json!({
-            "containers": [{
-                "name": "netcheck",
-                "image": IMAGE,
-                "imagePullPolicy": "Never",
-                "args": ["serve", ":8080"],
-                "ports": [{ "containerPort": 8080 }],
-                "readinessProbe": {
-                    "httpGet": { "path": "/ready", "port": 8080 },
-                    "periodSeconds": 1,
-                },
-            }],
-        }),
-    );
+    let server = netcheck_server("server", json!({ "app": "netcheck" })).unwrap();
     pods.create(&PostParams::default(), &server).await.unwrap();
     let ready = wait_for(&pods, "server", "Ready", pod_ready, &n).await;
     let status = ready.status.unwrap();
@@ -202,7 +153,7 @@ async fn a_pod_runs_serves_through_a_service_and_the_node_cleans_up() {
                 "restartPolicy": "Never",
                 "containers": [{
                     "name": "netcheck",
-                    "image": IMAGE,
+                    "image": NETCHECK_IMAGE,
                     "imagePullPolicy": "Never",
                     "args": ["get", url],
                 }],
@@ -286,7 +237,7 @@ async fn a_pod_runs_serves_through_a_service_and_the_node_cleans_up() {
         json!({
             "containers": [{
                 "name": "netcheck",
-                "image": IMAGE,
+                "image": NETCHECK_IMAGE,
                 "imagePullPolicy": "Never",
                 "args": ["serve", ":8080"],
                 "volumeMounts": [{ "name": "data", "mountPath": "/data" }],
@@ -336,7 +287,7 @@ async fn a_pod_runs_serves_through_a_service_and_the_node_cleans_up() {
         assert!(!c.exists(), "{} removed", c.display());
     }
     assert_eq!(
-        host_state(),
+        node::host_state(),
         before,
         "iptables chains, shim sockets and CNI results as before the node"
     );

@@ -1,6 +1,7 @@
-//! Waiting for pods on a [`Node`], for tests: a wait that fails with what
-//! is needed to see why (the pod's status, its containers' logs, the node
-//! components' log tails).
+//! Pods on a [`Node`], for tests: a wait that fails with what is needed to
+//! see why (the pod's status, its containers' logs, the node components'
+//! log tails), and the `netcheck` image and server pod the node's own
+//! tests run.
 
 use std::time::Duration;
 
@@ -9,8 +10,53 @@ use kube::Api;
 use kube::api::LogParams;
 use kube::runtime::wait::await_condition;
 
-use super::Node;
+use super::{ImageFile, Node, write_image_archive};
 use crate::TestkitError;
+
+/// The image of the static `netcheck` binary (`e2e/node/cmd/netcheck`),
+/// imported by [`import_netcheck`].
+pub const NETCHECK_IMAGE: &str = "switchboard.local/netcheck:test";
+
+/// Imports [`NETCHECK_IMAGE`] into `node`: one layer, no registry.
+pub fn import_netcheck(node: &Node) -> Result<(), TestkitError> {
+    let archive = node.dir().join("netcheck.oci.tar");
+    write_image_archive(
+        &archive,
+        NETCHECK_IMAGE,
+        &[ImageFile {
+            path: "/netcheck".into(),
+            source: node.bin_dir().join("netcheck"),
+            mode: 0o755,
+        }],
+        &["/netcheck"],
+    )?;
+    node.import_image(&archive)
+}
+
+/// A pod named `name` with `labels` serving HTTP on :8080 with netcheck,
+/// Ready once its HTTP readiness probe (from the kubelet, through the pod
+/// network) answers; scheduled by kube-scheduler (no nodeName).
+pub fn netcheck_server(name: &str, labels: serde_json::Value) -> Result<Pod, TestkitError> {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "labels": labels },
+        "spec": {
+            "containers": [{
+                "name": "netcheck",
+                "image": NETCHECK_IMAGE,
+                "imagePullPolicy": "Never",
+                "args": ["serve", ":8080"],
+                "ports": [{ "containerPort": 8080 }],
+                "readinessProbe": {
+                    "httpGet": { "path": "/ready", "port": 8080 },
+                    "periodSeconds": 1,
+                },
+            }],
+        },
+    }))
+    .map_err(|e| TestkitError::Other(format!("netcheck server pod: {e}")))
+}
 
 /// Whether the pod has condition Ready=True.
 pub fn pod_ready(p: Option<&Pod>) -> bool {

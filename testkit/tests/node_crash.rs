@@ -1,0 +1,223 @@
+//! A node killed together with its clean-up process (`kill -9` of the
+//! whole process tree: a CI runner's timeout, an ended session) leaves its
+//! bridge, with the pod subnet's address, and its mounts, cgroups and
+//! iptables chains on the machine. The next node to start runs that
+//! clean-up itself: its own pods are reachable from the host (a readiness
+//! probe through the pod network passes), and once it stops nothing of
+//! either node is left.
+//!
+//! Where the machine cannot run a node the test says why and passes,
+//! unless `SWITCHBOARD_NODE_REQUIRED=1`.
+#![cfg(feature = "node")]
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client, Config};
+use serde_json::json;
+use switchboard_testkit::ControlPlane;
+use switchboard_testkit::node::pods::{import_netcheck, netcheck_server, pod_ready, wait_for_pod};
+use switchboard_testkit::node::{self, Node, PAUSE_IMAGE};
+
+/// `pid` and every process below it (by parent pid), in no order.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        // After the command name: state, then the parent pid.
+        if let Some(ppid) = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u32>().ok())
+        {
+            children.entry(ppid).or_default().push(p);
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        tree.extend(children.get(&tree[i]).into_iter().flatten());
+        i += 1;
+    }
+    tree
+}
+
+fn signal(sig: &str, pids: &[u32]) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .args(pids.iter().map(u32::to_string))
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pids:?}");
+}
+
+/// The first node's process. When the test fails before it kills it, only
+/// that process is killed: its clean-up process then runs as usual.
+struct FirstNode(Child);
+
+impl Drop for FirstNode {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bridges(state: &[String]) -> HashSet<String> {
+    state
+        .iter()
+        .filter_map(|s| s.strip_prefix("bridge "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_with_its_clean_up_is_cleaned_up_by_the_next_one() {
+    if let Some(why) = node::skip_reason().unwrap_or_else(|e| panic!("{e}")) {
+        eprintln!("SKIPPED: this machine cannot run a local node: {why}");
+        return;
+    }
+    // A node killed earlier with its clean-up is cleaned up before the
+    // snapshot, not between it and the comparison.
+    node::reclaim_dead_node().unwrap_or_else(|e| panic!("{e}"));
+    let before = node::host_state();
+
+    // The first node, in a process of its own: `switchboard-node` with a
+    // command that keeps it up. Its temp dirs (the control plane's and the
+    // node's) go under ours, so what the kill leaves on disk goes with it.
+    let tmp = tempfile::tempdir().unwrap();
+    let kubeconfig = tmp.path().join("kubeconfig");
+    let mut first = FirstNode(
+        Command::new(env!("CARGO_BIN_EXE_switchboard-node"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--", "sh", "-c", "echo up; exec sleep 900"])
+            .env("TMPDIR", tmp.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = first.0.stdout.take().unwrap();
+    let (up_tx, up_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line == "up" {
+                let _ = up_tx.send(());
+            }
+        }
+    });
+    assert!(
+        up_rx.recv_timeout(Duration::from_secs(600)).is_ok(),
+        "the first node was not up within 600 s"
+    );
+
+    // A pod on it: a sandbox on the bridge (the pod subnet's gateway
+    // address), its netns and rootfs mounts, CNI results, a cgroup.
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(Client::try_from(config).unwrap(), "default");
+    let pause: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "pause" },
+        "spec": { "containers": [{
+            "name": "pause",
+            "image": PAUSE_IMAGE,
+            "imagePullPolicy": "Never",
+        }] },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pause).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        await_condition(pods.clone(), "pause", pod_ready),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("pod pause on the first node not Ready within 120 s"))
+    .unwrap();
+    let with_first = node::host_state();
+    let first_bridges: HashSet<String> = bridges(&with_first)
+        .difference(&bridges(&before))
+        .cloned()
+        .collect();
+    assert_eq!(
+        first_bridges.len(),
+        1,
+        "the first node's bridge: {with_first:#?}"
+    );
+
+    // Everything the first node's process started, its clean-up process
+    // included, stopped first (so none runs on another's death), then
+    // killed. containerd's shims are not below it (they re-parent) and
+    // stay, as they may after any crash.
+    let tree = process_tree(first.0.id());
+    assert!(tree.len() > 5, "the first node's processes: {tree:?}");
+    signal("STOP", &tree);
+    signal("KILL", &tree);
+    first.0.wait().unwrap();
+    let left = node::host_state();
+    for b in &first_bridges {
+        assert!(
+            left.contains(&format!("bridge {b}")),
+            "the kill left the first node's bridge {b}: {left:#?}"
+        );
+    }
+    assert!(
+        left.iter().any(|s| s.starts_with("mount ")),
+        "the kill left the first node's mounts: {left:#?}"
+    );
+
+    // The next node: it runs the dead one's clean-up, then its pods get a
+    // network the host reaches.
+    let cp =
+        ControlPlane::start_with(node::control_plane_options()).unwrap_or_else(|e| panic!("{e}"));
+    let n = Node::start(&cp).unwrap_or_else(|e| panic!("{e}"));
+    for b in &first_bridges {
+        assert!(
+            !Path::new("/sys/class/net").join(b).exists(),
+            "the next node removed the dead one's bridge {b}"
+        );
+    }
+    import_netcheck(&n).unwrap();
+    let pods: Api<Pod> = Api::namespaced(cp.client().await.unwrap(), "default");
+    let server = netcheck_server("server", json!({ "app": "netcheck" })).unwrap();
+    pods.create(&PostParams::default(), &server).await.unwrap();
+    wait_for_pod(
+        &pods,
+        "server",
+        "Ready",
+        pod_ready,
+        Duration::from_secs(120),
+        &n,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    drop(n);
+    drop(cp);
+    assert_eq!(
+        node::host_state(),
+        before,
+        "nothing of either node is left on the machine"
+    );
+}
