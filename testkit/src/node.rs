@@ -324,7 +324,7 @@ impl Node {
         }
         machine::record(&teardown_args)?;
         let args: Vec<&std::ffi::OsStr> = teardown_args.iter().map(std::ffi::OsStr::new).collect();
-        let reaper = Reaper::spawn_script(machine::TEARDOWN, "switchboard-node-teardown", &args)?;
+        let reaper = Reaper::spawn_script(machine::TEARDOWN, machine::TEARDOWN_NAME, &args)?;
         let mut node = Node {
             containerd_socket: d.join("containerd.sock"),
             dir,

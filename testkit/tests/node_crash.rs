@@ -59,6 +59,16 @@ fn process_tree(pid: u32) -> Vec<u32> {
     tree
 }
 
+/// Whether `pid` runs (a zombie, dead but not yet reaped, does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next());
+        !matches!(state, Some("Z" | "X" | "x"))
+    })
+}
+
 /// Sends `sig` to each of `pids`. Some may be gone by then (kubelet and
 /// kube-proxy run short-lived `iptables` and `mount` processes), so a
 /// failure for one is not an error.
@@ -85,11 +95,43 @@ fn stop_tree(pid: u32) -> Vec<u32> {
     }
 }
 
-/// The first node's process. When the test fails before it kills it, only
-/// that process is killed: its clean-up process then runs as usual.
-struct FirstNode(Child);
+/// A node in a `switchboard-node` process of its own, with a command that
+/// keeps it up. When the test fails before it kills it, only that process
+/// is killed: its clean-up process then runs as usual.
+struct NodeProcess(Child);
 
-impl Drop for FirstNode {
+impl NodeProcess {
+    /// Starts it with `TMPDIR` = `tmp` and its admin kubeconfig written to
+    /// `kubeconfig`, and waits until it is up.
+    fn start(tmp: &Path, kubeconfig: &Path) -> NodeProcess {
+        let mut p = NodeProcess(
+            Command::new(env!("CARGO_BIN_EXE_switchboard-node"))
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .args(["--", "sh", "-c", "echo up; exec sleep 900"])
+                .env("TMPDIR", tmp)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let stdout = p.0.stdout.take().unwrap();
+        let (up_tx, up_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line == "up" {
+                    let _ = up_tx.send(());
+                }
+            }
+        });
+        assert!(
+            up_rx.recv_timeout(Duration::from_secs(600)).is_ok(),
+            "the node process was not up within 600 s"
+        );
+        p
+    }
+}
+
+impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -115,34 +157,12 @@ async fn a_node_killed_with_its_clean_up_is_cleaned_up_by_the_next_one() {
     node::reclaim_dead_node().unwrap_or_else(|e| panic!("{e}"));
     let before = node::host_state();
 
-    // The first node, in a process of its own: `switchboard-node` with a
-    // command that keeps it up. Its temp dirs (the control plane's and the
-    // node's) go under ours, so what the kill leaves on disk goes with it.
+    // The first node, in a process of its own. Its temp dirs (the control
+    // plane's and the node's) go under ours, so what the kill leaves on
+    // disk goes with it.
     let tmp = tempfile::tempdir().unwrap();
     let kubeconfig = tmp.path().join("kubeconfig");
-    let mut first = FirstNode(
-        Command::new(env!("CARGO_BIN_EXE_switchboard-node"))
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["--", "sh", "-c", "echo up; exec sleep 900"])
-            .env("TMPDIR", tmp.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = first.0.stdout.take().unwrap();
-    let (up_tx, up_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line == "up" {
-                let _ = up_tx.send(());
-            }
-        }
-    });
-    assert!(
-        up_rx.recv_timeout(Duration::from_secs(600)).is_ok(),
-        "the first node was not up within 600 s"
-    );
+    let mut first = NodeProcess::start(tmp.path(), &kubeconfig);
 
     // A pod on it: a sandbox on the bridge (the pod subnet's gateway
     // address), its netns and rootfs mounts, CNI results, a cgroup.
@@ -230,10 +250,49 @@ async fn a_node_killed_with_its_clean_up_is_cleaned_up_by_the_next_one() {
     .unwrap_or_else(|e| panic!("{e}"));
 
     drop(n);
+
+    // A node whose process dies without stopping it (an abort) while its
+    // clean-up process lives on, slow (held stopped here): the next node
+    // waits for that clean-up instead of running one beside it, and the
+    // dead node's clean-up, finishing later, leaves the next node's record
+    // of the machine in place.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let mut third = NodeProcess::start(tmp2.path(), &tmp2.path().join("kubeconfig"));
+    let clean_up: Vec<u32> = process_tree(third.0.id())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                c.split(|b| *b == 0)
+                    .any(|a| a == b"switchboard-node-teardown")
+            })
+        })
+        .collect();
+    assert_eq!(clean_up.len(), 1, "the node process's clean-up process");
+    signal("STOP", &clean_up);
+    signal("KILL", &[third.0.id()]);
+    third.0.wait().unwrap();
+    let n = std::thread::scope(|s| {
+        let next = s.spawn(|| Node::start(&cp));
+        std::thread::sleep(Duration::from_secs(2));
+        signal("CONT", &clean_up);
+        next.join().unwrap()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let lock = std::fs::read_to_string("/run/switchboard-node.pid").unwrap();
+    assert_eq!(
+        lock.split_whitespace().next(),
+        Some(std::process::id().to_string().as_str()),
+        "the machine is recorded as this process's: {lock}"
+    );
+    assert!(
+        !alive(clean_up[0]),
+        "the dead node's clean-up had finished when the next node started"
+    );
+    drop(n);
     drop(cp);
     assert_eq!(
         node::host_state(),
         before,
-        "nothing of either node is left on the machine"
+        "nothing of any of the nodes is left on the machine"
     );
 }

@@ -20,6 +20,8 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
 
 use super::POD_SUBNET;
 use crate::{TestkitError, io};
@@ -104,8 +106,14 @@ done
 for s in "$@"; do echo "${s#*=}" >"/proc/sys/${s%%=*}" 2>/dev/null; done
 i=0
 while [ -e "$dir" ] && [ "$i" -lt 50 ]; do rm -rf -- "$dir" 2>/dev/null || sleep 0.1; i=$((i + 1)); done
-rm -f /run/switchboard-node.pid
+# The record, unless a later node has already taken the machine.
+if [ "$(sed -n 2p /run/switchboard-node.pid 2>/dev/null)" = "$dir" ]; then
+  rm -f /run/switchboard-node.pid
+fi
 "#;
+
+/// `$0` of [`TEARDOWN`]'s `sh`: how a running clean-up is found.
+pub(super) const TEARDOWN_NAME: &str = "switchboard-node-teardown";
 
 /// The recorded owner of the machine's node.
 #[derive(Debug, PartialEq)]
@@ -226,15 +234,28 @@ pub(super) fn record(teardown_args: &[String]) -> Result<(), TestkitError> {
 /// went with it.
 fn reclaim(prev: &Record) -> Result<(), TestkitError> {
     let args = &prev.teardown_args;
+    let dir = args.first().map(String::as_str).unwrap_or_default();
+    // The node's own clean-up process may still be at work: its starter
+    // died without dropping the node (an abort), and the clean-up runs on
+    // after it. Let it finish rather than run a second one beside it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while teardown_running(dir) && Instant::now() < deadline {
+        sleep(Duration::from_millis(100));
+    }
+    let current = fs::read_to_string(LOCK_FILE)
+        .ok()
+        .and_then(|t| Record::parse(&t));
+    if current.as_ref() != Some(prev) {
+        return Ok(()); // it finished, and removed the record
+    }
     eprintln!(
-        "switchboard-testkit: the local node of pid {} died without its clean-up; running it now ({})",
-        prev.pid,
-        args.first().map(String::as_str).unwrap_or("?")
+        "switchboard-testkit: the local node of pid {} died without its clean-up; running it now ({dir})",
+        prev.pid
     );
     let status = Command::new("sh")
         .arg("-c")
         .arg(TEARDOWN)
-        .arg("switchboard-node-teardown")
+        .arg(TEARDOWN_NAME)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -251,6 +272,20 @@ fn reclaim(prev: &Record) -> Result<(), TestkitError> {
         )));
     }
     Ok(())
+}
+
+/// Whether a [`TEARDOWN`] of the node in `dir` runs (`sh -c SCRIPT
+/// TEARDOWN_NAME DIR ...`).
+fn teardown_running(dir: &str) -> bool {
+    let needle = format!("\0{TEARDOWN_NAME}\0{dir}\0");
+    let needle = needle.as_bytes();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|e| {
+        fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+    })
 }
 
 /// The interface and address (`ifname (a.b.c.d/n)`) holding an address
@@ -410,7 +445,27 @@ mod tests {
     }
 
     #[test]
-    fn the_clean_up_removes_the_lock_file() {
+    fn the_clean_up_removes_the_lock_file_it_names() {
+        assert!(TEARDOWN.contains(&format!("sed -n 2p {LOCK_FILE} ")));
         assert!(TEARDOWN.contains(&format!("rm -f {LOCK_FILE}\n")));
+    }
+
+    #[test]
+    fn a_running_clean_up_is_found_by_its_dir() {
+        let dir = format!("/tmp/sb-node-test-{}", std::process::id());
+        let mut sh = Command::new("sh")
+            .args(["-c", "read -r _", TEARDOWN_NAME, &dir, "switchboard-x"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !teardown_running(&dir) {
+            assert!(Instant::now() < deadline, "the running sh not found");
+            sleep(Duration::from_millis(10));
+        }
+        assert!(!teardown_running(&format!("{dir}x")));
+        drop(sh.stdin.take());
+        sh.wait().unwrap();
+        assert!(!teardown_running(&dir));
     }
 }
