@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
@@ -138,6 +138,10 @@ impl Drop for NodeProcess {
     }
 }
 
+/// The machine's node record (documented in docs/operations.md): the
+/// owner's pid first.
+const LOCK_FILE: &str = "/run/switchboard-node.pid";
+
 fn bridges(state: &[String]) -> HashSet<String> {
     state
         .iter()
@@ -252,37 +256,62 @@ async fn a_node_killed_with_its_clean_up_is_cleaned_up_by_the_next_one() {
     drop(n);
 
     // A node whose process dies without stopping it (an abort) while its
-    // clean-up process lives on, slow (held stopped here): the next node
-    // waits for that clean-up instead of running one beside it, and the
-    // dead node's clean-up, finishing later, leaves the next node's record
-    // of the machine in place.
+    // clean-up process lives on, slow: the next node waits for that
+    // clean-up instead of running one beside it, and the dead node's
+    // clean-up, finishing later, leaves the next node's record of the
+    // machine in place.
     let tmp2 = tempfile::tempdir().unwrap();
     let mut third = NodeProcess::start(tmp2.path(), &tmp2.path().join("kubeconfig"));
-    let clean_up: Vec<u32> = process_tree(third.0.id())
-        .into_iter()
-        .filter(|p| {
+    let (clean_up, rest): (Vec<u32>, Vec<u32>) =
+        stop_tree(third.0.id()).into_iter().partition(|p| {
             std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
                 c.split(|b| *b == 0)
                     .any(|a| a == b"switchboard-node-teardown")
             })
-        })
-        .collect();
+        });
     assert_eq!(clean_up.len(), 1, "the node process's clean-up process");
-    signal("STOP", &clean_up);
-    signal("KILL", &[third.0.id()]);
+    // The clean-up starts at the end of its stdin, a pipe from the node's
+    // process: a second writer of that pipe, opened through /proc, holds it
+    // back for as long as the test likes. (Holding it stopped would not
+    // do: once its parent dies, the kernel resumes a stopped process in an
+    // orphaned process group.)
+    let holder = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{}/fd/0", clean_up[0]))
+        .unwrap();
+    // Everything else of it dies (its command too: it holds this test's
+    // stderr).
+    signal("KILL", &rest);
     third.0.wait().unwrap();
-    let n = std::thread::scope(|s| {
+    signal("CONT", &clean_up);
+    let me = std::process::id().to_string();
+    let recorded_owner = || {
+        std::fs::read_to_string(LOCK_FILE)
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_string))
+    };
+    let (n, taken_early) = std::thread::scope(|s| {
         let next = s.spawn(|| Node::start(&cp));
-        std::thread::sleep(Duration::from_secs(2));
-        signal("CONT", &clean_up);
-        next.join().unwrap()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let lock = std::fs::read_to_string("/run/switchboard-node.pid").unwrap();
+        // Held 5 s (a node starting without waiting for the clean-up
+        // records itself within about a second), then let go.
+        let held = Instant::now() + Duration::from_secs(5);
+        let mut taken_early = false;
+        while Instant::now() < held && !taken_early {
+            taken_early = recorded_owner().as_deref() == Some(me.as_str());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(holder);
+        (next.join().unwrap(), taken_early)
+    });
+    let n = n.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !taken_early,
+        "the next node took the machine while the dead node's clean-up was held"
+    );
     assert_eq!(
-        lock.split_whitespace().next(),
-        Some(std::process::id().to_string().as_str()),
-        "the machine is recorded as this process's: {lock}"
+        recorded_owner().as_deref(),
+        Some(me.as_str()),
+        "{LOCK_FILE} records the next node once the dead one's clean-up has finished"
     );
     assert!(
         !alive(clean_up[0]),
