@@ -20,6 +20,7 @@ pub mod image_names;
 #[cfg(feature = "node")]
 pub mod node;
 mod postgres;
+mod reaper;
 mod redis;
 mod resp;
 #[cfg(feature = "tls")]

@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::reaper::Reaper;
 use crate::{TestkitError, free_port, io};
 
 const INSTALL: &str = "apt-get install -y postgresql";
@@ -40,6 +42,9 @@ pub struct Postgres {
     as_service_user: bool,
     opts: PostgresOptions,
     child: Option<Child>,
+    /// Kills the server's process group and removes `dir` however the
+    /// test process ends (a `static` server is never dropped).
+    reaper: Reaper,
 }
 
 impl Postgres {
@@ -61,6 +66,7 @@ impl Postgres {
         let mut pg = Postgres {
             bin_dir,
             port: free_port()?,
+            reaper: Reaper::spawn(dir.path())?,
             dir,
             as_service_user,
             opts,
@@ -126,7 +132,7 @@ impl Postgres {
             .open(self.log_path())
             .map_err(io("open postgres.log"))?;
         let log2 = log.try_clone().map_err(io("clone log handle"))?;
-        let child = self
+        let mut child = self
             .command("postgres")
             .arg("-D")
             .arg(self.data_dir())
@@ -146,8 +152,15 @@ impl Postgres {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
+            .process_group(0)
             .spawn()
             .map_err(io(format!("spawn {}/postgres", self.bin_dir.display())))?;
+        // The postmaster leads its group, its backends in it.
+        if let Err(e) = self.reaper.watch(child.id()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
         self.child = Some(child);
         self.wait_ready()
     }

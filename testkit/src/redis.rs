@@ -3,6 +3,7 @@
 //! nodes left unjoined (for code that forms the cluster itself).
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::reaper::Reaper;
 use crate::resp::resp_command_auth;
 use crate::{TestkitError, find_binary, free_port, io};
 
@@ -76,6 +78,9 @@ pub struct RedisServer {
     dir: TempDir,
     opts: RedisServerOptions,
     child: Option<Child>,
+    /// Kills the server's process group and removes `dir` however the
+    /// test process ends (a `static` server is never dropped).
+    reaper: Reaper,
 }
 
 impl RedisServer {
@@ -93,6 +98,7 @@ impl RedisServer {
         let mut s = RedisServer {
             bin,
             port: free_port()?,
+            reaper: Reaper::spawn(dir.path())?,
             dir,
             opts,
             child: None,
@@ -133,10 +139,16 @@ impl RedisServer {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd
+            .stderr(Stdio::null())
+            .process_group(0);
+        let mut child = cmd
             .spawn()
             .map_err(io(format!("spawn {}", self.bin.display())))?;
+        if let Err(e) = self.reaper.watch(child.id()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
         self.child = Some(child);
         self.wait_ready()
     }
@@ -168,6 +180,11 @@ impl RedisServer {
         let log = fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// The temp dir holding the data files and `redis.log`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn port(&self) -> u16 {
