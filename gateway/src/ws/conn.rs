@@ -15,7 +15,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use switchboard_proto::frames::{ErrorCode, ServerFrame, close};
 use switchboard_proto::ids::{Address, ConvId};
 use switchboard_proto::time::now_ms;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Duration, Instant, sleep_until};
 
 use super::sparse::SparseMap;
 use crate::cursor::SeqCursor;
@@ -30,6 +30,10 @@ pub(super) enum Exit {
     /// Close with this code and reason.
     Close(u16, &'static str),
 }
+
+/// How long the close frame may take to go out before the socket is
+/// dropped without it.
+const CLOSE_FRAME_WAIT: Duration = Duration::from_secs(1);
 
 /// Queued outbound items written with one flush ([`Conn::write_outbound`]).
 /// Bounded so that a socket with a full queue still gets back to reading
@@ -135,12 +139,14 @@ impl Conn {
             state.chat.leave_channel(&channel, &self.handle).await;
         }
         if let Exit::Close(code, reason) = exit {
-            let _ = socket
-                .send(WsMessage::Close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                })))
-                .await;
+            // Bounded: a peer that has stopped reading would hold this task
+            // (and its connection slot) for as long as it keeps its window
+            // shut.
+            let frame = WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }));
+            let _ = tokio::time::timeout(CLOSE_FRAME_WAIT, socket.send(frame)).await;
         }
         if let Some(left) = state
             .chat
@@ -218,6 +224,7 @@ impl Conn {
     /// wait (one race with the close signal, not two).
     pub(super) async fn write(&self, socket: &mut WebSocket, s: &str) -> Result<(), axum::Error> {
         tokio::select! {
+            biased;
             r = socket.send(text(s)) => r,
             _ = self.handle.close.closed() => Err(closed_while_writing()),
         }
@@ -229,10 +236,16 @@ impl Conn {
     /// Whoever feeds flushes before the task waits for anything else.
     ///
     /// A peer that stops reading fills its TCP window and a write would wait
-    /// forever, so this (and `flush`) also ends when the socket is told to
-    /// close (the hub does that when the send queue fills).
+    /// forever, so this (and `flush` and `write`) also ends when the socket
+    /// is told to close (the hub does that when the send queue fills). The
+    /// write is polled first: one that can go out does, even after the
+    /// signal. Otherwise a close signalled by this very task (too many
+    /// unacked messages, in `write_msg`) would cut the rest of its batch
+    /// short half the time, and the loop would end as if the socket were
+    /// gone, without the close frame that tells the client why.
     pub(super) async fn feed(&self, socket: &mut WebSocket, s: &str) -> Result<(), axum::Error> {
         tokio::select! {
+            biased;
             r = socket.feed(text(s)) => r,
             _ = self.handle.close.closed() => Err(closed_while_writing()),
         }
@@ -241,6 +254,7 @@ impl Conn {
     /// Write out what [`Conn::feed`] queued.
     pub(super) async fn flush(&self, socket: &mut WebSocket) -> Result<(), axum::Error> {
         tokio::select! {
+            biased;
             r = SinkExt::flush(socket) => r,
             _ = self.handle.close.closed() => Err(closed_while_writing()),
         }
